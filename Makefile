@@ -1,0 +1,31 @@
+# Two commands on a fresh clone with nothing but Python:  make run  |  make test
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[data,dev]'
+	touch $(STAMP)
+
+run: $(STAMP)  ## set up and run the whole chain on embedded defaults
+	$(BIN)/mlops run
+
+test: $(STAMP)  ## set up, lint and run the test suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: $(STAMP)  ## the data pipeline benchmark (minutes; writes benchmarks/results/)
+	$(BIN)/python benchmarks/data_pipeline.py
+
+clean:
+	rm -rf $(VENV) .mlops .pytest_cache

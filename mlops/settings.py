@@ -1,0 +1,44 @@
+"""Settings, read once at the edge (the CLI callback) and passed down as typed pieces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class DaskSettings(BaseModel):
+    n_workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+    threads_per_worker: int = Field(1, ge=1)
+    processes: bool = True
+    memory_limit: str = "auto"
+    dashboard_address: str | None = None
+
+
+class FeatureSettings(BaseModel):
+    valid_start: str = Field("2013-10", pattern=r"^\d{4}-\d{2}$")
+    test_start: str = Field("2013-11", pattern=r"^\d{4}-\d{2}$")
+    min_category_count: int = Field(10, ge=1, description="rarer categories go to the OOV bucket")
+
+
+class Settings(BaseSettings):
+    """Every setting has an embedded default; `MLOPS_<NAME>` (and `__` for nesting) overrides."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MLOPS_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    home: Path = Path(".mlops")
+    dask_scheduler: str = Field("", description="tcp://host:8786; empty starts a LocalCluster")
+    dask: DaskSettings = Field(default_factory=DaskSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+
+    @field_validator("dask_scheduler")
+    @classmethod
+    def _scheduler_address(cls, value: str) -> str:
+        if value and "://" not in value:
+            raise ValueError(
+                f"MLOPS_DASK_SCHEDULER must be an address like tcp://host:8786, got {value!r}"
+            )
+        return value

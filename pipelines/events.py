@@ -1,0 +1,82 @@
+"""Flight events on one clock: when each departure and arrival became observable in New York.
+
+A departure delay is known once the flight has left (scheduled + dep_delay); an arrival delay
+once it has landed, which happens in the destination's time zone and is converted here. Times
+are minutes since the Unix epoch in naive New York local time, as float64 so that an event that
+never happened (cancelled, diverted, unknown time zone) is NaN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+EVENT_COLUMNS = [
+    "origin",
+    "dest",
+    "carrier",
+    "tailnum",
+    "scheduled",
+    "departed_at",
+    "dep_delay",
+    "arrived_at",
+    "arr_delay",
+]
+NEW_YORK = "America/New_York"
+
+
+def to_minutes(times: pd.Series | np.ndarray) -> np.ndarray:
+    """Naive datetimes -> float64 minutes since the epoch (NaN for NaT)."""
+    values = np.asarray(times, dtype="datetime64[ns]")
+    minutes = values.astype("datetime64[m]").astype("int64").astype("float64")
+    minutes[np.isnat(values)] = np.nan
+    return minutes
+
+
+def _zone_of(airports: pd.DataFrame) -> pd.Series:
+    """IANA zone per airport code; a fixed offset where only `tz` (hours from UTC) is known."""
+    fixed = airports["tz"].map(lambda h: f"Etc/GMT{-int(h):+d}" if pd.notna(h) else None)
+    zone = airports["tzone"].where(airports["tzone"].notna(), fixed)
+    return pd.Series(zone.to_numpy(), index=airports["faa"].to_numpy())
+
+
+def _scheduled_arrival_ny(flights: pd.DataFrame, zone: pd.Series) -> np.ndarray:
+    """Scheduled arrival as New York local minutes; NaN where the destination's zone is unknown."""
+    day = flights["scheduled_departure"].dt.normalize()
+    hhmm = flights["sched_arr_time"].astype("int64")
+    local = day + pd.to_timedelta((hhmm // 100) * 60 + hhmm % 100, unit="min")
+    zones = flights["dest"].map(zone)
+    result = np.full(len(flights), np.nan)
+    for name, rows in flights.groupby(zones, sort=False).indices.items():
+        converted = (
+            local.iloc[rows]
+            .dt.tz_localize(name, ambiguous="NaT", nonexistent="NaT")
+            .dt.tz_convert(NEW_YORK)
+            .dt.tz_localize(None)
+        )
+        result[rows] = to_minutes(converted)
+    scheduled = to_minutes(flights["scheduled_departure"])
+    overnight = result < scheduled  # the arrival clock time belongs to the next day
+    result[overnight] += 24 * 60
+    return result
+
+
+def flight_events(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
+    """One row per flight: its scheduled departure and when its outcomes became observable."""
+    scheduled = to_minutes(flights["scheduled_departure"])
+    dep_delay = flights["dep_delay"].to_numpy("float64", na_value=np.nan)
+    arr_delay = flights["arr_delay"].to_numpy("float64", na_value=np.nan)
+    arrived_at = _scheduled_arrival_ny(flights, _zone_of(airports)) + arr_delay
+    return pd.DataFrame(
+        {
+            "origin": flights["origin"].to_numpy(object),
+            "dest": flights["dest"].to_numpy(object),
+            "carrier": flights["carrier"].to_numpy(object),
+            "tailnum": flights["tailnum"].to_numpy(object),
+            "scheduled": scheduled,
+            "departed_at": scheduled + dep_delay,
+            "dep_delay": dep_delay,
+            "arrived_at": arrived_at,
+            "arr_delay": np.where(np.isnan(arrived_at), np.nan, arr_delay),
+        }
+    )

@@ -1,0 +1,203 @@
+"""Ingest: raw sources -> validated bronze Parquet by month, rejected rows -> quarantine.
+
+Every table is read and validated before anything is committed, so a bad file stops the run
+with nothing half-written; then each month folder is swapped into place. Rows in scope always
+equal rows kept plus rows quarantined.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from pipelines.layout import DataLayout
+from pipelines.schemas import SCHEMAS, TableSchema, validate
+from pipelines.sources import bundled_source, read_chunks
+from pipelines.storage import StagedTable, recover, write_parquet_atomic
+
+logger = logging.getLogger(__name__)
+
+# Dimension tables first: flights and weather are checked against their codes.
+TABLE_ORDER = ("airlines", "airports", "planes", "weather", "flights")
+UNDATED = "undated"
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class MonthWindow:
+    """Months to take in, inclusive, as YYYY-MM strings; None leaves that side open."""
+
+    since: str | None = None
+    until: str | None = None
+
+    def contains(self, months: pd.Series) -> pd.Series:
+        inside = pd.Series(True, index=months.index)
+        if self.since:
+            inside &= months >= self.since
+        if self.until:
+            inside &= months <= self.until
+        return inside
+
+
+@dataclass
+class TableReport:
+    table: str
+    rows_read: int = 0
+    out_of_window: int = 0
+    kept: int = 0
+    quarantined: int = 0
+    months: list[str] = field(default_factory=list)
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows_in(self) -> int:
+        """Rows in scope: everything read that falls in the month window."""
+        return self.rows_read - self.out_of_window
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    tables: dict[str, TableReport]
+
+
+def month_keys(year: pd.Series, month: pd.Series) -> pd.Series:
+    """YYYY-MM per row; `undated` where year or month is missing or impossible."""
+    ok = year.notna() & month.notna() & month.between(1, 12) & year.between(1, 9999)
+    y = year.where(ok, 0).astype("int64").astype(str).str.zfill(4)
+    m = month.where(ok, 0).astype("int64").astype(str).str.zfill(2)
+    return (y + "-" + m).where(ok, UNDATED)
+
+
+def local_time(frame: pd.DataFrame, hhmm: pd.Series | None = None, hour: str = "") -> pd.Series:
+    """Naive local New York time from year/month/day and a HHMM clock time or an hour column."""
+    parts = frame[["year", "month", "day"]].astype("int64")
+    if hhmm is not None:
+        parts = parts.assign(
+            hour=(hhmm // 100).astype("int64"), minute=(hhmm % 100).astype("int64")
+        )
+    else:
+        parts = parts.assign(hour=frame[hour].astype("int64"))
+    return pd.to_datetime(parts).astype("datetime64[ns]")
+
+
+def _enrich(table: str, kept: pd.DataFrame) -> pd.DataFrame:
+    """Add the derived time columns every later stage keys on."""
+    if table == "flights":
+        return kept.assign(scheduled_departure=local_time(kept, kept["sched_dep_time"]))
+    if table == "weather":
+        return kept.assign(time_hour=local_time(kept, hour="hour"))
+    return kept
+
+
+def _ingest_table(
+    layout: DataLayout,
+    schema: TableSchema,
+    source: Path,
+    window: MonthWindow,
+    codes: Mapping[str, frozenset[str]],
+) -> tuple[TableReport, StagedTable, dict[str, list[pd.DataFrame]]]:
+    report = TableReport(schema.name)
+    staged = StagedTable(layout.bronze(schema.name))
+    quarantine: dict[str, list[pd.DataFrame]] = {}
+    for chunk in read_chunks(source, schema.columns):
+        raw = chunk.frame
+        report.rows_read += len(raw)
+        result = validate(
+            schema, raw, codes.get("carriers", frozenset()), codes.get("airports", frozenset())
+        )
+        kept, bad = result.kept, result.quarantined
+        if schema.time_partitioned:
+            kept_month = month_keys(kept["year"], kept["month"])
+            bad_typed = pd.DataFrame(
+                {c: pd.to_numeric(bad[c], errors="coerce") for c in ("year", "month")}
+            )
+            bad_month = month_keys(bad_typed["year"], bad_typed["month"])
+            in_kept = window.contains(kept_month)
+            in_bad = window.contains(bad_month) | (bad_month == UNDATED)
+            report.out_of_window += int((~in_kept).sum() + (~in_bad).sum())
+            kept, kept_month = kept[in_kept], kept_month[in_kept]
+            bad, bad_month = bad[in_bad], bad_month[in_bad]
+            kept = _enrich(schema.name, kept)
+            for month, rows in kept.groupby(kept_month, sort=True):
+                staged.write(rows.reset_index(drop=True), f"month={month}")
+            for month, rows in bad.groupby(bad_month, sort=True):
+                quarantine.setdefault(str(month), []).append(rows.assign(source=str(chunk.path)))
+            months = set(kept_month) | set(bad_month)
+        else:
+            staged.write(_enrich(schema.name, kept).reset_index(drop=True))
+            if len(bad):
+                quarantine.setdefault(ALL, []).append(bad.assign(source=str(chunk.path)))
+            months = {ALL}
+        report.kept += len(kept)
+        report.quarantined += len(bad)
+        for reason in bad["reason"]:
+            for part in str(reason).split("; "):
+                report.reasons[part] = report.reasons.get(part, 0) + 1
+        report.months = sorted(set(report.months) | months)
+        for month in months:
+            quarantine.setdefault(month, [])
+    empty = _enrich(schema.name, result.kept.iloc[:0])
+    written = set(staged.partitions)
+    for month in report.months if schema.time_partitioned else []:
+        if f"month={month}" not in written and month != UNDATED:
+            staged.write(empty, f"month={month}")  # all rows rejected: the month is still replaced
+    if not staged.partitions:
+        staged.write(empty)  # an empty table still has a schema
+    return report, staged, quarantine
+
+
+def _commit_quarantine(
+    layout: DataLayout, table: str, parts: dict[str, list[pd.DataFrame]]
+) -> None:
+    folder = layout.quarantine(table)
+    for key, frames in parts.items():
+        path = folder / (f"month={key}.parquet" if key not in (ALL, UNDATED) else f"{key}.parquet")
+        if frames and sum(len(f) for f in frames):
+            write_parquet_atomic(pd.concat(frames, ignore_index=True), path)
+        else:
+            path.unlink(missing_ok=True)  # re-ingest replaces, so stale rejects go too
+
+
+def ingest(
+    layout: DataLayout,
+    sources: Mapping[str, Path] | None = None,
+    window: MonthWindow = MonthWindow(),
+    on_table: Callable[[TableReport], None] | None = None,
+) -> IngestReport:
+    """Validate every table, then commit bronze and quarantine; nothing is written on error."""
+    sources = dict(sources or {})
+    recover(layout.root)
+    staged: list[tuple[StagedTable, str, dict[str, list[pd.DataFrame]]]] = []
+    reports: dict[str, TableReport] = {}
+    codes: dict[str, frozenset[str]] = {}
+    try:
+        for table in TABLE_ORDER:
+            source = sources.get(table) or bundled_source(table)
+            logger.debug("ingesting %s from %s", table, source)
+            report, table_stage, quarantine = _ingest_table(
+                layout, SCHEMAS[table], source, window, codes
+            )
+            staged.append((table_stage, table, quarantine))
+            reports[table] = report
+            if on_table:
+                on_table(report)
+            if table == "airlines":
+                codes["carriers"] = frozenset(_staged_column(table_stage, "carrier"))
+            if table == "airports":
+                codes["airports"] = frozenset(_staged_column(table_stage, "faa"))
+        for table_stage, table, quarantine in staged:
+            table_stage.commit()
+            _commit_quarantine(layout, table, quarantine)
+    finally:
+        for table_stage, _, _ in staged:
+            table_stage.abort()
+    return IngestReport(reports)
+
+
+def _staged_column(staged: StagedTable, column: str) -> list[str]:
+    files = sorted(staged.staging.rglob("*.parquet"))
+    return pd.concat([pd.read_parquet(f, columns=[column]) for f in files])[column].tolist()

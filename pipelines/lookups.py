@@ -1,0 +1,250 @@
+"""In-memory lookup structures shared by the offline feature graph and the online server.
+
+Every structure is a sorted numpy array queried with binary search, so a lookup costs the same
+per flight whether it is one request or a month of flights. Window aggregates are two binary
+searches into cumulative sums over events sorted by (key, observed time): the window
+[t - a, t - b) counts exactly the events observed before t - b, which is what keeps them free of
+leakage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pandas.tseries.holiday import USFederalHolidayCalendar
+
+from pipelines.events import to_minutes
+
+KEY_SHIFT = 32  # composite stamp = key code << 32 | minutes since the epoch (fits to year 10136)
+WEATHER_COLUMNS = [
+    "temp",
+    "dewp",
+    "humid",
+    "wind_dir",
+    "wind_speed",
+    "wind_gust",
+    "precip",
+    "pressure",
+    "visib",
+]
+PLANE_NUMERIC = ["year", "seats", "engines"]
+PLANE_TEXT = ["manufacturer", "model", "engine", "type"]
+AIRPORT_NUMERIC = ["lat", "lon", "alt", "tz"]
+
+
+class Codebook:
+    """Maps string keys to dense codes; -1 for a key it has never seen (or a missing key)."""
+
+    def __init__(self, keys: np.ndarray | list[str]) -> None:
+        self.index = pd.Index(pd.unique(pd.Series(keys, dtype=object).dropna()), dtype=object)
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        return self.index.get_indexer(pd.Index(values, dtype=object)).astype("int64")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+def _stamps(codes: np.ndarray, minutes: np.ndarray) -> np.ndarray:
+    return (codes.astype("int64") << KEY_SHIFT) + minutes.astype("int64")
+
+
+@dataclass(frozen=True)
+class WindowIndex:
+    """Values of events by key, sorted by the time each became observable."""
+
+    codes: Codebook
+    stamps: np.ndarray  # int64, sorted
+    cumsum: np.ndarray  # float64, len(stamps) + 1
+
+    @classmethod
+    def build(cls, keys: np.ndarray, times: np.ndarray, values: np.ndarray) -> WindowIndex:
+        keep = pd.notna(keys) & ~np.isnan(times) & ~np.isnan(values)
+        codes = Codebook(keys[keep])
+        stamps = _stamps(codes.encode(keys[keep]), times[keep])
+        order = np.argsort(stamps, kind="stable")
+        total = np.concatenate([[0.0], np.cumsum(values[keep][order], dtype="float64")])
+        return cls(codes, stamps[order], total)
+
+    def window(
+        self, keys: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Count and mean of values observed in [start, end) per key (mean NaN when none)."""
+        code = self.codes.encode(keys)
+        known = code >= 0
+        lo = np.searchsorted(self.stamps, _stamps(code, start), side="left")
+        hi = np.searchsorted(self.stamps, _stamps(code, end), side="left")
+        count = np.where(known, hi - lo, 0)
+        total = np.where(known, self.cumsum[hi] - self.cumsum[lo], 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        return count.astype("float64"), mean
+
+
+@dataclass(frozen=True)
+class PreviousIndex:
+    """Scheduled departures by key (an aircraft), to find the one scheduled just before a time."""
+
+    codes: Codebook
+    stamps: np.ndarray
+    scheduled: np.ndarray
+    departed_at: np.ndarray
+    dep_delay: np.ndarray
+
+    @classmethod
+    def build(
+        cls, keys: np.ndarray, scheduled: np.ndarray, departed_at: np.ndarray, delay: np.ndarray
+    ) -> PreviousIndex:
+        keep = pd.notna(keys) & ~np.isnan(scheduled)
+        codes = Codebook(keys[keep])
+        stamps = _stamps(codes.encode(keys[keep]), scheduled[keep])
+        # Ties broken by the outcome so that any subset holding the same events sorts the same.
+        tiebreak = np.nan_to_num(departed_at[keep], nan=np.inf)
+        order = np.lexsort((np.nan_to_num(delay[keep], nan=np.inf), tiebreak, stamps))
+        return cls(
+            codes,
+            stamps[order],
+            scheduled[keep][order],
+            departed_at[keep][order],
+            delay[keep][order],
+        )
+
+    def previous(self, keys: np.ndarray, before: np.ndarray) -> np.ndarray:
+        """Row of the last event with the same key scheduled strictly before `before`, or -1."""
+        code = self.codes.encode(keys)
+        pos = np.searchsorted(self.stamps, _stamps(code, before), side="left") - 1
+        safe = np.clip(pos, 0, max(len(self.stamps) - 1, 0))
+        found = (code >= 0) & (pos >= 0) & (len(self.stamps) > 0)
+        found &= (self.stamps[safe] >> KEY_SHIFT) == code if len(self.stamps) else False
+        return np.where(found, pos, -1)
+
+
+@dataclass(frozen=True)
+class KeyedRows:
+    """Rows of a dimension table addressed by one key column (a plane, an airport)."""
+
+    codes: Codebook
+    frame: pd.DataFrame
+
+    @classmethod
+    def build(cls, frame: pd.DataFrame, key: str) -> KeyedRows:
+        frame = frame.drop_duplicates(key).reset_index(drop=True)
+        return cls(Codebook(frame[key].to_numpy(object)), frame)
+
+    def column(self, keys: np.ndarray, name: str) -> np.ndarray:
+        row = self.codes.encode(keys)
+        values = self.frame[name].to_numpy()
+        out = values[np.clip(row, 0, max(len(values) - 1, 0))] if len(values) else values
+        if values.dtype.kind == "f":
+            return np.where(row >= 0, out, np.nan)
+        return np.where(row >= 0, out, None).astype(object)
+
+
+@dataclass(frozen=True)
+class HourlyTable:
+    """Hourly observations by key (weather at an airport), looked up for a given hour."""
+
+    codes: Codebook
+    stamps: np.ndarray
+    values: np.ndarray  # float64 [rows, columns]
+    columns: list[str]
+
+    @classmethod
+    def build(cls, frame: pd.DataFrame, key: str, hour: np.ndarray, columns: list[str]):
+        codes = Codebook(frame[key].to_numpy(object))
+        stamps = _stamps(codes.encode(frame[key].to_numpy(object)), hour)
+        order = np.argsort(stamps, kind="stable")
+        values = frame[columns].to_numpy("float64", na_value=np.nan)[order]
+        return cls(codes, stamps[order], values, list(columns))
+
+    def at(self, keys: np.ndarray, hour: np.ndarray) -> np.ndarray:
+        code = self.codes.encode(keys)
+        query = _stamps(code, hour)
+        pos = np.searchsorted(self.stamps, query)
+        safe = np.clip(pos, 0, max(len(self.stamps) - 1, 0))
+        hit = (code >= 0) & (pos < len(self.stamps))
+        if len(self.stamps):
+            hit &= self.stamps[safe] == query
+        out = np.full((len(keys), len(self.columns)), np.nan)
+        out[hit] = self.values[safe[hit]]
+        return out
+
+
+def holiday_days(start: str = "1990-01-01", end: str = "2060-12-31") -> np.ndarray:
+    """US federal holidays as days since the epoch, sorted."""
+    days = USFederalHolidayCalendar().holidays(start, end).to_numpy("datetime64[D]")
+    return days.astype("int64")
+
+
+@dataclass(frozen=True)
+class Lookups:
+    """Everything the transform needs besides the flight itself."""
+
+    weather: HourlyTable
+    planes: KeyedRows
+    airports: KeyedRows
+    origin_departures: WindowIndex
+    carrier_departures: WindowIndex
+    dest_arrivals: WindowIndex
+    origin_schedule: WindowIndex
+    tail_schedule: PreviousIndex
+    holidays: np.ndarray
+
+    @classmethod
+    def build(
+        cls,
+        weather: pd.DataFrame,
+        planes: pd.DataFrame,
+        airports: pd.DataFrame,
+        events: pd.DataFrame,
+    ) -> Lookups:
+        def col(name: str) -> np.ndarray:
+            return events[name].to_numpy("float64", na_value=np.nan)
+
+        def key(name: str) -> np.ndarray:
+            return events[name].to_numpy(object)
+
+        ones = np.ones(len(events))
+        return cls(
+            weather=HourlyTable.build(
+                weather, "origin", to_minutes(weather["time_hour"]), WEATHER_COLUMNS
+            ),
+            planes=KeyedRows.build(planes, "tailnum"),
+            airports=KeyedRows.build(airports, "faa"),
+            origin_departures=WindowIndex.build(
+                key("origin"), col("departed_at"), col("dep_delay")
+            ),
+            carrier_departures=WindowIndex.build(
+                key("carrier"), col("departed_at"), col("dep_delay")
+            ),
+            dest_arrivals=WindowIndex.build(key("dest"), col("arrived_at"), col("arr_delay")),
+            origin_schedule=WindowIndex.build(key("origin"), col("scheduled"), ones),
+            tail_schedule=PreviousIndex.build(
+                key("tailnum"), col("scheduled"), col("departed_at"), col("dep_delay")
+            ),
+            holidays=holiday_days(),
+        )
+
+
+LOOKUP_FILES = {
+    "weather": "weather.parquet",
+    "planes": "planes.parquet",
+    "airports": "airports.parquet",
+    "flight_events": "flight_events",
+}
+
+
+def load_lookups(folder: Path) -> Lookups:
+    """Build the lookups from the files `mlops data features` wrote (what serving loads)."""
+    events_dir = folder / LOOKUP_FILES["flight_events"]
+    files = sorted(events_dir.glob("month=*.parquet"))
+    events = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    return Lookups.build(
+        pd.read_parquet(folder / LOOKUP_FILES["weather"]),
+        pd.read_parquet(folder / LOOKUP_FILES["planes"]),
+        pd.read_parquet(folder / LOOKUP_FILES["airports"]),
+        events,
+    )

@@ -1,0 +1,200 @@
+"""The feature spec: the contract between the feature table, training and serving.
+
+It records the columns, their vocabularies (index 0 is the out-of-vocabulary bucket), the
+training-month statistics used for normalization, defaults and drift (PSI bins), the split
+windows, and the sha256 of every lookup file. Statistics come from mergeable per-partition
+summaries, so the Dask graph and the single-process reference produce the same spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from pipelines.storage import write_bytes_atomic
+from pipelines.transform import CATEGORICAL, NUMERICAL, RAW_INPUTS
+
+LABEL = "delayed"
+SAMPLE_ROWS = 50_000  # per partition, for quantiles; the real data's months fit whole
+QUANTILES = [round(q, 2) for q in np.linspace(0, 1, 21)]
+
+
+class CategoricalFeature(BaseModel):
+    name: str
+    vocabulary: list[str]  # code i + 1 for vocabulary[i]; code 0 is out-of-vocabulary
+    oov_index: int = 0
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.vocabulary) + 1
+
+
+class NumericalFeature(BaseModel):
+    name: str
+    mean: float
+    std: float
+    min: float
+    max: float
+    default: float  # the training median: what a missing value becomes
+    missing_rate: float
+    quantiles: list[float]  # at QUANTILES
+    psi_edges: list[float]  # inner bin edges; the outer bins are open
+    psi_fractions: list[float]  # training share of each bin
+
+
+class SplitSummary(BaseModel):
+    months: list[str]
+    rows: int
+    positive_rate: float
+    unlabelled: int  # cancelled or diverted: no arrival, so no label
+
+
+class LookupFile(BaseModel):
+    path: str  # relative to the data folder
+    sha256: str
+    bytes: int
+
+
+class FeatureSpec(BaseModel):
+    version: int = 1
+    label: str = LABEL
+    label_definition: str = "arr_delay > 15 minutes (the DOT's on-time definition)"
+    prediction_time: str = "scheduled_departure, naive local New York time"
+    raw_inputs: list[str] = RAW_INPUTS
+    categorical: list[CategoricalFeature]
+    numerical: list[NumericalFeature]
+    splits: dict[str, SplitSummary]
+    lookups: dict[str, LookupFile] = {}
+    created_at: datetime
+
+    def save(self, path: Path) -> None:
+        write_bytes_atomic(self.model_dump_json(indent=2).encode(), path)
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureSpec:
+        return cls.model_validate_json(path.read_text())
+
+
+@dataclass
+class PartSummary:
+    """Mergeable statistics of one partition of the feature table."""
+
+    month: str
+    split: str
+    rows: int = 0
+    positives: int = 0
+    unlabelled: int = 0
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    sums: dict[str, tuple[float, float, float, float, float]] = field(default_factory=dict)
+    sample: pd.DataFrame | None = None
+
+
+def summarize(table: pd.DataFrame, month: str, split: str, unlabelled: int) -> PartSummary:
+    summary = PartSummary(month, split, len(table), int(table[LABEL].sum()), unlabelled)
+    for name in CATEGORICAL:
+        summary.counts[name] = table[name].value_counts().to_dict()
+    for name in NUMERICAL:
+        values = table[name].to_numpy("float64")
+        present = values[~np.isnan(values)]
+        summary.sums[name] = (
+            float(len(present)),
+            float(present.sum()),
+            float((present**2).sum()),
+            float(present.min()) if len(present) else np.inf,
+            float(present.max()) if len(present) else -np.inf,
+        )
+    seed = int(month.replace("-", "")) if month.replace("-", "").isdigit() else 0
+    rows = table[NUMERICAL]
+    summary.sample = rows.sample(min(len(rows), SAMPLE_ROWS), random_state=seed)
+    return summary
+
+
+def _numerical(name: str, parts: list[PartSummary], sample: pd.Series, rows: int):
+    n = sum(p.sums[name][0] for p in parts)
+    total = sum(p.sums[name][1] for p in parts)
+    squares = sum(p.sums[name][2] for p in parts)
+    mean = total / n if n else 0.0
+    std = float(np.sqrt(max(squares / n - mean**2, 0.0))) if n else 1.0
+    present = sample.dropna().to_numpy("float64")
+    quantiles = np.quantile(present, QUANTILES) if len(present) else np.zeros(len(QUANTILES))
+    edges = np.unique(quantiles[1:-1].round(6))
+    bins = np.searchsorted(edges, present, side="right")
+    fractions = np.bincount(bins, minlength=len(edges) + 1) / max(len(present), 1)
+    return NumericalFeature(
+        name=name,
+        mean=mean,
+        std=std if std > 0 else 1.0,
+        min=min((p.sums[name][3] for p in parts), default=0.0) if n else 0.0,
+        max=max((p.sums[name][4] for p in parts), default=0.0) if n else 0.0,
+        default=float(np.median(present)) if len(present) else 0.0,
+        missing_rate=1 - n / rows if rows else 0.0,
+        quantiles=[float(q) for q in quantiles],
+        psi_edges=[float(e) for e in edges],
+        psi_fractions=[float(f) for f in fractions],
+    )
+
+
+def build_spec(parts: list[PartSummary], min_category_count: int) -> FeatureSpec:
+    """The spec from per-partition summaries; statistics from the training months only."""
+    train = sorted((p for p in parts if p.split == "train"), key=lambda p: p.month)
+    if not train:
+        raise ValueError("no training months: the spec's statistics need at least one")
+    rows = sum(p.rows for p in train)
+    categorical = []
+    for name in CATEGORICAL:
+        counts: dict[str, int] = {}
+        for part in train:
+            for value, count in part.counts[name].items():
+                counts[value] = counts.get(value, 0) + count
+        kept = sorted(v for v, c in counts.items() if c >= min_category_count)
+        categorical.append(CategoricalFeature(name=name, vocabulary=kept))
+    sample = pd.concat([p.sample for p in train if p.sample is not None], ignore_index=True)
+    numerical = [_numerical(name, train, sample[name], rows) for name in NUMERICAL]
+    splits = {}
+    for split in ("train", "valid", "test"):
+        chosen = [p for p in parts if p.split == split]
+        n = sum(p.rows for p in chosen)
+        splits[split] = SplitSummary(
+            months=sorted(p.month for p in chosen),
+            rows=n,
+            positive_rate=sum(p.positives for p in chosen) / n if n else 0.0,
+            unlabelled=sum(p.unlabelled for p in chosen),
+        )
+    return FeatureSpec(
+        categorical=categorical, numerical=numerical, splits=splits, created_at=datetime.now(UTC)
+    )
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Model inputs: category codes, numerical values with defaults filled, and where."""
+
+    categorical: np.ndarray  # int64 [rows, len(spec.categorical)]
+    numerical: np.ndarray  # float32 [rows, len(spec.numerical)]
+    defaults_used: np.ndarray  # bool [rows, len(spec.numerical)]
+
+
+def encode(features: pd.DataFrame, spec: FeatureSpec) -> Encoded:
+    codes = np.zeros((len(features), len(spec.categorical)), dtype="int64")
+    for j, feature in enumerate(spec.categorical):
+        index = pd.Index(feature.vocabulary, dtype=object)
+        codes[:, j] = index.get_indexer(pd.Index(features[feature.name], dtype=object)) + 1
+    values = features[[f.name for f in spec.numerical]].to_numpy("float64", na_value=np.nan)
+    missing = np.isnan(values)
+    defaults = np.array([f.default for f in spec.numerical])
+    values = np.where(missing, defaults, values).astype("float32")
+    return Encoded(codes, values, missing)

@@ -1,0 +1,149 @@
+"""The per-flight transform: a raw flight plus the lookups -> its features.
+
+The one piece of feature logic in the project. Dask maps it over month partitions offline and
+the server calls it per request, so training and serving cannot drift apart. It only ever sees
+what is known at the prediction time (the scheduled departure): the flight's own schedule, the
+dimension tables, and events that became observable strictly before that time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipelines.events import to_minutes
+from pipelines.lookups import (
+    AIRPORT_NUMERIC,
+    PLANE_NUMERIC,
+    PLANE_TEXT,
+    WEATHER_COLUMNS,
+    Lookups,
+)
+
+HOUR = 60
+# The raw fields of a flight, as the API takes them (distance is optional there).
+RAW_INPUTS = ["carrier", "flight", "tailnum", "origin", "dest", "scheduled_departure", "distance"]
+
+# (name, key, index, start hours before, end hours before): the mean and count of the values of
+# events observed in [t - start, t - end).
+WINDOWS: list[tuple[str, str, str, float, float]] = [
+    ("origin_dep", "origin", "origin_departures", 1, 0),
+    ("origin_dep", "origin", "origin_departures", 2, 1),
+    ("origin_dep", "origin", "origin_departures", 4, 2),
+    ("carrier_dep", "carrier", "carrier_departures", 3, 1),
+    ("dest_arr", "dest", "dest_arrivals", 3, 1),
+    ("dest_arr", "dest", "dest_arrivals", 4, 3),
+]
+TAIL_LOOKBACK_H = 48  # an aircraft's "previous departure" older than this is no signal
+# The longest any feature looks back or forward from t, in event time. The Dask graph hands
+# each month partition this much of its neighbours' events; the delay bounds in
+# `pipelines.schemas` (at most a day late, 3 hours early) are what make it sufficient.
+LOOKBACK_H = 72
+LOOKAHEAD_H = 3
+
+
+def _window_names(prefix: str, start: float, end: float) -> tuple[str, str]:
+    span = f"{end:g}_{start:g}h"
+    measure = "delay" if prefix.endswith(("dep", "arr")) else "value"
+    return f"{prefix}_{measure}_mean_{span}", f"{prefix}_count_{span}"
+
+
+CATEGORICAL = ["carrier", "origin", "dest"] + [f"plane_{c}" for c in PLANE_TEXT]
+NUMERICAL = [
+    "month",
+    "day_of_week",
+    "day_of_year",
+    "dep_hour",
+    "days_to_holiday",
+    "distance",
+    *WEATHER_COLUMNS,
+    "plane_age",
+    "plane_seats",
+    "plane_engines",
+    *[f"dest_{c}" for c in AIRPORT_NUMERIC],
+    *[name for w in WINDOWS for name in _window_names(w[0], w[3], w[4])],
+    "tail_prev_hours_since",
+    "tail_prev_departed",
+    "tail_prev_dep_delay",
+    "tail_prev_overdue_min",
+    "origin_scheduled_count_hour",
+]
+FEATURES = CATEGORICAL + NUMERICAL
+
+
+def _text(frame: pd.DataFrame, column: str) -> np.ndarray:
+    values = frame[column].astype(object).to_numpy() if column in frame else None
+    if values is None:
+        return np.full(len(frame), None, dtype=object)
+    return np.where(pd.isna(values), None, values).astype(object)
+
+
+def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
+    """Features of each flight, in input order; NaN where a value is unknown."""
+    t = to_minutes(flights["scheduled_departure"]).astype("int64")
+    when = pd.DatetimeIndex(flights["scheduled_departure"].to_numpy("datetime64[ns]"))
+    carrier, origin, dest, tail = (
+        _text(flights, c) for c in ("carrier", "origin", "dest", "tailnum")
+    )
+    out: dict[str, np.ndarray] = {
+        "carrier": carrier,
+        "origin": origin,
+        "dest": dest,
+        "month": when.month.to_numpy("float64"),
+        "day_of_week": when.dayofweek.to_numpy("float64"),
+        "day_of_year": when.dayofyear.to_numpy("float64"),
+        "dep_hour": (when.hour + when.minute / 60).to_numpy("float64"),
+    }
+    day = t // (24 * HOUR)
+    pos = np.clip(np.searchsorted(lookups.holidays, day), 1, len(lookups.holidays) - 1)
+    nearest = np.minimum(
+        np.abs(lookups.holidays[pos] - day), np.abs(day - lookups.holidays[pos - 1])
+    )
+    out["days_to_holiday"] = np.minimum(nearest, 60).astype("float64")
+    distance = flights["distance"] if "distance" in flights else pd.Series(np.nan, flights.index)
+    out["distance"] = pd.to_numeric(distance, errors="coerce").to_numpy("float64", na_value=np.nan)
+
+    weather = lookups.weather.at(origin, t - t % HOUR)
+    for i, name in enumerate(lookups.weather.columns):
+        out[name] = weather[:, i]
+
+    for name in PLANE_TEXT:
+        out[f"plane_{name}"] = lookups.planes.column(tail, name)
+    plane = {name: lookups.planes.column(tail, name) for name in PLANE_NUMERIC}
+    out["plane_age"] = when.year.to_numpy("float64") - plane["year"]
+    out["plane_seats"] = plane["seats"]
+    out["plane_engines"] = plane["engines"]
+    for name in AIRPORT_NUMERIC:
+        out[f"dest_{name}"] = lookups.airports.column(dest, name)
+
+    keys = {"origin": origin, "carrier": carrier, "dest": dest}
+    for prefix, key, index, start, end in WINDOWS:
+        mean_name, count_name = _window_names(prefix, start, end)
+        count, mean = getattr(lookups, index).window(
+            keys[key], t - int(start * HOUR), t - int(end * HOUR)
+        )
+        out[mean_name], out[count_name] = mean, count
+
+    schedule = lookups.tail_schedule
+    prev = schedule.previous(tail, t)
+    safe = np.clip(prev, 0, None)
+    has_prev = prev >= 0
+    if len(schedule.stamps):
+        prev_sched = np.where(has_prev, schedule.scheduled[safe], np.nan)
+        prev_departed_at = np.where(has_prev, schedule.departed_at[safe], np.nan)
+        prev_delay = np.where(has_prev, schedule.dep_delay[safe], np.nan)
+    else:
+        prev_sched = prev_departed_at = prev_delay = np.full(len(t), np.nan)
+    since = t - prev_sched
+    recent = since <= TAIL_LOOKBACK_H * HOUR  # False for NaN
+    # Known only if it left strictly before t; "left early" never makes the flight its own past.
+    departed = recent & (prev_departed_at < t)
+    out["tail_prev_hours_since"] = np.where(recent, since / HOUR, np.nan)
+    out["tail_prev_departed"] = np.where(recent, departed.astype("float64"), np.nan)
+    out["tail_prev_dep_delay"] = np.where(departed, prev_delay, np.nan)
+    out["tail_prev_overdue_min"] = np.where(recent, np.where(departed, 0.0, since), np.nan)
+
+    hour_start = t - t % HOUR
+    count, _ = lookups.origin_schedule.window(origin, hour_start, hour_start + HOUR)
+    out["origin_scheduled_count_hour"] = count
+    return pd.DataFrame({name: out[name] for name in FEATURES}, index=flights.index)

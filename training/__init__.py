@@ -1,0 +1,1 @@
+"""PyTorch training, tuning, evaluation, ONNX export and promotion (see issue: training)."""
