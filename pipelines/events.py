@@ -15,6 +15,7 @@ EVENT_COLUMNS = [
     "origin",
     "dest",
     "carrier",
+    "flight",
     "tailnum",
     "scheduled",
     "departed_at",
@@ -61,6 +62,18 @@ def _scheduled_arrival_ny(flights: pd.DataFrame, zone: pd.Series) -> np.ndarray:
     return result
 
 
+def flight_identity(carrier: np.ndarray, flight: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """`carrier|flight|origin`: with the scheduled time, what makes a flight itself."""
+    number = pd.Series(pd.to_numeric(pd.Series(flight), errors="coerce")).astype("Int64")
+    return (
+        pd.Series(carrier, dtype=object).astype(str)
+        + "|"
+        + number.astype(str)
+        + "|"
+        + pd.Series(origin, dtype=object).astype(str)
+    ).to_numpy(object)
+
+
 def flight_events(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
     """One row per flight: its scheduled departure and when its outcomes became observable."""
     scheduled = to_minutes(flights["scheduled_departure"])
@@ -72,6 +85,7 @@ def flight_events(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame
             "origin": flights["origin"].to_numpy(object),
             "dest": flights["dest"].to_numpy(object),
             "carrier": flights["carrier"].to_numpy(object),
+            "flight": flights["flight"].to_numpy("float64", na_value=np.nan),
             "tailnum": flights["tailnum"].to_numpy(object),
             "scheduled": scheduled,
             "departed_at": scheduled + dep_delay,

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.holiday import USFederalHolidayCalendar
 
-from pipelines.events import to_minutes
+from pipelines.events import flight_identity, to_minutes
 
 KEY_SHIFT = 32  # composite stamp = key code << 32 | minutes since the epoch (fits to year 10136)
 WEATHER_COLUMNS = [
@@ -72,16 +72,14 @@ class WindowIndex:
     def window(
         self, keys: np.ndarray, start: np.ndarray, end: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Count and mean of values observed in [start, end) per key (mean NaN when none)."""
+        """Count and sum of the values observed in [start, end) per key."""
         code = self.codes.encode(keys)
         known = code >= 0
         lo = np.searchsorted(self.stamps, _stamps(code, start), side="left")
         hi = np.searchsorted(self.stamps, _stamps(code, end), side="left")
         count = np.where(known, hi - lo, 0)
         total = np.where(known, self.cumsum[hi] - self.cumsum[lo], 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        return count.astype("float64"), mean
+        return count.astype("float64"), total
 
 
 @dataclass(frozen=True)
@@ -173,6 +171,43 @@ class HourlyTable:
         return out
 
 
+@dataclass(frozen=True)
+class OwnEvents:
+    """A flight's own events, found by identity and scheduled time.
+
+    Aggregates over "other flights" must not count the flight itself: one that left five
+    minutes early would otherwise feed its own departure delay into its features.
+    """
+
+    codes: Codebook
+    stamps: np.ndarray
+    values: pd.DataFrame  # departed_at, dep_delay, arrived_at, arr_delay
+
+    @classmethod
+    def build(cls, identity: np.ndarray, scheduled: np.ndarray, values: pd.DataFrame) -> OwnEvents:
+        codes = Codebook(identity)
+        stamps = _stamps(codes.encode(identity), np.nan_to_num(scheduled))
+        order = np.lexsort(
+            [np.nan_to_num(values[c].to_numpy("float64"), nan=np.inf) for c in values][::-1]
+            + [stamps]
+        )
+        return cls(codes, stamps[order], values.iloc[order].reset_index(drop=True))
+
+    def of(self, identity: np.ndarray, scheduled: np.ndarray) -> pd.DataFrame:
+        """Each flight's own event values (NaN where the flight is not in the log)."""
+        code = self.codes.encode(identity)
+        query = _stamps(code, scheduled)
+        pos = np.searchsorted(self.stamps, query)
+        safe = np.clip(pos, 0, max(len(self.stamps) - 1, 0))
+        hit = (code >= 0) & (pos < len(self.stamps))
+        if len(self.stamps):
+            hit &= self.stamps[safe] == query
+        out = self.values.iloc[safe].reset_index(drop=True) if len(self.stamps) else None
+        if out is None:
+            return pd.DataFrame(np.nan, index=range(len(code)), columns=self.values.columns)
+        return out.where(pd.Series(hit), np.nan)
+
+
 def holiday_days(start: str = "1990-01-01", end: str = "2060-12-31") -> np.ndarray:
     """US federal holidays as days since the epoch, sorted."""
     days = USFederalHolidayCalendar().holidays(start, end).to_numpy("datetime64[D]")
@@ -191,6 +226,7 @@ class Lookups:
     dest_arrivals: WindowIndex
     origin_schedule: WindowIndex
     tail_schedule: PreviousIndex
+    own_events: OwnEvents
     holidays: np.ndarray
 
     @classmethod
@@ -224,6 +260,11 @@ class Lookups:
             origin_schedule=WindowIndex.build(key("origin"), col("scheduled"), ones),
             tail_schedule=PreviousIndex.build(
                 key("tailnum"), col("scheduled"), col("departed_at"), col("dep_delay")
+            ),
+            own_events=OwnEvents.build(
+                flight_identity(key("carrier"), col("flight"), key("origin")),
+                col("scheduled"),
+                events[["departed_at", "dep_delay", "arrived_at", "arr_delay"]],
             ),
             holidays=holiday_days(),
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipelines.events import to_minutes
+from pipelines.events import flight_identity, to_minutes
 from pipelines.lookups import (
     AIRPORT_NUMERIC,
     PLANE_NUMERIC,
@@ -25,7 +25,8 @@ HOUR = 60
 RAW_INPUTS = ["carrier", "flight", "tailnum", "origin", "dest", "scheduled_departure", "distance"]
 
 # (name, key, index, start hours before, end hours before): the mean and count of the values of
-# events observed in [t - start, t - end).
+# events observed in [t - start, t - end), the flight's own event excluded. The last two fields
+# name the flight's own event time and value, subtracted when they fall in the window.
 WINDOWS: list[tuple[str, str, str, float, float]] = [
     ("origin_dep", "origin", "origin_departures", 1, 0),
     ("origin_dep", "origin", "origin_departures", 2, 1),
@@ -34,6 +35,7 @@ WINDOWS: list[tuple[str, str, str, float, float]] = [
     ("dest_arr", "dest", "dest_arrivals", 3, 1),
     ("dest_arr", "dest", "dest_arrivals", 4, 3),
 ]
+OWN_EVENT = {"dep": ("departed_at", "dep_delay"), "arr": ("arrived_at", "arr_delay")}
 TAIL_LOOKBACK_H = 48  # an aircraft's "previous departure" older than this is no signal
 # The longest any feature looks back or forward from t, in event time. The Dask graph hands
 # each month partition this much of its neighbours' events; the delay bounds in
@@ -117,12 +119,19 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
         out[f"dest_{name}"] = lookups.airports.column(dest, name)
 
     keys = {"origin": origin, "carrier": carrier, "dest": dest}
+    number = flights["flight"] if "flight" in flights else pd.Series(np.nan, flights.index)
+    own = lookups.own_events.of(flight_identity(carrier, number.to_numpy(), origin), t)
     for prefix, key, index, start, end in WINDOWS:
         mean_name, count_name = _window_names(prefix, start, end)
-        count, mean = getattr(lookups, index).window(
-            keys[key], t - int(start * HOUR), t - int(end * HOUR)
-        )
-        out[mean_name], out[count_name] = mean, count
+        lo, hi = t - int(start * HOUR), t - int(end * HOUR)
+        count, total = getattr(lookups, index).window(keys[key], lo, hi)
+        at, value = (own[c].to_numpy("float64") for c in OWN_EVENT[prefix.rsplit("_", 1)[1]])
+        mine = (at >= lo) & (at < hi) & ~np.isnan(value) & (count > 0)
+        total = total - np.where(mine, value, 0.0)
+        count = count - mine
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[mean_name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        out[count_name] = count
 
     schedule = lookups.tail_schedule
     prev = schedule.previous(tail, t)
