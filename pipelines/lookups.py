@@ -187,10 +187,8 @@ class OwnEvents:
     def build(cls, identity: np.ndarray, scheduled: np.ndarray, values: pd.DataFrame) -> OwnEvents:
         codes = Codebook(identity)
         stamps = _stamps(codes.encode(identity), np.nan_to_num(scheduled))
-        order = np.lexsort(
-            [np.nan_to_num(values[c].to_numpy("float64"), nan=np.inf) for c in values][::-1]
-            + [stamps]
-        )
+        ties = [np.nan_to_num(values[c].to_numpy("float64"), nan=np.inf) for c in values]
+        order = np.lexsort([*ties[::-1], stamps])
         return cls(codes, stamps[order], values.iloc[order].reset_index(drop=True))
 
     def of(self, identity: np.ndarray, scheduled: np.ndarray) -> pd.DataFrame:
