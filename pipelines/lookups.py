@@ -133,12 +133,20 @@ class KeyedRows:
         return cls(Codebook(frame[key].to_numpy(object)), frame)
 
     def column(self, keys: np.ndarray, name: str) -> np.ndarray:
+        """Values of `name` for each key: float64 (NaN when unknown) or objects (None)."""
         row = self.codes.encode(keys)
-        values = self.frame[name].to_numpy()
-        out = values[np.clip(row, 0, max(len(values) - 1, 0))] if len(values) else values
-        if values.dtype.kind == "f":
-            return np.where(row >= 0, out, np.nan)
-        return np.where(row >= 0, out, None).astype(object)
+        series = self.frame[name]
+        safe = np.clip(row, 0, max(len(series) - 1, 0))
+        if pd.api.types.is_numeric_dtype(series):
+            values = series.to_numpy("float64", na_value=np.nan)
+            return (
+                np.where(row >= 0, values[safe], np.nan)
+                if len(values)
+                else np.full(len(row), np.nan)
+            )
+        values = series.astype(object).to_numpy()
+        out = values[safe] if len(values) else np.full(len(row), None, dtype=object)
+        return np.where((row >= 0) & pd.notna(out), out, None).astype(object)
 
 
 @dataclass(frozen=True)

@@ -92,8 +92,8 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
         "origin": origin,
         "dest": dest,
         "month": when.month.to_numpy("float64"),
-        "day_of_week": when.dayofweek.to_numpy("float64"),
-        "day_of_year": when.dayofyear.to_numpy("float64"),
+        "day_of_week": when.day_of_week.to_numpy("float64"),
+        "day_of_year": when.day_of_year.to_numpy("float64"),
         "dep_hour": (when.hour + when.minute / 60).to_numpy("float64"),
     }
     day = t // (24 * HOUR)
