@@ -94,14 +94,13 @@ def _enrich(table: str, kept: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ingest_table(
-    layout: DataLayout,
     schema: TableSchema,
     source: Path,
     window: MonthWindow,
     codes: Mapping[str, frozenset[str]],
-) -> tuple[TableReport, StagedTable, dict[str, list[pd.DataFrame]]]:
+    staged: StagedTable,
+) -> tuple[TableReport, dict[str, list[pd.DataFrame]]]:
     report = TableReport(schema.name)
-    staged = StagedTable(layout.bronze(schema.name))
     quarantine: dict[str, list[pd.DataFrame]] = {}
     for chunk in read_chunks(source, schema.columns):
         raw = chunk.frame
@@ -147,7 +146,7 @@ def _ingest_table(
             staged.write(empty, f"month={month}")  # all rows rejected: the month is still replaced
     if not staged.partitions:
         staged.write(empty)  # an empty table still has a schema
-    return report, staged, quarantine
+    return report, quarantine
 
 
 def _commit_quarantine(
@@ -171,17 +170,19 @@ def ingest(
     """Validate every table, then commit bronze and quarantine; nothing is written on error."""
     sources = dict(sources or {})
     recover(layout.root)
-    staged: list[tuple[StagedTable, str, dict[str, list[pd.DataFrame]]]] = []
+    staged: list[StagedTable] = []
+    quarantines: dict[str, dict[str, list[pd.DataFrame]]] = {}
     reports: dict[str, TableReport] = {}
     codes: dict[str, frozenset[str]] = {}
     try:
         for table in TABLE_ORDER:
             source = sources.get(table) or bundled_source(table)
             logger.debug("ingesting %s from %s", table, source)
-            report, table_stage, quarantine = _ingest_table(
-                layout, SCHEMAS[table], source, window, codes
+            table_stage = StagedTable(layout.bronze(table))
+            staged.append(table_stage)
+            report, quarantines[table] = _ingest_table(
+                SCHEMAS[table], source, window, codes, table_stage
             )
-            staged.append((table_stage, table, quarantine))
             reports[table] = report
             if on_table:
                 on_table(report)
@@ -189,11 +190,11 @@ def ingest(
                 codes["carriers"] = frozenset(_staged_column(table_stage, "carrier"))
             if table == "airports":
                 codes["airports"] = frozenset(_staged_column(table_stage, "faa"))
-        for table_stage, table, quarantine in staged:
+        for table, table_stage in zip(TABLE_ORDER, staged, strict=True):
             table_stage.commit()
-            _commit_quarantine(layout, table, quarantine)
+            _commit_quarantine(layout, table, quarantines[table])
     finally:
-        for table_stage, _, _ in staged:
+        for table_stage in staged:
             table_stage.abort()
     return IngestReport(reports)
 

@@ -55,7 +55,7 @@ def _date_exists(frame: pd.DataFrame) -> pd.Series:
 
 
 def _known(codes: frozenset[str]) -> list[pa.Check]:
-    return [pa.Check.isin(sorted(codes), name="known_code")] if codes else []
+    return [pa.Check.isin(sorted(codes), error="not a known code")] if codes else []
 
 
 def _flights_schema(carriers: frozenset[str], airports: frozenset[str]) -> pa.DataFrameSchema:
