@@ -1,9 +1,10 @@
 """`mlops data features`: bronze -> point-in-time features, split by time, spec and lookups.
 
-The graph is one task per month: it reads the month's flights and the events of its
-neighbours within `LOOKBACK_H`/`LOOKAHEAD_H`, so memory is bounded by a partition, never by the
-data, and the result equals the single-process reference (`build_features_pandas`) exactly.
-Dimension tables are scattered once to every worker, never shuffled.
+The graph has two tasks per time partition: one turns its flights into events, one builds its
+features from its flights and the events of its neighbours within `LOOKBACK_H`/`LOOKAHEAD_H`.
+Memory is bounded by a partition, never by the data, and the result equals the single-process
+reference (`build_features_pandas`) exactly. Dimension tables are scattered once to every
+worker, never shuffled.
 """
 
 from __future__ import annotations
@@ -18,10 +19,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.errors import NoDataError
 from pipelines.events import flight_events
 from pipelines.layout import DataLayout
 from pipelines.lookups import LOOKUP_FILES, WEATHER_COLUMNS, Lookups
+from pipelines.partitions import (
+    Partition,
+    neighbours,
+    plan_partitions,
+    read_partition,
+    sample_sizes,
+)
 from pipelines.spec import (
     LABEL,
     FeatureSpec,
@@ -39,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 TABLE_COLUMNS = list(dict.fromkeys([*RAW_INPUTS, *FEATURES, LABEL]))
 Progress = Callable[[int, int], None]
+LOOKBACK_MIN, LOOKAHEAD_MIN = LOOKBACK_H * 60, LOOKAHEAD_H * 60
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class FeatureReport:
     spec_path: Path
     features: Path
     lookups: Path
+    partitions: int
 
 
 def load_dims(layout: DataLayout) -> Dims:
@@ -64,29 +73,6 @@ def load_dims(layout: DataLayout) -> Dims:
         planes=read_parquet_folder(layout.bronze("planes")),
         airports=read_parquet_folder(layout.bronze("airports")),
     )
-
-
-def _month_start(month: str) -> float:
-    return float(pd.Timestamp(f"{month}-01").value // 60_000_000_000)
-
-
-def _next_month(month: str) -> str:
-    return (pd.Period(month, "M") + 1).strftime("%Y-%m")
-
-
-def read_month(layout: DataLayout, month: str) -> pd.DataFrame:
-    return read_parquet_folder(layout.month_partition("flights", month))
-
-
-def month_events(flights: pd.DataFrame, dims: Dims, path: Path) -> pd.DataFrame:
-    events = flight_events(flights, dims.airports)
-    write_parquet_atomic(events, path)
-    return events
-
-
-def events_near(events: pd.DataFrame, lo: float, hi: float) -> pd.DataFrame:
-    """Events of flights scheduled in [lo, hi): what a neighbouring partition can observe."""
-    return events[(events["scheduled"] >= lo) & (events["scheduled"] < hi)]
 
 
 def feature_table(flights: pd.DataFrame, lookups: Lookups) -> tuple[pd.DataFrame, int]:
@@ -102,9 +88,21 @@ def feature_table(flights: pd.DataFrame, lookups: Lookups) -> tuple[pd.DataFrame
     return table.loc[labelled, TABLE_COLUMNS].reset_index(drop=True), int((~labelled).sum())
 
 
-def month_features(
-    month: str,
+def partition_events(flights: pd.DataFrame, dims: Dims, path: Path) -> pd.DataFrame:
+    events = flight_events(flights, dims.airports)
+    write_parquet_atomic(events, path)
+    return events
+
+
+def events_between(events: pd.DataFrame, lo: float, hi: float) -> pd.DataFrame:
+    """Events of flights scheduled in [lo, hi): what a neighbouring partition can observe."""
+    return events[(events["scheduled"] >= lo) & (events["scheduled"] < hi)]
+
+
+def partition_features(
+    partition: Partition,
     split: str,
+    sample_rows: int,
     flights: pd.DataFrame,
     events: list[pd.DataFrame],
     dims: Dims,
@@ -112,8 +110,8 @@ def month_features(
 ) -> PartSummary:
     lookups = Lookups.build(dims.weather, dims.planes, dims.airports, pd.concat(events))
     table, unlabelled = feature_table(flights, lookups)
-    write_parquet_atomic(table, out / split / f"{month}.parquet")
-    return summarize(table, month, split, unlabelled)
+    write_parquet_atomic(table, out / split / f"{partition.name}.parquet")
+    return summarize(table, partition.name, split, unlabelled, sample_rows)
 
 
 def _write_dims(dims: Dims, lookups_dir: Path) -> None:
@@ -136,7 +134,10 @@ class _Staging:
         self.lookups = self.root / "lookups"
         self.events = self.lookups / LOOKUP_FILES["flight_events"]
 
-    def commit(self, spec: FeatureSpec) -> FeatureReport:
+    def events_path(self, partition: Partition) -> Path:
+        return self.events / f"{partition.name}.parquet"
+
+    def commit(self, spec: FeatureSpec, partitions: int) -> FeatureReport:
         files = sorted(p for p in self.lookups.rglob("*.parquet"))
         spec.lookups = {
             str(p.relative_to(self.lookups)): LookupFile(
@@ -150,17 +151,16 @@ class _Staging:
         swap_in(self.lookups, self.layout.lookups)
         spec.save(self.layout.spec)
         shutil.rmtree(self.root, ignore_errors=True)
-        return FeatureReport(spec, self.layout.spec, self.layout.features, self.layout.lookups)
+        return FeatureReport(
+            spec, self.layout.spec, self.layout.features, self.layout.lookups, partitions
+        )
 
     def abort(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _months(layout: DataLayout) -> list[str]:
-    months = layout.months("flights")
-    if not months:
-        raise NoDataError(f"no bronze flights under {layout.bronze('flights')}: run ingest first")
-    return months
+def _train_names(partitions: list[Partition], plan: SplitPlan) -> set[str]:
+    return {p.name for p in partitions if plan.split_of(p.month) == "train"}
 
 
 def build_feature_tables(
@@ -169,47 +169,52 @@ def build_feature_tables(
     client,  # distributed.Client
     min_category_count: int = 10,
     on_progress: Progress | None = None,
+    target_rows: int | None = None,
 ) -> FeatureReport:
-    """The Dask graph: one events task and one features task per month."""
+    """The Dask graph: an events task and a features task per time partition."""
     from dask import delayed
     from distributed import as_completed
 
-    months = _months(layout)
+    partitions = plan_partitions(layout, *([target_rows] if target_rows else []))
+    samples = sample_sizes(partitions, _train_names(partitions, plan))
     staging = _Staging(layout)
     try:
         dims = load_dims(layout)
         _write_dims(dims, staging.lookups)
         dims_future = client.scatter(dims, broadcast=True)
-        events = {
-            m: delayed(month_events)(
-                delayed(read_month)(layout, m),
-                dims_future,
-                staging.events / f"month={m}.parquet",
-                dask_key_name=f"events-{m}",
+        flights = [
+            delayed(read_partition)(layout, p, dask_key_name=f"flights-{p.name}")
+            for p in partitions
+        ]
+        events = [
+            delayed(partition_events)(
+                flights[i], dims_future, staging.events_path(p), dask_key_name=f"events-{p.name}"
             )
-            for m in months
-        }
+            for i, p in enumerate(partitions)
+        ]
         tasks = []
-        for i, m in enumerate(months):
-            start, end = _month_start(m), _month_start(_next_month(m))
-            parts = [events[m]]
-            if i > 0:
-                parts.append(
-                    delayed(events_near)(events[months[i - 1]], start - LOOKBACK_H * 60, start)
+        for i, p in enumerate(partitions):
+            lo, hi = neighbours(partitions, i)[0], neighbours(partitions, i)[-1]
+            near = [
+                events[j]
+                if j == i
+                else delayed(events_between)(
+                    events[j],
+                    p.start_min - LOOKBACK_MIN,
+                    p.end_min + LOOKAHEAD_MIN,
                 )
-            if i + 1 < len(months):
-                parts.append(
-                    delayed(events_near)(events[months[i + 1]], end, end + LOOKAHEAD_H * 60)
-                )
+                for j in range(lo, hi + 1)
+            ]
             tasks.append(
-                delayed(month_features)(
-                    m,
-                    plan.split_of(m),
-                    delayed(read_month)(layout, m),
-                    parts,
+                delayed(partition_features)(
+                    p,
+                    plan.split_of(p.month),
+                    samples[p.name],
+                    flights[i],
+                    near,
                     dims_future,
                     staging.features,
-                    dask_key_name=f"features-{m}",
+                    dask_key_name=f"features-{p.name}",
                 )
             )
         summaries: list[PartSummary] = []
@@ -220,39 +225,42 @@ def build_feature_tables(
             if on_progress:
                 on_progress(done, len(tasks))
         spec = build_spec(summaries, min_category_count)
-        return staging.commit(spec)
+        return staging.commit(spec, len(partitions))
     finally:
         staging.abort()
 
 
 def build_features_pandas(
-    layout: DataLayout, plan: SplitPlan, min_category_count: int = 10
+    layout: DataLayout,
+    plan: SplitPlan,
+    min_category_count: int = 10,
+    target_rows: int | None = None,
 ) -> FeatureReport:
     """The same features in one pandas process over the whole data: the reference and baseline."""
-    months = _months(layout)
+    partitions = plan_partitions(layout, *([target_rows] if target_rows else []))
+    samples = sample_sizes(partitions, _train_names(partitions, plan))
     staging = _Staging(layout)
     try:
         dims = load_dims(layout)
         _write_dims(dims, staging.lookups)
         flights = read_parquet_folder(layout.bronze("flights"))
         events = flight_events(flights, dims.airports)
-        month_of = flights["scheduled_departure"].dt.strftime("%Y-%m")
-        for m in months:
-            write_parquet_atomic(
-                events[(month_of == m).to_numpy()], staging.events / f"month={m}.parquet"
-            )
         lookups = Lookups.build(dims.weather, dims.planes, dims.airports, events)
         table, _ = feature_table(flights, lookups)
-        labelled_month = month_of[flights["arr_delay"].notna().to_numpy()].to_numpy()
-        unlabelled = flights.loc[flights["arr_delay"].isna(), "scheduled_departure"].dt.strftime(
-            "%Y-%m"
-        )
+        when = flights["scheduled_departure"]
+        labelled_when = when[flights["arr_delay"].notna().to_numpy()].to_numpy()
+        unlabelled_when = when[flights["arr_delay"].isna().to_numpy()]
         summaries = []
-        for m in months:
-            rows = table[labelled_month == m].reset_index(drop=True)
-            split = plan.split_of(m)
-            write_parquet_atomic(rows, staging.features / split / f"{m}.parquet")
-            summaries.append(summarize(rows, m, split, int((unlabelled == m).sum())))
-        return staging.commit(build_spec(summaries, min_category_count))
+        for p in partitions:
+            inside = ((when >= p.start) & (when < p.end)).to_numpy()
+            write_parquet_atomic(events[inside], staging.events_path(p))
+            rows = table[(labelled_when >= p.start) & (labelled_when < p.end)].reset_index(
+                drop=True
+            )
+            split = plan.split_of(p.month)
+            write_parquet_atomic(rows, staging.features / split / f"{p.name}.parquet")
+            unlabelled = int(((unlabelled_when >= p.start) & (unlabelled_when < p.end)).sum())
+            summaries.append(summarize(rows, p.name, split, unlabelled, samples[p.name]))
+        return staging.commit(build_spec(summaries, min_category_count), len(partitions))
     finally:
         staging.abort()

@@ -287,7 +287,7 @@ LOOKUP_FILES = {
 def load_lookups(folder: Path) -> Lookups:
     """Build the lookups from the files `mlops data features` wrote (what serving loads)."""
     events_dir = folder / LOOKUP_FILES["flight_events"]
-    files = sorted(events_dir.glob("month=*.parquet"))
+    files = sorted(events_dir.glob("*.parquet"))
     events = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     return Lookups.build(
         pd.read_parquet(folder / LOOKUP_FILES["weather"]),

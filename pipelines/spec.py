@@ -9,6 +9,7 @@ summaries, so the Dask graph and the single-process reference produce the same s
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from pipelines.storage import write_bytes_atomic
 from pipelines.transform import CATEGORICAL, NUMERICAL, RAW_INPUTS
 
 LABEL = "delayed"
-SAMPLE_ROWS = 50_000  # per partition, for quantiles; the real data's months fit whole
+SAMPLE_ROWS = 50_000  # per partition, for quantiles, unless the caller budgets otherwise
 QUANTILES = [round(q, 2) for q in np.linspace(0, 1, 21)]
 
 
@@ -85,7 +86,7 @@ class FeatureSpec(BaseModel):
 class PartSummary:
     """Mergeable statistics of one partition of the feature table."""
 
-    month: str
+    name: str  # the partition
     split: str
     rows: int = 0
     positives: int = 0
@@ -95,8 +96,10 @@ class PartSummary:
     sample: pd.DataFrame | None = None
 
 
-def summarize(table: pd.DataFrame, month: str, split: str, unlabelled: int) -> PartSummary:
-    summary = PartSummary(month, split, len(table), int(table[LABEL].sum()), unlabelled)
+def summarize(
+    table: pd.DataFrame, name: str, split: str, unlabelled: int, sample_rows: int = SAMPLE_ROWS
+) -> PartSummary:
+    summary = PartSummary(name, split, len(table), int(table[LABEL].sum()), unlabelled)
     for name in CATEGORICAL:
         summary.counts[name] = table[name].value_counts().to_dict()
     for name in NUMERICAL:
@@ -109,9 +112,9 @@ def summarize(table: pd.DataFrame, month: str, split: str, unlabelled: int) -> P
             float(present.min()) if len(present) else np.inf,
             float(present.max()) if len(present) else -np.inf,
         )
-    seed = int(month.replace("-", "")) if month.replace("-", "").isdigit() else 0
-    rows = table[NUMERICAL]
-    summary.sample = rows.sample(min(len(rows), SAMPLE_ROWS), random_state=seed)
+    rows = table[NUMERICAL].astype("float32")
+    seed = zlib.crc32(name.encode())  # the same rows whichever process summarizes
+    summary.sample = rows.sample(min(len(rows), sample_rows), random_state=seed)
     return summary
 
 
@@ -142,7 +145,7 @@ def _numerical(name: str, parts: list[PartSummary], sample: pd.Series, rows: int
 
 def build_spec(parts: list[PartSummary], min_category_count: int) -> FeatureSpec:
     """The spec from per-partition summaries; statistics from the training months only."""
-    train = sorted((p for p in parts if p.split == "train"), key=lambda p: p.month)
+    train = sorted((p for p in parts if p.split == "train"), key=lambda p: p.name)
     if not train:
         raise ValueError("no training months: the spec's statistics need at least one")
     rows = sum(p.rows for p in train)
@@ -161,7 +164,7 @@ def build_spec(parts: list[PartSummary], min_category_count: int) -> FeatureSpec
         chosen = [p for p in parts if p.split == split]
         n = sum(p.rows for p in chosen)
         splits[split] = SplitSummary(
-            months=sorted(p.month for p in chosen),
+            months=sorted({p.name[:7] for p in chosen}),
             rows=n,
             positive_rate=sum(p.positives for p in chosen) / n if n else 0.0,
             unlabelled=sum(p.unlabelled for p in chosen),

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
+ROW_GROUP_ROWS = 64_000
 
 
 def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
@@ -92,7 +93,8 @@ class StagedTable:
         folder = self.staging / partition if partition else self.staging
         path = folder / f"part-{index:05d}.parquet"
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, compression="zstd")
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         return path
 
     @property

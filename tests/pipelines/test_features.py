@@ -54,6 +54,19 @@ def test_two_worker_processes_give_the_same_table_as_the_default_run(built) -> N
             pd.testing.assert_frame_equal(table, reference[split], check_exact=True)
 
 
+def test_three_day_partitions_give_the_same_table(
+    ingested_home: Path, tmp_path: Path, built
+) -> None:
+    """Partitions shorter than the look-back: each reads events from several neighbours."""
+    layout = _copy_home(ingested_home, tmp_path)
+    with dask_client(ClusterConfig(n_workers=2)) as client:
+        report = build_feature_tables(layout, SplitPlan(), client, target_rows=2_000)
+    assert report.partitions > 100
+    reference = _tables(built["in_process"])
+    for split, table in _tables(layout).items():
+        pd.testing.assert_frame_equal(table, reference[split], check_exact=True)
+
+
 def test_the_spec_and_lookups_are_the_same_however_they_were_built(built) -> None:
     specs = {name: FeatureSpec.load(layout.spec) for name, layout in built.items()}
     dumps = [s.model_dump(exclude={"created_at"}) for s in specs.values()]
