@@ -12,6 +12,7 @@ Writes benchmarks/results/data_pipeline.json and prints the rows for benchmarks/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -28,10 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def tree_rss(process: psutil.Process) -> int:
     total = 0
     for p in [process, *process.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):  # a process that just exited
             total += p.memory_info().rss
-        except psutil.Error:
-            pass
     return total
 
 

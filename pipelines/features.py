@@ -159,8 +159,19 @@ class _Staging:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def _train_names(partitions: list[Partition], plan: SplitPlan) -> set[str]:
-    return {p.name for p in partitions if plan.split_of(p.month) == "train"}
+def _plan(
+    layout: DataLayout, plan: SplitPlan, target_rows: int | None
+) -> tuple[list[Partition], dict[str, int]]:
+    """The time partitions, and how many rows each adds to the quantile sample."""
+    partitions = plan_partitions(layout, *([target_rows] if target_rows else []))
+    train = {p.name for p in partitions if plan.split_of(p.month) == "train"}
+    return partitions, sample_sizes(partitions, train)
+
+
+def _stage_dims(layout: DataLayout, staging: _Staging) -> Dims:
+    dims = load_dims(layout)
+    _write_dims(dims, staging.lookups)
+    return dims
 
 
 def build_feature_tables(
@@ -175,12 +186,10 @@ def build_feature_tables(
     from dask import delayed
     from distributed import as_completed
 
-    partitions = plan_partitions(layout, *([target_rows] if target_rows else []))
-    samples = sample_sizes(partitions, _train_names(partitions, plan))
+    partitions, samples = _plan(layout, plan, target_rows)
     staging = _Staging(layout)
     try:
-        dims = load_dims(layout)
-        _write_dims(dims, staging.lookups)
+        dims = _stage_dims(layout, staging)
         dims_future = client.scatter(dims, broadcast=True)
         flights = [
             delayed(read_partition)(layout, p, dask_key_name=f"flights-{p.name}")
@@ -237,12 +246,10 @@ def build_features_pandas(
     target_rows: int | None = None,
 ) -> FeatureReport:
     """The same features in one pandas process over the whole data: the reference and baseline."""
-    partitions = plan_partitions(layout, *([target_rows] if target_rows else []))
-    samples = sample_sizes(partitions, _train_names(partitions, plan))
+    partitions, samples = _plan(layout, plan, target_rows)
     staging = _Staging(layout)
     try:
-        dims = load_dims(layout)
-        _write_dims(dims, staging.lookups)
+        dims = _stage_dims(layout, staging)
         flights = read_parquet_folder(layout.bronze("flights"))
         events = flight_events(flights, dims.airports)
         lookups = Lookups.build(dims.weather, dims.planes, dims.airports, events)

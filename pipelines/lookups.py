@@ -150,8 +150,8 @@ class KeyedRows:
 
 
 @dataclass(frozen=True)
-class HourlyTable:
-    """Hourly observations by key (weather at an airport), looked up for a given hour."""
+class KeyedTimeTable:
+    """Rows found by exact (key, time): hourly weather at an airport, a flight's own events."""
 
     codes: Codebook
     stamps: np.ndarray
@@ -159,16 +159,21 @@ class HourlyTable:
     columns: list[str]
 
     @classmethod
-    def build(cls, frame: pd.DataFrame, key: str, hour: np.ndarray, columns: list[str]):
-        codes = Codebook(frame[key].to_numpy(object))
-        stamps = _stamps(codes.encode(frame[key].to_numpy(object)), hour)
-        order = np.argsort(stamps, kind="stable")
-        values = frame[columns].to_numpy("float64", na_value=np.nan)[order]
-        return cls(codes, stamps[order], values, list(columns))
+    def build(
+        cls, keys: np.ndarray, times: np.ndarray, frame: pd.DataFrame, columns: list[str]
+    ) -> KeyedTimeTable:
+        codes = Codebook(keys)
+        stamps = _stamps(codes.encode(keys), np.nan_to_num(times))
+        values = frame[columns].to_numpy("float64", na_value=np.nan)
+        # Ties broken by the values so that any subset holding the same rows sorts the same.
+        ties = [np.nan_to_num(values[:, j], nan=np.inf) for j in range(values.shape[1])]
+        order = np.lexsort([*ties[::-1], stamps])
+        return cls(codes, stamps[order], values[order], list(columns))
 
-    def at(self, keys: np.ndarray, hour: np.ndarray) -> np.ndarray:
+    def at(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
+        """The row of each (key, time), NaN where there is none."""
         code = self.codes.encode(keys)
-        query = _stamps(code, hour)
+        query = _stamps(code, times)
         pos = np.searchsorted(self.stamps, query)
         safe = np.clip(pos, 0, max(len(self.stamps) - 1, 0))
         hit = (code >= 0) & (pos < len(self.stamps))
@@ -177,41 +182,6 @@ class HourlyTable:
         out = np.full((len(keys), len(self.columns)), np.nan)
         out[hit] = self.values[safe[hit]]
         return out
-
-
-@dataclass(frozen=True)
-class OwnEvents:
-    """A flight's own events, found by identity and scheduled time.
-
-    Aggregates over "other flights" must not count the flight itself: one that left five
-    minutes early would otherwise feed its own departure delay into its features.
-    """
-
-    codes: Codebook
-    stamps: np.ndarray
-    values: pd.DataFrame  # departed_at, dep_delay, arrived_at, arr_delay
-
-    @classmethod
-    def build(cls, identity: np.ndarray, scheduled: np.ndarray, values: pd.DataFrame) -> OwnEvents:
-        codes = Codebook(identity)
-        stamps = _stamps(codes.encode(identity), np.nan_to_num(scheduled))
-        ties = [np.nan_to_num(values[c].to_numpy("float64"), nan=np.inf) for c in values]
-        order = np.lexsort([*ties[::-1], stamps])
-        return cls(codes, stamps[order], values.iloc[order].reset_index(drop=True))
-
-    def of(self, identity: np.ndarray, scheduled: np.ndarray) -> pd.DataFrame:
-        """Each flight's own event values (NaN where the flight is not in the log)."""
-        code = self.codes.encode(identity)
-        query = _stamps(code, scheduled)
-        pos = np.searchsorted(self.stamps, query)
-        safe = np.clip(pos, 0, max(len(self.stamps) - 1, 0))
-        hit = (code >= 0) & (pos < len(self.stamps))
-        if len(self.stamps):
-            hit &= self.stamps[safe] == query
-        out = self.values.iloc[safe].reset_index(drop=True) if len(self.stamps) else None
-        if out is None:
-            return pd.DataFrame(np.nan, index=range(len(code)), columns=self.values.columns)
-        return out.where(pd.Series(hit), np.nan)
 
 
 def holiday_days(start: str = "1990-01-01", end: str = "2060-12-31") -> np.ndarray:
@@ -224,7 +194,7 @@ def holiday_days(start: str = "1990-01-01", end: str = "2060-12-31") -> np.ndarr
 class Lookups:
     """Everything the transform needs besides the flight itself."""
 
-    weather: HourlyTable
+    weather: KeyedTimeTable
     planes: KeyedRows
     airports: KeyedRows
     origin_departures: WindowIndex
@@ -232,7 +202,7 @@ class Lookups:
     dest_arrivals: WindowIndex
     origin_schedule: WindowIndex
     tail_schedule: PreviousIndex
-    own_events: OwnEvents
+    own_events: KeyedTimeTable  # a flight's own events, by identity and scheduled time
     holidays: np.ndarray
 
     @classmethod
@@ -251,8 +221,11 @@ class Lookups:
 
         ones = np.ones(len(events))
         return cls(
-            weather=HourlyTable.build(
-                weather, "origin", to_minutes(weather["time_hour"]), WEATHER_COLUMNS
+            weather=KeyedTimeTable.build(
+                weather["origin"].to_numpy(object),
+                to_minutes(weather["time_hour"]),
+                weather,
+                WEATHER_COLUMNS,
             ),
             planes=KeyedRows.build(planes, "tailnum"),
             airports=KeyedRows.build(airports, "faa"),
@@ -267,10 +240,11 @@ class Lookups:
             tail_schedule=PreviousIndex.build(
                 key("tailnum"), col("scheduled"), col("departed_at"), col("dep_delay")
             ),
-            own_events=OwnEvents.build(
+            own_events=KeyedTimeTable.build(
                 flight_identity(key("carrier"), col("flight"), key("origin")),
                 col("scheduled"),
-                events[["departed_at", "dep_delay", "arrived_at", "arr_delay"]],
+                events,
+                ["departed_at", "dep_delay", "arrived_at", "arr_delay"],
             ),
             holidays=holiday_days(),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -24,28 +25,29 @@ TRASH_PREFIX = ".trash-"
 ROW_GROUP_ROWS = 64_000
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
-    """Write `frame` to `path` through a temporary file in the same folder."""
+def _write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
+    """Call `write` on a temporary name in the same folder, then rename it to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        pq.write_table(table, tmp, compression="zstd")
+        write(tmp)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
+def write_parquet_atomic(frame: pd.DataFrame, path: Path) -> Path:
+    return _write_atomic(path, lambda tmp: write_parquet(frame, tmp))
 
 
 def write_bytes_atomic(data: bytes, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return _write_atomic(path, lambda tmp: tmp.write_bytes(data))
 
 
 def swap_in(staged: Path, final: Path) -> None:
@@ -93,8 +95,7 @@ class StagedTable:
         folder = self.staging / partition if partition else self.staging
         path = folder / f"part-{index:05d}.parquet"
         folder.mkdir(parents=True, exist_ok=True)
-        table = pa.Table.from_pandas(frame, preserve_index=False)
-        pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        write_parquet(frame, path)
         return path
 
     @property

@@ -120,12 +120,16 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
 
     keys = {"origin": origin, "carrier": carrier, "dest": dest}
     number = flights["flight"] if "flight" in flights else pd.Series(np.nan, flights.index)
-    own = lookups.own_events.of(flight_identity(carrier, number.to_numpy(), origin), t)
+    # Aggregates over other flights must not count the flight itself: one that left five
+    # minutes early would otherwise feed its own departure delay into its features.
+    own_events = lookups.own_events
+    own_values = own_events.at(flight_identity(carrier, number.to_numpy(), origin), t)
+    own = dict(zip(own_events.columns, own_values.T, strict=True))
     for prefix, key, index, start, end in WINDOWS:
         mean_name, count_name = _window_names(prefix, start, end)
         lo, hi = t - int(start * HOUR), t - int(end * HOUR)
         count, total = getattr(lookups, index).window(keys[key], lo, hi)
-        at, value = (own[c].to_numpy("float64") for c in OWN_EVENT[prefix.rsplit("_", 1)[1]])
+        at, value = (own[c] for c in OWN_EVENT[prefix.rsplit("_", 1)[1]])
         mine = (at >= lo) & (at < hi) & ~np.isnan(value) & (count > 0)
         total = total - np.where(mine, value, 0.0)
         count = count - mine

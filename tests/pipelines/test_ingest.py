@@ -43,6 +43,13 @@ def _write_corrupted(raw: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def _ingest_csv(layout: DataLayout, flights: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Ingest `flights` written as CSV; returns the bronze flights."""
+    flights.to_csv(path, index=False)
+    ingest(layout, {"flights": path})
+    return _bronze(layout)
+
+
 def _bronze(layout: DataLayout) -> pd.DataFrame:
     return read_parquet_folder(layout.bronze("flights"))
 
@@ -70,9 +77,7 @@ def test_reingest_replaces_a_month_instead_of_adding_to_it(
 ) -> None:
     layout = DataLayout(tmp_path / "home")
     source = tmp_path / "flights.csv"
-    raw_flights.to_csv(source, index=False)
-    ingest(layout, {"flights": source})
-    first = _bronze(layout)
+    first = _ingest_csv(layout, raw_flights, source)
     files = sorted(layout.bronze("flights").rglob("*.parquet"))
     ingest(layout, {"flights": source})
     pd.testing.assert_frame_equal(_bronze(layout), first)
@@ -88,9 +93,7 @@ def test_an_interrupted_run_leaves_the_previous_output_intact(
 ) -> None:
     layout = DataLayout(tmp_path / "home")
     source = tmp_path / "flights.csv"
-    raw_flights.to_csv(source, index=False)
-    ingest(layout, {"flights": source})
-    before = _bronze(layout)
+    before = _ingest_csv(layout, raw_flights, source)
 
     real_write = pipelines.storage.pq.write_table
     calls = {"n": 0}

@@ -79,7 +79,7 @@ def test_calendar_features(sample) -> None:
     rows, features = sample
     when = rows["scheduled_departure"]
     np.testing.assert_array_equal(features["month"], when.dt.month.astype(float))
-    np.testing.assert_array_equal(features["day_of_week"], when.dt.dayofweek.astype(float))
+    np.testing.assert_array_equal(features["day_of_week"], when.dt.day_of_week.astype(float))
     np.testing.assert_allclose(features["dep_hour"], when.dt.hour + when.dt.minute / 60)
     thanksgiving = pd.DataFrame(
         {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -154,16 +156,22 @@ def three_days(bundled: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return flights[window].reset_index(drop=True)
 
 
-def test_perturbing_everything_observed_after_a_cutoff_changes_no_earlier_feature(
-    bundled: dict[str, pd.DataFrame], three_days: pd.DataFrame
-) -> None:
+@pytest.fixture(scope="module")
+def features(bundled: dict[str, pd.DataFrame]) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """Flights -> features, with the event log rebuilt from those same flights."""
     dims = (bundled["weather"], bundled["planes"], bundled["airports"])
-    rng = np.random.default_rng(7)
 
-    def features(flights: pd.DataFrame) -> pd.DataFrame:
+    def compute(flights: pd.DataFrame) -> pd.DataFrame:
         events = flight_events(flights, bundled["airports"])
         return build_features(flights, Lookups.build(*dims, events))
 
+    return compute
+
+
+def test_perturbing_everything_observed_after_a_cutoff_changes_no_earlier_feature(
+    bundled: dict[str, pd.DataFrame], three_days: pd.DataFrame, features
+) -> None:
+    rng = np.random.default_rng(7)
     base = features(three_days)
     scheduled = three_days["scheduled_departure"]
     for cutoff_time in rng.choice(scheduled.unique(), 8, replace=False):
@@ -176,15 +184,9 @@ def test_perturbing_everything_observed_after_a_cutoff_changes_no_earlier_featur
 
 
 def test_perturbing_a_flights_own_outcome_changes_none_of_its_features(
-    bundled: dict[str, pd.DataFrame], three_days: pd.DataFrame
+    three_days: pd.DataFrame, features
 ) -> None:
-    dims = (bundled["weather"], bundled["planes"], bundled["airports"])
     rng = np.random.default_rng(11)
-
-    def features(flights: pd.DataFrame) -> pd.DataFrame:
-        events = flight_events(flights, bundled["airports"])
-        return build_features(flights, Lookups.build(*dims, events))
-
     base = features(three_days)
     for row in rng.choice(len(three_days), 25, replace=False):
         flights = three_days.copy()
