@@ -50,7 +50,10 @@ def run_ingest(
         def advance(report: TableReport) -> None:
             progress.update(bar, advance=1, description=f"ingest: {report.table}")
 
-        report = ingest(layout_of(settings), sources, window, on_table=advance)
+        def reading(table: str, rows: int) -> None:
+            progress.update(bar, description=f"ingest: {table} ({rows:,} rows read)")
+
+        report = ingest(layout_of(settings), sources, window, on_table=advance, on_rows=reading)
     table = Table(title="ingest: rows in = kept + quarantined")
     for column in ("table", "rows in", "kept", "quarantined", "out of window", "months"):
         table.add_column(column, justify="right" if column != "table" else "left")

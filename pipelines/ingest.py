@@ -99,12 +99,15 @@ def _ingest_table(
     window: MonthWindow,
     codes: Mapping[str, frozenset[str]],
     staged: StagedTable,
+    on_rows: Callable[[str, int], None] | None = None,
 ) -> tuple[TableReport, dict[str, list[pd.DataFrame]]]:
     report = TableReport(schema.name)
     quarantine: dict[str, list[pd.DataFrame]] = {}
     for chunk in read_chunks(source, schema.columns):
         raw = chunk.frame
         report.rows_read += len(raw)
+        if on_rows:
+            on_rows(schema.name, report.rows_read)
         result = validate(
             schema, raw, codes.get("carriers", frozenset()), codes.get("airports", frozenset())
         )
@@ -168,6 +171,7 @@ def ingest(
     sources: Mapping[str, Path] | None = None,
     window: MonthWindow = MonthWindow(),
     on_table: Callable[[TableReport], None] | None = None,
+    on_rows: Callable[[str, int], None] | None = None,
 ) -> IngestReport:
     """Validate every table, then commit bronze and quarantine; nothing is written on error."""
     sources = dict(sources or {})
@@ -183,7 +187,7 @@ def ingest(
             table_stage = StagedTable(layout.bronze(table))
             staged.append(table_stage)
             report, quarantines[table] = _ingest_table(
-                SCHEMAS[table], source, window, codes, table_stage
+                SCHEMAS[table], source, window, codes, table_stage, on_rows
             )
             reports[table] = report
             if on_table:
