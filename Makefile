@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The torch build to install first; any torch>=2.4 works (make test TORCH='torch>=2.4').
+# 2.13.0 is what CI runs: a CPU wheel on this project's machines, found on local disk.
+TORCH ?= torch==2.13.0
 
 .PHONY: run test lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[data,dev]'
+	$(BIN)/python -m pip install --quiet '$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[data,train,dev]'
 	touch $(STAMP)
 
 run: $(STAMP)  ## set up and run the whole chain on embedded defaults

@@ -1,0 +1,140 @@
+"""The fit loop: device-resident batches, bf16 autocast on CUDA, early stopping, fixed seeds."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.tensors import Tensors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int = 30
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int = 4  # epochs without a better validation loss before stopping
+    seed: int = 0
+
+    def as_params(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    train_loss: float
+    valid_loss: float
+    seconds: float
+    samples_per_s: float
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_valid_loss: float
+    history: list[EpochResult] = field(default_factory=list)
+    stopped_early: bool = False
+
+
+OnEpoch = Callable[[EpochResult], None]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # bf16 keeps fp32's range, so no loss scaling is needed; CPU stays in fp32.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: Tensors, batch_size: int = 65_536) -> torch.Tensor:
+    model.eval()
+    device = data.label.device
+    out = []
+    with _autocast(device):
+        for start in range(0, len(data), batch_size):
+            part = slice(start, start + batch_size)
+            out.append(model(data.categorical[part], data.numerical[part]).float())
+    return torch.cat(out) if out else torch.empty(0, device=device)
+
+
+def evaluate_loss(model: nn.Module, data: Tensors) -> float:
+    logits = predict_logits(model, data)
+    return float(nn.functional.binary_cross_entropy_with_logits(logits, data.label))
+
+
+def fit(
+    model: nn.Module,
+    train: Tensors,
+    valid: Tensors,
+    config: FitConfig,
+    on_epoch: OnEpoch | None = None,
+) -> FitResult:
+    """Train until the validation loss stops improving; the model ends on its best weights."""
+    seed_everything(config.seed)
+    device = train.label.device
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    result = FitResult(best_epoch=-1, best_valid_loss=float("inf"))
+    best_state = copy.deepcopy(model.state_dict())
+    for epoch in range(config.epochs):
+        clock = _Clock(device)
+        model.train()
+        order = torch.randperm(len(train), device=device, generator=generator)
+        total = torch.zeros((), device=device)
+        for begin in range(0, len(train), config.batch_size):
+            batch = train.take(order[begin : begin + config.batch_size])
+            with _autocast(device):
+                logits = model(batch.categorical, batch.numerical)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach() * len(batch)  # no host sync inside the loop
+        seconds = clock.seconds()
+        valid_loss = evaluate_loss(model, valid)
+        epoch_result = EpochResult(
+            epoch, float(total) / len(train), valid_loss, seconds, len(train) / seconds
+        )
+        result.history.append(epoch_result)
+        if on_epoch:
+            on_epoch(epoch_result)
+        if valid_loss < result.best_valid_loss:
+            result.best_epoch, result.best_valid_loss = epoch, valid_loss
+            best_state = copy.deepcopy(model.state_dict())
+        elif epoch - result.best_epoch >= config.patience:
+            result.stopped_early = True
+            break
+    model.load_state_dict(best_state)
+    return result
+
+
+class _Clock:
+    """Wall time of an epoch, synchronizing CUDA so queued kernels are counted."""
+
+    def __init__(self, device: torch.device) -> None:
+        self._device = device
+        self._start = time.perf_counter()
+
+    def seconds(self) -> float:
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+        return max(time.perf_counter() - self._start, 1e-9)

@@ -1,0 +1,150 @@
+"""A network for tabular data: an embedding per column, then MLP or ResNet-style blocks.
+
+Numerical features are normalized with the training statistics recorded in the feature spec
+(buffers, so the ONNX export carries the preprocessing) and then either used as they are or
+embedded, after "On Embeddings for Numerical Features in Tabular Deep Learning" (Gorishniy et
+al., NeurIPS 2022): piecewise-linear encoding on the spec's training quantiles, or periodic
+sin/cos features with learned frequencies. Every choice is a hyperparameter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from pipelines.spec import FeatureSpec
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    numeric_embedding: Literal["none", "ple", "periodic"] = "ple"
+    numeric_dim: int = 8  # per numerical feature, when embedded
+    periodic_frequencies: int = 8
+    periodic_sigma: float = 0.1  # the init scale of the frequencies: the paper's key knob
+    categorical_dim: int = 8  # the cap; small vocabularies get fewer dimensions
+    backbone: Literal["mlp", "resnet"] = "resnet"
+    width: int = 256
+    depth: int = 3
+    dropout: float = 0.1
+
+    def as_params(self) -> dict[str, object]:
+        return asdict(self)
+
+
+class PiecewiseLinear(nn.Module):
+    """Each value -> how far it has filled each quantile bin (0..1), then a linear map."""
+
+    def __init__(self, edges: list[list[float]], dim: int) -> None:
+        super().__init__()
+        bins = max(len(e) - 1 for e in edges)
+        lo = torch.zeros(len(edges), bins)
+        width = torch.ones(len(edges), bins)
+        for j, column in enumerate(edges):
+            for b in range(len(column) - 1):
+                lo[j, b] = column[b]
+                width[j, b] = max(column[b + 1] - column[b], 1e-9)
+            for b in range(len(column) - 1, bins):  # padding bins of columns with fewer edges
+                lo[j, b], width[j, b] = float("inf"), 1.0
+        self.register_buffer("lo", lo)
+        self.register_buffer("width", width)
+        self.weight = nn.Parameter(torch.randn(len(edges), bins, dim) / math.sqrt(bins))
+        self.bias = nn.Parameter(torch.zeros(len(edges), dim))
+
+    def fill(self, raw: torch.Tensor) -> torch.Tensor:
+        """[rows, features] -> [rows, features, bins], each bin's share filled by the value."""
+        fill = ((raw.unsqueeze(-1) - self.lo) / self.width).clamp(0, 1)
+        return torch.where(torch.isinf(self.lo), torch.zeros_like(fill), fill)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.relu(torch.einsum("nfb,fbd->nfd", self.fill(raw), self.weight) + self.bias)
+
+
+class Periodic(nn.Module):
+    """Each normalized value -> sin and cos of learned frequencies, then a linear map."""
+
+    def __init__(self, features: int, frequencies: int, sigma: float, dim: int) -> None:
+        super().__init__()
+        self.frequencies = nn.Parameter(torch.randn(features, frequencies) * sigma)
+        self.weight = nn.Parameter(
+            torch.randn(features, 2 * frequencies, dim) / math.sqrt(2 * frequencies)
+        )
+        self.bias = nn.Parameter(torch.zeros(features, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        angle = 2 * math.pi * self.frequencies * x.unsqueeze(-1)
+        waves = torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
+        return torch.relu(torch.einsum("nfk,fkd->nfd", waves, self.weight) + self.bias)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.LayerNorm(width),
+            nn.Linear(width, 2 * width),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(2 * width, width),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _categorical_dim(cardinality: int, cap: int) -> int:
+    return max(2, min(cap, round(1.6 * cardinality**0.56)))  # fastai's rule of thumb, capped
+
+
+class TabularNet(nn.Module):
+    """(category codes, raw numerical values) -> the logit of a delay."""
+
+    def __init__(self, spec: FeatureSpec, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(f.cardinality, _categorical_dim(f.cardinality, config.categorical_dim))
+            for f in spec.categorical
+        )
+        self.register_buffer("mean", torch.tensor([f.mean for f in spec.numerical]))
+        self.register_buffer("std", torch.tensor([f.std for f in spec.numerical]))
+        n_num = len(spec.numerical)
+        if config.numeric_embedding == "ple":
+            edges = [sorted(set(f.quantiles)) or [0.0, 1.0] for f in spec.numerical]
+            self.numeric: nn.Module | None = PiecewiseLinear(edges, config.numeric_dim)
+            numeric_width = n_num * config.numeric_dim
+        elif config.numeric_embedding == "periodic":
+            self.numeric = Periodic(
+                n_num, config.periodic_frequencies, config.periodic_sigma, config.numeric_dim
+            )
+            numeric_width = n_num * config.numeric_dim
+        else:
+            self.numeric = None
+            numeric_width = n_num
+        inputs = sum(e.embedding_dim for e in self.embeddings) + numeric_width
+        if config.backbone == "resnet":
+            layers: list[nn.Module] = [nn.Linear(inputs, config.width)]
+            layers += [ResidualBlock(config.width, config.dropout) for _ in range(config.depth)]
+            layers += [nn.LayerNorm(config.width), nn.ReLU()]
+        else:
+            layers = []
+            for i in range(config.depth):
+                layers += [nn.Linear(inputs if i == 0 else config.width, config.width)]
+                layers += [nn.ReLU(), nn.Dropout(config.dropout)]
+        self.backbone = nn.Sequential(*layers)
+        self.head = nn.Linear(config.width, 1)
+
+    def forward(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
+        parts = [emb(categorical[:, j]) for j, emb in enumerate(self.embeddings)]
+        normalized = (numerical - self.mean) / self.std
+        if isinstance(self.numeric, PiecewiseLinear):
+            parts.append(self.numeric(numerical).flatten(1))  # bins are in raw units
+        elif self.numeric is not None:
+            parts.append(self.numeric(normalized).flatten(1))
+        else:
+            parts.append(normalized)
+        return self.head(self.backbone(torch.cat(parts, dim=1))).squeeze(-1)
