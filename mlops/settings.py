@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AliasChoices, BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +23,27 @@ class FeatureSettings(BaseModel):
     min_category_count: int = Field(10, ge=1, description="rarer categories go to the OOV bucket")
 
 
+class ModelSettings(BaseModel):
+    """The network's architecture (see training/model.py); tuning searches over these."""
+
+    numeric_embedding: Literal["none", "ple", "periodic"] = "ple"
+    numeric_dim: int = Field(8, ge=1)
+    categorical_dim: int = Field(8, ge=2)
+    backbone: Literal["mlp", "resnet"] = "resnet"
+    width: int = Field(128, ge=4)
+    depth: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class FitSettings(BaseModel):
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(2048, ge=1)
+    learning_rate: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    patience: int = Field(3, ge=1)
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     """Every setting has an embedded default; `MLOPS_<NAME>` (and `__` for nesting) overrides."""
 
@@ -33,6 +55,14 @@ class Settings(BaseSettings):
     dask_scheduler: str = Field("", description="tcp://host:8786; empty starts a LocalCluster")
     dask: DaskSettings = Field(default_factory=DaskSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    fit: FitSettings = Field(default_factory=FitSettings)
+    mlflow_tracking_uri: str = Field(
+        "",
+        validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_TRACKING_URI"),
+        description="empty: MLOPS_HOME/mlflow.db with artifacts in MLOPS_HOME/mlartifacts",
+    )
+    experiment: str = "flight-delay"
 
     @field_validator("dask_scheduler")
     @classmethod

@@ -1,0 +1,91 @@
+"""One training run, tracked in MLflow: data, model, fit, test-month figures."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import mlflow
+import pandas as pd
+
+from pipelines.layout import SPLITS, DataLayout
+from pipelines.spec import LABEL, FeatureSpec
+from pipelines.storage import read_parquet_folder
+from training.fit import FitConfig, FitResult, OnEpoch, fit, predict_logits
+from training.metrics import log_loss, roc_auc, sigmoid
+from training.model import ModelConfig, TabularNet
+from training.tensors import pick_device, to_tensors
+from training.tracking import TrackingConfig, use_tracking
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_id: str
+    fit: FitResult
+    metrics: dict[str, float]
+
+
+def load_splits(layout: DataLayout) -> dict[str, pd.DataFrame]:
+    return {split: read_parquet_folder(layout.split(split)) for split in SPLITS}
+
+
+def _figures(model: TabularNet, table: pd.DataFrame, tensors, prefix: str) -> dict[str, float]:
+    probabilities = sigmoid(predict_logits(model, tensors).cpu().numpy())
+    labels = table[LABEL].to_numpy()
+    return {
+        f"{prefix}_roc_auc": roc_auc(labels, probabilities),
+        f"{prefix}_log_loss": log_loss(labels, probabilities),
+    }
+
+
+def train(
+    layout: DataLayout,
+    tracking: TrackingConfig,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    on_epoch: OnEpoch | None = None,
+) -> TrainResult:
+    """Fit on the training months, stop early on validation, report the test months."""
+    spec = FeatureSpec.load(layout.spec)
+    tables = load_splits(layout)
+    device = pick_device()
+    tensors = {split: to_tensors(table, spec, device) for split, table in tables.items()}
+    experiment_id = use_tracking(tracking)
+    with mlflow.start_run(experiment_id=experiment_id, log_system_metrics=True) as run:
+        mlflow.log_params(
+            {f"model.{k}": v for k, v in model_config.as_params().items()}
+            | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
+            | {"device": device.type, "train_months": ",".join(spec.splits["train"].months)}
+        )
+        for split, table in tables.items():
+            dataset = mlflow.data.from_pandas(
+                table, source=str(layout.split(split)), targets=LABEL, name=f"flights-{split}"
+            )
+            mlflow.log_input(
+                dataset, context={"train": "training", "valid": "validation"}.get(split, split)
+            )
+        mlflow.log_artifact(str(layout.spec))
+
+        def log_epoch(epoch) -> None:
+            mlflow.log_metrics(
+                {
+                    "train_loss": epoch.train_loss,
+                    "valid_loss": epoch.valid_loss,
+                    "samples_per_s": epoch.samples_per_s,
+                },
+                step=epoch.epoch,
+            )
+            if on_epoch:
+                on_epoch(epoch)
+
+        model = TabularNet(spec, model_config).to(device)
+        result = fit(model, tensors["train"], tensors["valid"], fit_config, on_epoch=log_epoch)
+        metrics = {"best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch}
+        for split in ("valid", "test"):
+            if len(tables[split]):
+                metrics |= _figures(model, tables[split], tensors[split], split)
+        mlflow.log_metrics(metrics)
+        logger.info("run %s: %s", run.info.run_id, metrics)
+    return TrainResult(run.info.run_id, result, metrics)
