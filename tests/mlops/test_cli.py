@@ -14,7 +14,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["data"], ["data", "ingest"], ["data", "features"], ["data", "synth"], ["run"]]
+    "command",
+    [[], ["data"], ["data", "ingest"], ["data", "features"], ["data", "synth"], ["run"], ["train"]],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])
