@@ -12,6 +12,7 @@ from pipelines.layout import SPLITS, DataLayout
 from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
 from training.fit import FitConfig, FitResult, OnEpoch, fit, predict_logits
+from training.logging_model import LoggedModel, decision_threshold, log_onnx_model
 from training.metrics import log_loss, roc_auc, sigmoid
 from training.model import ModelConfig, TabularNet
 from training.tensors import pick_device, to_tensors
@@ -25,6 +26,7 @@ class TrainResult:
     run_id: str
     fit: FitResult
     metrics: dict[str, float]
+    model: LoggedModel
 
 
 def load_splits(layout: DataLayout) -> dict[str, pd.DataFrame]:
@@ -86,6 +88,11 @@ def train(
         for split in ("valid", "test"):
             if len(tables[split]):
                 metrics |= _figures(model, tables[split], tensors[split], split)
+        valid_probabilities = sigmoid(predict_logits(model, tensors["valid"]).cpu().numpy())
+        threshold = decision_threshold(tables["valid"][LABEL].to_numpy(), valid_probabilities)
+        metrics["decision_threshold"] = threshold
         mlflow.log_metrics(metrics)
+        parity_split = "test" if len(tables["test"]) else "valid"
+        logged = log_onnx_model(model, layout, spec, tensors[parity_split], threshold)
         logger.info("run %s: %s", run.info.run_id, metrics)
-    return TrainResult(run.info.run_id, result, metrics)
+    return TrainResult(run.info.run_id, result, metrics, logged)

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from pipelines.features import build_features_pandas
 from pipelines.layout import DataLayout
+from pipelines.spec import FeatureSpec, sha256_of
 from pipelines.splits import SplitPlan
+from pipelines.storage import read_parquet_folder
+from training.export import ParityError
 from training.fit import FitConfig
-from training.model import ModelConfig
-from training.tracking import TrackingConfig
+from training.logging_model import log_onnx_model
+from training.model import ModelConfig, TabularNet
+from training.tensors import to_tensors
+from training.tracking import TrackingConfig, use_tracking
 from training.train import train
 
 
@@ -46,4 +52,39 @@ def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path) -> N
     artifacts = [a.path for a in client.list_artifacts(result.run_id)]
     assert "feature_spec.json" in artifacts
     assert (featured_home / "mlflow.db").exists()
+    for size in (1, 7, 4096):
+        assert run.data.metrics[f"onnx_parity_max_abs_diff_b{size}"] <= 1e-5
+    model_dir = Path(mlflow.artifacts.download_artifacts(result.model.model_uri))
+    assert (model_dir / "model.onnx").exists() and (model_dir / "MLmodel").exists()
+    assert sha256_of(model_dir / "model.onnx") == result.model.onnx_sha256
+    info = mlflow.models.get_model_info(result.model.model_uri)
+    assert info.metadata["onnx_sha256"] == result.model.onnx_sha256
+    assert 0 < info.metadata["decision_threshold"] < 1
+    assert info.signature.inputs.input_names() == ["categorical", "numerical"]
+    contract = [a.path for a in client.list_artifacts(result.run_id, "contract")]
+    assert "contract/feature_spec.json" in contract and "contract/lookups" in contract
     assert mlflow.get_tracking_uri() == tracking.resolved_uri
+
+
+class DriftsWhenExported(TabularNet):
+    """Eager mode and the exported graph disagree: what a parity check exists to catch."""
+
+    def forward(self, categorical, numerical):
+        out = super().forward(categorical, numerical)
+        return out if torch.compiler.is_exporting() else out + 0.01
+
+
+def test_a_failing_parity_check_logs_no_model(featured_home: Path) -> None:
+    layout = DataLayout(featured_home)
+    spec = FeatureSpec.load(layout.spec)
+    table = read_parquet_folder(layout.split("test")).head(1_000)
+    data = to_tensors(table, spec, "cpu")
+    model = DriftsWhenExported(spec, ModelConfig(width=16, depth=1)).eval()
+    tracking = TrackingConfig(featured_home, experiment="parity-failure")
+    experiment_id = use_tracking(tracking)
+    with pytest.raises(ParityError), mlflow.start_run(experiment_id=experiment_id) as run:
+        log_onnx_model(model, layout, spec, data, threshold=0.5)
+    client = MlflowClient(tracking.resolved_uri)
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert client.list_artifacts(run.info.run_id) == []
+    assert client.search_logged_models([run.info.experiment_id]) == []

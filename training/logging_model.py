@@ -1,0 +1,77 @@
+"""Log the exported ONNX model to MLflow with what serving needs to trust and use it."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import mlflow.onnx
+import numpy as np
+import onnx
+from mlflow.models import infer_signature
+from torch import nn
+
+from pipelines.layout import DataLayout
+from pipelines.spec import FeatureSpec, sha256_of
+from training.export import ParityReport, check_parity, export_onnx
+from training.tensors import Tensors
+
+MODEL_NAME_IN_RUN = "model"
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    model_uri: str
+    onnx_sha256: str
+    parity: ParityReport
+
+
+def decision_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """The probability cut that maximizes F1 on the validation month."""
+    order = np.argsort(-probabilities)
+    hits = np.cumsum(labels[order] == 1)
+    predicted = np.arange(1, len(order) + 1)
+    f1 = 2 * hits / (predicted + max(int((labels == 1).sum()), 1))
+    return float(probabilities[order][int(np.argmax(f1))])
+
+
+def log_onnx_model(
+    model: nn.Module,
+    layout: DataLayout,
+    spec: FeatureSpec,
+    parity_data: Tensors,
+    threshold: float,
+) -> LoggedModel:
+    """Export, check parity on every row of `parity_data`, then log; a failed check logs nothing."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(model, parity_data, Path(tmp) / "model.onnx")
+        parity = check_parity(model, path, parity_data)  # raises ParityError
+        digest = sha256_of(path)
+        onnx_model = onnx.load(str(path))
+    mlflow.log_metrics(
+        {f"onnx_parity_max_abs_diff_b{size}": diff for size, diff in parity.max_abs_diff.items()}
+    )
+    example = {
+        "categorical": parity_data.categorical[:5].cpu().numpy(),
+        "numerical": parity_data.numerical[:5].cpu().numpy(),
+    }
+    probabilities = np.zeros(5, dtype="float32")
+    info = mlflow.onnx.log_model(
+        onnx_model,
+        name=MODEL_NAME_IN_RUN,
+        signature=infer_signature(example, probabilities),
+        input_example=example,
+        save_as_external_data=False,
+        metadata={
+            "onnx_sha256": digest,
+            "decision_threshold": threshold,
+            "feature_spec_sha256": sha256_of(layout.spec),
+            "lookups": {name: entry.sha256 for name, entry in spec.lookups.items()},
+        },
+    )
+    mlflow.log_artifact(str(layout.spec), "contract")
+    mlflow.log_artifacts(str(layout.lookups), "contract/lookups")
+    mlflow.set_tags({"onnx_sha256": digest, "decision_threshold": f"{threshold:.6f}"})
+    return LoggedModel(info.model_uri, digest, parity)
