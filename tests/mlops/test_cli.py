@@ -15,7 +15,16 @@ runner = CliRunner()
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["data"], ["data", "ingest"], ["data", "features"], ["data", "synth"], ["run"], ["train"]],
+    [
+        [],
+        ["data"],
+        ["data", "ingest"],
+        ["data", "features"],
+        ["data", "synth"],
+        ["run"],
+        ["train"],
+        ["promote"],
+    ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
     result = runner.invoke(app, [*command, "--help"])

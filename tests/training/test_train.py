@@ -6,6 +6,8 @@ import shutil
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -19,6 +21,7 @@ from training.export import ParityError
 from training.fit import FitConfig
 from training.logging_model import log_onnx_model
 from training.model import ModelConfig, TabularNet
+from training.registry import GateConfig, promote
 from training.tensors import to_tensors
 from training.tracking import TrackingConfig, use_tracking
 from training.train import train
@@ -88,3 +91,41 @@ def test_a_failing_parity_check_logs_no_model(featured_home: Path) -> None:
     assert client.get_run(run.info.run_id).info.status == "FAILED"
     assert client.list_artifacts(run.info.run_id) == []
     assert client.search_logged_models([run.info.experiment_id]) == []
+
+
+def _shuffled_copy(home: Path, target: Path) -> DataLayout:
+    """The same feature table with the training labels permuted: a model that learns nothing."""
+    shutil.copytree(home / "data", target / "data")
+    layout = DataLayout(target)
+    for path in layout.split("train").glob("*.parquet"):
+        table = pd.read_parquet(path)
+        table["delayed"] = np.random.default_rng(0).permutation(table["delayed"].to_numpy())
+        table.to_parquet(path)
+    return layout
+
+
+def test_the_gate_keeps_the_champion_against_a_worse_challenger(
+    featured_home: Path, tmp_path: Path
+) -> None:
+    tracking = TrackingConfig(featured_home, experiment="gate")
+    small = (ModelConfig(width=16, depth=1, numeric_dim=2), FitConfig(epochs=1, batch_size=4096))
+    layout = DataLayout(featured_home)
+    holdout = read_parquet_folder(layout.split("test"))
+    gate = GateConfig(model_name="flight-delay-test")
+
+    good = train(layout, tracking, *small)
+    first = promote(good.run_id, holdout, gate)
+    assert first.promoted and first.champion_version is None
+
+    shuffled = train(_shuffled_copy(featured_home, tmp_path), tracking, *small)
+    second = promote(shuffled.run_id, holdout, gate)
+    assert not second.promoted
+    assert second.challenger_auc < second.champion_auc
+    client = MlflowClient(tracking.resolved_uri)
+    champion = client.get_model_version_by_alias(gate.model_name, gate.alias)
+    assert champion.version == first.version
+    run = client.get_run(shuffled.run_id)
+    assert run.data.tags["gate_decision"] == "rejected"
+    assert run.data.metrics["gate_champion_auc"] == pytest.approx(second.champion_auc)
+    card = client.get_model_version(gate.model_name, second.version).description
+    assert "Gate: challenger ROC-AUC" in card and shuffled.run_id in card

@@ -1,0 +1,124 @@
+"""The registry and the promotion gate.
+
+A challenger takes the `champion` alias only if it beats the champion on the same, newest
+holdout (the test months of the current feature table), each model scored through its own ONNX
+file and its own feature spec, exactly as it would be served. Both figures and the decision
+are logged to the challenger's run and written into its model version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from pipelines.spec import LABEL, FeatureSpec, encode
+from training.export import OUTPUT, session
+from training.logging_model import MODEL_NAME_IN_RUN
+from training.metrics import log_loss, roc_auc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    model_name: str = "flight-delay"
+    alias: str = "champion"
+    min_auc_gain: float = 0.0  # the challenger must beat the champion's ROC-AUC by more than this
+
+
+@dataclass(frozen=True)
+class Decision:
+    promoted: bool
+    version: str
+    challenger_auc: float
+    challenger_log_loss: float
+    champion_version: str | None
+    champion_auc: float | None
+    reason: str
+
+
+def score(run_id: str, holdout: pd.DataFrame, client: MlflowClient) -> tuple[float, float]:
+    """ROC-AUC and log loss of a run's ONNX model on `holdout`, encoded with its own spec."""
+    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="contract"))
+    spec = FeatureSpec.load(folder / "feature_spec.json")
+    model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"))
+    runtime = session(model_dir / "model.onnx", threads=2)
+    encoded = encode(holdout, spec)
+    probabilities = np.concatenate(
+        [
+            runtime.run(
+                [OUTPUT],
+                {
+                    "categorical": encoded.categorical[i : i + 65_536],
+                    "numerical": encoded.numerical[i : i + 65_536],
+                },
+            )[0]
+            for i in range(0, len(holdout), 65_536)
+        ]
+    )
+    labels = holdout[LABEL].to_numpy()
+    return roc_auc(labels, probabilities), log_loss(labels, probabilities)
+
+
+def _champion(client: MlflowClient, gate: GateConfig):
+    try:
+        return client.get_model_version_by_alias(gate.model_name, gate.alias)
+    except MlflowException:
+        return None
+
+
+def _model_card(run, decision: Decision, holdout: pd.DataFrame) -> str:
+    params = {k: v for k, v in run.data.params.items() if k.startswith(("model.", "fit."))}
+    months = holdout["scheduled_departure"].dt.strftime("%Y-%m")
+    return "\n".join(
+        [
+            "Flight delay (arrival > 15 min) classifier, ONNX.",
+            f"Trained on months {run.data.params.get('train_months', '?')}; "
+            f"holdout {months.min()}..{months.max()} ({len(holdout):,} flights).",
+            f"Holdout ROC-AUC {decision.challenger_auc:.4f}, "
+            f"log loss {decision.challenger_log_loss:.4f}.",
+            f"Gate: {decision.reason}.",
+            f"Parameters: {json.dumps(params, sort_keys=True)}",
+            f"Run: runs:/{run.info.run_id}",
+        ]
+    )
+
+
+def promote(run_id: str, holdout: pd.DataFrame, gate: GateConfig) -> Decision:
+    """Register the run's model and move the alias to it only if it beats the champion."""
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME_IN_RUN}", gate.model_name).version
+    auc, loss = score(run_id, holdout, client)
+    champion = _champion(client, gate)
+    if champion is None:
+        decision = Decision(True, version, auc, loss, None, None, "first model: no champion yet")
+    else:
+        champion_auc, _ = score(champion.run_id, holdout, client)
+        better = auc > champion_auc + gate.min_auc_gain
+        reason = (
+            f"challenger ROC-AUC {auc:.4f} vs champion v{champion.version} {champion_auc:.4f} "
+            f"(needs a gain above {gate.min_auc_gain})"
+        )
+        decision = Decision(better, version, auc, loss, champion.version, champion_auc, reason)
+    if decision.promoted:
+        client.set_registered_model_alias(gate.model_name, gate.alias, version)
+    client.log_metric(run_id, "gate_challenger_auc", auc)
+    if decision.champion_auc is not None:
+        client.log_metric(run_id, "gate_champion_auc", decision.champion_auc)
+    client.set_tag(run_id, "gate_decision", "promoted" if decision.promoted else "rejected")
+    client.set_tag(run_id, "gate_reason", decision.reason)
+    client.set_model_version_tag(
+        gate.model_name, version, "gate_decision", "promoted" if decision.promoted else "rejected"
+    )
+    client.update_model_version(gate.model_name, version, _model_card(run, decision, holdout))
+    logger.info("gate for %s v%s: %s", gate.model_name, version, decision.reason)
+    return decision
