@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mlops.cli import app, console, fail
-from mlops.flows import layout_of
+from mlops.flows import layout_of, progress_bar
 from mlops.settings import Settings
 from pipelines.errors import PipelineError
 
@@ -43,13 +42,7 @@ def train_command(
         **(settings.fit.model_dump() | {k: v for k, v in overrides.items() if v is not None})
     )
     tracking = TrackingConfig(settings.home, settings.mlflow_tracking_uri, settings.experiment)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task("training", total=fit_config.epochs)
 
         def advance(epoch: EpochResult) -> None:

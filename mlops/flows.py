@@ -29,7 +29,7 @@ def plan_of(settings: Settings) -> SplitPlan:
     return SplitPlan(settings.features.valid_start, settings.features.test_start)
 
 
-def _progress(console: Console) -> Progress:
+def progress_bar(console: Console) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -44,7 +44,7 @@ def run_ingest(
 ) -> IngestReport:
     from pipelines.ingest import TABLE_ORDER, ingest
 
-    with _progress(console) as progress:
+    with progress_bar(console) as progress:
         bar = progress.add_task("ingest", total=len(TABLE_ORDER))
 
         def advance(report: TableReport) -> None:
@@ -80,7 +80,7 @@ def run_features(settings: Settings, console: Console) -> FeatureReport:
     from pipelines.cluster import dask_client
     from pipelines.features import build_feature_tables
 
-    with dask_client(cluster_of(settings)) as client, _progress(console) as progress:
+    with dask_client(cluster_of(settings)) as client, progress_bar(console) as progress:
         bar = progress.add_task("features (Dask, one task per month)", total=None)
 
         def advance(done: int, total: int) -> None:
