@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -11,7 +13,9 @@ import pandas as pd
 from pipelines.layout import SPLITS, DataLayout
 from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
+from training import plots
 from training.fit import FitConfig, FitResult, OnEpoch, fit, predict_logits
+from training.importance import permutation_importance
 from training.logging_model import LoggedModel, decision_threshold, log_onnx_model
 from training.metrics import log_loss, roc_auc, sigmoid
 from training.model import ModelConfig, TabularNet
@@ -40,6 +44,28 @@ def _figures(model: TabularNet, table: pd.DataFrame, tensors, prefix: str) -> di
         f"{prefix}_roc_auc": roc_auc(labels, probabilities),
         f"{prefix}_log_loss": log_loss(labels, probabilities),
     }
+
+
+def _log_plots(model, spec: FeatureSpec, tables, tensors, result: FitResult) -> None:
+    """Learning curves, ROC and calibration on the test months, permutation importance."""
+    history = result.history
+    figures = {
+        "learning_curves.png": plots.draw_learning_curves(
+            [e.train_loss for e in history], [e.valid_loss for e in history]
+        )
+    }
+    split = "test" if len(tables["test"]) else "valid"
+    labels = tables[split][LABEL].to_numpy()
+    probabilities = sigmoid(predict_logits(model, tensors[split]).cpu().numpy())
+    figures["roc.png"] = plots.draw_roc(labels, probabilities, roc_auc(labels, probabilities))
+    figures["calibration.png"] = plots.draw_calibration(labels, probabilities)
+    drops = permutation_importance(model, tensors["valid"], spec)
+    figures["permutation_importance.png"] = plots.draw_importance(list(drops), list(drops.values()))
+    mlflow.log_dict(drops, "plots/permutation_importance.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, figure in figures.items():
+            plots.save_png(figure, Path(tmp) / name)
+        mlflow.log_artifacts(tmp, "plots")
 
 
 def train(
@@ -92,6 +118,7 @@ def train(
         threshold = decision_threshold(tables["valid"][LABEL].to_numpy(), valid_probabilities)
         metrics["decision_threshold"] = threshold
         mlflow.log_metrics(metrics)
+        _log_plots(model, spec, tables, tensors, result)
         parity_split = "test" if len(tables["test"]) else "valid"
         logged = log_onnx_model(model, layout, spec, tensors[parity_split], threshold)
         logger.info("run %s: %s", run.info.run_id, metrics)

@@ -64,6 +64,9 @@ def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path) -> N
     assert info.metadata["onnx_sha256"] == result.model.onnx_sha256
     assert 0 < info.metadata["decision_threshold"] < 1
     assert info.signature.inputs.input_names() == ["categorical", "numerical"]
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    for name in ("learning_curves", "roc", "calibration", "permutation_importance"):
+        assert f"plots/{name}.png" in plots
     contract = [a.path for a in client.list_artifacts(result.run_id, "contract")]
     assert "contract/feature_spec.json" in contract and "contract/lookups" in contract
     assert mlflow.get_tracking_uri() == tracking.resolved_uri

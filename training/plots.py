@@ -1,0 +1,79 @@
+"""The pictures of a training run, drawn with matplotlib and saved as PNG.
+
+One module for every caller (the training run logs them to MLflow; the notebook and the README
+reuse them). Each `draw_*` takes plain arrays and returns the figure; `save_png` writes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: files only
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def save_png(figure: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def draw_learning_curves(train_loss: Sequence[float], valid_loss: Sequence[float]) -> Figure:
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    epochs = np.arange(len(train_loss))
+    axes.plot(epochs, train_loss, marker="o", label="train")
+    axes.plot(epochs, valid_loss, marker="o", label="validation")
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("log loss")
+    axes.set_title("Learning curves")
+    axes.legend()
+    return figure
+
+
+def draw_roc(labels: np.ndarray, scores: np.ndarray, auc: float) -> Figure:
+    order = np.argsort(-scores)
+    positives = labels[order] == 1
+    tpr = np.concatenate([[0], np.cumsum(positives) / max(positives.sum(), 1)])
+    fpr = np.concatenate([[0], np.cumsum(~positives) / max((~positives).sum(), 1)])
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot(fpr, tpr, label=f"model (AUC {auc:.3f})")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.set_title("ROC, test months")
+    axes.legend(loc="lower right")
+    return figure
+
+
+def draw_calibration(labels: np.ndarray, probabilities: np.ndarray, bins: int = 10) -> Figure:
+    """Observed delay rate against predicted probability, in equal-count bins."""
+    order = np.argsort(probabilities)
+    groups = np.array_split(order, bins)
+    predicted = [probabilities[g].mean() for g in groups if len(g)]
+    observed = [labels[g].mean() for g in groups if len(g)]
+    figure, axes = plt.subplots(figsize=(4.5, 4.5))
+    axes.plot(predicted, observed, marker="o", label="model")
+    top = max(max(predicted), max(observed))
+    axes.plot([0, top], [0, top], linestyle="--", color="grey", label="perfect")
+    axes.set_xlabel("predicted delay probability")
+    axes.set_ylabel("observed delay rate")
+    axes.set_title("Calibration, test months")
+    axes.legend()
+    return figure
+
+
+def draw_importance(names: Sequence[str], drops: Sequence[float], top: int = 20) -> Figure:
+    order = np.argsort(drops)[::-1][:top][::-1]
+    figure, axes = plt.subplots(figsize=(6, 0.28 * len(order) + 1.2))
+    axes.barh([names[i] for i in order], [drops[i] for i in order])
+    axes.set_xlabel("ROC-AUC drop when shuffled")
+    axes.set_ylabel("feature")
+    axes.set_title("Permutation importance, validation month")
+    return figure
