@@ -1,4 +1,4 @@
-"""`mlops promote`: register a run's model and let the gate decide on the champion alias."""
+"""`mlops evaluate` and `mlops promote`: the challenger against the champion on one holdout."""
 
 from __future__ import annotations
 
@@ -12,6 +12,53 @@ from mlops.settings import Settings
 from pipelines.errors import PipelineError
 
 
+def _latest_run(experiment_id: str) -> str:
+    import mlflow
+
+    runs = mlflow.search_runs(
+        [experiment_id],
+        "attributes.status = 'FINISHED' and tags.onnx_sha256 != ''",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise fail(PipelineError("no finished training run with a model: run `mlops train` first"))
+    return runs[0].info.run_id
+
+
+@app.command("evaluate")
+def evaluate_command(
+    ctx: typer.Context,
+    run_id: Annotated[str | None, typer.Option(help="the run (default: the latest)")] = None,
+) -> None:
+    """Score a run's model and the champion on the newest holdout; changes nothing."""
+    from mlflow import MlflowClient
+
+    from pipelines.storage import read_parquet_folder
+    from training.registry import GateConfig, champion_of, score
+    from training.tracking import TrackingConfig, use_tracking
+
+    settings: Settings = ctx.obj
+    tracking = TrackingConfig(settings.home, settings.mlflow_tracking_uri, settings.experiment)
+    experiment_id = use_tracking(tracking)
+    run_id = run_id or _latest_run(experiment_id)
+    holdout = read_parquet_folder(layout_of(settings).split("test"))
+    client = MlflowClient()
+    auc, loss = score(run_id, holdout, client)
+    console.print(
+        f"run {run_id}: ROC-AUC {auc:.4f}, log loss {loss:.4f} on {len(holdout):,} flights"
+    )
+    champion = champion_of(client, GateConfig())
+    if champion is None:
+        console.print("no champion yet: `mlops promote` would make this model the champion")
+        return
+    champion_auc, champion_loss = score(champion.run_id, holdout, client)
+    console.print(
+        f"champion v{champion.version}: ROC-AUC {champion_auc:.4f}, log loss {champion_loss:.4f}"
+    )
+
+
 @app.command("promote")
 def promote_command(
     ctx: typer.Context,
@@ -23,8 +70,6 @@ def promote_command(
     ] = 0.0,
 ) -> None:
     """Register the model and move `champion` to it only if it beats the champion on the holdout."""
-    import mlflow
-
     from pipelines.storage import read_parquet_folder
     from training.registry import GateConfig, promote
     from training.tracking import TrackingConfig, use_tracking
@@ -32,19 +77,7 @@ def promote_command(
     settings: Settings = ctx.obj
     tracking = TrackingConfig(settings.home, settings.mlflow_tracking_uri, settings.experiment)
     experiment_id = use_tracking(tracking)
-    if run_id is None:
-        runs = mlflow.search_runs(
-            [experiment_id],
-            "attributes.status = 'FINISHED' and tags.onnx_sha256 != ''",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-            output_format="list",
-        )
-        if not runs:
-            raise fail(
-                PipelineError("no finished training run with a model: run `mlops train` first")
-            )
-        run_id = runs[0].info.run_id
+    run_id = run_id or _latest_run(experiment_id)
     holdout = read_parquet_folder(layout_of(settings).split("test"))
     decision = promote(run_id, holdout, GateConfig(min_auc_gain=min_auc_gain))
     verdict = (

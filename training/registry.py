@@ -68,7 +68,7 @@ def score(run_id: str, holdout: pd.DataFrame, client: MlflowClient) -> tuple[flo
     return roc_auc(labels, probabilities), log_loss(labels, probabilities)
 
 
-def _champion(client: MlflowClient, gate: GateConfig):
+def champion_of(client: MlflowClient, gate: GateConfig):
     try:
         return client.get_model_version_by_alias(gate.model_name, gate.alias)
     except MlflowException:
@@ -98,7 +98,7 @@ def promote(run_id: str, holdout: pd.DataFrame, gate: GateConfig) -> Decision:
     run = client.get_run(run_id)
     version = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME_IN_RUN}", gate.model_name).version
     auc, loss = score(run_id, holdout, client)
-    champion = _champion(client, gate)
+    champion = champion_of(client, gate)
     if champion is None:
         decision = Decision(True, version, auc, loss, None, None, "first model: no champion yet")
     else:
