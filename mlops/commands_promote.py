@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -10,6 +10,9 @@ from mlops.cli import app, console, fail
 from mlops.flows import layout_of
 from mlops.settings import Settings
 from pipelines.errors import PipelineError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _latest_run(experiment_id: str) -> str:
@@ -27,6 +30,17 @@ def _latest_run(experiment_id: str) -> str:
     return runs[0].info.run_id
 
 
+def _run_and_holdout(settings: Settings, run_id: str | None) -> tuple[str, pd.DataFrame]:
+    """Point MLflow at the store; the run (default: the latest) and the newest holdout."""
+    from pipelines.storage import read_parquet_folder
+    from training.tracking import TrackingConfig, use_tracking
+
+    tracking = TrackingConfig(settings.home, settings.mlflow_tracking_uri, settings.experiment)
+    experiment_id = use_tracking(tracking)
+    run_id = run_id or _latest_run(experiment_id)
+    return run_id, read_parquet_folder(layout_of(settings).split("test"))
+
+
 @app.command("evaluate")
 def evaluate_command(
     ctx: typer.Context,
@@ -35,15 +49,9 @@ def evaluate_command(
     """Score a run's model and the champion on the newest holdout; changes nothing."""
     from mlflow import MlflowClient
 
-    from pipelines.storage import read_parquet_folder
     from training.registry import GateConfig, champion_of, score
-    from training.tracking import TrackingConfig, use_tracking
 
-    settings: Settings = ctx.obj
-    tracking = TrackingConfig(settings.home, settings.mlflow_tracking_uri, settings.experiment)
-    experiment_id = use_tracking(tracking)
-    run_id = run_id or _latest_run(experiment_id)
-    holdout = read_parquet_folder(layout_of(settings).split("test"))
+    run_id, holdout = _run_and_holdout(ctx.obj, run_id)
     client = MlflowClient()
     auc, loss = score(run_id, holdout, client)
     console.print(
@@ -70,15 +78,9 @@ def promote_command(
     ] = 0.0,
 ) -> None:
     """Register the model and move `champion` to it only if it beats the champion on the holdout."""
-    from pipelines.storage import read_parquet_folder
     from training.registry import GateConfig, promote
-    from training.tracking import TrackingConfig, use_tracking
 
-    settings: Settings = ctx.obj
-    tracking = TrackingConfig(settings.home, settings.mlflow_tracking_uri, settings.experiment)
-    experiment_id = use_tracking(tracking)
-    run_id = run_id or _latest_run(experiment_id)
-    holdout = read_parquet_folder(layout_of(settings).split("test"))
+    run_id, holdout = _run_and_holdout(ctx.obj, run_id)
     decision = promote(run_id, holdout, GateConfig(min_auc_gain=min_auc_gain))
     verdict = (
         "[bold green]promoted[/]" if decision.promoted else "[bold yellow]kept the champion[/]"
