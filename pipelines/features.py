@@ -77,13 +77,11 @@ def load_dims(layout: DataLayout) -> Dims:
 
 def feature_table(flights: pd.DataFrame, lookups: Lookups) -> tuple[pd.DataFrame, int]:
     """The labelled rows of the feature table, and how many rows had no label."""
-    features = build_features(flights[[c for c in RAW_INPUTS if c in flights]], lookups)
+    raw = flights[RAW_INPUTS].reset_index(drop=True)
+    features = build_features(raw, lookups)
+    table = raw.join(features.drop(columns=[c for c in features if c in raw]))
     arr_delay = flights["arr_delay"].to_numpy("float64", na_value=np.nan)
     labelled = ~np.isnan(arr_delay)
-    table = pd.concat(
-        [flights[RAW_INPUTS].reset_index(drop=True), features.reset_index(drop=True)], axis=1
-    )
-    table = table.loc[:, ~table.columns.duplicated()]
     table[LABEL] = (arr_delay > 15).astype("int8")
     return table.loc[labelled, TABLE_COLUMNS].reset_index(drop=True), int((~labelled).sum())
 
@@ -203,16 +201,13 @@ def build_feature_tables(
         ]
         tasks = []
         for i, p in enumerate(partitions):
-            lo, hi = neighbours(partitions, i)[0], neighbours(partitions, i)[-1]
             near = [
                 events[j]
                 if j == i
                 else delayed(events_between)(
-                    events[j],
-                    p.start_min - LOOKBACK_MIN,
-                    p.end_min + LOOKAHEAD_MIN,
+                    events[j], p.start_min - LOOKBACK_MIN, p.end_min + LOOKAHEAD_MIN
                 )
-                for j in range(lo, hi + 1)
+                for j in neighbours(partitions, i)
             ]
             tasks.append(
                 delayed(partition_features)(

@@ -100,18 +100,22 @@ def _ingest_table(
     codes: Mapping[str, frozenset[str]],
     staged: StagedTable,
     on_rows: Callable[[str, int], None] | None = None,
-) -> tuple[TableReport, dict[str, list[pd.DataFrame]]]:
+) -> tuple[TableReport, dict[str, list[pd.DataFrame]], frozenset[str]]:
+    """Validate and stage one table; also returns the codes it defines (`code_column`)."""
     report = TableReport(schema.name)
     quarantine: dict[str, list[pd.DataFrame]] = {}
+    defined: set[str] = set()
     for chunk in read_chunks(source, schema.columns):
         raw = chunk.frame
         report.rows_read += len(raw)
         if on_rows:
             on_rows(schema.name, report.rows_read)
         result = validate(
-            schema, raw, codes.get("carriers", frozenset()), codes.get("airports", frozenset())
+            schema, raw, codes.get("airlines", frozenset()), codes.get("airports", frozenset())
         )
         kept, bad = result.kept, result.quarantined
+        if schema.code_column:
+            defined.update(kept[schema.code_column].dropna())
         if schema.time_partitioned:
             kept_month = month_keys(kept["year"], kept["month"])
             bad_typed = pd.DataFrame(
@@ -151,7 +155,7 @@ def _ingest_table(
             staged.write(empty, f"month={month}")  # all rows rejected: the month is still replaced
     if not staged.partitions:
         staged.write(empty)  # an empty table still has a schema
-    return report, quarantine
+    return report, quarantine, frozenset(defined)
 
 
 def _commit_quarantine(
@@ -186,16 +190,12 @@ def ingest(
             logger.debug("ingesting %s from %s", table, source)
             table_stage = StagedTable(layout.bronze(table))
             staged.append(table_stage)
-            report, quarantines[table] = _ingest_table(
+            report, quarantines[table], codes[table] = _ingest_table(
                 SCHEMAS[table], source, window, codes, table_stage, on_rows
             )
             reports[table] = report
             if on_table:
                 on_table(report)
-            if table == "airlines":
-                codes["carriers"] = frozenset(_staged_column(table_stage, "carrier"))
-            if table == "airports":
-                codes["airports"] = frozenset(_staged_column(table_stage, "faa"))
         for table, table_stage in zip(TABLE_ORDER, staged, strict=True):
             table_stage.commit()
             _commit_quarantine(layout, table, quarantines[table])
@@ -203,8 +203,3 @@ def ingest(
         for table_stage in staged:
             table_stage.abort()
     return IngestReport(reports)
-
-
-def _staged_column(staged: StagedTable, column: str) -> list[str]:
-    files = sorted(staged.staging.rglob("*.parquet"))
-    return pd.concat([pd.read_parquet(f, columns=[column]) for f in files])[column].tolist()

@@ -9,6 +9,7 @@ leakage.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,9 +89,7 @@ class PreviousIndex:
 
     codes: Codebook
     stamps: np.ndarray
-    scheduled: np.ndarray
-    departed_at: np.ndarray
-    dep_delay: np.ndarray
+    values: np.ndarray  # float64 [rows, 3]: scheduled, departed_at, dep_delay
 
     @classmethod
     def build(
@@ -102,51 +101,60 @@ class PreviousIndex:
         # Ties broken by the outcome so that any subset holding the same events sorts the same.
         tiebreak = np.nan_to_num(departed_at[keep], nan=np.inf)
         order = np.lexsort((np.nan_to_num(delay[keep], nan=np.inf), tiebreak, stamps))
-        return cls(
-            codes,
-            stamps[order],
-            scheduled[keep][order],
-            departed_at[keep][order],
-            delay[keep][order],
-        )
+        values = np.column_stack([scheduled[keep], departed_at[keep], delay[keep]])
+        return cls(codes, stamps[order], values[order])
 
-    def previous(self, keys: np.ndarray, before: np.ndarray) -> np.ndarray:
-        """Row of the last event with the same key scheduled strictly before `before`, or -1."""
+    def previous(
+        self, keys: np.ndarray, before: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Scheduled time, departure time and delay of the last event with the same key
+        scheduled strictly before `before`; NaN where there is none."""
+        out = np.full((len(keys), 3), np.nan)
+        if not len(self.stamps):
+            return out[:, 0], out[:, 1], out[:, 2]
         code = self.codes.encode(keys)
         pos = np.searchsorted(self.stamps, _stamps(code, before), side="left") - 1
-        safe = np.clip(pos, 0, max(len(self.stamps) - 1, 0))
-        found = (code >= 0) & (pos >= 0) & (len(self.stamps) > 0)
-        found &= (self.stamps[safe] >> KEY_SHIFT) == code if len(self.stamps) else False
-        return np.where(found, pos, -1)
+        safe = np.clip(pos, 0, None)
+        found = (code >= 0) & (pos >= 0) & ((self.stamps[safe] >> KEY_SHIFT) == code)
+        out[found] = self.values[safe[found]]
+        return out[:, 0], out[:, 1], out[:, 2]
 
 
 @dataclass(frozen=True)
 class KeyedRows:
-    """Rows of a dimension table addressed by one key column (a plane, an airport)."""
+    """Rows of a dimension table addressed by one key column (a plane, an airport).
+
+    The columns are turned into arrays once, when the lookups are built: float64 for numbers,
+    objects (None for missing) for text, so a request only gathers rows.
+    """
 
     codes: Codebook
-    frame: pd.DataFrame
+    columns: dict[str, np.ndarray]
 
     @classmethod
     def build(cls, frame: pd.DataFrame, key: str) -> KeyedRows:
         frame = frame.drop_duplicates(key).reset_index(drop=True)
-        return cls(Codebook(frame[key].to_numpy(object)), frame)
+        columns = {}
+        for name, series in frame.items():
+            if pd.api.types.is_numeric_dtype(series):
+                columns[name] = series.to_numpy("float64", na_value=np.nan)
+            else:
+                values = series.astype(object).to_numpy()
+                columns[name] = np.where(pd.notna(values), values, None).astype(object)
+        return cls(Codebook(frame[key].to_numpy(object)), columns)
 
-    def column(self, keys: np.ndarray, name: str) -> np.ndarray:
-        """Values of `name` for each key: float64 (NaN when unknown) or objects (None)."""
+    def take(self, keys: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+        """Each named column's value per key: NaN (numbers) or None (text) for unknown keys."""
         row = self.codes.encode(keys)
-        series = self.frame[name]
-        safe = np.clip(row, 0, max(len(series) - 1, 0))
-        if pd.api.types.is_numeric_dtype(series):
-            values = series.to_numpy("float64", na_value=np.nan)
-            return (
-                np.where(row >= 0, values[safe], np.nan)
-                if len(values)
-                else np.full(len(row), np.nan)
-            )
-        values = series.astype(object).to_numpy()
-        out = values[safe] if len(values) else np.full(len(row), None, dtype=object)
-        return np.where((row >= 0) & pd.notna(out), out, None).astype(object)
+        found = row >= 0
+        out = {}
+        for name in names:
+            values = self.columns[name]
+            missing = np.nan if values.dtype.kind == "f" else None
+            column = np.full(len(row), missing, dtype=values.dtype)
+            column[found] = values[row[found]]
+            out[name] = column
+        return out
 
 
 @dataclass(frozen=True)
@@ -184,8 +192,9 @@ class KeyedTimeTable:
         return out
 
 
+@functools.cache
 def holiday_days(start: str = "1990-01-01", end: str = "2060-12-31") -> np.ndarray:
-    """US federal holidays as days since the epoch, sorted."""
+    """US federal holidays as days since the epoch, sorted (computed once per process)."""
     days = USFederalHolidayCalendar().holidays(start, end).to_numpy("datetime64[D]")
     return days.astype("int64")
 

@@ -11,7 +11,7 @@ them to know how far an event can be observed from its flight's scheduled time.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -33,7 +33,7 @@ class TableSchema:
     kinds: dict[str, Kind]
     build: Callable[[frozenset[str], frozenset[str]], pa.DataFrameSchema]
     time_partitioned: bool = False
-    key: tuple[str, ...] = field(default_factory=tuple)
+    code_column: str | None = None  # its kept values are the known codes later tables check
 
     @property
     def columns(self) -> list[str]:
@@ -162,12 +162,15 @@ def _airlines_schema(*_: frozenset[str]) -> pa.DataFrameSchema:
 
 
 SCHEMAS: dict[str, TableSchema] = {
-    "airlines": TableSchema("airlines", {"carrier": "str", "name": "str"}, _airlines_schema),
+    "airlines": TableSchema(
+        "airlines", {"carrier": "str", "name": "str"}, _airlines_schema, code_column="carrier"
+    ),
     "airports": TableSchema(
         "airports",
         {"faa": "str", "name": "str", "lat": "float", "lon": "float", "alt": "float"}
         | {"tz": "float", "dst": "str", "tzone": "str"},
         _airports_schema,
+        code_column="faa",
     ),
     "planes": TableSchema(
         "planes",

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, PrivateAttr
 
+from pipelines.lookups import Codebook
 from pipelines.storage import write_bytes_atomic
 from pipelines.transform import CATEGORICAL, NUMERICAL, RAW_INPUTS
 
@@ -30,10 +31,17 @@ class CategoricalFeature(BaseModel):
     name: str
     vocabulary: list[str]  # code i + 1 for vocabulary[i]; code 0 is out-of-vocabulary
     oov_index: int = 0
+    _codebook: Codebook | None = PrivateAttr(default=None)  # built on first use, then reused
 
     @property
     def cardinality(self) -> int:
         return len(self.vocabulary) + 1
+
+    def encode(self, values: np.ndarray) -> np.ndarray:
+        """1 + the position in the vocabulary; 0 (out of vocabulary) for anything else."""
+        if self._codebook is None:
+            self._codebook = Codebook(self.vocabulary)
+        return self._codebook.encode(values) + 1
 
 
 class NumericalFeature(BaseModel):
@@ -133,8 +141,8 @@ def _numerical(name: str, parts: list[PartSummary], sample: pd.Series, rows: int
         name=name,
         mean=mean,
         std=std if std > 0 else 1.0,
-        min=min((p.sums[name][3] for p in parts), default=0.0) if n else 0.0,
-        max=max((p.sums[name][4] for p in parts), default=0.0) if n else 0.0,
+        min=min(p.sums[name][3] for p in parts) if n else 0.0,
+        max=max(p.sums[name][4] for p in parts) if n else 0.0,
         default=float(np.median(present)) if len(present) else 0.0,
         missing_rate=1 - n / rows if rows else 0.0,
         quantiles=[float(q) for q in quantiles],
@@ -194,8 +202,7 @@ class Encoded:
 def encode(features: pd.DataFrame, spec: FeatureSpec) -> Encoded:
     codes = np.zeros((len(features), len(spec.categorical)), dtype="int64")
     for j, feature in enumerate(spec.categorical):
-        index = pd.Index(feature.vocabulary, dtype=object)
-        codes[:, j] = index.get_indexer(pd.Index(features[feature.name], dtype=object)) + 1
+        codes[:, j] = feature.encode(features[feature.name].to_numpy(object))
     values = features[[f.name for f in spec.numerical]].to_numpy("float64", na_value=np.nan)
     missing = np.isnan(values)
     defaults = np.array([f.default for f in spec.numerical])

@@ -25,8 +25,8 @@ HOUR = 60
 RAW_INPUTS = ["carrier", "flight", "tailnum", "origin", "dest", "scheduled_departure", "distance"]
 
 # (name, key, index, start hours before, end hours before): the mean and count of the values of
-# events observed in [t - start, t - end), the flight's own event excluded. The last two fields
-# name the flight's own event time and value, subtracted when they fall in the window.
+# events observed in [t - start, t - end), the flight's own event excluded. OWN_EVENT names the
+# flight's own event time and value, subtracted when they fall in the window.
 WINDOWS: list[tuple[str, str, str, float, float]] = [
     ("origin_dep", "origin", "origin_departures", 1, 0),
     ("origin_dep", "origin", "origin_departures", 2, 1),
@@ -46,8 +46,7 @@ LOOKAHEAD_H = 3
 
 def _window_names(prefix: str, start: float, end: float) -> tuple[str, str]:
     span = f"{end:g}_{start:g}h"
-    measure = "delay" if prefix.endswith(("dep", "arr")) else "value"
-    return f"{prefix}_{measure}_mean_{span}", f"{prefix}_count_{span}"
+    return f"{prefix}_delay_mean_{span}", f"{prefix}_count_{span}"
 
 
 CATEGORICAL = ["carrier", "origin", "dest"] + [f"plane_{c}" for c in PLANE_TEXT]
@@ -73,10 +72,13 @@ NUMERICAL = [
 FEATURES = CATEGORICAL + NUMERICAL
 
 
+def _column(frame: pd.DataFrame, column: str) -> pd.Series:
+    """The column, or all-missing when the caller left it out (optional fields)."""
+    return frame[column] if column in frame else pd.Series(np.nan, frame.index)
+
+
 def _text(frame: pd.DataFrame, column: str) -> np.ndarray:
-    values = frame[column].astype(object).to_numpy() if column in frame else None
-    if values is None:
-        return np.full(len(frame), None, dtype=object)
+    values = _column(frame, column).astype(object).to_numpy()
     return np.where(pd.isna(values), None, values).astype(object)
 
 
@@ -102,24 +104,25 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
         np.abs(lookups.holidays[pos] - day), np.abs(day - lookups.holidays[pos - 1])
     )
     out["days_to_holiday"] = np.minimum(nearest, 60).astype("float64")
-    distance = flights["distance"] if "distance" in flights else pd.Series(np.nan, flights.index)
-    out["distance"] = pd.to_numeric(distance, errors="coerce").to_numpy("float64", na_value=np.nan)
+    distance = pd.to_numeric(_column(flights, "distance"), errors="coerce")
+    out["distance"] = distance.to_numpy("float64", na_value=np.nan)
 
-    weather = lookups.weather.at(origin, t - t % HOUR)
+    hour_start = t - t % HOUR
+    weather = lookups.weather.at(origin, hour_start)
     for i, name in enumerate(lookups.weather.columns):
         out[name] = weather[:, i]
 
+    plane = lookups.planes.take(tail, PLANE_TEXT + PLANE_NUMERIC)
     for name in PLANE_TEXT:
-        out[f"plane_{name}"] = lookups.planes.column(tail, name)
-    plane = {name: lookups.planes.column(tail, name) for name in PLANE_NUMERIC}
+        out[f"plane_{name}"] = plane[name]
     out["plane_age"] = when.year.to_numpy("float64") - plane["year"]
     out["plane_seats"] = plane["seats"]
     out["plane_engines"] = plane["engines"]
-    for name in AIRPORT_NUMERIC:
-        out[f"dest_{name}"] = lookups.airports.column(dest, name)
+    for name, values in lookups.airports.take(dest, AIRPORT_NUMERIC).items():
+        out[f"dest_{name}"] = values
 
     keys = {"origin": origin, "carrier": carrier, "dest": dest}
-    number = flights["flight"] if "flight" in flights else pd.Series(np.nan, flights.index)
+    number = _column(flights, "flight")
     # Aggregates over other flights must not count the flight itself: one that left five
     # minutes early would otherwise feed its own departure delay into its features.
     own_events = lookups.own_events
@@ -137,16 +140,7 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
             out[mean_name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         out[count_name] = count
 
-    schedule = lookups.tail_schedule
-    prev = schedule.previous(tail, t)
-    safe = np.clip(prev, 0, None)
-    has_prev = prev >= 0
-    if len(schedule.stamps):
-        prev_sched = np.where(has_prev, schedule.scheduled[safe], np.nan)
-        prev_departed_at = np.where(has_prev, schedule.departed_at[safe], np.nan)
-        prev_delay = np.where(has_prev, schedule.dep_delay[safe], np.nan)
-    else:
-        prev_sched = prev_departed_at = prev_delay = np.full(len(t), np.nan)
+    prev_sched, prev_departed_at, prev_delay = lookups.tail_schedule.previous(tail, t)
     since = t - prev_sched
     recent = since <= TAIL_LOOKBACK_H * HOUR  # False for NaN
     # Known only if it left strictly before t; "left early" never makes the flight its own past.
@@ -156,7 +150,6 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
     out["tail_prev_dep_delay"] = np.where(departed, prev_delay, np.nan)
     out["tail_prev_overdue_min"] = np.where(recent, np.where(departed, 0.0, since), np.nan)
 
-    hour_start = t - t % HOUR
     count, _ = lookups.origin_schedule.window(origin, hour_start, hour_start + HOUR)
     out["origin_scheduled_count_hour"] = count
     return pd.DataFrame({name: out[name] for name in FEATURES}, index=flights.index)

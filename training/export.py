@@ -78,6 +78,26 @@ def session(path: Path, threads: int = 1) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def predict_onnx(
+    runtime: ort.InferenceSession,
+    categorical: np.ndarray,
+    numerical: np.ndarray,
+    batch_size: int = 65_536,
+) -> np.ndarray:
+    """Delay probabilities from an exported model, `batch_size` rows per call."""
+    parts = [
+        runtime.run(
+            [OUTPUT],
+            {
+                "categorical": categorical[i : i + batch_size],
+                "numerical": numerical[i : i + batch_size],
+            },
+        )[0]
+        for i in range(0, len(categorical), batch_size)
+    ]
+    return np.concatenate(parts) if parts else np.empty(0, dtype="float32")
+
+
 @torch.no_grad()
 def check_parity(
     model: nn.Module,
@@ -96,18 +116,9 @@ def check_parity(
         ]
     ).numpy()
     runtime = session(path)
-    cat_np, num_np = categorical.numpy(), numerical.numpy()
     worst: dict[int, float] = {}
     for size in batch_sizes:
-        got = np.concatenate(
-            [
-                runtime.run(
-                    [OUTPUT],
-                    {"categorical": cat_np[i : i + size], "numerical": num_np[i : i + size]},
-                )[0]
-                for i in range(0, len(data), size)
-            ]
-        )
+        got = predict_onnx(runtime, categorical.numpy(), numerical.numpy(), size)
         worst[size] = float(np.max(np.abs(got - expected))) if len(got) else 0.0
     report = ParityReport(len(data), worst, atol)
     failed = {size: diff for size, diff in worst.items() if not diff <= atol}

@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipelines.spec import LABEL, FeatureSpec, encode
-from training.export import OUTPUT, session
+from training.export import predict_onnx, session
 from training.logging_model import MODEL_NAME_IN_RUN
 from training.metrics import log_loss, roc_auc
 
@@ -52,18 +51,7 @@ def score(run_id: str, holdout: pd.DataFrame, client: MlflowClient) -> tuple[flo
     model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"))
     runtime = session(model_dir / "model.onnx", threads=2)
     encoded = encode(holdout, spec)
-    probabilities = np.concatenate(
-        [
-            runtime.run(
-                [OUTPUT],
-                {
-                    "categorical": encoded.categorical[i : i + 65_536],
-                    "numerical": encoded.numerical[i : i + 65_536],
-                },
-            )[0]
-            for i in range(0, len(holdout), 65_536)
-        ]
-    )
+    probabilities = predict_onnx(runtime, encoded.categorical, encoded.numerical)
     labels = holdout[LABEL].to_numpy()
     return roc_auc(labels, probabilities), log_loss(labels, probabilities)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from pipelines.layout import SPLITS, DataLayout
@@ -19,7 +20,7 @@ from training.importance import permutation_importance
 from training.logging_model import LoggedModel, decision_threshold, log_onnx_model
 from training.metrics import log_loss, roc_auc, sigmoid
 from training.model import ModelConfig, TabularNet
-from training.tensors import pick_device, to_tensors
+from training.tensors import Tensors, pick_device, to_tensors
 from training.tracking import TrackingConfig, use_tracking
 
 logger = logging.getLogger(__name__)
@@ -37,29 +38,24 @@ def load_splits(layout: DataLayout) -> dict[str, pd.DataFrame]:
     return {split: read_parquet_folder(layout.split(split)) for split in SPLITS}
 
 
-def _figures(model: TabularNet, table: pd.DataFrame, tensors, prefix: str) -> dict[str, float]:
-    probabilities = sigmoid(predict_logits(model, tensors).cpu().numpy())
-    labels = table[LABEL].to_numpy()
-    return {
-        f"{prefix}_roc_auc": roc_auc(labels, probabilities),
-        f"{prefix}_log_loss": log_loss(labels, probabilities),
-    }
-
-
-def _log_plots(model, spec: FeatureSpec, tables, tensors, result: FitResult) -> None:
-    """Learning curves, ROC and calibration on the test months, permutation importance."""
+def _log_plots(
+    model: TabularNet,
+    spec: FeatureSpec,
+    valid: Tensors,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    result: FitResult,
+) -> None:
+    """Learning curves, ROC and calibration on the holdout, permutation importance on valid."""
     history = result.history
     figures = {
         "learning_curves.png": plots.draw_learning_curves(
             [e.train_loss for e in history], [e.valid_loss for e in history]
         )
     }
-    split = "test" if len(tables["test"]) else "valid"
-    labels = tables[split][LABEL].to_numpy()
-    probabilities = sigmoid(predict_logits(model, tensors[split]).cpu().numpy())
     figures["roc.png"] = plots.draw_roc(labels, probabilities, roc_auc(labels, probabilities))
     figures["calibration.png"] = plots.draw_calibration(labels, probabilities)
-    drops = permutation_importance(model, tensors["valid"], spec)
+    drops = permutation_importance(model, valid, spec)
     figures["permutation_importance.png"] = plots.draw_importance(list(drops), list(drops.values()))
     mlflow.log_dict(drops, "plots/permutation_importance.json")
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,15 +107,19 @@ def train(
         model = TabularNet(spec, model_config).to(device)
         result = fit(model, tensors["train"], tensors["valid"], fit_config, on_epoch=log_epoch)
         metrics = {"best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch}
-        for split in ("valid", "test"):
-            if len(tables[split]):
-                metrics |= _figures(model, tables[split], tensors[split], split)
-        valid_probabilities = sigmoid(predict_logits(model, tensors["valid"]).cpu().numpy())
-        threshold = decision_threshold(tables["valid"][LABEL].to_numpy(), valid_probabilities)
+        scored = [split for split in ("valid", "test") if len(tables[split])]
+        labels = {split: tables[split][LABEL].to_numpy() for split in scored}
+        probabilities = {
+            split: sigmoid(predict_logits(model, tensors[split]).cpu().numpy()) for split in scored
+        }
+        for split in scored:
+            metrics[f"{split}_roc_auc"] = roc_auc(labels[split], probabilities[split])
+            metrics[f"{split}_log_loss"] = log_loss(labels[split], probabilities[split])
+        threshold = decision_threshold(labels["valid"], probabilities["valid"])
         metrics["decision_threshold"] = threshold
         mlflow.log_metrics(metrics)
-        _log_plots(model, spec, tables, tensors, result)
-        parity_split = "test" if len(tables["test"]) else "valid"
-        logged = log_onnx_model(model, layout, spec, tensors[parity_split], threshold)
+        holdout = scored[-1]  # the test months when there are any
+        _log_plots(model, spec, tensors["valid"], labels[holdout], probabilities[holdout], result)
+        logged = log_onnx_model(model, layout, spec, tensors[holdout], threshold)
         logger.info("run %s: %s", run.info.run_id, metrics)
     return TrainResult(run.info.run_id, result, metrics, logged)

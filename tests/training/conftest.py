@@ -34,11 +34,3 @@ def spec(tables: dict[str, pd.DataFrame]) -> FeatureSpec:
     parts = [summarize(tables["train"], "2013-01", "train", 0)]
     parts.append(summarize(tables["valid"], "2013-10", "valid", 0))
     return build_spec(parts, min_category_count=1)
-
-
-def auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC-AUC as the Mann-Whitney statistic."""
-    ranks = pd.Series(scores).rank().to_numpy()
-    positives = labels == 1
-    n_pos, n_neg = positives.sum(), (~positives).sum()
-    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from pipelines.spec import FeatureSpec
-from tests.training.conftest import auc
 from training.fit import FitConfig, evaluate_loss, fit, predict_logits
+from training.metrics import roc_auc as auc
 from training.model import ModelConfig, TabularNet
 from training.tensors import pick_device, to_tensors
 
