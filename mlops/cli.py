@@ -53,6 +53,19 @@ def fail(error: Exception) -> typer.Exit:
 
 
 # The command modules register themselves on `app` and `data_app`.
-from mlops import commands_data, commands_promote, commands_run, commands_train  # noqa: E402
+from mlops import (  # noqa: E402
+    commands_data,
+    commands_promote,
+    commands_run,
+    commands_train,
+    commands_tune,
+)
 
-__all__ = ["app", "commands_data", "commands_promote", "commands_run", "commands_train"]
+__all__ = [
+    "app",
+    "commands_data",
+    "commands_promote",
+    "commands_run",
+    "commands_train",
+    "commands_tune",
+]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -11,10 +12,14 @@ from rich.table import Table
 
 from mlops.settings import Settings
 from pipelines.cluster import ClusterConfig
+from pipelines.errors import PipelineError
 from pipelines.features import FeatureReport
 from pipelines.ingest import IngestReport, MonthWindow, TableReport
 from pipelines.layout import DataLayout
 from pipelines.splits import SplitPlan
+
+if TYPE_CHECKING:
+    from training.tracking import TrackingConfig
 
 
 def layout_of(settings: Settings) -> DataLayout:
@@ -23,6 +28,17 @@ def layout_of(settings: Settings) -> DataLayout:
 
 def cluster_of(settings: Settings) -> ClusterConfig:
     return ClusterConfig(scheduler=settings.dask_scheduler, **settings.dask.model_dump())
+
+
+def tracking_of(settings: Settings) -> TrackingConfig:
+    from training.tracking import TrackingConfig
+
+    return TrackingConfig(settings.home, settings.mlflow_tracking_uri, settings.experiment)
+
+
+def require_features(layout: DataLayout) -> None:
+    if not layout.spec.exists():
+        raise PipelineError(f"no feature spec at {layout.spec}: run `mlops data features` first")
 
 
 def plan_of(settings: Settings) -> SplitPlan:

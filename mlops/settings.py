@@ -44,6 +44,19 @@ class FitSettings(BaseModel):
     seed: int = 0
 
 
+class TuneSettings(BaseModel):
+    """The Optuna study (see training/tune.py); `mlops run` uses these as its small budget."""
+
+    trials: int = Field(6, ge=1, description="finished trials the study aims for")
+    epochs: int = Field(3, ge=1, description="the most epochs per trial (Hyperband's resource)")
+    pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
+    study: str = "flight-delay"
+    workers: int = Field(1, ge=1, description="tuning processes started by one command")
+    heartbeat_interval: int = Field(10, ge=1, description="seconds between trial heartbeats")
+    grace_period: int = Field(30, ge=2, description="seconds of silence before a trial is dead")
+    seed: int = 0
+
+
 class Settings(BaseSettings):
     """Every setting has an embedded default; `MLOPS_<NAME>` (and `__` for nesting) overrides."""
 
@@ -57,6 +70,10 @@ class Settings(BaseSettings):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     fit: FitSettings = Field(default_factory=FitSettings)
+    tune: TuneSettings = Field(default_factory=TuneSettings)
+    optuna_storage: str = Field(
+        "", description="an SQLAlchemy URL (postgresql://...); empty: MLOPS_HOME/optuna.db"
+    )
     mlflow_tracking_uri: str = Field(
         "",
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "MLOPS_MLFLOW_TRACKING_URI"),

@@ -1,4 +1,4 @@
-"""MLflow setup for the embedded defaults: a SQLite store and artifacts under MLOPS_HOME."""
+"""MLflow setup: a SQLite store and artifacts under MLOPS_HOME unless a tracking URI is given."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,13 @@ class TrackingConfig:
     def resolved_uri(self) -> str:
         return self.uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
 
+    @property
+    def artifact_location(self) -> str | None:
+        """Local artifacts for a database store; a tracking server keeps (or proxies) its own."""
+        if self.resolved_uri.startswith(("http://", "https://", "databricks")):
+            return None
+        return (self.home / "mlartifacts").resolve().as_uri()
+
 
 def use_tracking(config: TrackingConfig) -> str:
     """Point MLflow at the store and return the experiment id (created on first use)."""
@@ -26,6 +34,12 @@ def use_tracking(config: TrackingConfig) -> str:
     experiment = mlflow.get_experiment_by_name(config.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    # With a local store the artifacts stay under MLOPS_HOME; a tracking server proxies its own.
-    location = None if config.uri else (config.home / "mlartifacts").resolve().as_uri()
-    return mlflow.create_experiment(config.experiment, artifact_location=location)
+    try:
+        return mlflow.create_experiment(
+            config.experiment, artifact_location=config.artifact_location
+        )
+    except MlflowException:  # another process created it first
+        experiment = mlflow.get_experiment_by_name(config.experiment)
+        if experiment is None:
+            raise
+        return experiment.experiment_id

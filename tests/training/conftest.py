@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.layout import DataLayout
 from pipelines.spec import LABEL, FeatureSpec, build_spec, summarize
 from pipelines.transform import CATEGORICAL, NUMERICAL
 
@@ -21,6 +24,9 @@ def synthetic_table(rows: int, seed: int) -> pd.DataFrame:
         table["carrier"] == "A", 2, 0
     )
     table[LABEL] = (rng.random(rows) < 1 / (1 + np.exp(-(signal - 1)))).astype("int8")
+    table["scheduled_departure"] = pd.Timestamp("2013-11-01") + pd.to_timedelta(
+        rng.integers(0, 60 * 24 * 30, rows), unit="min"
+    )
     return table
 
 
@@ -34,3 +40,29 @@ def spec(tables: dict[str, pd.DataFrame]) -> FeatureSpec:
     parts = [summarize(tables["train"], "2013-01", "train", 0)]
     parts.append(summarize(tables["valid"], "2013-10", "valid", 0))
     return build_spec(parts, min_category_count=1)
+
+
+def write_feature_table(home: Path, rows: int = 20_000) -> DataLayout:
+    """A synthetic feature table, spec and (empty) lookups where the pipeline writes them."""
+    layout = DataLayout(home)
+    tables = {
+        "train": synthetic_table(rows, 0),
+        "valid": synthetic_table(rows // 4, 1),
+        "test": synthetic_table(rows // 4, 2),
+    }
+    months = {"train": "2013-01", "valid": "2013-10", "test": "2013-11"}
+    parts = [summarize(table, months[name], name, 0) for name, table in tables.items()]
+    for name, table in tables.items():
+        layout.split(name).mkdir(parents=True)
+        table.to_parquet(layout.split(name) / "part-0.parquet")
+    build_spec(parts, min_category_count=1).save(layout.spec)
+    layout.lookups.mkdir(parents=True)
+    return layout
+
+
+@pytest.fixture(scope="session")
+def synthetic_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only MLOPS_HOME with a synthetic feature table: copy it before writing there."""
+    home = tmp_path_factory.mktemp("synthetic")
+    write_feature_table(home)
+    return home

@@ -1,0 +1,555 @@
+"""Benchmark: the network's test-month quality against LightGBM, and the fit loop's throughput.
+
+Every figure is a ratio against a baseline run by this script, on the same data, in the same
+process, because the machines are shared and noisy:
+
+- quality: test ROC-AUC and log loss of TabularNet (`training.fit.fit`, the mean probability
+  of `--seeds` seeds) against a LightGBM classifier with early stopping on the valid month;
+- throughput: training samples/s of `training.fit.fit` against a bare loop over the same
+  device-resident tensors (goal: at least 0.9x) and against a per-sample Dataset/DataLoader.
+
+The feature table is built once (ingest of the bundled data, then `build_features_pandas`)
+under `--workdir`, or read from `--home` when that already holds `data/feature_spec.json`:
+
+    python benchmarks/training.py --seeds 3
+
+Writes benchmarks/results/training.json and prints the rows for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+# ruff: noqa: E402
+# This file shares its name with the `training` package it measures. Run as a script, its own
+# folder comes first on sys.path and `import training` would find this file: use the root.
+ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
+    sys.path[0] = str(ROOT)
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.logging import RichHandler
+from torch import nn
+
+from mlops.settings import Settings
+from pipelines.layout import SPLITS, DataLayout
+from pipelines.spec import LABEL, FeatureSpec
+from pipelines.storage import read_parquet_folder
+from training.fit import FitConfig, fit, predict_logits, seed_everything
+from training.metrics import log_loss, roc_auc, sigmoid
+from training.model import ModelConfig, TabularNet
+from training.tensors import Tensors, pick_device, to_tensors
+
+SECTIONS = ("quality", "throughput")
+THROUGHPUT_GOAL = 0.9  # fit / bare loop
+
+logger = logging.getLogger("benchmarks.training")
+console = Console(highlight=False, soft_wrap=True)
+
+
+# --- data ---------------------------------------------------------------------------------
+
+
+def prepare_home(args: argparse.Namespace) -> Path:
+    """A home with the feature table: `--home` as it is, else built once under `--workdir`."""
+    if args.home is not None:
+        if not DataLayout(args.home).spec.exists():
+            raise SystemExit(f"{args.home} has no data/feature_spec.json")
+        return args.home
+    home = args.workdir
+    layout = DataLayout(home)
+    if layout.spec.exists():
+        logger.info("reusing the feature table in %s", home)
+        return home
+    from pipelines.features import build_features_pandas
+    from pipelines.ingest import ingest
+    from pipelines.splits import SplitPlan
+
+    if not layout.months("flights"):
+        start = time.perf_counter()
+        ingest(layout)
+        logger.info("ingested the bundled data into %s in %.1f s", home, _since(start))
+    start = time.perf_counter()
+    build_features_pandas(layout, SplitPlan())
+    logger.info("built the feature table in %.1f s", _since(start))
+    return home
+
+
+def load_tables(home: Path, max_train_rows: int | None) -> tuple[FeatureSpec, dict]:
+    layout = DataLayout(home)
+    spec = FeatureSpec.load(layout.spec)
+    tables = {split: read_parquet_folder(layout.split(split)) for split in SPLITS}
+    if max_train_rows is not None and len(tables["train"]) > max_train_rows:
+        tables["train"] = (
+            tables["train"].sample(max_train_rows, random_state=0).reset_index(drop=True)
+        )
+    logger.info("rows: %s", {split: len(t) for split, t in tables.items()})
+    return spec, tables
+
+
+def configs(args: argparse.Namespace) -> tuple[ModelConfig, FitConfig]:
+    """The Settings defaults (`MLOPS_MODEL__*`, `MLOPS_FIT__*` apply), then the options."""
+    settings = Settings()
+    model = ModelConfig(**settings.model.model_dump())
+    fit_config = FitConfig(**settings.fit.model_dump())
+    overrides = {
+        "width": args.width,
+        "depth": args.depth,
+        "numeric_embedding": args.numeric_embedding,
+    }
+    model = replace(model, **{k: v for k, v in overrides.items() if v is not None})
+    fit_overrides = {"epochs": args.epochs, "batch_size": args.batch_size}
+    fit_config = replace(fit_config, **{k: v for k, v in fit_overrides.items() if v is not None})
+    return model, fit_config
+
+
+def _since(start: float) -> float:
+    return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _autocast(device: torch.device) -> torch.autocast:
+    # As training.fit does: bf16 on CUDA, fp32 on the CPU.
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def fresh_model(spec: FeatureSpec, config: ModelConfig, seed: int, device) -> TabularNet:
+    seed_everything(seed)  # the same initial weights for every variant of one seed
+    return TabularNet(spec, config).to(device)
+
+
+# --- quality ------------------------------------------------------------------------------
+
+
+def lightgbm_frame(table: pd.DataFrame, spec: FeatureSpec) -> pd.DataFrame:
+    """Categories on the spec's vocabularies (rare and unseen values become missing)."""
+    frame = pd.DataFrame(
+        {
+            f.name: pd.Categorical(
+                table[f.name].astype(object).where(table[f.name].isin(f.vocabulary)),
+                categories=f.vocabulary,
+            )
+            for f in spec.categorical
+        }
+    )
+    for f in spec.numerical:
+        frame[f.name] = table[f.name].astype("float64").to_numpy()
+    return frame
+
+
+def run_lightgbm(args: argparse.Namespace, spec: FeatureSpec, tables: dict) -> dict:
+    import lightgbm as lgb
+
+    frames = {split: lightgbm_frame(tables[split], spec) for split in SPLITS}
+    labels = {split: tables[split][LABEL].to_numpy("int64") for split in SPLITS}
+    model = lgb.LGBMClassifier(
+        n_estimators=args.lgbm_rounds,
+        learning_rate=0.05,
+        num_leaves=63,
+        subsample=0.8,
+        subsample_freq=1,
+        colsample_bytree=0.8,
+        random_state=0,
+        verbose=-1,
+    )
+    if "eval_X" in inspect.signature(model.fit).parameters:  # LightGBM 4.7 renamed eval_set
+        evaluation = {"eval_X": (frames["valid"],), "eval_y": (labels["valid"],)}
+    else:
+        evaluation = {"eval_set": [(frames["valid"], labels["valid"])]}
+    start = time.perf_counter()
+    model.fit(
+        frames["train"],
+        labels["train"],
+        **evaluation,
+        eval_metric="binary_logloss",
+        callbacks=[lgb.early_stopping(args.lgbm_early_stopping, verbose=False)],
+    )
+    seconds = _since(start)
+    probabilities = model.predict_proba(frames["test"])[:, 1]
+    return {
+        "test_roc_auc": roc_auc(labels["test"], probabilities),
+        "test_log_loss": log_loss(labels["test"], probabilities),
+        "best_iteration": int(model.best_iteration_ or args.lgbm_rounds),
+        "fit_seconds": seconds,
+    }
+
+
+def run_network(
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    tables: dict,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    device: torch.device,
+) -> dict:
+    tensors = {split: to_tensors(tables[split], spec, device) for split in SPLITS}
+    labels = tables["test"][LABEL].to_numpy("int64")
+    runs, probabilities = [], []
+    for seed in range(fit_config.seed, fit_config.seed + args.seeds):
+        config = replace(fit_config, seed=seed)
+        model = fresh_model(spec, model_config, seed, device)
+        start = time.perf_counter()
+        result = fit(model, tensors["train"], tensors["valid"], config)
+        seconds = _since(start)
+        p = sigmoid(predict_logits(model, tensors["test"]).cpu().numpy().astype("float64"))
+        probabilities.append(p)
+        runs.append(
+            {
+                "seed": seed,
+                "test_roc_auc": roc_auc(labels, p),
+                "test_log_loss": log_loss(labels, p),
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "best_valid_loss": result.best_valid_loss,
+                "fit_seconds": seconds,
+            }
+        )
+        logger.info(
+            "net seed %d: test AUC %.4f, log loss %.4f, best epoch %d of %d, %.0f s",
+            seed,
+            runs[-1]["test_roc_auc"],
+            runs[-1]["test_log_loss"],
+            result.best_epoch,
+            len(result.history),
+            seconds,
+        )
+    ensemble = np.mean(probabilities, axis=0)
+    return {
+        "seeds": args.seeds,
+        "test_roc_auc": roc_auc(labels, ensemble),
+        "test_log_loss": log_loss(labels, ensemble),
+        "runs": runs,
+    }
+
+
+def quality_section(
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    tables: dict,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    device: torch.device,
+) -> dict:
+    logger.info("quality: LightGBM")
+    lgbm = run_lightgbm(args, spec, tables)
+    logger.info(
+        "LightGBM: test AUC %.4f, log loss %.4f, %d rounds, %.0f s",
+        lgbm["test_roc_auc"],
+        lgbm["test_log_loss"],
+        lgbm["best_iteration"],
+        lgbm["fit_seconds"],
+    )
+    logger.info("quality: TabularNet, %d seed(s)", args.seeds)
+    net = run_network(args, spec, tables, model_config, fit_config, device)
+    return {
+        "test_rows": len(tables["test"]),
+        "test_positive_rate": float(tables["test"][LABEL].mean()),
+        "lightgbm": lgbm,
+        "network": net,
+        "auc_gap": net["test_roc_auc"] - lgbm["test_roc_auc"],  # negative: the net is behind
+        "log_loss_ratio": net["test_log_loss"] / lgbm["test_log_loss"],  # above 1: behind
+    }
+
+
+# --- throughput ---------------------------------------------------------------------------
+
+
+class RowDataset(torch.utils.data.Dataset):
+    """The textbook per-sample Dataset: one row of each tensor per __getitem__."""
+
+    def __init__(self, data: Tensors) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.data.categorical[i], self.data.numerical[i], self.data.label[i]
+
+
+def _step(model, optimizer, categorical, numerical, label, device) -> None:
+    with _autocast(device):
+        logits = model(categorical, numerical)
+    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), label)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def _optimizer(model: nn.Module, config: FitConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+
+
+def time_fit(model, train: Tensors, valid: Tensors, config: FitConfig, device) -> dict:
+    """The real loop; its epoch clocks leave out the validation pass and the best-weights copy."""
+    start = time.perf_counter()
+    result = fit(model, train, valid, config)
+    wall = _since(start)
+    seconds = sum(e.seconds for e in result.history)
+    samples = len(train) * len(result.history)
+    return {
+        "samples": samples,
+        "seconds": seconds,
+        "samples_per_s": samples / seconds,
+        "wall_seconds": wall,
+        "wall_samples_per_s": samples / wall,
+        "epoch_samples_per_s": [e.samples_per_s for e in result.history],
+    }
+
+
+def time_bare(model, train: Tensors, config: FitConfig, device, steps: int | None = None) -> dict:
+    """randperm, slice, forward, BCE-with-logits, backward, step; nothing else."""
+    optimizer = _optimizer(model, config)
+    model.train()
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    samples, done = 0, 0
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(config.epochs):
+        order = torch.randperm(len(train), device=device, generator=generator)
+        for begin in range(0, len(train), config.batch_size):
+            index = order[begin : begin + config.batch_size]
+            _step(
+                model,
+                optimizer,
+                train.categorical[index],
+                train.numerical[index],
+                train.label[index],
+                device,
+            )
+            samples += len(index)
+            done += 1
+            if steps is not None and done >= steps:
+                break
+        if steps is not None and done >= steps:
+            break
+    _sync(device)
+    seconds = _since(start)
+    return {"samples": samples, "seconds": seconds, "samples_per_s": samples / seconds}
+
+
+def time_dataloader(model, train_cpu: Tensors, config: FitConfig, device) -> dict:
+    """A per-sample Dataset and a DataLoader (default collate, no workers), copied per batch."""
+    optimizer = _optimizer(model, config)
+    model.train()
+    loader = torch.utils.data.DataLoader(
+        RowDataset(train_cpu),
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=0,
+        generator=torch.Generator().manual_seed(config.seed),
+    )
+    samples = 0
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(config.epochs):
+        for categorical, numerical, label in loader:
+            _step(
+                model,
+                optimizer,
+                categorical.to(device, non_blocking=True),
+                numerical.to(device, non_blocking=True),
+                label.to(device, non_blocking=True),
+                device,
+            )
+            samples += len(label)
+    _sync(device)
+    seconds = _since(start)
+    return {"samples": samples, "seconds": seconds, "samples_per_s": samples / seconds}
+
+
+def throughput_section(
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    tables: dict,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    device: torch.device,
+) -> dict:
+    # A fixed number of epochs: patience above it, so fit never stops early.
+    config = replace(fit_config, epochs=args.throughput_epochs, patience=args.throughput_epochs + 1)
+    train = to_tensors(tables["train"], spec, device)
+    valid = to_tensors(tables["valid"], spec, device)
+    train_cpu = train.to("cpu")
+    seed = config.seed
+
+    logger.info("throughput: warm-up, %d steps", args.warmup_steps)
+    warm = fresh_model(spec, model_config, seed, device)
+    time_bare(warm, train, config, device, steps=args.warmup_steps)
+
+    variants: dict[str, Callable[[TabularNet], dict]] = {
+        "fit": lambda m: time_fit(m, train, valid, config, device),
+        "bare": lambda m: time_bare(m, train, config, device),
+        "dataloader": lambda m: time_dataloader(m, train_cpu, config, device),
+    }
+    repeats: dict[str, list[dict]] = {name: [] for name in variants}
+    for r in range(args.repeats):  # interleaved, so drift in the machine hits every variant
+        for name, run in variants.items():
+            figures = run(fresh_model(spec, model_config, seed, device))
+            repeats[name].append(figures)
+            logger.info(
+                "throughput repeat %d, %s: %d samples in %.1f s, %.0f samples/s",
+                r,
+                name,
+                figures["samples"],
+                figures["seconds"],
+                figures["samples_per_s"],
+            )
+    median = {
+        name: statistics.median(f["samples_per_s"] for f in runs) for name, runs in repeats.items()
+    }
+    return {
+        "train_rows": len(train),
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "repeats": repeats,
+        "samples_per_s": median,
+        "fit_over_bare": median["fit"] / median["bare"],
+        "fit_over_dataloader": median["fit"] / median["dataloader"],
+        "goal_fit_over_bare": THROUGHPUT_GOAL,
+        "goal_met": median["fit"] / median["bare"] >= THROUGHPUT_GOAL,
+    }
+
+
+# --- report -------------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        cpu = platform.processor() or platform.machine()
+        name = f"CPU ({cpu}), {torch.get_num_threads()} torch threads"
+    return {
+        "device": device.type,
+        "device_name": name,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": list(os.getloadavg()),  # others' work skews the figures
+        "date": datetime.now(UTC).date().isoformat(),
+    }
+
+
+def markdown(results: dict) -> list[str]:
+    env = results["environment"]
+    lines = [
+        f"Device: {env['device_name']}; torch {env['torch']}; {env['date']}.",
+        f"Model: `{json.dumps(results['model'])}`; fit: `{json.dumps(results['fit'])}`.",
+    ]
+    if "quality" in results:
+        q = results["quality"]
+        lgbm, net = q["lightgbm"], q["network"]
+        lines += [
+            "",
+            "| model | test ROC-AUC | test log loss | fit s | note |",
+            "|---|---|---|---|---|",
+            f"| LightGBM | {lgbm['test_roc_auc']:.4f} | {lgbm['test_log_loss']:.4f} "
+            f"| {lgbm['fit_seconds']:.0f} | {lgbm['best_iteration']} rounds |",
+            f"| TabularNet ({net['seeds']} seed{'s' if net['seeds'] > 1 else ''}) "
+            f"| {net['test_roc_auc']:.4f} | {net['test_log_loss']:.4f} "
+            f"| {sum(r['fit_seconds'] for r in net['runs']):.0f} "
+            f"| best epochs {', '.join(str(r['best_epoch']) for r in net['runs'])} |",
+            f"| net - LightGBM | {q['auc_gap']:+.4f} | {q['log_loss_ratio']:.3f}x | | |",
+        ]
+    if "throughput" in results:
+        t = results["throughput"]
+        sps = t["samples_per_s"]
+        lines += [
+            "",
+            f"Throughput: {t['train_rows']:,} training rows, {t['epochs']} epoch(s), "
+            f"batch {t['batch_size']}, median of {len(t['repeats']['fit'])} repeat(s).",
+            "",
+            "| loop | samples/s | fit / this |",
+            "|---|---|---|",
+            f"| fit (training.fit.fit) | {sps['fit']:,.0f} | 1.00x |",
+            f"| bare loop, device tensors | {sps['bare']:,.0f} | **{t['fit_over_bare']:.2f}x** "
+            f"(goal ≥ {t['goal_fit_over_bare']}) |",
+            f"| per-sample Dataset + DataLoader | {sps['dataloader']:,.0f} "
+            f"| {t['fit_over_dataloader']:.2f}x |",
+        ]
+    return lines
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument("--home", type=Path, help="an MLOPS_HOME that has the feature table")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/mlops-bench/training"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/training.json")
+    parser.add_argument("--max-train-rows", type=int, help="a random subset, for smoke runs")
+    parser.add_argument("--device", help="default: CUDA when present, else the CPU")
+    parser.add_argument("--seeds", type=int, default=1, help="network seeds to ensemble")
+    parser.add_argument("--epochs", type=int, help="default: Settings().fit.epochs")
+    parser.add_argument("--batch-size", type=int, help="default: Settings().fit.batch_size")
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--depth", type=int)
+    parser.add_argument("--numeric-embedding", choices=["none", "ple", "periodic"])
+    parser.add_argument("--lgbm-rounds", type=int, default=2000)
+    parser.add_argument("--lgbm-early-stopping", type=int, default=100)
+    parser.add_argument("--throughput-epochs", type=int, default=2)
+    parser.add_argument("--warmup-steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="throughput runs per variant")
+    args = parser.parse_args()
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
+    return args
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)]
+    )
+    args = parse_args()
+    device = torch.device(args.device) if args.device else pick_device()
+    model_config, fit_config = configs(args)
+    home = prepare_home(args)
+    spec, tables = load_tables(home, args.max_train_rows)
+
+    results: dict = {
+        "environment": environment(device),
+        "home": str(home),
+        "max_train_rows": args.max_train_rows,
+        "model": model_config.as_params(),
+        "fit": fit_config.as_params(),
+    }
+    sections = {"quality": quality_section, "throughput": throughput_section}
+    for name in args.sections:
+        start = time.perf_counter()
+        results[name] = sections[name](args, spec, tables, model_config, fit_config, device)
+        logger.info("%s section done in %.0f s", name, _since(start))
+
+    results["environment"]["load_average_at_end"] = list(os.getloadavg())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    logger.info("wrote %s", args.out)
+    console.print()
+    for line in markdown(results):
+        console.print(line, markup=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The Optuna study: nested MLflow runs, pruning, resuming and worker processes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.layout import DataLayout
+from pipelines.spec import FeatureSpec
+from training.fit import FitConfig
+from training.tensors import to_tensors
+from training.tracking import TrackingConfig, use_tracking
+from training.train import load_splits
+from training.tune import (
+    FINISHED,
+    PARENT_RUN_ATTR,
+    RUN_ATTR,
+    Objective,
+    TuneConfig,
+    best_configs,
+    open_storage,
+    suggest,
+    tune,
+)
+
+SMALL_FIT = FitConfig(batch_size=4096, patience=5)
+
+
+@pytest.fixture
+def home(synthetic_home: Path, tmp_path: Path) -> Path:
+    shutil.copytree(synthetic_home / "data", tmp_path / "data")
+    return tmp_path
+
+
+def _children(client: MlflowClient, parent: str, experiment_id: str) -> list:
+    return client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
+
+
+def test_a_study_nests_one_run_per_trial_and_resumes_with_its_trials(home: Path) -> None:
+    tracking = TrackingConfig(home)
+    config = TuneConfig(trials=3, epochs=2, study="resume")
+    first = tune(DataLayout(home), tracking, config, SMALL_FIT)
+
+    client = MlflowClient(tracking.resolved_uri)
+    parent = client.get_run(first.parent_run_id)
+    assert parent.data.tags["optuna_study"] == "resume"
+    assert parent.info.status == "FINISHED"
+    storage = open_storage(config, home)
+    study = optuna.load_study(study_name="resume", storage=storage)
+    assert study.user_attrs[PARENT_RUN_ATTR] == first.parent_run_id
+    trials = study.get_trials(states=FINISHED)
+    assert len(trials) == 3
+    children = {
+        r.info.run_id: r for r in _children(client, parent.info.run_id, parent.info.experiment_id)
+    }
+    assert {t.user_attrs[RUN_ATTR] for t in trials} == set(children)
+    for trial in trials:
+        run = children[trial.user_attrs[RUN_ATTR]]
+        assert run.data.tags["optuna_trial"] == str(trial.number)
+        assert run.data.params["model.width"] == str(trial.params["width"])
+        assert run.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(first.parent_run_id, "optuna")}
+    assert {"optuna/optimization_history.png", "optuna/param_importances.png"} <= artifacts
+    assert parent.data.metrics["best_valid_loss"] == pytest.approx(first.best_valid_loss)
+
+    resumed = tune(
+        DataLayout(home), tracking, TuneConfig(trials=5, epochs=2, study="resume"), SMALL_FIT
+    )
+    assert resumed.parent_run_id == first.parent_run_id
+    study = optuna.load_study(study_name="resume", storage=storage)
+    after = study.get_trials(states=FINISHED)
+    assert len(after) == 5
+    assert [(t.number, t.value, t.params) for t in after[:3]] == [
+        (t.number, t.value, t.params) for t in trials
+    ]
+    assert len(_children(client, first.parent_run_id, parent.info.experiment_id)) == 5
+
+
+def test_the_best_parameters_rebuild_the_best_configs(home: Path) -> None:
+    study = optuna.create_study()
+    trial = study.ask()
+    model, fit = suggest(trial, SMALL_FIT)
+    assert best_configs(trial.params, SMALL_FIT) == (model, fit)
+    assert fit.patience == SMALL_FIT.patience  # what the search leaves alone stays
+
+
+def test_a_pruned_trial_stops_after_its_first_epoch_and_says_so(home: Path) -> None:
+    layout = DataLayout(home)
+    spec = FeatureSpec.load(layout.spec)
+    tables = load_splits(layout)
+    train, valid = (to_tensors(tables[s], spec, "cpu") for s in ("train", "valid"))
+    tracking = TrackingConfig(home, experiment="pruning")
+    experiment_id = use_tracking(tracking)
+    parent = MlflowClient().create_run(experiment_id).info.run_id
+    objective = Objective(
+        spec, train, valid, TuneConfig(epochs=4), SMALL_FIT, experiment_id, parent
+    )
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
+    study.optimize(objective, n_trials=1)
+
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]
+    client = MlflowClient()
+    run = client.get_run(trial.user_attrs[RUN_ATTR])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["optuna_state"] == "PRUNED"
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [0]
+
+
+def test_workers_run_the_trials_in_their_own_processes(home: Path) -> None:
+    tracking = TrackingConfig(home)
+    config = TuneConfig(trials=4, epochs=1, workers=2, study="workers", pruner="none")
+    result = tune(DataLayout(home), tracking, config, SMALL_FIT)
+    assert result.counts["complete"] == 4
+    study = optuna.load_study(study_name="workers", storage=open_storage(config, home))
+    workers = {t.user_attrs["worker"] for t in study.get_trials(states=FINISHED)}
+    assert workers and all(not w.endswith(f":{os.getpid()}") for w in workers)
+    assert mlflow.get_tracking_uri() == tracking.resolved_uri

@@ -1,0 +1,364 @@
+"""Hyperparameter search: an Optuna study whose trials are nested MLflow runs.
+
+TPE proposes a configuration; each trial trains it for at most `epochs` epochs and reports the
+validation loss after every epoch, so Hyperband (or successive halving) stops the poor ones
+early. The study lives in an Optuna storage: SQLite under MLOPS_HOME by default, or a shared
+database (`MLOPS_OPTUNA_STORAGE=postgresql://...`) so that several processes, on one machine
+or many, work on one study. Heartbeats mark the trial of a killed worker as failed and
+`RetryHeartbeatStaleTrialCallback` queues it again, so the study still finishes its budget.
+
+MLflow: one parent run per study, created by whichever process created the study and recorded
+in the study's user attributes; one nested run per trial, whose id goes into the trial's user
+attributes. Optuna's own plots go to the parent run.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import socket
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import mlflow
+import optuna
+from mlflow import MlflowClient
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from pipelines.layout import DataLayout
+from pipelines.spec import FeatureSpec
+from training import plots
+from training.fit import EpochResult, FitConfig, fit, predict_logits
+from training.metrics import roc_auc, sigmoid
+from training.model import ModelConfig, TabularNet
+from training.tensors import Tensors, pick_device, to_tensors
+from training.tracking import TrackingConfig, use_tracking
+from training.train import load_splits
+
+logger = logging.getLogger(__name__)
+
+PARENT_RUN_ATTR = "mlflow_parent_run_id"
+RUN_ATTR = "mlflow_run_id"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+OnProgress = Callable[[int], None]  # called with the number of finished trials
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    trials: int = 6  # the study's budget of finished (complete or pruned) trials
+    epochs: int = 4  # the most epochs a trial trains: Hyperband's maximum resource
+    pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
+    study: str = "flight-delay"
+    storage: str = ""  # an SQLAlchemy URL; empty means sqlite under MLOPS_HOME
+    workers: int = 1  # processes started by this command, each running trials
+    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats
+    grace_period: int = 30  # seconds without a heartbeat before a trial counts as dead
+    seed: int = 0
+
+    def storage_url(self, home: Path) -> str:
+        return self.storage or f"sqlite:///{(home / 'optuna.db').resolve()}"
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    study: str
+    parent_run_id: str
+    best_params: dict[str, object]
+    best_valid_loss: float
+    counts: dict[str, int]
+
+
+def suggest(trial: optuna.Trial, fit_config: FitConfig) -> tuple[ModelConfig, FitConfig]:
+    """The search space. A `FixedTrial` of the best parameters rebuilds the best configs."""
+    embedding = trial.suggest_categorical("numeric_embedding", ["none", "ple", "periodic"])
+    model = ModelConfig(
+        numeric_embedding=embedding,
+        numeric_dim=trial.suggest_categorical("numeric_dim", [4, 8, 16]),
+        categorical_dim=trial.suggest_int("categorical_dim", 4, 16, step=4),
+        backbone=trial.suggest_categorical("backbone", ["mlp", "resnet"]),
+        width=trial.suggest_categorical("width", [64, 128, 256]),
+        depth=trial.suggest_int("depth", 1, 3),
+        dropout=trial.suggest_float("dropout", 0.0, 0.3),
+    )
+    if embedding == "periodic":
+        model = replace(
+            model, periodic_sigma=trial.suggest_float("periodic_sigma", 0.01, 1.0, log=True)
+        )
+    fit_config = replace(
+        fit_config,
+        learning_rate=trial.suggest_float("learning_rate", 3e-4, 1e-2, log=True),
+        weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True),
+        batch_size=trial.suggest_categorical("batch_size", [1024, 2048, 4096]),
+    )
+    return model, fit_config
+
+
+def best_configs(params: dict[str, object], fit_config: FitConfig) -> tuple[ModelConfig, FitConfig]:
+    """The configs of a study's best trial, for the final training run."""
+    return suggest(optuna.trial.FixedTrial(params), fit_config)
+
+
+def open_storage(config: TuneConfig, home: Path) -> RDBStorage:
+    url = config.storage_url(home)
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's terms
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=config.heartbeat_interval,
+            grace_period=config.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
+        )
+
+
+def _pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
+    if config.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs)
+    if config.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+def _study(storage: RDBStorage, config: TuneConfig, seed: int) -> tuple[optuna.Study, bool]:
+    """Create the study, or load it when another process (or an earlier run) already did."""
+    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=config.study, sampler=sampler, pruner=_pruner(config)
+        )
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(
+            study_name=config.study, storage=storage, sampler=sampler, pruner=_pruner(config)
+        ), False
+
+
+def _parent_run(study: optuna.Study, created: bool, experiment_id: str, timeout: float = 60) -> str:
+    """The study's MLflow run: made by the process that created the study, read by the rest."""
+    if created:
+        run = MlflowClient().create_run(
+            experiment_id,
+            run_name=f"tune-{study.study_name}",
+            tags={"optuna_study": study.study_name},
+        )
+        study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
+        return run.info.run_id
+    deadline = time.monotonic() + timeout
+    while PARENT_RUN_ATTR not in study.user_attrs:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"study {study.study_name!r} has no MLflow parent run after {timeout} s"
+            )
+        time.sleep(0.5)
+    return str(study.user_attrs[PARENT_RUN_ATTR])
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+class Objective:
+    """Trains one trial's configuration on tensors loaded once per process."""
+
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        train: Tensors,
+        valid: Tensors,
+        config: TuneConfig,
+        fit_config: FitConfig,
+        experiment_id: str,
+        parent_run_id: str,
+    ) -> None:
+        self.spec, self.train, self.valid = spec, train, valid
+        self.config, self.fit_config = config, replace(fit_config, epochs=config.epochs)
+        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        model_config, fit_config = suggest(trial, self.fit_config)
+        dead_run = trial.user_attrs.get(RUN_ATTR)  # set when this trial retries a killed one
+        if dead_run:
+            MlflowClient().set_terminated(str(dead_run), status="KILLED")
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        pruned: optuna.TrialPruned | None = None
+        with mlflow.start_run(
+            experiment_id=self.experiment_id,
+            run_name=f"trial-{trial.number}",
+            parent_run_id=self.parent_run_id,
+            nested=True,
+        ) as run:
+            trial.set_user_attr(RUN_ATTR, run.info.run_id)
+            mlflow.set_tags({"optuna_study": trial.study.study_name, "optuna_trial": trial.number})
+            mlflow.log_params(
+                {f"model.{k}": v for k, v in model_config.as_params().items()}
+                | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
+            )
+
+            def report(epoch: EpochResult) -> None:
+                mlflow.log_metrics(
+                    {"train_loss": epoch.train_loss, "valid_loss": epoch.valid_loss},
+                    step=epoch.epoch,
+                )
+                trial.report(epoch.valid_loss, step=epoch.epoch + 1)  # resource: epochs done
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after {epoch.epoch + 1} epochs")
+
+            model = TabularNet(self.spec, model_config).to(self.train.label.device)
+            try:
+                result = fit(model, self.train, self.valid, fit_config, on_epoch=report)
+            except optuna.TrialPruned as error:
+                pruned = error
+                mlflow.set_tag("optuna_state", "PRUNED")
+            else:
+                probabilities = sigmoid(predict_logits(model, self.valid).cpu().numpy())
+                auc = roc_auc(self.valid.label.cpu().numpy(), probabilities)
+                mlflow.log_metrics(
+                    {"best_valid_loss": result.best_valid_loss, "valid_roc_auc": auc}
+                )
+                mlflow.set_tag("optuna_state", "COMPLETE")
+                trial.set_user_attr("valid_roc_auc", auc)
+        if pruned is not None:
+            raise pruned
+        return result.best_valid_loss
+
+
+def _work(
+    layout_home: Path,
+    tracking: TrackingConfig,
+    config: TuneConfig,
+    fit_config: FitConfig,
+    worker: int = 0,
+    threads: int | None = None,
+    on_progress: OnProgress | None = None,
+) -> None:
+    """One worker: load the data, then run trials until the study has its budget."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    layout = DataLayout(layout_home)
+    spec = FeatureSpec.load(layout.spec)
+    tables = load_splits(layout)
+    device = pick_device()
+    train, valid = (to_tensors(tables[s], spec, device) for s in ("train", "valid"))
+    experiment_id = use_tracking(tracking)
+    study, created = _study(open_storage(config, tracking.home), config, config.seed + worker)
+    parent = _parent_run(study, created, experiment_id)
+    if finished_count(study) >= config.trials:
+        return
+    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
+        optuna.study.MaxTrialsCallback(config.trials, states=FINISHED)
+    ]
+    if on_progress:
+        callbacks.append(lambda study, _: on_progress(finished_count(study)))
+    study.optimize(
+        Objective(spec, train, valid, config, fit_config, experiment_id, parent),
+        n_trials=config.trials,  # an upper bound per process; the callback stops the study
+        callbacks=callbacks,
+        gc_after_trial=True,
+    )
+
+
+def _log_study(study: optuna.Study, parent_run_id: str, budget: int) -> dict[str, int]:
+    """Counts, the best trial and Optuna's plots on the parent run; close it when done."""
+    from optuna.visualization import matplotlib as optuna_plots
+
+    client = MlflowClient()
+    trials = study.get_trials(deepcopy=False)
+    counts = {
+        state.name.lower(): sum(t.state == state for t in trials)
+        for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
+    for name, value in counts.items():
+        client.log_metric(parent_run_id, f"trials_{name}", value)
+    if counts["complete"]:
+        best = study.best_trial
+        client.log_metric(parent_run_id, "best_valid_loss", best.value)
+        client.log_dict(
+            parent_run_id, {"number": best.number, "params": best.params}, "best_trial.json"
+        )
+        client.set_tag(parent_run_id, "best_trial_run_id", best.user_attrs.get(RUN_ATTR, ""))
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.simplefilter("ignore", UserWarning)  # importances from few trials: a caveat
+        drawings = {
+            "optimization_history.png": optuna_plots.plot_optimization_history,
+            "param_importances.png": optuna_plots.plot_param_importances,
+            "intermediate_values.png": optuna_plots.plot_intermediate_values,
+        }
+        for name, draw in drawings.items():
+            try:
+                axes = draw(study)
+            except (ValueError, RuntimeError) as error:  # e.g. importances need 2+ trials
+                logger.info("no %s: %s", name, error)
+                continue
+            plots.save_png(axes.figure, Path(tmp) / name)
+        client.log_artifacts(parent_run_id, tmp, "optuna")
+    if counts["complete"] + counts["pruned"] >= budget:
+        client.set_terminated(parent_run_id)
+    return counts
+
+
+def tune(
+    layout: DataLayout,
+    tracking: TrackingConfig,
+    config: TuneConfig,
+    fit_config: FitConfig,
+    on_progress: OnProgress | None = None,
+) -> TuneResult:
+    """Run (or resume) the study to its budget in `config.workers` processes."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    experiment_id = use_tracking(tracking)
+    storage = open_storage(config, tracking.home)
+    study, created = _study(storage, config, seed=config.seed)
+    parent = _parent_run(study, created, experiment_id)
+    MlflowClient().update_run(parent, status="RUNNING")
+    if on_progress:
+        on_progress(finished_count(study))
+    if config.workers == 1:
+        _work(layout.home, tracking, config, fit_config, on_progress=on_progress)
+    else:
+        _work_in_processes(layout, tracking, config, fit_config, study, on_progress)
+    counts = _log_study(study, parent, config.trials)
+    if not counts["complete"]:
+        raise RuntimeError(f"study {config.study!r} has no complete trial: {counts}")
+    return TuneResult(config.study, parent, study.best_params, study.best_value, counts)
+
+
+def _work_in_processes(
+    layout: DataLayout,
+    tracking: TrackingConfig,
+    config: TuneConfig,
+    fit_config: FitConfig,
+    study: optuna.Study,
+    on_progress: OnProgress | None,
+) -> None:
+    """`workers` spawned processes, the cores shared between them; progress read from the study."""
+    threads = max(1, (os.cpu_count() or 1) // config.workers)
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(
+            target=_work,
+            args=(layout.home, tracking, config, fit_config, worker, threads),
+            name=f"tune-worker-{worker}",
+        )
+        for worker in range(config.workers)
+    ]
+    for process in processes:
+        process.start()
+    while any(p.is_alive() for p in processes):
+        if on_progress:
+            on_progress(finished_count(study))
+        time.sleep(1)
+    failed = [p.name for p in processes if p.exitcode != 0]
+    if failed:
+        logger.warning("tuning workers %s exited with an error; their trials are retried", failed)
