@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -36,3 +39,33 @@ def ingested_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("home")
     ingest(DataLayout(home))
     return home
+
+
+POSTGRES = os.environ.get("MLOPS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[Callable[[str], str]]:
+    """Makes fresh databases on the real PostgreSQL (dropped afterwards); skips without one."""
+    psycopg = pytest.importorskip("psycopg", reason="needs psycopg: pip install -e '.[postgres]'")
+    try:
+        admin = psycopg.connect(POSTGRES, connect_timeout=3, autocommit=True)
+    except psycopg.OperationalError as error:
+        pytest.skip(
+            f"needs PostgreSQL at {POSTGRES} (trust auth, user postgres, database test; "
+            f"set MLOPS_TEST_POSTGRES to use another): {error}"
+        )
+    created: list[str] = []
+
+    def make(purpose: str) -> str:
+        name = f"mlops_{purpose}_{uuid.uuid4().hex[:8]}"
+        with admin.cursor() as cursor:
+            cursor.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+
+    yield make
+    with admin.cursor() as cursor:
+        for name in created:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
