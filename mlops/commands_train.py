@@ -21,6 +21,7 @@ def train_command(
     seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Train the network on the feature table, tracked in MLflow."""
+    from training.distributed import process_group
     from training.fit import EpochResult, FitConfig
     from training.model import ModelConfig
     from training.tracking import TrackingConfig
@@ -42,7 +43,7 @@ def train_command(
         **(settings.fit.model_dump() | {k: v for k, v in overrides.items() if v is not None})
     )
     tracking = TrackingConfig(settings.home, settings.mlflow_tracking_uri, settings.experiment)
-    with progress_bar(console) as progress:
+    with process_group() as rank, progress_bar(console, disable=rank != 0) as progress:
         bar = progress.add_task("training", total=fit_config.epochs)
 
         def advance(epoch: EpochResult) -> None:
@@ -56,6 +57,8 @@ def train_command(
         result = train(
             layout, tracking, ModelConfig(**settings.model.model_dump()), fit_config, advance
         )
+    if result is None:  # a helper rank under torchrun: rank 0 reports
+        return
     for name, value in result.metrics.items():
         console.print(
             f"  {name}: {value:.4f}" if isinstance(value, float) else f"  {name}: {value}"

@@ -45,13 +45,14 @@ def plan_of(settings: Settings) -> SplitPlan:
     return SplitPlan(settings.features.valid_start, settings.features.test_start)
 
 
-def progress_bar(console: Console) -> Progress:
+def progress_bar(console: Console, disable: bool = False) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
+        disable=disable,
     )
 
 

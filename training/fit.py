@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from training import distributed
 from training.tensors import Tensors
 
 logger = logging.getLogger(__name__)
@@ -86,9 +88,21 @@ def fit(
     config: FitConfig,
     on_epoch: OnEpoch | None = None,
 ) -> FitResult:
-    """Train until the validation loss stops improving; the model ends on its best weights."""
+    """Train until the validation loss stops improving; the model ends on its best weights.
+
+    Under torchrun every rank calls this with the same data and seed: the model is wrapped in
+    DDP, each rank steps through its own stride of the shared permutation, and rank 0's
+    validation loss decides early stopping for all.
+    """
     seed_everything(config.seed)
     device = train.label.device
+    ranks, rank = distributed.world_size(), distributed.rank()
+    net = model
+    if ranks > 1:
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    usable = len(train) // ranks * ranks  # the same number of steps on every rank
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
@@ -99,21 +113,21 @@ def fit(
         clock = _Clock(device)
         model.train()
         order = torch.randperm(len(train), device=device, generator=generator)
+        order = order[rank:usable:ranks]
         total = torch.zeros((), device=device)
-        for begin in range(0, len(train), config.batch_size):
+        for begin in range(0, len(order), config.batch_size):
             batch = train.take(order[begin : begin + config.batch_size])
             with _autocast(device):
-                logits = model(batch.categorical, batch.numerical)
+                logits = net(batch.categorical, batch.numerical)
             loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(batch)  # no host sync inside the loop
         seconds = clock.seconds()
-        valid_loss = evaluate_loss(model, valid)
-        epoch_result = EpochResult(
-            epoch, float(total) / len(train), valid_loss, seconds, len(train) / seconds
-        )
+        valid_loss = distributed.broadcast_float(evaluate_loss(model, valid), device)
+        train_loss = float(distributed.all_reduce_sum(total)) / usable
+        epoch_result = EpochResult(epoch, train_loss, valid_loss, seconds, usable / seconds)
         result.history.append(epoch_result)
         if on_epoch:
             on_epoch(epoch_result)

@@ -6,6 +6,7 @@ random permutation: no per-sample Dataset/DataLoader, no host-to-device copy per
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pandas as pd
@@ -33,8 +34,10 @@ class Tensors:
 
 
 def pick_device() -> torch.device:
-    """CUDA when present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """CUDA when present (this process's GPU under torchrun), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
 
 
 def to_tensors(table: pd.DataFrame, spec: FeatureSpec, device: torch.device | str) -> Tensors:

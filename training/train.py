@@ -14,7 +14,7 @@ import pandas as pd
 from pipelines.layout import SPLITS, DataLayout
 from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
-from training import plots
+from training import distributed, plots
 from training.fit import FitConfig, FitResult, OnEpoch, fit, predict_logits
 from training.importance import permutation_importance
 from training.logging_model import LoggedModel, decision_threshold, log_onnx_model
@@ -70,18 +70,33 @@ def train(
     model_config: ModelConfig,
     fit_config: FitConfig,
     on_epoch: OnEpoch | None = None,
-) -> TrainResult:
-    """Fit on the training months, stop early on validation, report the test months."""
+) -> TrainResult | None:
+    """Fit on the training months, stop early on validation, report the test months.
+
+    Under torchrun only rank 0 tracks, exports and returns a result; the others help fit.
+    """
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
     device = pick_device()
     tensors = {split: to_tensors(table, spec, device) for split, table in tables.items()}
+    if not distributed.is_main():
+        fit(
+            TabularNet(spec, model_config).to(device),
+            tensors["train"],
+            tensors["valid"],
+            fit_config,
+        )
+        return None
     experiment_id = use_tracking(tracking)
     with mlflow.start_run(experiment_id=experiment_id, log_system_metrics=True) as run:
         mlflow.log_params(
             {f"model.{k}": v for k, v in model_config.as_params().items()}
             | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
-            | {"device": device.type, "train_months": ",".join(spec.splits["train"].months)}
+            | {
+                "device": device.type,
+                "world_size": distributed.world_size(),
+                "train_months": ",".join(spec.splits["train"].months),
+            }
         )
         for split, table in tables.items():
             dataset = mlflow.data.from_pandas(
