@@ -2,22 +2,52 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from mlops.cli import app, console, fail
-from mlops.flows import run_features, run_ingest
+from mlops.commands_promote import run_promotion
+from mlops.commands_train import fit_config_of, print_metrics, run_training
+from mlops.commands_tune import run_tuning, tune_config
+from mlops.flows import run_features, run_ingest, tracking_of
+from mlops.settings import Settings
 from pipelines.errors import PipelineError
 from pipelines.ingest import MonthWindow
 
 
 @app.command("run")
-def run_command(ctx: typer.Context) -> None:
-    """Everything on embedded defaults: ingest the bundled data, then build the features."""
+def run_command(
+    ctx: typer.Context,
+    trials: Annotated[int | None, typer.Option(min=1, help="the tuning budget")] = None,
+    tune_epochs: Annotated[int | None, typer.Option(min=1, help="the most epochs a trial")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="the most epochs of the final fit")
+    ] = None,
+) -> None:
+    """Everything on embedded defaults: data, tune, train the best, export, register, promote."""
+    from training.tune import best_configs
+
+    settings: Settings = ctx.obj
     try:
-        run_ingest(ctx.obj, console, {}, MonthWindow())
-        report = run_features(ctx.obj, console)
-    except PipelineError as error:
+        run_ingest(settings, console, {}, MonthWindow())
+        report = run_features(settings, console)
+        tuned = run_tuning(settings, tune_config(settings, trials=trials, epochs=tune_epochs))
+        model_config, fit_config = best_configs(
+            tuned.best_params, fit_config_of(settings, epochs=epochs)
+        )
+        console.print(f"training the best of study {tuned.study}: {tuned.best_params}")
+        result = run_training(settings, model_config, fit_config)
+        if result is None:
+            raise RuntimeError("`mlops run` trains in one process; start DDP with `mlops train`")
+        decision = run_promotion(settings, result.run_id)
+    except (PipelineError, RuntimeError) as error:
         raise fail(error) from error
+    print_metrics(result)
+    uri = tracking_of(settings).resolved_uri
     console.print(
-        f"[bold green]done[/]: the feature table and spec are under {report.features.parent}"
+        f"[bold green]done[/]: features under {report.features.parent}; "
+        f"model {settings.gate.model_name} v{decision.version} "
+        f"({'champion' if decision.promoted else 'not promoted'}), run {result.run_id}"
     )
+    console.print(f"see the runs and the registry with: mlflow ui --backend-store-uri {uri}")

@@ -57,6 +57,14 @@ class TuneSettings(BaseModel):
     seed: int = 0
 
 
+class GateSettings(BaseModel):
+    """The registry and the promotion gate (see training/registry.py)."""
+
+    model_name: str = "flight-delay"
+    alias: str = "champion"
+    min_auc_gain: float = Field(0.0, description="ROC-AUC gain a challenger needs to promote")
+
+
 class Settings(BaseSettings):
     """Every setting has an embedded default; `MLOPS_<NAME>` (and `__` for nesting) overrides."""
 
@@ -71,6 +79,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     fit: FitSettings = Field(default_factory=FitSettings)
     tune: TuneSettings = Field(default_factory=TuneSettings)
+    gate: GateSettings = Field(default_factory=GateSettings)
     optuna_storage: str = Field(
         "", description="an SQLAlchemy URL (postgresql://...); empty: MLOPS_HOME/optuna.db"
     )
