@@ -28,8 +28,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: $(STAMP)  ## the data pipeline benchmark (minutes; writes benchmarks/results/)
+bench: $(STAMP)  ## the benchmarks (tens of minutes; writes benchmarks/results/)
+	$(BIN)/python -m pip install --quiet 'lightgbm>=4'
 	$(BIN)/python benchmarks/data_pipeline.py
+	$(BIN)/python benchmarks/training.py
 
 clean:
 	rm -rf $(VENV) .mlops .pytest_cache

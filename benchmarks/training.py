@@ -6,7 +6,9 @@ process, because the machines are shared and noisy:
 - quality: test ROC-AUC and log loss of TabularNet (`training.fit.fit`, the mean probability
   of `--seeds` seeds) against a LightGBM classifier with early stopping on the valid month;
 - throughput: training samples/s of `training.fit.fit` against a bare loop over the same
-  device-resident tensors (goal: at least 0.9x) and against a per-sample Dataset/DataLoader.
+  device-resident tensors (goal: at least 0.9x) and against a per-sample Dataset/DataLoader;
+- tuning: `training.tune.tune` with Hyperband pruning against no pruning, the same budget of
+  trials and the same TPE seed: trials per minute and the best validation loss.
 
 The feature table is built once (ingest of the bundled data, then `build_features_pandas`)
 under `--workdir`, or read from `--home` when that already holds `data/feature_spec.json`:
@@ -55,7 +57,7 @@ from training.metrics import log_loss, roc_auc, sigmoid
 from training.model import ModelConfig, TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
 
-SECTIONS = ("quality", "throughput")
+SECTIONS = ("quality", "throughput", "tuning")
 THROUGHPUT_GOAL = 0.9  # fit / bare loop
 
 logger = logging.getLogger("benchmarks.training")
@@ -432,6 +434,60 @@ def throughput_section(
     }
 
 
+# --- tuning -------------------------------------------------------------------------------
+
+
+def tuning_section(
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    tables: dict,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    device: torch.device,
+) -> dict:
+    """The same study budget with and without pruning; trial time from the study's clocks."""
+    import tempfile
+
+    import optuna
+
+    from training.tracking import TrackingConfig
+    from training.tune import TuneConfig, open_storage, tune
+
+    del model_config, device  # the study chooses the model; the data stays in `args.home`
+    results: dict[str, dict] = {}
+    for pruner in ("hyperband", "none"):
+        with tempfile.TemporaryDirectory() as state:
+            config = TuneConfig(
+                trials=args.tune_trials, epochs=args.tune_epochs, pruner=pruner, study=pruner
+            )
+            tracking = TrackingConfig(Path(state))
+            result = tune(DataLayout(args.tuning_home), tracking, config, fit_config)
+            trials = optuna.load_study(
+                study_name=pruner, storage=open_storage(config, Path(state))
+            ).get_trials()
+            started = min(t.datetime_start for t in trials)
+            ended = max(t.datetime_complete for t in trials)
+            minutes = (ended - started).total_seconds() / 60
+            results[pruner] = {
+                "trials": len(trials),
+                "counts": result.counts,
+                "epochs_trained": sum(len(t.intermediate_values) for t in trials),
+                "minutes": minutes,
+                "trials_per_minute": len(trials) / minutes,
+                "best_valid_loss": result.best_valid_loss,
+                "best_params": result.best_params,
+            }
+            logger.info("tuning with pruner %s: %s", pruner, results[pruner])
+    pruned, unpruned = results["hyperband"], results["none"]
+    return {
+        "trials": args.tune_trials,
+        "max_epochs": args.tune_epochs,
+        "studies": results,
+        "speedup": pruned["trials_per_minute"] / unpruned["trials_per_minute"],
+        "best_valid_loss_ratio": pruned["best_valid_loss"] / unpruned["best_valid_loss"],
+    }
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -489,6 +545,23 @@ def markdown(results: dict) -> list[str]:
             f"| per-sample Dataset + DataLoader | {sps['dataloader']:,.0f} "
             f"| {t['fit_over_dataloader']:.2f}x |",
         ]
+    if "tuning" in results:
+        t = results["tuning"]
+        lines += [
+            "",
+            f"Tuning: {t['trials']} trials of at most {t['max_epochs']} epochs, TPE seed 0.",
+            "",
+            "| pruner | trials/min | epochs trained | pruned | best valid loss |",
+            "|---|---|---|---|---|",
+        ]
+        for name, study in t["studies"].items():
+            lines.append(
+                f"| {name} | {study['trials_per_minute']:.2f} | {study['epochs_trained']} "
+                f"| {study['counts']['pruned']} | {study['best_valid_loss']:.4f} |"
+            )
+        lines.append(
+            f"| hyperband / none | **{t['speedup']:.2f}x** | | | {t['best_valid_loss_ratio']:.4f} |"
+        )
     return lines
 
 
@@ -511,6 +584,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--throughput-epochs", type=int, default=2)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="throughput runs per variant")
+    parser.add_argument("--tune-trials", type=int, default=12, help="each study's budget")
+    parser.add_argument("--tune-epochs", type=int, default=4, help="the most epochs a trial")
     args = parser.parse_args()
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(args.sections) - set(SECTIONS)
@@ -536,7 +611,12 @@ def main() -> None:
         "model": model_config.as_params(),
         "fit": fit_config.as_params(),
     }
-    sections = {"quality": quality_section, "throughput": throughput_section}
+    args.tuning_home = home
+    sections = {
+        "quality": quality_section,
+        "throughput": throughput_section,
+        "tuning": tuning_section,
+    }
     for name in args.sections:
         start = time.perf_counter()
         results[name] = sections[name](args, spec, tables, model_config, fit_config, device)

@@ -56,10 +56,12 @@ def _tune_process(home: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def _wait_for_running_trial(study: optuna.Study, pid: int, timeout: float) -> int:
+    """A trial of process `pid` that is training: its MLflow run has started."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-            if trial.user_attrs.get("worker", "").endswith(f":{pid}"):
+            mine = trial.user_attrs.get("worker", "").endswith(f":{pid}")
+            if mine and RUN_ATTR in trial.user_attrs:
                 return trial.number
         time.sleep(0.2)
     raise AssertionError(f"process {pid} never started a trial")
