@@ -10,12 +10,13 @@ import mlflow
 import mlflow.onnx
 import numpy as np
 import onnx
+import torch
 from mlflow.models import infer_signature
 from torch import nn
 
 from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec, sha256_of
-from training.export import ParityReport, check_parity, export_onnx
+from training.export import ParityReport, WithProbability, check_parity, export_onnx
 from training.tensors import Tensors
 
 MODEL_NAME_IN_RUN = "model"
@@ -35,6 +36,24 @@ def decision_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
     predicted = np.arange(1, len(order) + 1)
     f1 = 2 * hits / (predicted + max(int((labels == 1).sum()), 1))
     return float(probabilities[order][int(np.argmax(f1))])
+
+
+PARITY_SAMPLE_ROWS = 64
+
+
+@torch.no_grad()
+def _parity_sample(model: nn.Module, data: Tensors) -> dict[str, list]:
+    """Inputs and torch's probabilities for a few rows: a server checks a model against them
+    before it serves it (`serving/runtime.py`)."""
+    rows = slice(0, PARITY_SAMPLE_ROWS)
+    device = next(model.parameters()).device  # the export leaves the model on the CPU
+    categorical, numerical = data.categorical[rows].to(device), data.numerical[rows].to(device)
+    probabilities = WithProbability(model).eval()(categorical, numerical)
+    return {
+        "categorical": categorical.tolist(),
+        "numerical": numerical.tolist(),
+        "delay_probability": probabilities.float().tolist(),
+    }
 
 
 def log_onnx_model(
@@ -71,6 +90,7 @@ def log_onnx_model(
             "lookups": {name: entry.sha256 for name, entry in spec.lookups.items()},
         },
     )
+    mlflow.log_dict(_parity_sample(model, parity_data), "contract/parity_sample.json")
     mlflow.log_artifact(str(layout.spec), "contract")
     mlflow.log_artifacts(str(layout.lookups), "contract/lookups")
     mlflow.set_tags({"onnx_sha256": digest, "decision_threshold": f"{threshold:.6f}"})

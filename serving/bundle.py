@@ -1,0 +1,149 @@
+"""A model bundle on disk: the ONNX file, its MLmodel metadata and its feature contract.
+
+The layout is what the registry holds for a version and what `mlops export` writes:
+
+    <folder>/MLmodel                      metadata: onnx_sha256, feature_spec_sha256, lookups
+    <folder>/model.onnx
+    <folder>/contract/feature_spec.json
+    <folder>/contract/lookups/...         the online lookup tables
+    <folder>/contract/parity_sample.json  inputs and torch's probabilities for a few rows
+    <folder>/bundle.json                  name, version and source (written by us)
+
+Nothing here unpickles anything: YAML is read with `safe_load`, JSON with `json`, the model
+is ONNX and the lookups are Parquet. Every file is checked against the sha256 recorded when
+the model was logged before a server may use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+ONNX_FILE = "model.onnx"
+CONTRACT = "contract"
+BUNDLE_FILE = "bundle.json"
+
+
+class ModelRejectedError(Exception):
+    """A model that must not be served, and why."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    folder: Path
+    name: str
+    version: str
+    source: str
+    metadata: dict
+
+    @property
+    def onnx(self) -> Path:
+        return self.folder / ONNX_FILE
+
+    @property
+    def spec(self) -> Path:
+        return self.folder / CONTRACT / "feature_spec.json"
+
+    @property
+    def lookups(self) -> Path:
+        return self.folder / CONTRACT / "lookups"
+
+    @property
+    def parity_sample(self) -> Path:
+        return self.folder / CONTRACT / "parity_sample.json"
+
+    @property
+    def decision_threshold(self) -> float:
+        return float(self.metadata["decision_threshold"])
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_bundle(folder: Path, name: str | None = None, version: str | None = None) -> Bundle:
+    """The bundle in `folder`, its name and version from bundle.json unless given."""
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelRejectedError(f"{folder} is not a model folder: it has no MLmodel file")
+    metadata = (yaml.safe_load(mlmodel.read_text()) or {}).get("metadata") or {}
+    about = (
+        json.loads((folder / BUNDLE_FILE).read_text()) if (folder / BUNDLE_FILE).is_file() else {}
+    )
+    return Bundle(
+        folder=folder,
+        name=name or about.get("name", folder.name),
+        version=str(version or about.get("version", "local")),
+        source=about.get("source", str(folder)),
+        metadata=metadata,
+    )
+
+
+def verify(bundle: Bundle) -> None:
+    """Every file against its recorded sha256; ModelRejectedError names the first mismatch."""
+    recorded = bundle.metadata
+    for key in ("onnx_sha256", "feature_spec_sha256", "decision_threshold"):
+        if key not in recorded:
+            raise ModelRejectedError(
+                f"{bundle.name} v{bundle.version}: MLmodel metadata lacks {key}"
+            )
+    expected = {bundle.onnx: recorded["onnx_sha256"], bundle.spec: recorded["feature_spec_sha256"]}
+    spec = json.loads(bundle.spec.read_text()) if bundle.spec.is_file() else {}
+    lookups = recorded.get("lookups") or {}
+    for name, entry in spec.get("lookups", {}).items():
+        if lookups.get(name) != entry["sha256"]:
+            raise ModelRejectedError(f"lookup {name}: the spec and the model metadata disagree")
+        # lookups paths are relative to the data folder: data/lookups/x -> contract/lookups/x
+        expected[bundle.folder / CONTRACT / entry["path"]] = entry["sha256"]
+    for path, digest in expected.items():
+        if not path.is_file():
+            raise ModelRejectedError(f"{bundle.name} v{bundle.version}: {path.name} is missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise ModelRejectedError(
+                f"{bundle.name} v{bundle.version}: sha256 of {path.relative_to(bundle.folder)} "
+                f"is {actual[:12]}..., the registry recorded {str(digest)[:12]}..."
+            )
+    if not bundle.parity_sample.is_file():
+        raise ModelRejectedError(
+            f"{bundle.name} v{bundle.version}: no parity sample in its contract"
+        )
+
+
+def download_version(
+    name: str, version: str, run_id: str, cache: Path, tracking_uri: str | None
+) -> Bundle:
+    """A registered version into `cache/<name>/<version>`, whole or not at all."""
+    import mlflow.artifacts
+
+    target = cache / name / version
+    if (target / BUNDLE_FILE).is_file():
+        return read_bundle(target)
+    staging = cache / name / f".{version}.{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    try:
+        mlflow.artifacts.download_artifacts(
+            f"models:/{name}/{version}", dst_path=str(staging), tracking_uri=tracking_uri
+        )
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=CONTRACT, dst_path=str(staging), tracking_uri=tracking_uri
+        )
+        source = f"models:/{name}/{version}"
+        (staging / BUNDLE_FILE).write_text(
+            json.dumps({"name": name, "version": version, "source": source, "run_id": run_id})
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return read_bundle(target)

@@ -1,0 +1,92 @@
+"""Prometheus metrics of one server process, in a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from serving.drift import DriftMonitor
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+
+
+class _DriftCollector:
+    """PSI per feature, computed from the monitor's window when scraped."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self):
+        family = GaugeMetricFamily(
+            "mlops_feature_psi",
+            "PSI of each numerical input over the served window against training",
+            labels=["feature"],
+        )
+        monitor = self.metrics.drift
+        if monitor is not None:
+            for feature, value in monitor.report().items():
+                family.add_metric([feature], value)
+        yield family
+        rows = GaugeMetricFamily("mlops_drift_window_rows", "Rows in the drift window")
+        rows.add_metric([], monitor.rows if monitor is not None else 0)
+        yield rows
+
+
+class ServingMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.drift: DriftMonitor | None = None
+        self.requests = Counter(
+            "mlops_requests",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "mlops_request_seconds",
+            "Request latency by endpoint and status",
+            ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_rows = Histogram(
+            "mlops_batch_rows",
+            "Rows per onnxruntime call (micro-batches)",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_seconds = Histogram(
+            "mlops_batch_seconds",
+            "Transform + encode + onnxruntime time per micro-batch",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.rows_scored = Counter("mlops_rows_scored", "Flights scored", registry=self.registry)
+        self.model_info = Gauge(
+            "mlops_model_info",
+            "The loaded model (1 for the one being served)",
+            ["name", "version"],
+            registry=self.registry,
+        )
+        self.ready = Gauge("mlops_model_ready", "1 when a model is served", registry=self.registry)
+        self.reloads = Counter(
+            "mlops_model_reloads",
+            "Model reload attempts by outcome",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.last_refusal = Gauge(
+            "mlops_model_last_refusal_timestamp_seconds",
+            "When a model version was last refused",
+            registry=self.registry,
+        )
+        self.registry.register(_DriftCollector(self))
+
+    def served(self, name: str, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(name, version).set(1)
+        self.ready.set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

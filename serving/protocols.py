@@ -1,0 +1,130 @@
+"""The wire formats: /predict's own, MLflow's scoring protocol, and the Open Inference Protocol.
+
+Each adapter turns a body into validated flight rows (dicts of RAW_INPUTS) or raises
+`InvalidInputError` naming the field and the reason; the app maps that to a 4xx.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from pipelines.transform import RAW_INPUTS
+from serving.schemas import Flight, V2InferRequest
+
+FLIGHTS = TypeAdapter(list[Flight])
+
+# V2 datatypes of the inputs: BYTES for text and times, INT64/FP32 for numbers.
+V2_INPUTS = {
+    "carrier": "BYTES",
+    "flight": "INT64",
+    "tailnum": "BYTES",
+    "origin": "BYTES",
+    "dest": "BYTES",
+    "scheduled_departure": "BYTES",
+    "distance": "FP32",
+}
+V2_REQUIRED = ("carrier", "flight", "origin", "dest", "scheduled_departure")
+V2_NUMERIC = {"INT64", "INT32", "FP32", "FP64"}
+
+
+class InvalidInputError(ValueError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def _location(error: dict) -> str:
+    return ".".join(str(part) for part in error["loc"])
+
+
+def validate_flights(records: list[Any], prefix: str, max_rows: int) -> list[dict]:
+    """Records -> validated rows; the first problem names its field as `<prefix>.<i>.<field>`."""
+    if not records:
+        raise InvalidInputError(prefix, "no flights: send at least one")
+    if len(records) > max_rows:
+        raise InvalidInputError(prefix, f"{len(records)} flights; at most {max_rows} per request")
+    try:
+        flights = FLIGHTS.validate_python(records)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise InvalidInputError(f"{prefix}.{_location(first)}", first["msg"]) from None
+    return [flight.model_dump(include=set(RAW_INPUTS)) for flight in flights]
+
+
+def from_invocations(body: Any, max_rows: int) -> list[dict]:
+    """MLflow's scoring protocol: `dataframe_split` or `dataframe_records`."""
+    if not isinstance(body, dict):
+        raise InvalidInputError(
+            "body", "expected a JSON object with dataframe_split or dataframe_records"
+        )
+    formats = [key for key in ("dataframe_split", "dataframe_records") if key in body]
+    if len(formats) != 1:
+        raise InvalidInputError(
+            "body",
+            "expected exactly one of dataframe_split, dataframe_records "
+            "(tensor inputs are not supported: this model takes a table of flights)",
+        )
+    if formats[0] == "dataframe_records":
+        records = body["dataframe_records"]
+        if not isinstance(records, list):
+            raise InvalidInputError("dataframe_records", "expected a list of objects")
+        return validate_flights(records, "dataframe_records", max_rows)
+    split = body["dataframe_split"]
+    if not isinstance(split, dict) or not isinstance(split.get("data"), list):
+        raise InvalidInputError("dataframe_split", "expected an object with columns and data")
+    columns = split.get("columns")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise InvalidInputError("dataframe_split.columns", "expected a list of column names")
+    records = []
+    for i, row in enumerate(split["data"]):
+        if not isinstance(row, list) or len(row) != len(columns):
+            raise InvalidInputError(
+                f"dataframe_split.data.{i}", f"expected a list of {len(columns)} values"
+            )
+        records.append(dict(zip(columns, row, strict=True)))
+    return validate_flights(records, "dataframe_split.data", max_rows)
+
+
+def from_v2(request: V2InferRequest, max_rows: int) -> list[dict]:
+    """Named 1-D tensors, one per raw field, into rows."""
+    columns: dict[str, list] = {}
+    rows: int | None = None
+    for tensor in request.inputs:
+        name = tensor.name
+        if name not in V2_INPUTS:
+            raise InvalidInputError(
+                f"inputs.{name}", f"unknown input; the inputs are {sorted(V2_INPUTS)}"
+            )
+        expected = V2_INPUTS[name]
+        numeric = expected in V2_NUMERIC
+        if (tensor.datatype in V2_NUMERIC) != numeric:
+            raise InvalidInputError(
+                f"inputs.{name}.datatype", f"{tensor.datatype}; expected {expected}"
+            )
+        if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+            raise InvalidInputError(
+                f"inputs.{name}.shape", f"{tensor.shape}; expected [n] or [n, 1]"
+            )
+        data = _flatten(tensor.data)
+        if len(data) != tensor.shape[0]:
+            raise InvalidInputError(
+                f"inputs.{name}.data", f"{len(data)} values for shape {tensor.shape}"
+            )
+        if rows is not None and len(data) != rows:
+            raise InvalidInputError(
+                f"inputs.{name}.shape", f"{len(data)} rows; other inputs have {rows}"
+            )
+        rows = len(data)
+        columns[name] = data
+    missing = [name for name in V2_REQUIRED if name not in columns]
+    if missing:
+        raise InvalidInputError(f"inputs.{missing[0]}", "required input is missing")
+    records = [{name: values[i] for name, values in columns.items()} for i in range(rows or 0)]
+    return validate_flights(records, "inputs", max_rows)
+
+
+def _flatten(data: list) -> list:
+    return [v[0] if isinstance(v, list) and len(v) == 1 else v for v in data]

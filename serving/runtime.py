@@ -1,0 +1,173 @@
+"""A loaded model: an onnxruntime session, its feature spec and lookups, checked and warm.
+
+`LoadedModel.load` is the only way in: it verifies the bundle's sha256s, opens the session,
+checks its inputs and output against the spec, reproduces the parity sample recorded at
+training time, and runs a warm-up. A model that fails any step raises `ModelRejectedError` and is
+never served.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+
+from pipelines.lookups import Lookups, load_lookups
+from pipelines.spec import FeatureSpec, encode
+from pipelines.transform import RAW_INPUTS, build_features
+from serving.bundle import Bundle, ModelRejectedError, verify
+
+logger = logging.getLogger(__name__)
+
+INPUTS = ("categorical", "numerical")
+OUTPUT = "delay_probability"
+PARITY_ATOL = 1e-5
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One batch's predictions, and the model that made them."""
+
+    probabilities: np.ndarray  # float32 [rows]
+    delayed: np.ndarray  # bool [rows]
+    defaults_used: list[list[str]]  # per row, the features that fell back to a default
+    numerical: np.ndarray  # the encoded numerical inputs, for drift monitoring
+    missing: np.ndarray  # bool, where `numerical` holds a default instead of a value
+    model: LoadedModel
+
+
+def providers(prefer_gpu: bool = True) -> list[str]:
+    """CUDA through onnxruntime-gpu when it is installed and sees a GPU, else the CPU."""
+    available = ort.get_available_providers()
+    chosen = (
+        ["CUDAExecutionProvider"] if prefer_gpu and "CUDAExecutionProvider" in available else []
+    )
+    return [*chosen, "CPUExecutionProvider"]
+
+
+class LoadedModel:
+    def __init__(
+        self, bundle: Bundle, session: ort.InferenceSession, spec: FeatureSpec, lookups: Lookups
+    ) -> None:
+        self.bundle = bundle
+        self.session = session
+        self.spec = spec
+        self.lookups = lookups
+        self.threshold = bundle.decision_threshold
+        self.numerical_names = np.array([f.name for f in spec.numerical], dtype=object)
+        self.loaded_at = datetime.now(UTC)
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @classmethod
+    def load(cls, bundle: Bundle, threads: int = 1, warmup_rows: int = 256) -> LoadedModel:
+        started = time.perf_counter()
+        verify(bundle)
+        spec = FeatureSpec.load(bundle.spec)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(str(bundle.onnx), options, providers=providers())
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelRejectedError(
+                f"{bundle.name} v{bundle.version}: not a valid ONNX model: {error}"
+            ) from error
+        _check_schema(session, spec, bundle)
+        model = cls(bundle, session, spec, load_lookups(bundle.lookups))
+        model._check_parity()
+        model._warm_up(warmup_rows)
+        logger.info(
+            "loaded %s v%s in %.1f s (%s)",
+            bundle.name,
+            bundle.version,
+            time.perf_counter() - started,
+            session.get_providers()[0],
+        )
+        return model
+
+    def run(self, categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT], {"categorical": categorical, "numerical": numerical})[0]
+
+    def score(self, flights: pd.DataFrame) -> Scored:
+        """Raw flights (RAW_INPUTS columns) -> probabilities, through the shared transform."""
+        encoded = encode(build_features(flights, self.lookups), self.spec)
+        probabilities = self.run(encoded.categorical, encoded.numerical)
+        defaults = [list(self.numerical_names[row]) for row in encoded.defaults_used]
+        return Scored(
+            probabilities,
+            probabilities >= self.threshold,
+            defaults,
+            encoded.numerical,
+            encoded.defaults_used,
+            self,
+        )
+
+    def _check_parity(self) -> None:
+        sample = json.loads(self.bundle.parity_sample.read_text())
+        got = self.run(
+            np.asarray(sample["categorical"], dtype="int64"),
+            np.asarray(sample["numerical"], dtype="float32"),
+        )
+        expected = np.asarray(sample[OUTPUT], dtype="float32")
+        worst = float(np.max(np.abs(got - expected))) if len(got) else 0.0
+        if not worst <= PARITY_ATOL:
+            raise ModelRejectedError(
+                f"{self.name} v{self.version}: the parity sample differs from training's "
+                f"probabilities by {worst:.2e} (tolerance {PARITY_ATOL})"
+            )
+
+    def _warm_up(self, rows: int) -> None:
+        """The first calls allocate; make them here, off the request path."""
+        flights = example_flights(self.spec, rows)
+        for size in (1, rows):
+            self.score(flights.head(size))
+
+
+def _check_schema(session: ort.InferenceSession, spec: FeatureSpec, bundle: Bundle) -> None:
+    inputs = {i.name: i for i in session.get_inputs()}
+    widths = {"categorical": len(spec.categorical), "numerical": len(spec.numerical)}
+    types = {"categorical": "tensor(int64)", "numerical": "tensor(float)"}
+    for name in INPUTS:
+        found = inputs.get(name)
+        if found is None or found.type != types[name] or found.shape[-1] != widths[name]:
+            raise ModelRejectedError(
+                f"{bundle.name} v{bundle.version}: input {name!r} should be {types[name]} "
+                f"[batch, {widths[name]}] as the feature spec says, the model has "
+                f"{None if found is None else (found.type, found.shape)}"
+            )
+    if [o.name for o in session.get_outputs()] != [OUTPUT]:
+        raise ModelRejectedError(
+            f"{bundle.name} v{bundle.version}: the model's output is not {OUTPUT!r}"
+        )
+
+
+def example_flights(spec: FeatureSpec, rows: int) -> pd.DataFrame:
+    """Plausible raw flights from the spec's vocabularies, for warm-up and examples."""
+    vocab = {f.name: f.vocabulary or ["UNK"] for f in spec.categorical}
+    index = np.arange(rows)
+    frame = pd.DataFrame(
+        {
+            "carrier": [vocab["carrier"][i % len(vocab["carrier"])] for i in index],
+            "flight": (index % 2000 + 1).astype("int64"),
+            "tailnum": [None] * rows,
+            "origin": [vocab["origin"][i % len(vocab["origin"])] for i in index],
+            "dest": [vocab["dest"][i % len(vocab["dest"])] for i in index],
+            "scheduled_departure": pd.Timestamp("2013-12-01 06:00")
+            + pd.to_timedelta(index * 7, unit="min"),
+            "distance": np.full(rows, np.nan),
+        }
+    )
+    return frame[RAW_INPUTS]

@@ -1,0 +1,130 @@
+"""The request and response bodies, shared by /predict, /invocations and the V2 protocol."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated
+from zoneinfo import ZoneInfo
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+
+NEW_YORK = ZoneInfo("America/New_York")
+Code = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[A-Za-z0-9]+$")]
+
+
+class Flight(BaseModel):
+    """A scheduled flight, as known before it leaves; other fields are ignored."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "carrier": "UA",
+                    "flight": 1545,
+                    "tailnum": "N14228",
+                    "origin": "EWR",
+                    "dest": "IAH",
+                    "scheduled_departure": "2013-12-01T05:15:00",
+                    "distance": 1400,
+                }
+            ]
+        },
+    )
+
+    carrier: Code = Field(description="IATA carrier code; unknown codes use the OOV bucket")
+    flight: int = Field(ge=1, le=99_999, description="flight number")
+    tailnum: Annotated[str, Field(max_length=10, pattern=r"^[A-Za-z0-9]*$")] | None = Field(
+        None, description="the aircraft's tail number, when known"
+    )
+    origin: Code = Field(description="FAA code of the New York airport (EWR, JFK, LGA)")
+    dest: Code = Field(description="FAA code of the destination")
+    scheduled_departure: datetime = Field(
+        description="ISO 8601; without an offset it is New York local time"
+    )
+    distance: float | None = Field(None, ge=0, le=20_000, description="miles")
+
+    @field_validator("scheduled_departure")
+    @classmethod
+    def _new_york_time(cls, value: datetime) -> datetime:
+        if value.tzinfo is not None:
+            value = value.astimezone(NEW_YORK).replace(tzinfo=None)
+        if not 1990 <= value.year <= 2060:
+            raise ValueError("must be between 1990 and 2060 (the holiday calendar's span)")
+        return value
+
+    @field_validator("distance")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+def predict_request(max_rows: int) -> type[BaseModel]:
+    """The /predict body, with the server's batch limit in its schema."""
+    return create_model(
+        "PredictRequest",
+        flights=(
+            list[Flight],
+            Field(min_length=1, max_length=max_rows, description="one prediction per flight"),
+        ),
+    )
+
+
+class Prediction(BaseModel):
+    delay_probability: float = Field(description="P(arrival more than 15 minutes late)")
+    delayed: bool = Field(description="the probability against the model's decision threshold")
+    defaults_used: list[str] = Field(
+        description="features that were unknown and fell back to their training default"
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class PredictResponse(BaseModel):
+    predictions: list[Prediction]
+    model: ModelRef
+
+
+class ReloadRequest(BaseModel):
+    force: bool = Field(False, description="reload even if the version is unchanged or refused")
+
+
+class ReloadResponse(BaseModel):
+    outcome: str
+    version: str | None
+    detail: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+# --- Open Inference Protocol (KServe V2) ---------------------------------------------------
+
+
+class V2Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict | None = None
+    data: list
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    parameters: dict | None = None
+    inputs: list[V2Tensor] = Field(min_length=1)
+    outputs: list[dict] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2Tensor]
