@@ -57,6 +57,7 @@ from mlops import (  # noqa: E402
     commands_data,
     commands_promote,
     commands_run,
+    commands_serve,
     commands_train,
     commands_tune,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "commands_data",
     "commands_promote",
     "commands_run",
+    "commands_serve",
     "commands_train",
     "commands_tune",
 ]

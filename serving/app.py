@@ -121,7 +121,7 @@ def _model_ref(answer: Answer) -> dict[str, str]:
 def create_app(config: ServeConfig, source: Source) -> FastAPI:
     slot = ModelSlot()
     metrics = ServingMetrics()
-    manager = ModelManager(source, slot, metrics, config.threads)
+    manager = ModelManager(source, slot, metrics, config.threads, config.drift_window_rows)
 
     def on_batch(scored: Scored, seconds: float) -> None:
         metrics.batch_rows.observe(len(scored.probabilities))
@@ -174,8 +174,10 @@ def create_app(config: ServeConfig, source: Source) -> FastAPI:
 
     PredictRequest = predict_request(config.max_request_rows)  # noqa: N806 (a class)
     unavailable = {503: {"model": ErrorResponse, "description": "no model loaded yet"}}
+    too_large = {413: {"model": ErrorResponse, "description": "the body is over the limit"}}
+    body_errors = {**too_large, **unavailable}
 
-    @app.post("/predict", response_model=PredictResponse, responses=unavailable)
+    @app.post("/predict", response_model=PredictResponse, responses=body_errors)
     async def predict(body: PredictRequest) -> JSONResponse:  # type: ignore[valid-type]
         """One prediction per flight, in order; unknown values fall back to training defaults."""
         rows = [flight.model_dump(include=set(RAW_INPUTS)) for flight in body.flights]
@@ -184,7 +186,7 @@ def create_app(config: ServeConfig, source: Source) -> FastAPI:
 
     @app.post(
         "/invocations",
-        responses={400: {"description": "MLflow-style error"}, **unavailable},
+        responses={400: {"description": "MLflow-style error"}, **body_errors},
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -249,7 +251,12 @@ def create_app(config: ServeConfig, source: Source) -> FastAPI:
     @app.post(
         "/admin/reload",
         response_model=ReloadResponse,
-        responses={401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}},
+        responses={
+            401: {"model": ErrorResponse, "description": "no or wrong token"},
+            403: {"model": ErrorResponse, "description": "admin endpoints are disabled"},
+            409: {"model": ReloadResponse, "description": "the new version was refused"},
+            **body_errors,
+        },
     )
     async def admin_reload(
         body: ReloadRequest | None = None,
@@ -265,7 +272,7 @@ def create_app(config: ServeConfig, source: Source) -> FastAPI:
         status = {"refused": 409, "unavailable": 503}.get(result.outcome, 200)
         return JSONResponse(result.__dict__, status)
 
-    _add_v2(app, slot, batcher, config)
+    _add_v2(app, slot, batcher, config, body_errors)
     return app
 
 
@@ -273,7 +280,9 @@ def _mlflow_error(message: str) -> JSONResponse:
     return JSONResponse({"error_code": "BAD_REQUEST", "message": message}, 400)
 
 
-def _add_v2(app: FastAPI, slot: ModelSlot, batcher: MicroBatcher, config: ServeConfig) -> None:
+def _add_v2(
+    app: FastAPI, slot: ModelSlot, batcher: MicroBatcher, config: ServeConfig, errors: dict
+) -> None:
     """The Open Inference Protocol (KServe V2) over the same batcher."""
 
     def served(name: str):
@@ -292,12 +301,19 @@ def _add_v2(app: FastAPI, slot: ModelSlot, batcher: MicroBatcher, config: ServeC
     async def v2_live() -> dict:
         return {"live": True}
 
-    @app.get("/v2/health/ready", tags=["v2"])
+    @app.get(
+        "/v2/health/ready",
+        tags=["v2"],
+        responses={503: {"description": "not ready: no model loaded yet"}},
+    )
     async def v2_ready() -> JSONResponse:
         ready = slot.current is not None
         return JSONResponse({"ready": ready}, 200 if ready else 503)
 
-    @app.get("/v2/models/{name}", tags=["v2"])
+    unknown = {404: {"model": ErrorResponse, "description": "no such model here"}}
+    not_ready = {503: errors[503]}
+
+    @app.get("/v2/models/{name}", tags=["v2"], responses={**unknown, **not_ready})
     async def v2_metadata(name: str) -> dict:
         model = served(name)
         return {
@@ -311,7 +327,7 @@ def _add_v2(app: FastAPI, slot: ModelSlot, batcher: MicroBatcher, config: ServeC
             "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1]}],
         }
 
-    @app.get("/v2/models/{name}/ready", tags=["v2"])
+    @app.get("/v2/models/{name}/ready", tags=["v2"], responses={**unknown, **not_ready})
     async def v2_model_ready(name: str) -> dict:
         served(name)
         return {"name": name, "ready": True}
@@ -319,7 +335,7 @@ def _add_v2(app: FastAPI, slot: ModelSlot, batcher: MicroBatcher, config: ServeC
     @app.post(
         "/v2/models/{name}/infer",
         response_model=V2InferResponse,
-        responses={400: {"description": "V2 error: {'error': message}"}},
+        responses={400: {"description": "V2 error: {'error': message}"}, **unknown, **errors},
         tags=["v2"],
     )
     async def v2_infer(name: str, body: V2InferRequest) -> JSONResponse:

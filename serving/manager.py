@@ -88,9 +88,15 @@ Source = RegistrySource | FolderSource
 
 class ModelManager:
     def __init__(
-        self, source: Source, slot: ModelSlot, metrics: ServingMetrics, threads: int
+        self,
+        source: Source,
+        slot: ModelSlot,
+        metrics: ServingMetrics,
+        threads: int,
+        drift_window_rows: int = 10_000,
     ) -> None:
         self.source = source
+        self.drift_window_rows = drift_window_rows
         self.slot = slot
         self.metrics = metrics
         self.threads = threads
@@ -132,7 +138,7 @@ class ModelManager:
         self.slot.swap(model)
         self.served_key = key
         self.metrics.served(model.name, model.version)
-        self.metrics.drift = DriftMonitor(model.spec)
+        self.metrics.drift = DriftMonitor(model.spec, self.drift_window_rows)
         return ReloadResult("loaded", model.version, f"{model.name} v{model.version}")
 
     async def poll(self, interval_s: float) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -10,10 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipelines.features import build_features_pandas
 from pipelines.ingest import ingest, local_time
 from pipelines.layout import DataLayout
 from pipelines.schemas import SCHEMAS, validate
 from pipelines.sources import bundled_source, read_chunks
+from pipelines.splits import SplitPlan
 
 
 def load_bundled(table: str) -> pd.DataFrame:
@@ -38,6 +41,16 @@ def ingested_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MLOPS_HOME with the whole real data set ingested into bronze (read-only for tests)."""
     home = tmp_path_factory.mktemp("home")
     ingest(DataLayout(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def featured_home(ingested_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real feature table, spec and lookups (tests that train write their MLflow state
+    here under their own experiment and model names)."""
+    home = tmp_path_factory.mktemp("featured")
+    shutil.copytree(ingested_home / "data" / "bronze", home / "data" / "bronze")
+    build_features_pandas(DataLayout(home), SplitPlan())
     return home
 
 

@@ -12,10 +12,8 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from pipelines.features import build_features_pandas
 from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec, sha256_of
-from pipelines.splits import SplitPlan
 from pipelines.storage import read_parquet_folder
 from training.export import ParityError
 from training.fit import FitConfig
@@ -25,14 +23,6 @@ from training.registry import GateConfig, promote
 from training.tensors import to_tensors
 from training.tracking import TrackingConfig, use_tracking
 from training.train import train
-
-
-@pytest.fixture(scope="module")
-def featured_home(ingested_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("featured")
-    shutil.copytree(ingested_home / "data" / "bronze", home / "data" / "bronze")
-    build_features_pandas(DataLayout(home), SplitPlan())
-    return home
 
 
 def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path) -> None:

@@ -1,0 +1,104 @@
+"""A registered champion trained on the real feature table, and its model folder."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import uvicorn
+
+from pipelines.layout import DataLayout
+from pipelines.storage import read_parquet_folder
+from serving.bundle import Bundle, download_version
+from training.fit import FitConfig
+from training.model import ModelConfig
+from training.registry import GateConfig, promote
+from training.tracking import TrackingConfig
+from training.train import train
+
+
+@dataclass(frozen=True)
+class Champion:
+    home: Path
+    tracking_uri: str
+    name: str
+    version: str
+    run_id: str
+
+
+SMALL = (ModelConfig(width=16, depth=1, numeric_dim=2), FitConfig(epochs=1, batch_size=4096))
+
+
+def train_and_promote(home: Path, gate: GateConfig, seed: int = 0) -> tuple[str, str]:
+    """(run id, version) of a small model on `home`'s feature table, registered and gated."""
+    model, fit = SMALL
+    result = train(DataLayout(home), TrackingConfig(home), model, replace(fit, seed=seed))
+    decision = promote(result.run_id, read_parquet_folder(DataLayout(home).split("test")), gate)
+    return result.run_id, decision.version
+
+
+@pytest.fixture(scope="session")
+def champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Champion:
+    home = tmp_path_factory.mktemp("champion")
+    shutil.copytree(featured_home / "data", home / "data")
+    run_id, version = train_and_promote(home, GateConfig())
+    return Champion(home, TrackingConfig(home).resolved_uri, "flight-delay", version, run_id)
+
+
+@pytest.fixture(scope="session")
+def model_folder(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    cache = tmp_path_factory.mktemp("models")
+    return download_version(
+        champion.name, champion.version, champion.run_id, cache, champion.tracking_uri
+    )
+
+
+@pytest.fixture(scope="session")
+def december(champion: Champion) -> pd.DataFrame:
+    """Real December flights as the API takes them."""
+    flights = read_parquet_folder(DataLayout(champion.home).month_partition("flights", "2013-12"))
+    return flights
+
+
+def as_requests(flights: pd.DataFrame) -> list[dict]:
+    """Rows -> /predict's JSON flights (ISO times, no NaN)."""
+    out = []
+    for row in flights.itertuples(index=False):
+        flight = {
+            "carrier": row.carrier,
+            "flight": int(row.flight),
+            "tailnum": None if pd.isna(row.tailnum) else row.tailnum,
+            "origin": row.origin,
+            "dest": row.dest,
+            "scheduled_departure": row.scheduled_departure.isoformat(),
+        }
+        if not pd.isna(row.distance):
+            flight["distance"] = float(row.distance)
+        out.append(flight)
+    return out
+
+
+class Server:
+    """uvicorn in a thread, on a free port."""
+
+    def __init__(self, app) -> None:
+        self.server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=60)

@@ -1,0 +1,125 @@
+"""Hot swaps under load on a real uvicorn server, and models that must be refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import mlflow
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from serving.app import create_app
+from serving.bundle import Bundle, sha256_file
+from serving.config import ServeConfig
+from serving.manager import FolderSource, RegistrySource
+
+from .conftest import Champion, Server, as_requests
+
+TOKEN = {"Authorization": "Bearer t0ken"}
+
+
+async def _load(base: str, body: dict, stop: threading.Event, out: list) -> None:
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+
+        async def worker() -> None:
+            while not stop.is_set():
+                response = await client.post("/predict", json=body)
+                version = (
+                    response.json()["model"]["version"] if response.status_code == 200 else None
+                )
+                out.append((response.status_code, version))
+
+        await asyncio.gather(*(worker() for _ in range(8)))
+
+
+def test_ten_hot_swaps_under_load_drop_no_request(
+    champion: Champion, december: pd.DataFrame, tmp_path: Path
+) -> None:
+    name = "flight-delay-swaps"
+    client = MlflowClient(champion.tracking_uri)
+    mlflow.set_tracking_uri(champion.tracking_uri)
+
+    def register() -> str:
+        version = mlflow.register_model(f"runs:/{champion.run_id}/model", name).version
+        client.set_registered_model_alias(name, "champion", version)
+        return str(version)
+
+    first = register()
+    source = RegistrySource(name, "champion", champion.tracking_uri, tmp_path)
+    config = ServeConfig(poll_interval_s=0, admin_token="t0ken")
+    body = {"flights": as_requests(december.head(3))}
+    stop, answers = threading.Event(), []
+    with Server(create_app(config, source)) as base:
+        load = threading.Thread(target=asyncio.run, args=(_load(base, body, stop, answers),))
+        load.start()
+        versions = [first]
+        try:
+            for _ in range(10):
+                versions.append(register())
+                reload = httpx.post(f"{base}/admin/reload", headers=TOKEN, timeout=120)
+                assert reload.status_code == 200 and reload.json()["outcome"] == "loaded"
+                seen = len(answers)
+                while len(answers) < seen + 20:  # some traffic on every version
+                    time.sleep(0.01)
+        finally:
+            stop.set()
+            load.join(timeout=60)
+        metrics = httpx.get(f"{base}/metrics").text
+    statuses = {status for status, _ in answers}
+    assert statuses == {200}, f"failed requests: {[a for a in answers if a[0] != 200][:5]}"
+    assert {version for _, version in answers} == set(versions)
+    assert 'mlops_model_reloads_total{outcome="loaded"} 11.0' in metrics
+
+
+@pytest.fixture
+def served_folder(model_folder: Bundle, tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(model_folder.folder, folder)
+    return folder
+
+
+def _as_new_version(folder: Path, version: str) -> None:
+    about = json.loads((folder / "bundle.json").read_text())
+    (folder / "bundle.json").write_text(json.dumps(about | {"version": version}))
+
+
+def test_corrupt_versions_are_refused_and_the_old_one_keeps_serving(
+    served_folder: Path, december: pd.DataFrame
+) -> None:
+    config = ServeConfig(poll_interval_s=0, admin_token="t0ken")
+    body = {"flights": as_requests(december.head(2))}
+    with TestClient(create_app(config, FolderSource(served_folder))) as client:
+        before = client.post("/predict", json=body).json()
+        old = before["model"]["version"]
+
+        _as_new_version(served_folder, "tampered")
+        onnx = served_folder / "model.onnx"
+        data = bytearray(onnx.read_bytes())
+        data[len(data) // 2] ^= 0xFF  # one flipped byte
+        onnx.write_bytes(bytes(data))
+        refused = client.post("/admin/reload", headers=TOKEN)
+        assert refused.status_code == 409
+        assert "sha256 of model.onnx" in refused.json()["detail"]
+        assert client.post("/predict", json=body).json() == before
+
+        _as_new_version(served_folder, "broken")
+        onnx.write_bytes(b"not an onnx graph")
+        mlmodel = served_folder / "MLmodel"
+        recorded = mlmodel.read_text()
+        digest = recorded.split("onnx_sha256: ")[1].split()[0]
+        mlmodel.write_text(recorded.replace(digest, sha256_file(onnx)))
+        refused = client.post("/admin/reload", headers=TOKEN)
+        assert refused.status_code == 409
+        assert "not a valid ONNX model" in refused.json()["detail"]
+        after = client.post("/predict", json=body).json()
+        assert after["model"]["version"] == old and after == before
+        metrics = client.get("/metrics").text
+        assert 'mlops_model_reloads_total{outcome="refused"} 2.0' in metrics
