@@ -126,6 +126,7 @@ def download_version(
     """A registered version into `cache/<name>/<version>`, whole or not at all."""
     import mlflow.artifacts
 
+    version = str(version)
     target = cache / name / version
     if (target / BUNDLE_FILE).is_file():
         return read_bundle(target)

@@ -84,7 +84,9 @@ def promote(run_id: str, holdout: pd.DataFrame, gate: GateConfig) -> Decision:
     """Register the run's model and move the alias to it only if it beats the champion."""
     client = MlflowClient()
     run = client.get_run(run_id)
-    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME_IN_RUN}", gate.model_name).version
+    version = str(
+        mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME_IN_RUN}", gate.model_name).version
+    )
     auc, loss = score(run_id, holdout, client)
     champion = champion_of(client, gate)
     if champion is None:
