@@ -32,8 +32,9 @@ def test_predict_equals_batch_scoring_on_every_test_month_flight(
     flights["row_id"] = np.arange(len(flights))
     source = tmp_path / "input"
     source.mkdir()
-    for i, part in enumerate(np.array_split(flights, 3)):
-        part.to_parquet(source / f"part-{i}.parquet")
+    bounds = np.linspace(0, len(flights), 4).astype(int)
+    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+        flights.iloc[start:end].to_parquet(source / f"part-{i}.parquet")
 
     result = CliRunner().invoke(
         cli,
