@@ -25,7 +25,13 @@ from serving.batcher import Answer, MicroBatcher, ModelSlot, NotReadyError, Scor
 from serving.config import ServeConfig
 from serving.manager import ModelManager, Source
 from serving.metrics import ServingMetrics
-from serving.protocols import V2_INPUTS, InvalidInputError, from_invocations, from_v2
+from serving.protocols import (
+    V2_INPUTS,
+    InvalidInputError,
+    from_invocations,
+    from_v2,
+    parse_v2,
+)
 from serving.runtime import OUTPUT, Scored
 from serving.schemas import (
     ErrorResponse,
@@ -332,15 +338,27 @@ def _add_v2(
         served(name)
         return {"name": name, "ready": True}
 
+    request_schema = V2InferRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    request_schema.pop("$defs", None)  # V2Tensor is in the components through the response
+
     @app.post(
         "/v2/models/{name}/infer",
         response_model=V2InferResponse,
         responses={400: {"description": "V2 error: {'error': message}"}, **unknown, **errors},
         tags=["v2"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": request_schema}},
+            }
+        },
     )
-    async def v2_infer(name: str, body: V2InferRequest) -> JSONResponse:
+    async def v2_infer(name: str, request: Request) -> JSONResponse:
+        """Named 1-D tensors, one per raw field; JSON or the binary tensor extension."""
         served(name)
+        header = request.headers.get("inference-header-content-length")
         try:
+            body = parse_v2(await request.body(), int(header) if header else None)
             rows = from_v2(body, config.max_request_rows)
         except InvalidInputError as error:
             return JSONResponse({"error": str(error)}, 400)

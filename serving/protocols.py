@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from pipelines.transform import RAW_INPUTS
@@ -86,6 +87,60 @@ def from_invocations(body: Any, max_rows: int) -> list[dict]:
             )
         records.append(dict(zip(columns, row, strict=True)))
     return validate_flights(records, "dataframe_split.data", max_rows)
+
+
+_BINARY_DTYPES = {"INT64": "<i8", "INT32": "<i4", "FP32": "<f4", "FP64": "<f8"}
+
+
+def parse_v2(body: bytes, header_length: int | None) -> V2InferRequest:
+    """A V2 request: JSON, or (the binary tensor extension) a JSON header of `header_length`
+    bytes followed by the tensors whose `parameters.binary_data_size` say how long they are."""
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise InvalidInputError("Inference-Header-Content-Length", "larger than the body")
+    head, tail = (
+        (body, b"") if header_length is None else (body[:header_length], body[header_length:])
+    )
+    try:
+        request = V2InferRequest.model_validate_json(head)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise InvalidInputError(_location(first) or "body", first["msg"]) from None
+    offset = 0
+    for tensor in request.inputs:
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is None:
+            continue
+        if not isinstance(size, int) or size < 0 or offset + size > len(tail):
+            raise InvalidInputError(
+                f"inputs.{tensor.name}.parameters.binary_data_size", "out of the body"
+            )
+        tensor.data = _decode(tensor.datatype, tail[offset : offset + size], tensor.name)
+        offset += size
+    return request
+
+
+def _decode(datatype: str, raw: bytes, name: str) -> list:
+    if datatype in _BINARY_DTYPES:
+        itemsize = np.dtype(_BINARY_DTYPES[datatype]).itemsize
+        if len(raw) % itemsize:
+            raise InvalidInputError(f"inputs.{name}", f"{len(raw)} bytes is not a {datatype} array")
+        return np.frombuffer(raw, dtype=_BINARY_DTYPES[datatype]).tolist()
+    if datatype != "BYTES":
+        raise InvalidInputError(f"inputs.{name}.datatype", f"{datatype} is not supported")
+    values, at = [], 0
+    while at < len(raw):  # each element: a 4-byte little-endian length, then the bytes
+        if at + 4 > len(raw):
+            raise InvalidInputError(f"inputs.{name}", "truncated BYTES element")
+        length = int.from_bytes(raw[at : at + 4], "little")
+        element = raw[at + 4 : at + 4 + length]
+        if len(element) != length:
+            raise InvalidInputError(f"inputs.{name}", "truncated BYTES element")
+        try:
+            values.append(element.decode())
+        except UnicodeDecodeError:
+            raise InvalidInputError(f"inputs.{name}", "BYTES elements must be UTF-8") from None
+        at += 4 + length
+    return values
 
 
 def from_v2(request: V2InferRequest, max_rows: int) -> list[dict]:

@@ -48,10 +48,10 @@ class Flight(BaseModel):
     @field_validator("scheduled_departure")
     @classmethod
     def _new_york_time(cls, value: datetime) -> datetime:
+        if not 1990 <= value.year <= 2060:  # checked first: converting year 1 would overflow
+            raise ValueError("must be between 1990 and 2060 (the holiday calendar's span)")
         if value.tzinfo is not None:
             value = value.astimezone(NEW_YORK).replace(tzinfo=None)
-        if not 1990 <= value.year <= 2060:
-            raise ValueError("must be between 1990 and 2060 (the holiday calendar's span)")
         return value
 
     @field_validator("distance")
@@ -113,7 +113,7 @@ class V2Tensor(BaseModel):
     shape: list[int]
     datatype: str
     parameters: dict | None = None
-    data: list
+    data: list = Field(default_factory=list)  # empty when sent as binary after the JSON
 
 
 class V2InferRequest(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_predict_equals_batch_scoring_on_every_test_month_flight(
     source = tmp_path / "input"
     source.mkdir()
     bounds = np.linspace(0, len(flights), 4).astype(int)
-    for i, (start, end) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+    for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         flights.iloc[start:end].to_parquet(source / f"part-{i}.parquet")
 
     result = CliRunner().invoke(
