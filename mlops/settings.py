@@ -84,6 +84,11 @@ class ServeSettings(BaseModel):
     admin_token: SecretStr = Field(SecretStr(""), description="empty disables /admin/*")
     drift_window_rows: int = Field(10_000, ge=100)
 
+    @field_validator("model_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
 
 class Settings(BaseSettings):
     """Every setting has an embedded default; `MLOPS_<NAME>` (and `__` for nesting) overrides."""

@@ -123,3 +123,26 @@ def test_corrupt_versions_are_refused_and_the_old_one_keeps_serving(
         assert after["model"]["version"] == old and after == before
         metrics = client.get("/metrics").text
         assert 'mlops_model_reloads_total{outcome="refused"} 2.0' in metrics
+
+
+def test_shutdown_drains_the_requests_in_flight(
+    model_folder: Bundle, december: pd.DataFrame
+) -> None:
+    # a long batching wait keeps the requests inside the server when the shutdown starts
+    config = ServeConfig(poll_interval_s=0, max_wait_ms=800, max_batch=1_000)
+    body = {"flights": as_requests(december.head(1))}
+    server = Server(create_app(config, FolderSource(model_folder.folder)))
+    base = server.__enter__()
+
+    async def in_flight() -> list[int]:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            requests = [asyncio.create_task(client.post("/predict", json=body)) for _ in range(5)]
+            await asyncio.sleep(0.3)
+            server.server.should_exit = True  # what SIGTERM does
+            return [(await r).status_code for r in requests]
+
+    try:
+        statuses = asyncio.run(in_flight())
+    finally:
+        server.__exit__()
+    assert statuses == [200] * 5

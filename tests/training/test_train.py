@@ -116,7 +116,7 @@ def test_the_gate_keeps_the_champion_against_a_worse_challenger(
     assert second.challenger_auc < second.champion_auc
     client = MlflowClient(tracking.resolved_uri)
     champion = client.get_model_version_by_alias(gate.model_name, gate.alias)
-    assert champion.version == first.version
+    assert str(champion.version) == first.version
     run = client.get_run(shuffled.run_id)
     assert run.data.tags["gate_decision"] == "rejected"
     assert run.data.metrics["gate_champion_auc"] == pytest.approx(second.champion_auc)

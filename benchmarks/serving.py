@@ -1,0 +1,405 @@
+"""Benchmark: the API's throughput and latency against the HTTP floor and `mlflow models serve`.
+
+One run, three servers, each a uvicorn process with one worker on this machine, and the load
+from a separate process (an asyncio + aiohttp client, keep-alive connections):
+
+- *ours*: `mlops serve` on the champion (micro-batching, features from the lookup tables);
+- *floor*: a bare FastAPI endpoint on the same server settings that validates the same
+  `/predict` body and returns a constant (`benchmarks/floor_app.py`);
+- *mlflow*: `mlflow models serve` on the same registered model (ONNX pyfunc), sent the model's
+  encoded inputs, since that server has no feature transform.
+
+Then rows/s with 1,000 flights per request, and onnxruntime's in-process latency at batch 1 and
+4096. The model is trained here (small, 2 epochs) unless `--home` already has a champion.
+
+    python benchmarks/serving.py
+
+Writes benchmarks/results/serving.json and prints the rows for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+# ruff: noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
+    sys.path[0] = str(ROOT)  # `training` must be the package, not benchmarks/training.py
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+from rich.logging import RichHandler
+
+logger = logging.getLogger("benchmarks.serving")
+console = Console(highlight=False, soft_wrap=True)
+CONCURRENCY = (1, 8, 32, 128)
+
+
+# --- setup ------------------------------------------------------------------------------
+
+
+def prepare(home: Path) -> tuple[Path, str]:
+    """A home with a feature table and a champion; returns (model folder, models:/ URI)."""
+    from mlflow import MlflowClient
+
+    from pipelines.layout import DataLayout
+    from pipelines.storage import read_parquet_folder
+    from serving.bundle import download_version
+    from training.registry import GateConfig, champion_of, promote
+    from training.tracking import TrackingConfig, use_tracking
+
+    layout = DataLayout(home)
+    if not layout.spec.exists():
+        from pipelines.features import build_features_pandas
+        from pipelines.ingest import ingest
+        from pipelines.splits import SplitPlan
+
+        logger.info("building the feature table under %s", home)
+        ingest(layout)
+        build_features_pandas(layout, SplitPlan())
+    tracking = TrackingConfig(home)
+    use_tracking(tracking)
+    gate = GateConfig()
+    client = MlflowClient(tracking.resolved_uri)
+    champion = champion_of(client, gate)
+    if champion is None:
+        from mlops.settings import Settings
+        from training.fit import FitConfig
+        from training.model import ModelConfig
+        from training.train import train
+
+        settings = Settings(_env_file=None)
+        fit = FitConfig(**(settings.fit.model_dump() | {"epochs": 2}))
+        logger.info("training a champion (2 epochs)")
+        result = train(layout, tracking, ModelConfig(**settings.model.model_dump()), fit)
+        promote(result.run_id, read_parquet_folder(layout.split("test")), gate)
+        champion = champion_of(client, gate)
+    bundle = download_version(
+        gate.model_name,
+        str(champion.version),
+        str(champion.run_id),
+        home / "serving" / "models",
+        tracking.resolved_uri,
+    )
+    return bundle.folder, f"models:/{gate.model_name}/{champion.version}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Process:
+    """A server process, up when its health URL answers 200."""
+
+    def __init__(self, name: str, command: list[str], health: str, env: dict) -> None:
+        self.name = name
+        self.log = Path(f"/tmp/mlops-bench/{name}.log")
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            command, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT
+        )
+        self.health = health
+
+    def wait(self, timeout: float = 240) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: see {self.log}")
+            try:
+                with urllib.request.urlopen(self.health, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"{self.name} did not become healthy: see {self.log}")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+# --- load ---------------------------------------------------------------------------------
+
+
+async def _load(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    failures = 0
+    headers = {"Content-Type": "application/json"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for _ in range(min(concurrency, 8)):  # warm the connections and the server
+            async with session.post(url, data=body, headers=headers) as response:
+                await response.read()
+        stop = time.perf_counter() + seconds
+
+        async def user() -> None:
+            nonlocal failures
+            while time.perf_counter() < stop:
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status != 200:
+                        failures += 1
+                latencies.append(time.perf_counter() - started)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - began
+    ms = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "failures": failures,
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+    }
+
+
+def load(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
+    """Drive `url` from a separate process; returns its figures."""
+    payload = Path("/tmp/mlops-bench/body.json")
+    payload.write_bytes(body)
+    command = [sys.executable, __file__, "--loadgen", url, str(payload)]
+    command += [str(concurrency), str(seconds)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- the runs -----------------------------------------------------------------------------
+
+
+def flights_body(home: Path, rows: int) -> tuple[bytes, pd.DataFrame]:
+    from pipelines.layout import DataLayout
+    from pipelines.storage import read_parquet_folder
+
+    december = read_parquet_folder(DataLayout(home).month_partition("flights", "2013-12"))
+    sample = december.dropna(subset=["tailnum"]).head(rows)
+    flights = [
+        {
+            "carrier": r.carrier,
+            "flight": int(r.flight),
+            "tailnum": r.tailnum,
+            "origin": r.origin,
+            "dest": r.dest,
+            "scheduled_departure": r.scheduled_departure.isoformat(),
+            "distance": float(r.distance),
+        }
+        for r in sample.itertuples()
+    ]
+    return json.dumps({"flights": flights}).encode(), sample
+
+
+def mlflow_body(folder: Path, sample: pd.DataFrame) -> bytes:
+    """The same flight as the MLflow server's model takes it: encoded tensors."""
+    from pipelines.lookups import load_lookups
+    from pipelines.spec import FeatureSpec, encode
+    from pipelines.transform import RAW_INPUTS, build_features
+
+    spec = FeatureSpec.load(folder / "contract" / "feature_spec.json")
+    features = build_features(sample[RAW_INPUTS], load_lookups(folder / "contract" / "lookups"))
+    encoded = encode(features, spec)
+    inputs = {"categorical": encoded.categorical.tolist(), "numerical": encoded.numerical.tolist()}
+    return json.dumps({"inputs": inputs}).encode()
+
+
+def onnx_latency(folder: Path, sample: pd.DataFrame) -> dict:
+    """In-process onnxruntime latency (the median of 50 calls) at batch 1 and 4096."""
+    from pipelines.spec import encode
+    from pipelines.transform import RAW_INPUTS, build_features
+    from serving.bundle import read_bundle
+    from serving.runtime import LoadedModel
+
+    model = LoadedModel.load(read_bundle(folder), threads=os.cpu_count() or 1)
+    rows = pd.concat([sample[RAW_INPUTS]] * (4096 // len(sample) + 1)).head(4096)
+    features = build_features(rows.reset_index(drop=True), model.lookups)
+    encoded = encode(features, model.spec)
+    out = {}
+    for size in (1, 4096):
+        times = []
+        for _ in range(50):
+            started = time.perf_counter()
+            model.run(encoded.categorical[:size], encoded.numerical[:size])
+            times.append(time.perf_counter() - started)
+        out[f"batch_{size}_ms"] = statistics.median(times) * 1000
+    out["rows_per_s_at_4096"] = 4096 / (out["batch_4096_ms"] / 1000)
+    started = time.perf_counter()
+    model.score(rows.head(1000).reset_index(drop=True))
+    out["score_1000_rows_ms"] = (time.perf_counter() - started) * 1000
+    return out
+
+
+def main(args: argparse.Namespace) -> None:
+    home = args.home
+    folder, model_uri = prepare(home)
+    one, sample = flights_body(home, 1)
+    thousand, big_sample = flights_body(home, 1000)
+    env = os.environ | {"MLOPS_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    results: dict = {
+        "date": datetime.now(UTC).date().isoformat(),
+        "cpus": os.cpu_count(),
+        "seconds_per_point": args.seconds,
+        "model": model_uri,
+        "onnx": onnx_latency(folder, big_sample),
+    }
+    servers = {
+        "ours": (
+            [sys.executable, "-m", "mlops", "serve", "--model-dir", str(folder)],
+            "/predict",
+            one,
+            "/v2/health/ready",
+        ),
+        "floor": (
+            [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app"],
+            "/predict",
+            one,
+            "/health",
+        ),
+        "mlflow": (
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "models",
+                "serve",
+                "-m",
+                model_uri,
+                "--env-manager",
+                "local",
+                "--workers",
+                "1",
+            ],
+            "/invocations",
+            mlflow_body(folder, sample),
+            "/health",
+        ),
+    }
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+    for name in args.servers:
+        command, path, body, health = servers[name]
+        port = free_port()
+        if name == "ours":
+            command = [*command[:3], "--home", str(home), *command[3:]]
+            command += ["--port", str(port), "--workers", "1"]
+        elif name == "floor":
+            command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+        else:
+            command += ["--port", str(port), "--host", "127.0.0.1"]
+        server = Process(name, command, f"http://127.0.0.1:{port}{health}", env)
+        try:
+            server.wait()
+            figures = {}
+            for concurrency in args.concurrency:
+                figures[str(concurrency)] = load(
+                    f"http://127.0.0.1:{port}{path}", body, concurrency, args.seconds
+                )
+                logger.info("%s c=%d: %s", name, concurrency, figures[str(concurrency)])
+            if name == "ours":
+                figures["rows_1000"] = load(
+                    f"http://127.0.0.1:{port}{path}", thousand, 4, args.seconds
+                )
+                figures["rows_1000"]["rows_per_s"] = figures["rows_1000"]["requests_per_s"] * 1000
+                logger.info("ours, 1,000 flights per request: %s", figures["rows_1000"])
+        finally:
+            server.stop()
+        results[name] = figures
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    logger.info("wrote %s", args.out)
+    console.print()
+    for line in markdown(results):
+        console.print(line, markup=False)
+
+
+def markdown(results: dict) -> list[str]:
+    lines = [
+        f"{results['date']}, {results['cpus']} cores, {results['seconds_per_point']} s per point, "
+        f"one uvicorn worker per server, load from a separate aiohttp process.",
+        "",
+        "| server | concurrency | requests/s | p50 ms | p99 ms | failures |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("ours", "floor", "mlflow"):
+        for concurrency, f in results.get(name, {}).items():
+            if concurrency.isdigit():
+                lines.append(
+                    f"| {name} | {concurrency} | {f['requests_per_s']:,.0f} | {f['p50_ms']:.1f} "
+                    f"| {f['p99_ms']:.1f} | {f['failures']} |"
+                )
+    if "ours" in results and "floor" in results:
+        lines += [
+            "",
+            "| concurrency | ours / floor throughput | ours / mlflow throughput "
+            "| ours / mlflow p99 |",
+            "|---|---|---|---|",
+        ]
+        for concurrency in results["ours"]:
+            if not concurrency.isdigit():
+                continue
+            ours, floor = results["ours"][concurrency], results["floor"][concurrency]
+            row = f"| {concurrency} | {ours['requests_per_s'] / floor['requests_per_s']:.2f}x"
+            if "mlflow" in results:
+                other = results["mlflow"][concurrency]
+                row += f" | {ours['requests_per_s'] / other['requests_per_s']:.2f}x"
+                row += f" | {ours['p99_ms'] / other['p99_ms']:.2f} |"
+            else:
+                row += " | | |"
+            lines.append(row)
+    if "ours" in results and "rows_1000" in results["ours"]:
+        f = results["ours"]["rows_1000"]
+        lines += [
+            "",
+            f"1,000 flights per request (concurrency 4): {f['rows_per_s']:,.0f} rows/s, "
+            f"p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms.",
+        ]
+    o = results["onnx"]
+    lines.append(
+        f"onnxruntime in process: batch 1 {o['batch_1_ms']:.3f} ms, batch 4096 "
+        f"{o['batch_4096_ms']:.1f} ms ({o['rows_per_s_at_4096']:,.0f} rows/s); transform + encode"
+        f" + onnxruntime for 1,000 flights {o['score_1000_rows_ms']:.0f} ms."
+    )
+    return lines
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, default=Path("/tmp/mlops-bench/serving"))
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
+    parser.add_argument("--servers", nargs="+", default=["ours", "floor", "mlflow"])
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--loadgen":
+        url, body_file, concurrency, seconds = sys.argv[2:6]
+        figures = asyncio.run(
+            _load(url, Path(body_file).read_bytes(), int(concurrency), float(seconds))
+        )
+        sys.stdout.write(json.dumps(figures) + "\n")
+    else:
+        logging.basicConfig(
+            level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console)]
+        )
+        main(parse_args())
