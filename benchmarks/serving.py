@@ -254,7 +254,9 @@ def main(args: argparse.Namespace) -> None:
     folder, model_uri = prepare(home)
     one, sample = flights_body(home, 1)
     thousand, big_sample = flights_body(home, 1000)
-    env = os.environ | {"MLOPS_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    # `mlflow models serve` starts `uvicorn` from PATH: the one of this environment
+    env = os.environ | {"MLOPS_HOME": str(home), "PYTHONPATH": str(ROOT), "PATH": path}
     results: dict = {
         "date": datetime.now(UTC).date().isoformat(),
         "cpus": os.cpu_count(),

@@ -67,6 +67,9 @@ def serve_command(
     model_dir: Annotated[
         Path | None, typer.Option(help="a local model folder instead of the registry's champion")
     ] = None,
+    access_log: Annotated[
+        bool, typer.Option(help="log every request (the metrics count them anyway)")
+    ] = False,
 ) -> None:
     """Serve the champion over HTTP: /predict, /invocations, /v2, /metrics, /docs."""
     import uvicorn
@@ -92,6 +95,7 @@ def serve_command(
         port=port or serve.port,
         workers=workers,
         log_level="info",
+        access_log=access_log,
         timeout_graceful_shutdown=30,
     )
 

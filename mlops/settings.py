@@ -77,7 +77,7 @@ class ServeSettings(BaseModel):
     workers: int = Field(1, ge=1, description="uvicorn worker processes")
     model_dir: Path | None = None
     max_batch: int = Field(256, ge=1, description="rows per onnxruntime call")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill")
+    max_wait_ms: float = Field(0.0, ge=0, description="extra wait for a batch to fill")
     max_request_rows: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     poll_interval_s: float = Field(30.0, ge=0, description="0: reload on /admin/reload only")

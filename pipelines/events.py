@@ -62,16 +62,25 @@ def _scheduled_arrival_ny(flights: pd.DataFrame, zone: pd.Series) -> np.ndarray:
     return result
 
 
+def _flight_number(value: object) -> str:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return "<NA>"
+    return "<NA>" if number != number else str(int(number))
+
+
 def flight_identity(carrier: np.ndarray, flight: np.ndarray, origin: np.ndarray) -> np.ndarray:
     """`carrier|flight|origin`: with the scheduled time, what makes a flight itself."""
-    number = pd.Series(pd.to_numeric(pd.Series(flight), errors="coerce")).astype("Int64")
-    return (
-        pd.Series(carrier, dtype=object).astype(str)
-        + "|"
-        + number.astype(str)
-        + "|"
-        + pd.Series(origin, dtype=object).astype(str)
-    ).to_numpy(object)
+    return np.array(
+        [
+            f"{c}|{_flight_number(n)}|{o}"
+            for c, n, o in zip(
+                carrier.tolist(), np.asarray(flight).tolist(), origin.tolist(), strict=True
+            )
+        ],
+        dtype=object,
+    )
 
 
 def flight_events(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:

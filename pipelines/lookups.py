@@ -36,13 +36,25 @@ PLANE_TEXT = ["manufacturer", "model", "engine", "type"]
 AIRPORT_NUMERIC = ["lat", "lon", "alt", "tz"]
 
 
+SMALL_BATCH = 512  # below this many values a dict beats building a pandas Index
+
+
 class Codebook:
-    """Maps string keys to dense codes; -1 for a key it has never seen (or a missing key)."""
+    """Maps string keys to dense codes; -1 for a key it has never seen (or a missing key).
+
+    Large arrays (offline) go through pandas' hash index; the small batches of the request
+    path through a plain dict of the same keys, which gives the same codes without pandas'
+    per-call overhead.
+    """
 
     def __init__(self, keys: np.ndarray | list[str]) -> None:
         self.index = pd.Index(pd.unique(pd.Series(keys, dtype=object).dropna()), dtype=object)
+        self.codes = {key: code for code, key in enumerate(self.index)}
 
     def encode(self, values: np.ndarray) -> np.ndarray:
+        if len(values) < SMALL_BATCH:
+            get = self.codes.get
+            return np.fromiter((get(v, -1) for v in values), dtype="int64", count=len(values))
         return self.index.get_indexer(pd.Index(values, dtype=object)).astype("int64")
 
     def __len__(self) -> int:

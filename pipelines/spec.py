@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -199,11 +200,15 @@ class Encoded:
     defaults_used: np.ndarray  # bool [rows, len(spec.numerical)]
 
 
-def encode(features: pd.DataFrame, spec: FeatureSpec) -> Encoded:
-    codes = np.zeros((len(features), len(spec.categorical)), dtype="int64")
+def encode(features: pd.DataFrame | Mapping[str, np.ndarray], spec: FeatureSpec) -> Encoded:
+    """Features (a table, or the arrays of `feature_arrays`) -> the model's two inputs."""
+    rows = len(features[spec.categorical[0].name]) if spec.categorical else len(features)
+    codes = np.zeros((rows, len(spec.categorical)), dtype="int64")
     for j, feature in enumerate(spec.categorical):
-        codes[:, j] = feature.encode(features[feature.name].to_numpy(object))
-    values = features[[f.name for f in spec.numerical]].to_numpy("float64", na_value=np.nan)
+        codes[:, j] = feature.encode(np.asarray(features[feature.name], dtype=object))
+    values = np.empty((rows, len(spec.numerical)), dtype="float64")
+    for j, feature in enumerate(spec.numerical):
+        values[:, j] = np.asarray(features[feature.name], dtype="float64")
     missing = np.isnan(values)
     defaults = np.array([f.default for f in spec.numerical])
     values = np.where(missing, defaults, values).astype("float32")

@@ -8,6 +8,8 @@ dimension tables, and events that became observable strictly before that time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pandas as pd
 
@@ -72,31 +74,68 @@ NUMERICAL = [
 FEATURES = CATEGORICAL + NUMERICAL
 
 
-def _column(frame: pd.DataFrame, column: str) -> pd.Series:
-    """The column, or all-missing when the caller left it out (optional fields)."""
-    return frame[column] if column in frame else pd.Series(np.nan, frame.index)
+Columns = Mapping[str, np.ndarray]  # raw inputs by name, one array per field
 
 
-def _text(frame: pd.DataFrame, column: str) -> np.ndarray:
-    values = _column(frame, column).astype(object).to_numpy()
+def _text(columns: Columns, name: str, rows: int) -> np.ndarray:
+    """Object array with None for missing (absent column, None, NaN)."""
+    if name not in columns:
+        return np.full(rows, None, dtype=object)
+    values = np.asarray(columns[name], dtype=object)
     return np.where(pd.isna(values), None, values).astype(object)
+
+
+def _number(columns: Columns, name: str, rows: int) -> np.ndarray:
+    """float64 with NaN for missing or unparseable values."""
+    if name not in columns:
+        return np.full(rows, np.nan)
+    values = np.asarray(columns[name])
+    if values.dtype.kind in "fiub":
+        return values.astype("float64")
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
+        "float64", na_value=np.nan
+    )
+
+
+def _calendar(minutes: np.ndarray) -> dict[str, np.ndarray]:
+    """Calendar parts of naive local minutes since the epoch, with numpy's datetime64."""
+    stamp = minutes.astype("datetime64[m]")
+    day = stamp.astype("datetime64[D]")
+    month = day.astype("datetime64[M]")
+    year = day.astype("datetime64[Y]")
+    minute_of_day = (stamp - day).astype("int64")
+    return {
+        "year": year.astype("int64") + 1970.0,
+        "month": (month.astype("int64") % 12 + 1).astype("float64"),
+        "day_of_week": ((day.astype("int64") + 3) % 7).astype("float64"),  # 1970-01-01: Thu
+        "day_of_year": ((day - year).astype("int64") + 1).astype("float64"),
+        "dep_hour": minute_of_day / 60,
+    }
 
 
 def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
     """Features of each flight, in input order; NaN where a value is unknown."""
-    t = to_minutes(flights["scheduled_departure"]).astype("int64")
-    when = pd.DatetimeIndex(flights["scheduled_departure"].to_numpy("datetime64[ns]"))
+    columns = {name: flights[name].to_numpy() for name in RAW_INPUTS if name in flights}
+    out = feature_arrays(columns, lookups, len(flights))
+    return pd.DataFrame({name: out[name] for name in FEATURES}, index=flights.index)
+
+
+def feature_arrays(columns: Columns, lookups: Lookups, rows: int) -> dict[str, np.ndarray]:
+    """The transform on plain arrays: what the server runs per micro-batch, with no pandas
+    objects on the way, and what `build_features` wraps for the offline table."""
+    t = to_minutes(columns["scheduled_departure"]).astype("int64")
     carrier, origin, dest, tail = (
-        _text(flights, c) for c in ("carrier", "origin", "dest", "tailnum")
+        _text(columns, c, rows) for c in ("carrier", "origin", "dest", "tailnum")
     )
+    calendar = _calendar(t)
     out: dict[str, np.ndarray] = {
         "carrier": carrier,
         "origin": origin,
         "dest": dest,
-        "month": when.month.to_numpy("float64"),
-        "day_of_week": when.day_of_week.to_numpy("float64"),
-        "day_of_year": when.day_of_year.to_numpy("float64"),
-        "dep_hour": (when.hour + when.minute / 60).to_numpy("float64"),
+        "month": calendar["month"],
+        "day_of_week": calendar["day_of_week"],
+        "day_of_year": calendar["day_of_year"],
+        "dep_hour": calendar["dep_hour"],
     }
     day = t // (24 * HOUR)
     pos = np.clip(np.searchsorted(lookups.holidays, day), 1, len(lookups.holidays) - 1)
@@ -104,8 +143,7 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
         np.abs(lookups.holidays[pos] - day), np.abs(day - lookups.holidays[pos - 1])
     )
     out["days_to_holiday"] = np.minimum(nearest, 60).astype("float64")
-    distance = pd.to_numeric(_column(flights, "distance"), errors="coerce")
-    out["distance"] = distance.to_numpy("float64", na_value=np.nan)
+    out["distance"] = _number(columns, "distance", rows)
 
     hour_start = t - t % HOUR
     weather = lookups.weather.at(origin, hour_start)
@@ -115,18 +153,18 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
     plane = lookups.planes.take(tail, PLANE_TEXT + PLANE_NUMERIC)
     for name in PLANE_TEXT:
         out[f"plane_{name}"] = plane[name]
-    out["plane_age"] = when.year.to_numpy("float64") - plane["year"]
+    out["plane_age"] = calendar["year"] - plane["year"]
     out["plane_seats"] = plane["seats"]
     out["plane_engines"] = plane["engines"]
     for name, values in lookups.airports.take(dest, AIRPORT_NUMERIC).items():
         out[f"dest_{name}"] = values
 
     keys = {"origin": origin, "carrier": carrier, "dest": dest}
-    number = _column(flights, "flight")
+    number = _number(columns, "flight", rows)
     # Aggregates over other flights must not count the flight itself: one that left five
     # minutes early would otherwise feed its own departure delay into its features.
     own_events = lookups.own_events
-    own_values = own_events.at(flight_identity(carrier, number.to_numpy(), origin), t)
+    own_values = own_events.at(flight_identity(carrier, number, origin), t)
     own = dict(zip(own_events.columns, own_values.T, strict=True))
     for prefix, key, index, start, end in WINDOWS:
         mean_name, count_name = _window_names(prefix, start, end)
@@ -152,4 +190,4 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
 
     count, _ = lookups.origin_schedule.window(origin, hour_start, hour_start + HOUR)
     out["origin_scheduled_count_hour"] = count
-    return pd.DataFrame({name: out[name] for name in FEATURES}, index=flights.index)
+    return out

@@ -67,7 +67,7 @@ def score_table(table: pd.DataFrame, model: LoadedModel) -> ScoredTable:
             reasons[i] = f"{'.'.join(map(str, first['loc']))}: {first['msg']}"
     scored = table[keep].copy()
     if rows:
-        result = model.score(pd.DataFrame.from_records(rows, columns=RAW_INPUTS))
+        result = model.score_rows(rows)
         scored["delay_probability"] = result.probabilities.astype("float64")
         scored["delayed"] = result.delayed
         scored["defaults_used"] = [",".join(names) for names in result.defaults_used]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class ServeConfig:
     max_batch: int = 256  # rows per onnxruntime call when requests are gathered
-    max_wait_ms: float = 2.0  # how long the first request of a batch waits for company
+    max_wait_ms: float = 0.0  # extra wait for company; under load batches form anyway
     max_request_rows: int = 10_000  # flights per request
     max_body_bytes: int = 8 * 1024 * 1024  # larger bodies get 413
     threads: int = 1  # onnxruntime intra-op threads of this worker

@@ -20,7 +20,7 @@ import pandas as pd
 
 from pipelines.lookups import Lookups, load_lookups
 from pipelines.spec import FeatureSpec, encode
-from pipelines.transform import RAW_INPUTS, build_features
+from pipelines.transform import RAW_INPUTS, feature_arrays
 from serving.bundle import Bundle, ModelRejectedError, verify
 
 logger = logging.getLogger(__name__)
@@ -79,6 +79,9 @@ class LoadedModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # Idle pool threads must sleep, not spin: a spinning pool takes a core from the event
+        # loop and the other workers between micro-batches.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(bundle.onnx), options, providers=providers())
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
@@ -102,8 +105,17 @@ class LoadedModel:
         return self.session.run([OUTPUT], {"categorical": categorical, "numerical": numerical})[0]
 
     def score(self, flights: pd.DataFrame) -> Scored:
-        """Raw flights (RAW_INPUTS columns) -> probabilities, through the shared transform."""
-        encoded = encode(build_features(flights, self.lookups), self.spec)
+        """A table of raw flights (RAW_INPUTS columns) -> probabilities."""
+        columns = {name: flights[name].to_numpy() for name in RAW_INPUTS if name in flights}
+        return self.score_columns(columns, len(flights))
+
+    def score_rows(self, rows: list[dict]) -> Scored:
+        """Validated request rows (dicts of RAW_INPUTS) -> probabilities: the request path."""
+        return self.score_columns(rows_to_columns(rows), len(rows))
+
+    def score_columns(self, columns: dict[str, np.ndarray], rows: int) -> Scored:
+        """The shared transform, the spec's encoding and one onnxruntime call."""
+        encoded = encode(feature_arrays(columns, self.lookups, rows), self.spec)
         probabilities = self.run(encoded.categorical, encoded.numerical)
         defaults = [list(self.numerical_names[row]) for row in encoded.defaults_used]
         return Scored(
@@ -134,6 +146,20 @@ class LoadedModel:
         flights = example_flights(self.spec, rows)
         for size in (1, rows):
             self.score(flights.head(size))
+
+
+def rows_to_columns(rows: list[dict]) -> dict[str, np.ndarray]:
+    """Row dicts -> one array per raw field (no DataFrame on the request path)."""
+    columns = {}
+    for name in RAW_INPUTS:
+        values = [row.get(name) for row in rows]
+        if name == "scheduled_departure":
+            columns[name] = np.array(values, dtype="datetime64[ns]")
+        elif name in ("distance", "flight"):
+            columns[name] = np.array([np.nan if v is None else v for v in values], dtype="float64")
+        else:
+            columns[name] = np.array(values, dtype=object)
+    return columns
 
 
 def _check_schema(session: ort.InferenceSession, spec: FeatureSpec, bundle: Bundle) -> None:
