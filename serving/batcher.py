@@ -19,9 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
-from pipelines.transform import RAW_INPUTS
 from serving.runtime import LoadedModel, Scored
 
 logger = logging.getLogger(__name__)
@@ -170,8 +168,7 @@ class MicroBatcher:
 
     def _score_rows(self, model: LoadedModel, batch: list[_Pending]) -> Scored:
         started = time.perf_counter()
-        rows = [row for item in batch for row in item.rows]
-        scored = model.score(pd.DataFrame.from_records(rows, columns=RAW_INPUTS))
+        scored = model.score_rows([row for item in batch for row in item.rows])
         if self.on_batch:
             self.on_batch(scored, time.perf_counter() - started)
         return scored
