@@ -1,13 +1,13 @@
 """Online drift: the PSI of each numerical input over a sliding window of served rows.
 
 The training distribution is in the feature spec (`psi_edges`, `psi_fractions`, from the
-training months). The batcher adds each batch's bin counts, so the cost is one searchsorted
-and one bincount per feature per batch, not per request; PSI is computed when scraped.
+training months). The batcher copies each batch's encoded inputs into a ring buffer of the
+last `window_rows` rows, a memcpy per batch; the histograms and the PSI are computed only when
+`/metrics` is scraped.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from threading import Lock
 
 import numpy as np
@@ -29,48 +29,47 @@ class DriftMonitor:
         self.edges = [np.asarray(f.psi_edges, dtype="float64") for f in spec.numerical]
         self.expected = [np.asarray(f.psi_fractions, dtype="float64") for f in spec.numerical]
         self.window_rows = window_rows
-        self._batches: deque[tuple[int, list[np.ndarray]]] = deque()
-        self._totals = [np.zeros(len(e), dtype="int64") for e in self.expected]
-        self._rows = 0
+        self._values = np.empty((window_rows, len(self.names)), dtype="float32")
+        self._missing = np.empty((window_rows, len(self.names)), dtype=bool)
+        self._next = 0  # where the next row goes
+        self._filled = 0
         self._lock = Lock()
 
     def update(self, numerical: np.ndarray, missing: np.ndarray) -> None:
         """Add one batch of numerical inputs [rows, features]; `missing` marks the values that
         were filled with a default, which training's fractions leave out too."""
         rows = len(numerical)
-        if not rows:
-            return
-        counts = [
-            np.bincount(
-                np.searchsorted(edges, numerical[~missing[:, j], j], side="right"),
-                minlength=len(exp),
-            )
-            for j, (edges, exp) in enumerate(zip(self.edges, self.expected, strict=True))
-        ]
+        if rows >= self.window_rows:
+            numerical, missing = numerical[-self.window_rows :], missing[-self.window_rows :]
+            rows = self.window_rows
         with self._lock:
-            self._batches.append((rows, counts))
-            self._rows += rows
-            for total, count in zip(self._totals, counts, strict=True):
-                total += count
-            while self._batches and self._rows - self._batches[0][0] >= self.window_rows:
-                old_rows, old_counts = self._batches.popleft()
-                self._rows -= old_rows
-                for total, count in zip(self._totals, old_counts, strict=True):
-                    total -= count
+            first = min(rows, self.window_rows - self._next)
+            self._values[self._next : self._next + first] = numerical[:first]
+            self._missing[self._next : self._next + first] = missing[:first]
+            rest = rows - first  # wraps around to the start
+            self._values[:rest] = numerical[first:]
+            self._missing[:rest] = missing[first:]
+            self._next = (self._next + rows) % self.window_rows
+            self._filled = min(self._filled + rows, self.window_rows)
 
     @property
     def rows(self) -> int:
-        return self._rows
+        return self._filled
 
     def report(self) -> dict[str, float]:
-        """PSI per feature over the window; empty before any row was served."""
+        """PSI per feature over the window; features with no served value are left out."""
         with self._lock:
-            if not self._rows:
-                return {}
-            return {
-                name: psi(expected, total / total.sum())
-                for name, expected, total in zip(
-                    self.names, self.expected, self._totals, strict=True
-                )
-                if total.sum()
-            }
+            values = self._values[: self._filled].copy()
+            missing = self._missing[: self._filled].copy()
+        out = {}
+        for j, (name, edges, expected) in enumerate(
+            zip(self.names, self.edges, self.expected, strict=True)
+        ):
+            present = values[~missing[:, j], j]
+            if not len(present):
+                continue
+            counts = np.bincount(
+                np.searchsorted(edges, present, side="right"), minlength=len(expected)
+            )
+            out[name] = psi(expected, counts / len(present))
+        return out

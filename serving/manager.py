@@ -109,7 +109,8 @@ class ModelManager:
     async def reload(self, force: bool = False) -> ReloadResult:
         async with self._lock:
             result = await asyncio.to_thread(self._reload, force)
-        self.last_result = result
+        if result.outcome != "unchanged":  # what /model reports: the last thing that happened
+            self.last_result = result
         self.metrics.reloads.labels(result.outcome).inc()
         if result.outcome == "refused":
             self.metrics.last_refusal.set(time.time())

@@ -146,3 +146,25 @@ def test_shutdown_drains_the_requests_in_flight(
     finally:
         server.__exit__()
     assert statuses == [200] * 5
+
+
+def test_the_server_follows_the_alias_by_itself(champion: Champion, tmp_path: Path) -> None:
+    name = "flight-delay-polled"
+    client = MlflowClient(champion.tracking_uri)
+    mlflow.set_tracking_uri(champion.tracking_uri)
+
+    def register() -> str:
+        version = str(mlflow.register_model(f"runs:/{champion.run_id}/model", name).version)
+        client.set_registered_model_alias(name, "champion", version)
+        return version
+
+    first = register()
+    source = RegistrySource(name, "champion", champion.tracking_uri, tmp_path)
+    with TestClient(create_app(ServeConfig(poll_interval_s=0.2), source)) as api:
+        assert api.get("/model").json()["version"] == first
+        second = register()
+        deadline = time.monotonic() + 60
+        while api.get("/model").json()["version"] != second:
+            assert time.monotonic() < deadline, "the new champion was never picked up"
+            time.sleep(0.2)
+        assert api.get("/model").json()["last_reload"]["outcome"] == "loaded"
