@@ -29,9 +29,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format .
 
 bench: $(STAMP)  ## the benchmarks (tens of minutes; writes benchmarks/results/)
-	$(BIN)/python -m pip install --quiet 'lightgbm>=4'
+	$(BIN)/python -m pip install --quiet 'lightgbm>=4' 'aiohttp>=3.9'
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/serving.py
 
 clean:
 	rm -rf $(VENV) .mlops .pytest_cache
