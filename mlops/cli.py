@@ -56,6 +56,7 @@ def fail(error: Exception) -> typer.Exit:
 from mlops import (  # noqa: E402
     commands_data,
     commands_promote,
+    commands_retrain,
     commands_run,
     commands_serve,
     commands_train,
@@ -66,6 +67,7 @@ __all__ = [
     "app",
     "commands_data",
     "commands_promote",
+    "commands_retrain",
     "commands_run",
     "commands_serve",
     "commands_train",

@@ -93,7 +93,9 @@ def run_ingest(
     return report
 
 
-def run_features(settings: Settings, console: Console) -> FeatureReport:
+def run_features(
+    settings: Settings, console: Console, plan: SplitPlan | None = None
+) -> FeatureReport:
     from pipelines.cluster import dask_client
     from pipelines.features import build_feature_tables
 
@@ -105,7 +107,7 @@ def run_features(settings: Settings, console: Console) -> FeatureReport:
 
         report = build_feature_tables(
             layout_of(settings),
-            plan_of(settings),
+            plan or plan_of(settings),
             client,
             settings.features.min_category_count,
             on_progress=advance,

@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         description="empty: MLOPS_HOME/mlflow.db with artifacts in MLOPS_HOME/mlartifacts",
     )
     experiment: str = "flight-delay"
+    retrain_cron: str = Field(
+        "0 * * * *",
+        validation_alias=AliasChoices("RETRAIN_CRON", "MLOPS_RETRAIN_CRON"),
+        description="when `mlops schedule` retrains (crontab syntax)",
+    )
+    lock_url: str = Field(
+        "", description="postgresql://... for an advisory lock; empty: a file lock in home"
+    )
 
     @field_validator("dask_scheduler")
     @classmethod

@@ -26,3 +26,19 @@ class SplitPlan:
         if month < self.valid_start:
             return "train"
         return "valid" if month < self.test_start else "test"
+
+
+def next_month(month: str) -> str:
+    year, number = (int(part) for part in month.split("-"))
+    return f"{year + number // 12}-{number % 12 + 1:02d}"
+
+
+def previous_month(month: str) -> str:
+    year, number = (int(part) for part in month.split("-"))
+    return f"{year - (number == 1)}-{(number - 2) % 12 + 1:02d}"
+
+
+def latest_plan(newest: str) -> SplitPlan:
+    """Test on the newest month, validate on the one before, train on all earlier months:
+    the split a retrain uses as data arrives month by month."""
+    return SplitPlan(valid_start=previous_month(newest), test_start=newest)

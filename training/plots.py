@@ -77,3 +77,23 @@ def draw_importance(names: Sequence[str], drops: Sequence[float], top: int = 20)
     axes.set_ylabel("feature")
     axes.set_title("Permutation importance, validation month")
     return figure
+
+
+PSI_WARN, PSI_ALERT = 0.1, 0.25  # the usual reading: < 0.1 stable, > 0.25 shifted
+
+
+def draw_psi(names: Sequence[str], values: Sequence[float], title: str, top: int = 25) -> Figure:
+    """PSI per feature, largest first, with the usual warning and alert lines."""
+    order = np.argsort(values)[::-1][:top][::-1]
+    figure, axes = plt.subplots(figsize=(6, 0.28 * len(order) + 1.2))
+    colors = [
+        "tab:red" if values[i] > PSI_ALERT else "tab:orange" if values[i] > PSI_WARN else "tab:blue"
+        for i in order
+    ]
+    axes.barh([names[i] for i in order], [values[i] for i in order], color=colors)
+    for line in (PSI_WARN, PSI_ALERT):
+        axes.axvline(line, linestyle="--", color="grey", linewidth=0.8)
+    axes.set_xlabel("population stability index")
+    axes.set_ylabel("feature")
+    axes.set_title(title)
+    return figure

@@ -34,6 +34,11 @@ CASES = {
         "ROC-AUC drop when shuffled",
         "feature",
     ),
+    "psi": (
+        lambda: plots.draw_psi(["a", "b", "c"], [0.02, 0.4, 0.15], "PSI, 2013-11"),
+        "population stability index",
+        "feature",
+    ),
 }
 
 

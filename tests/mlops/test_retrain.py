@@ -1,0 +1,109 @@
+"""`mlops retrain` and `mlops schedule`: the next month in, drift, a gated challenger, a lock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from mlops.cli import app
+from mlops.locks import retrain_lock
+from pipelines.layout import DataLayout
+
+runner = CliRunner()
+SMALL = {
+    "MLOPS_MODEL__WIDTH": "16",
+    "MLOPS_MODEL__DEPTH": "1",
+    "MLOPS_FIT__EPOCHS": "1",
+    "MLOPS_FIT__BATCH_SIZE": "4096",
+}
+
+
+@pytest.fixture
+def home_with_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Data through October 2013 and a champion trained on it (tested on October)."""
+    for name, value in SMALL.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("MLOPS_FEATURES__VALID_START", "2013-09")
+    monkeypatch.setenv("MLOPS_FEATURES__TEST_START", "2013-10")
+    home = tmp_path / "state"
+    for command in (
+        ["data", "ingest", "--until", "2013-10"],
+        ["data", "features"],
+        ["train"],
+        ["promote"],
+    ):
+        result = runner.invoke(app, ["--home", str(home), *command])
+        assert result.exit_code == 0, result.output
+    return home
+
+
+def _champion(home: Path):
+    client = MlflowClient(f"sqlite:///{(home / 'mlflow.db').resolve()}")
+    return client, client.get_model_version_by_alias("flight-delay", "champion")
+
+
+def test_retrain_takes_the_next_month_reports_drift_and_runs_the_gate(
+    home_with_champion: Path,
+) -> None:
+    home = home_with_champion
+    result = runner.invoke(app, ["--home", str(home), "retrain"])
+    assert result.exit_code == 0, result.output
+    assert "retrain of 2013-11" in result.output
+    assert DataLayout(home).months("flights")[-1] == "2013-11"
+    client, _ = _champion(home)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("flight-delay").experiment_id],
+        "tags.retrain_month = '2013-11'",
+    )
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.tags["gate_decision"] in {"promoted", "rejected"}
+    assert "gate_challenger_auc" in run.data.metrics
+    psi = {k: v for k, v in run.data.metrics.items() if k.startswith("psi.")}
+    assert len(psi) == 39 and all(v >= 0 for v in psi.values())
+    assert psi["psi.month"] > 1  # November is a month training never saw
+    drift = {a.path for a in client.list_artifacts(run.info.run_id, "drift")}
+    assert drift == {"drift/psi.json", "drift/psi.png"}
+    test_months = pd.read_parquet(DataLayout(home).split("test"))["scheduled_departure"]
+    assert set(test_months.dt.strftime("%Y-%m")) == {"2013-11"}
+
+
+def test_a_failed_retrain_leaves_the_champion_and_the_data(
+    home_with_champion: Path, tmp_path: Path
+) -> None:
+    home = home_with_champion
+    _, before = _champion(home)
+    bad = tmp_path / "flights.csv"
+    bad.write_text("year,month,day\n2013,11,1\n")
+    result = runner.invoke(app, ["--home", str(home), "retrain", "--flights", str(bad)])
+    assert result.exit_code == 3, result.output
+    assert "flights.csv" in result.output
+    _, after = _champion(home)
+    assert after.version == before.version
+    assert DataLayout(home).months("flights")[-1] == "2013-10"
+
+
+def test_a_second_scheduler_skips_while_one_retrains(tmp_path: Path) -> None:
+    with retrain_lock("", tmp_path) as first:
+        assert first
+        with retrain_lock("", tmp_path) as second:
+            assert not second
+        result = runner.invoke(app, ["--home", str(tmp_path), "schedule", "--once"])
+        assert result.exit_code == 0, result.output
+        assert "tick: skipped" in result.output
+    with retrain_lock("", tmp_path) as again:
+        assert again
+
+
+def test_the_advisory_lock_is_held_by_one_session_at_a_time(postgres_database) -> None:
+    url = postgres_database("lock")
+    with retrain_lock(url, Path("/nonexistent")) as first:
+        assert first
+        with retrain_lock(url, Path("/nonexistent")) as second:
+            assert not second
+    with retrain_lock(url, Path("/nonexistent")) as again:
+        assert again
