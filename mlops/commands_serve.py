@@ -10,52 +10,12 @@ import typer
 
 from mlops.cli import app, console, fail
 from mlops.flows import cluster_of, progress_bar, tracking_of
+from mlops.serve_app import source_of
 from mlops.settings import Settings
 from pipelines.errors import PipelineError
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
-
     from serving.bundle import Bundle
-    from serving.config import ServeConfig
-    from serving.manager import Source
-
-
-def serve_config_of(settings: Settings, workers: int = 1) -> ServeConfig:
-    from serving.config import ServeConfig
-
-    serve = settings.serve
-    return ServeConfig(
-        max_batch=serve.max_batch,
-        max_wait_ms=serve.max_wait_ms,
-        max_request_rows=serve.max_request_rows,
-        max_body_bytes=serve.max_body_bytes,
-        threads=max(1, (os.cpu_count() or 1) // workers),  # workers x threads = the cores
-        poll_interval_s=serve.poll_interval_s,
-        admin_token=serve.admin_token.get_secret_value(),
-        drift_window_rows=serve.drift_window_rows,
-    )
-
-
-def source_of(settings: Settings) -> Source:
-    from serving.manager import FolderSource, RegistrySource
-
-    if settings.serve.model_dir is not None:
-        return FolderSource(settings.serve.model_dir)
-    return RegistrySource(
-        settings.gate.model_name,
-        settings.gate.alias,
-        tracking_of(settings).resolved_uri,
-        settings.home / "serving" / "models",
-    )
-
-
-def app_from_settings() -> FastAPI:
-    """The app factory uvicorn's workers call (`mlops serve` passes settings by environment)."""
-    from serving.app import create_app
-
-    settings = Settings()
-    return create_app(serve_config_of(settings, settings.serve.workers), source_of(settings))
 
 
 @app.command("serve")
@@ -89,7 +49,7 @@ def serve_command(
         f"http://{host or serve.host}:{port or serve.port} (docs at /docs)"
     )
     uvicorn.run(
-        "mlops.commands_serve:app_from_settings",
+        "mlops.serve_app:create",
         factory=True,
         host=host or serve.host,
         port=port or serve.port,

@@ -33,7 +33,7 @@ def cluster_of(settings: Settings) -> ClusterConfig:
 def tracking_of(settings: Settings) -> TrackingConfig:
     from training.tracking import TrackingConfig
 
-    return TrackingConfig(settings.home, settings.mlflow_tracking_uri, settings.experiment)
+    return TrackingConfig(settings.home, settings.tracking_uri, settings.experiment)
 
 
 def require_features(layout: DataLayout) -> None:

@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         "", description="postgresql://... for an advisory lock; empty: a file lock in home"
     )
 
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow's store: the configured URI, else the SQLite file under home."""
+        return self.mlflow_tracking_uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
     @field_validator("dask_scheduler")
     @classmethod
     def _scheduler_address(cls, value: str) -> str:
