@@ -18,7 +18,7 @@ PathOption = Annotated[
 ]
 
 
-def _month(value: str | None) -> str | None:
+def month_option(value: str | None) -> str | None:
     if value is not None and (
         len(value) != 7 or value[4] != "-" or not value.replace("-", "").isdigit()
     ):
@@ -35,10 +35,10 @@ def ingest_command(
     airports: PathOption = None,
     airlines: PathOption = None,
     since: Annotated[
-        str | None, typer.Option(help="first month to take in, YYYY-MM", callback=_month)
+        str | None, typer.Option(help="first month to take in, YYYY-MM", callback=month_option)
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="last month to take in, YYYY-MM", callback=_month)
+        str | None, typer.Option(help="last month to take in, YYYY-MM", callback=month_option)
     ] = None,
 ) -> None:
     """Validate the sources into bronze Parquet by month; rejected rows go to quarantine."""

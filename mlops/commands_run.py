@@ -16,6 +16,16 @@ from pipelines.errors import PipelineError
 from pipelines.ingest import MonthWindow
 
 
+def _has_champion(settings: Settings) -> bool:
+    from mlflow import MlflowClient
+
+    from mlops.commands_promote import gate_of
+    from training.registry import champion_of
+
+    client = MlflowClient(tracking_of(settings).resolved_uri)
+    return champion_of(client, gate_of(settings)) is not None
+
+
 @app.command("run")
 def run_command(
     ctx: typer.Context,
