@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from mlops.cli import app, console, fail
+from mlops.commands_data import month_option
 from mlops.commands_promote import run_promotion
 from mlops.commands_train import fit_config_of, print_metrics, run_training
 from mlops.commands_tune import run_tuning, tune_config
@@ -14,6 +15,7 @@ from mlops.flows import run_features, run_ingest, tracking_of
 from mlops.settings import Settings
 from pipelines.errors import PipelineError
 from pipelines.ingest import MonthWindow
+from pipelines.splits import latest_plan
 
 
 def _has_champion(settings: Settings) -> bool:
@@ -34,14 +36,28 @@ def run_command(
     epochs: Annotated[
         int | None, typer.Option(min=1, help="the most epochs of the final fit")
     ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="take in data up to this month (YYYY-MM); test on it, validate on the one before",
+            callback=month_option,
+        ),
+    ] = None,
+    skip_if_champion: Annotated[
+        bool, typer.Option(help="do nothing when the registry already has a champion")
+    ] = False,
 ) -> None:
     """Everything on embedded defaults: data, tune, train the best, export, register, promote."""
     from training.tune import best_configs
 
     settings: Settings = ctx.obj
+    if skip_if_champion and _has_champion(settings):
+        gate = settings.gate
+        console.print(f"{gate.model_name} already has a {gate.alias}: nothing to do")
+        return
     try:
-        run_ingest(settings, console, {}, MonthWindow())
-        report = run_features(settings, console)
+        run_ingest(settings, console, {}, MonthWindow(until=until))
+        report = run_features(settings, console, latest_plan(until) if until else None)
         tuned = run_tuning(settings, tune_config(settings, trials=trials, epochs=tune_epochs))
         model_config, fit_config = best_configs(
             tuned.best_params, fit_config_of(settings, epochs=epochs)

@@ -78,6 +78,9 @@ def test_run_goes_from_raw_data_to_a_champion_and_the_gate_guards_it(
     assert evaluated.exit_code == 0, evaluated.output
     assert "champion v1: ROC-AUC" in evaluated.output
 
+    again = runner.invoke(app, ["run", "--skip-if-champion"])  # what the stack's trainer does
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
     guarded = runner.invoke(app, ["promote", "--min-auc-gain", "0.5"])
     assert guarded.exit_code == 0, guarded.output
     assert "kept the champion" in guarded.output and "version 2" in guarded.output
