@@ -11,7 +11,8 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")  # no display: files only
+if "inline" not in matplotlib.get_backend():  # a notebook keeps its inline backend
+    matplotlib.use("Agg")  # elsewhere no display: files only
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
@@ -96,4 +97,22 @@ def draw_psi(names: Sequence[str], values: Sequence[float], title: str, top: int
     axes.set_xlabel("population stability index")
     axes.set_ylabel("feature")
     axes.set_title(title)
+    return figure
+
+
+def draw_delay_rate(
+    groups: Sequence[object], rates: Sequence[float], flights: Sequence[int], by: str
+) -> Figure:
+    """The share of flights arriving more than 15 minutes late, per group, with its volume."""
+    figure, axes = plt.subplots(figsize=(6, 3.5))
+    positions = np.arange(len(groups))
+    axes.bar(positions, rates, color="tab:blue")
+    axes.set_xticks(positions, [str(g) for g in groups], rotation=90 if len(groups) > 12 else 0)
+    axes.set_xlabel(by)
+    axes.set_ylabel("delayed share")
+    axes.set_title(f"Arrival delay > 15 min by {by}")
+    volume = axes.twinx()
+    volume.plot(positions, flights, color="tab:orange", marker=".", label="flights")
+    volume.set_ylabel("flights")
+    volume.legend(loc="upper left")
     return figure

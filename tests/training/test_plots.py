@@ -34,6 +34,11 @@ CASES = {
         "ROC-AUC drop when shuffled",
         "feature",
     ),
+    "delay_rate": (
+        lambda: plots.draw_delay_rate([5, 6, 7], [0.1, 0.3, 0.2], [100, 300, 200], "hour"),
+        "hour",
+        "delayed share",
+    ),
     "psi": (
         lambda: plots.draw_psi(["a", "b", "c"], [0.02, 0.4, 0.15], "PSI, 2013-11"),
         "population stability index",
