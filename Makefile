@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # 2.13.0 is what CI runs: a CPU wheel on this project's machines, found on local disk.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test lint format bench clean
+.PHONY: run test lint format bench figures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP)  ## the benchmarks (tens of minutes; writes benchmarks/results/)
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/serving.py
+
+figures: $(STAMP)  ## regenerate the README's pictures in docs/ from a real run
+	$(BIN)/python docs/make_figures.py
 
 clean:
 	rm -rf $(VENV) .mlops .pytest_cache
