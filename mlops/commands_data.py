@@ -18,6 +18,11 @@ PathOption = Annotated[
 ]
 
 
+def given_sources(**paths: Path | None) -> dict[str, Path]:
+    """The source options a user gave (`--flights PATH` ...), by table."""
+    return {table: path for table, path in paths.items() if path}
+
+
 def month_option(value: str | None) -> str | None:
     if value is not None and (
         len(value) != 7 or value[4] != "-" or not value.replace("-", "").isdigit()
@@ -44,13 +49,11 @@ def ingest_command(
     """Validate the sources into bronze Parquet by month; rejected rows go to quarantine."""
     from pipelines.ingest import MonthWindow
 
-    settings: Settings = ctx.obj
-    sources = {"flights": flights, "weather": weather, "planes": planes, "airports": airports}
-    sources["airlines"] = airlines
+    sources = given_sources(
+        flights=flights, weather=weather, planes=planes, airports=airports, airlines=airlines
+    )
     try:
-        run_ingest(
-            settings, console, {k: v for k, v in sources.items() if v}, MonthWindow(since, until)
-        )
+        run_ingest(ctx.obj, console, sources, MonthWindow(since, until))
     except PipelineError as error:
         raise fail(error) from error
 

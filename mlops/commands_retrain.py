@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from mlops.cli import app, console, fail
-from mlops.commands_data import PathOption
+from mlops.commands_data import PathOption, given_sources
 from mlops.settings import Settings
 from pipelines.errors import PipelineError
 
@@ -27,10 +27,11 @@ def retrain_command(
     """Take in the next month, report drift, train a challenger, promote it only if better."""
     from mlops.retrain import retrain
 
-    sources = {"flights": flights, "weather": weather, "planes": planes, "airports": airports}
-    sources["airlines"] = airlines
+    sources = given_sources(
+        flights=flights, weather=weather, planes=planes, airports=airports, airlines=airlines
+    )
     try:
-        report = retrain(ctx.obj, console, {k: v for k, v in sources.items() if v})
+        report = retrain(ctx.obj, console, sources)
     except PipelineError as error:
         raise fail(error) from error
     if report.month is not None:

@@ -16,7 +16,6 @@ the model was logged before a server may use it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import uuid
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+
+from pipelines.spec import sha256_of
 
 ONNX_FILE = "model.onnx"
 CONTRACT = "contract"
@@ -63,14 +64,6 @@ class Bundle:
         return float(self.metadata["decision_threshold"])
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_bundle(folder: Path, name: str | None = None, version: str | None = None) -> Bundle:
     """The bundle in `folder`, its name and version from bundle.json unless given."""
     mlmodel = folder / "MLmodel"
@@ -108,7 +101,7 @@ def verify(bundle: Bundle) -> None:
     for path, digest in expected.items():
         if not path.is_file():
             raise ModelRejectedError(f"{bundle.name} v{bundle.version}: {path.name} is missing")
-        actual = sha256_file(path)
+        actual = sha256_of(path)
         if actual != digest:
             raise ModelRejectedError(
                 f"{bundle.name} v{bundle.version}: sha256 of {path.relative_to(bundle.folder)} "

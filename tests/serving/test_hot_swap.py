@@ -16,8 +16,9 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
+from pipelines.spec import sha256_of
 from serving.app import create_app
-from serving.bundle import Bundle, sha256_file
+from serving.bundle import Bundle
 from serving.config import ServeConfig
 from serving.manager import FolderSource, RegistrySource
 
@@ -115,7 +116,7 @@ def test_corrupt_versions_are_refused_and_the_old_one_keeps_serving(
         mlmodel = served_folder / "MLmodel"
         recorded = mlmodel.read_text()
         digest = recorded.split("onnx_sha256: ")[1].split()[0]
-        mlmodel.write_text(recorded.replace(digest, sha256_file(onnx)))
+        mlmodel.write_text(recorded.replace(digest, sha256_of(onnx)))
         refused = client.post("/admin/reload", headers=TOKEN)
         assert refused.status_code == 409
         assert "not a valid ONNX model" in refused.json()["detail"]

@@ -21,6 +21,13 @@ from serving.manager import FolderSource
 from .conftest import Champion, as_requests
 
 
+def _mlops_predict(champion: Champion, source: Path, output: Path, model: Bundle):
+    """`mlops predict` as a user runs it, on a local model folder."""
+    command = ["--home", str(champion.home), "predict", "--input", str(source)]
+    command += ["--output", str(output), "--model-dir", str(model.folder)]
+    return CliRunner().invoke(cli, command)
+
+
 def test_predict_equals_batch_scoring_on_every_test_month_flight(
     champion: Champion, model_folder: Bundle, tmp_path: Path
 ) -> None:
@@ -37,20 +44,7 @@ def test_predict_equals_batch_scoring_on_every_test_month_flight(
     for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         flights.iloc[start:end].to_parquet(source / f"part-{i}.parquet")
 
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--home",
-            str(champion.home),
-            "predict",
-            "--input",
-            str(source),
-            "--output",
-            str(tmp_path / "scored"),
-            "--model-dir",
-            str(model_folder.folder),
-        ],
-    )
+    result = _mlops_predict(champion, source, tmp_path / "scored", model_folder)
     assert result.exit_code == 0, result.output
     offline = read_parquet_folder(tmp_path / "scored").sort_values("row_id")
     assert len(offline) == len(flights)  # every flight of the test months
@@ -83,20 +77,7 @@ def test_batch_scoring_quarantines_bad_rows_with_their_reason(
         }
     )
     rows.to_csv(tmp_path / "flights.csv", index=False)
-    result = CliRunner().invoke(
-        cli,
-        [
-            "--home",
-            str(champion.home),
-            "predict",
-            "--input",
-            str(tmp_path / "flights.csv"),
-            "--output",
-            str(tmp_path / "scored"),
-            "--model-dir",
-            str(model_folder.folder),
-        ],
-    )
+    result = _mlops_predict(champion, tmp_path / "flights.csv", tmp_path / "scored", model_folder)
     assert result.exit_code == 0, result.output
     assert "1 flights scored, 2 rejected" in result.output.replace("\n", " ")
     rejected = read_parquet_folder(tmp_path / "scored" / "rejected")
