@@ -65,6 +65,13 @@ def _stamps(codes: np.ndarray, minutes: np.ndarray) -> np.ndarray:
     return (codes.astype("int64") << KEY_SHIFT) + minutes.astype("int64")
 
 
+def _with_missing_row(values: np.ndarray) -> np.ndarray:
+    """`values` and one more row of missing values (NaN, or None for objects) at the end."""
+    missing = None if values.dtype == object else np.nan
+    extra = np.full((1, *values.shape[1:]), missing, dtype=values.dtype)
+    return np.concatenate([values, extra])
+
+
 @dataclass(frozen=True)
 class WindowIndex:
     """Values of events by key, sorted by the time each became observable."""
@@ -86,10 +93,19 @@ class WindowIndex:
         self, keys: np.ndarray, start: np.ndarray, end: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """Count and sum of the values observed in [start, end) per key."""
-        code = self.codes.encode(keys)
+        count, total = self.windows(keys, start[:, None], end[:, None])
+        return count[:, 0], total[:, 0]
+
+    def windows(
+        self, keys: np.ndarray, start: np.ndarray, end: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`window` for several windows per key at once: `start` and `end` are [rows, windows]
+        and so are the counts and sums; one binary search for all of their edges."""
+        code = self.codes.encode(keys)[:, None]
         known = code >= 0
-        lo = np.searchsorted(self.stamps, _stamps(code, start), side="left")
-        hi = np.searchsorted(self.stamps, _stamps(code, end), side="left")
+        edges = np.concatenate([start, end], axis=1)
+        found = np.searchsorted(self.stamps, _stamps(code, edges), side="left")
+        lo, hi = found[:, : start.shape[1]], found[:, start.shape[1] :]
         count = np.where(known, hi - lo, 0)
         total = np.where(known, self.cumsum[hi] - self.cumsum[lo], 0.0)
         return count.astype("float64"), total
@@ -101,7 +117,7 @@ class PreviousIndex:
 
     codes: Codebook
     stamps: np.ndarray
-    values: np.ndarray  # float64 [rows, 3]: scheduled, departed_at, dep_delay
+    values: np.ndarray  # float64 [rows + 1, 3]: scheduled, departed_at, dep_delay; NaN last
 
     @classmethod
     def build(
@@ -114,21 +130,21 @@ class PreviousIndex:
         tiebreak = np.nan_to_num(departed_at[keep], nan=np.inf)
         order = np.lexsort((np.nan_to_num(delay[keep], nan=np.inf), tiebreak, stamps))
         values = np.column_stack([scheduled[keep], departed_at[keep], delay[keep]])
-        return cls(codes, stamps[order], values[order])
+        return cls(codes, stamps[order], _with_missing_row(values[order]))
 
     def previous(
         self, keys: np.ndarray, before: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Scheduled time, departure time and delay of the last event with the same key
         scheduled strictly before `before`; NaN where there is none."""
-        out = np.full((len(keys), 3), np.nan)
         if not len(self.stamps):
+            out = np.full((len(keys), 3), np.nan)
             return out[:, 0], out[:, 1], out[:, 2]
         code = self.codes.encode(keys)
         pos = np.searchsorted(self.stamps, _stamps(code, before), side="left") - 1
-        safe = np.clip(pos, 0, None)
+        safe = np.maximum(pos, 0)
         found = (code >= 0) & (pos >= 0) & ((self.stamps[safe] >> KEY_SHIFT) == code)
-        out[found] = self.values[safe[found]]
+        out = self.values[np.where(found, safe, -1)]  # -1: the row of NaNs
         return out[:, 0], out[:, 1], out[:, 2]
 
 
@@ -137,7 +153,8 @@ class KeyedRows:
     """Rows of a dimension table addressed by one key column (a plane, an airport).
 
     The columns are turned into arrays once, when the lookups are built: float64 for numbers,
-    objects (None for missing) for text, so a request only gathers rows.
+    objects (None for missing) for text, each with a last row of missing values that unknown
+    keys (code -1) land on, so a request only gathers rows.
     """
 
     codes: Codebook
@@ -153,20 +170,13 @@ class KeyedRows:
             else:
                 values = series.astype(object).to_numpy()
                 columns[name] = np.where(pd.notna(values), values, None).astype(object)
+        columns = {name: _with_missing_row(values) for name, values in columns.items()}
         return cls(Codebook(frame[key].to_numpy(object)), columns)
 
     def take(self, keys: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
         """Each named column's value per key: NaN (numbers) or None (text) for unknown keys."""
-        row = self.codes.encode(keys)
-        found = row >= 0
-        out = {}
-        for name in names:
-            values = self.columns[name]
-            missing = np.nan if values.dtype.kind == "f" else None
-            column = np.full(len(row), missing, dtype=values.dtype)
-            column[found] = values[row[found]]
-            out[name] = column
-        return out
+        row = self.codes.encode(keys)  # -1, the missing row, for unknown keys
+        return {name: self.columns[name][row] for name in names}
 
 
 @dataclass(frozen=True)
@@ -175,7 +185,7 @@ class KeyedTimeTable:
 
     codes: Codebook
     stamps: np.ndarray
-    values: np.ndarray  # float64 [rows, columns]
+    values: np.ndarray  # float64 [rows + 1, columns]; the last row is NaN
     columns: list[str]
 
     @classmethod
@@ -188,20 +198,18 @@ class KeyedTimeTable:
         # Ties broken by the values so that any subset holding the same rows sorts the same.
         ties = [np.nan_to_num(values[:, j], nan=np.inf) for j in range(values.shape[1])]
         order = np.lexsort([*ties[::-1], stamps])
-        return cls(codes, stamps[order], values[order], list(columns))
+        return cls(codes, stamps[order], _with_missing_row(values[order]), list(columns))
 
     def at(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
         """The row of each (key, time), NaN where there is none."""
+        if not len(self.stamps):
+            return np.full((len(keys), len(self.columns)), np.nan)
         code = self.codes.encode(keys)
         query = _stamps(code, times)
         pos = np.searchsorted(self.stamps, query)
-        safe = np.clip(pos, 0, max(len(self.stamps) - 1, 0))
-        hit = (code >= 0) & (pos < len(self.stamps))
-        if len(self.stamps):
-            hit &= self.stamps[safe] == query
-        out = np.full((len(keys), len(self.columns)), np.nan)
-        out[hit] = self.values[safe[hit]]
-        return out
+        safe = np.minimum(pos, len(self.stamps) - 1)
+        hit = (code >= 0) & (self.stamps[safe] == query)
+        return self.values[np.where(hit, safe, -1)]  # -1: the row of NaNs
 
 
 @functools.cache

@@ -82,6 +82,14 @@ class FeatureSpec(BaseModel):
     splits: dict[str, SplitSummary]
     lookups: dict[str, LookupFile] = {}
     created_at: datetime
+    _defaults: np.ndarray | None = PrivateAttr(default=None)
+
+    @property
+    def defaults(self) -> np.ndarray:
+        """The numerical features' defaults (training medians), in spec order."""
+        if self._defaults is None:
+            self._defaults = np.array([f.default for f in self.numerical], dtype="float64")
+        return self._defaults
 
     def save(self, path: Path) -> None:
         write_bytes_atomic(self.model_dump_json(indent=2).encode(), path)
@@ -206,10 +214,8 @@ def encode(features: pd.DataFrame | Mapping[str, np.ndarray], spec: FeatureSpec)
     codes = np.zeros((rows, len(spec.categorical)), dtype="int64")
     for j, feature in enumerate(spec.categorical):
         codes[:, j] = feature.encode(np.asarray(features[feature.name], dtype=object))
-    values = np.empty((rows, len(spec.numerical)), dtype="float64")
-    for j, feature in enumerate(spec.numerical):
-        values[:, j] = np.asarray(features[feature.name], dtype="float64")
+    columns = [np.asarray(features[f.name], dtype="float64") for f in spec.numerical]
+    values = np.stack(columns, axis=1) if columns else np.empty((rows, 0))
     missing = np.isnan(values)
-    defaults = np.array([f.default for f in spec.numerical])
-    values = np.where(missing, defaults, values).astype("float32")
+    values = np.where(missing, spec.defaults, values).astype("float32")
     return Encoded(codes, values, missing)

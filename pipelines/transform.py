@@ -46,6 +46,13 @@ LOOKBACK_H = 72
 LOOKAHEAD_H = 3
 
 
+# WINDOWS grouped by the index they query, in order: (prefix, key, index, [(start, end), ...])
+WINDOW_GROUPS = [
+    (prefix, key, index, [(w[3], w[4]) for w in WINDOWS if w[2] == index])
+    for prefix, key, index in dict.fromkeys((w[0], w[1], w[2]) for w in WINDOWS)
+]
+
+
 def _window_names(prefix: str, start: float, end: float) -> tuple[str, str]:
     span = f"{end:g}_{start:g}h"
     return f"{prefix}_delay_mean_{span}", f"{prefix}_count_{span}"
@@ -77,11 +84,18 @@ FEATURES = CATEGORICAL + NUMERICAL
 Columns = Mapping[str, np.ndarray]  # raw inputs by name, one array per field
 
 
+SMALL = 512  # fewer values than this: plain Python beats pandas' per-call overhead
+
+
 def _text(columns: Columns, name: str, rows: int) -> np.ndarray:
     """Object array with None for missing (absent column, None, NaN)."""
     if name not in columns:
         return np.full(rows, None, dtype=object)
     values = np.asarray(columns[name], dtype=object)
+    if len(values) < SMALL:  # the request path: strings and None, pd.isna only for the rest
+        out = np.empty(len(values), dtype=object)
+        out[:] = [v if type(v) is str or v is None or not pd.isna(v) else None for v in values]
+        return out
     return np.where(pd.isna(values), None, values).astype(object)
 
 
@@ -138,7 +152,8 @@ def feature_arrays(columns: Columns, lookups: Lookups, rows: int) -> dict[str, n
         "dep_hour": calendar["dep_hour"],
     }
     day = t // (24 * HOUR)
-    pos = np.clip(np.searchsorted(lookups.holidays, day), 1, len(lookups.holidays) - 1)
+    pos = np.searchsorted(lookups.holidays, day)
+    pos = np.minimum(np.maximum(pos, 1), len(lookups.holidays) - 1)
     nearest = np.minimum(
         np.abs(lookups.holidays[pos] - day), np.abs(day - lookups.holidays[pos - 1])
     )
@@ -166,17 +181,20 @@ def feature_arrays(columns: Columns, lookups: Lookups, rows: int) -> dict[str, n
     own_events = lookups.own_events
     own_values = own_events.at(flight_identity(carrier, number, origin), t)
     own = dict(zip(own_events.columns, own_values.T, strict=True))
-    for prefix, key, index, start, end in WINDOWS:
-        mean_name, count_name = _window_names(prefix, start, end)
-        lo, hi = t - int(start * HOUR), t - int(end * HOUR)
-        count, total = getattr(lookups, index).window(keys[key], lo, hi)
-        at, value = (own[c] for c in OWN_EVENT[prefix.rsplit("_", 1)[1]])
+    for prefix, key, index, windows in WINDOW_GROUPS:  # one search per index for all windows
+        lo = t[:, None] - np.array([int(start * HOUR) for start, _ in windows])
+        hi = t[:, None] - np.array([int(end * HOUR) for _, end in windows])
+        count, total = getattr(lookups, index).windows(keys[key], lo, hi)
+        at, value = (own[c][:, None] for c in OWN_EVENT[prefix.rsplit("_", 1)[1]])
         mine = (at >= lo) & (at < hi) & ~np.isnan(value) & (count > 0)
         total = total - np.where(mine, value, 0.0)
         count = count - mine
         with np.errstate(invalid="ignore", divide="ignore"):
-            out[mean_name] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        out[count_name] = count
+            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        for j, (start, end) in enumerate(windows):
+            mean_name, count_name = _window_names(prefix, start, end)
+            out[mean_name] = mean[:, j]
+            out[count_name] = count[:, j]
 
     prev_sched, prev_departed_at, prev_delay = lookups.tail_schedule.previous(tail, t)
     since = t - prev_sched

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 INPUTS = ("categorical", "numerical")
 OUTPUT = "delay_probability"
 PARITY_ATOL = 1e-5
+NAME_PATTERNS = 4096  # distinct defaults_used patterns remembered per model
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Scored:
 
     probabilities: np.ndarray  # float32 [rows]
     delayed: np.ndarray  # bool [rows]
-    defaults_used: list[list[str]]  # per row, the features that fell back to a default
+    defaults_used: list[tuple[str, ...]]  # per row, the features that fell back to a default
     numerical: np.ndarray  # the encoded numerical inputs, for drift monitoring
     missing: np.ndarray  # bool, where `numerical` holds a default instead of a value
     model: LoadedModel
@@ -61,6 +62,7 @@ class LoadedModel:
         self.lookups = lookups
         self.threshold = bundle.decision_threshold
         self.numerical_names = np.array([f.name for f in spec.numerical], dtype=object)
+        self._names_by_pattern: dict[bytes, tuple[str, ...]] = {}
         self.loaded_at = datetime.now(UTC)
 
     @property
@@ -117,7 +119,7 @@ class LoadedModel:
         """The shared transform, the spec's encoding and one onnxruntime call."""
         encoded = encode(feature_arrays(columns, self.lookups, rows), self.spec)
         probabilities = self.run(encoded.categorical, encoded.numerical)
-        defaults = [list(self.numerical_names[row]) for row in encoded.defaults_used]
+        defaults = [self._default_names(row) for row in encoded.defaults_used]
         return Scored(
             probabilities,
             probabilities >= self.threshold,
@@ -126,6 +128,17 @@ class LoadedModel:
             encoded.defaults_used,
             self,
         )
+
+    def _default_names(self, row: np.ndarray) -> tuple[str, ...]:
+        """The names of the features that fell back to a default, from a cache by pattern
+        (few patterns repeat: the same weather gaps, the same empty windows)."""
+        key = row.tobytes()
+        names = self._names_by_pattern.get(key)
+        if names is None:
+            names = tuple(self.numerical_names[row])
+            if len(self._names_by_pattern) < NAME_PATTERNS:
+                self._names_by_pattern[key] = names
+        return names
 
     def _check_parity(self) -> None:
         sample = json.loads(self.bundle.parity_sample.read_text())
