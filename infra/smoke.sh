@@ -3,6 +3,8 @@
 #   up -> API ready -> /predict and V2 infer -> MLflow UI shows the run and the champion ->
 #   two schedulers tick at once (one retrains, one skips) -> the API serves the new version ->
 #   down -v leaves nothing behind. Prints the timings benchmarks/RESULTS.md records.
+# With MLFLOW_AUTH=1 (and MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_TRACKING_USERNAME/PASSWORD, as in
+# .env.example) the same run goes through MLflow's basic auth, and anonymous calls must get 401.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 API=${API:-http://127.0.0.1:${API_PORT:-8000}}
@@ -20,6 +22,13 @@ wait_for() {  # wait_for <seconds> <command...>
   done
 }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+credentials=()
+if [ -n "${MLFLOW_AUTH:-}" ]; then
+  : "${MLFLOW_TRACKING_USERNAME:?MLFLOW_AUTH=1 needs MLFLOW_TRACKING_USERNAME}"
+  : "${MLFLOW_TRACKING_PASSWORD:?MLFLOW_AUTH=1 needs MLFLOW_TRACKING_PASSWORD}"
+  credentials=(-u "$MLFLOW_TRACKING_USERNAME:$MLFLOW_TRACKING_PASSWORD")
+fi
+mlflow_api() { curl -sf "${credentials[@]}" "$@"; }
 
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 compose build --quiet
@@ -44,10 +53,15 @@ curl -sf "$API/v2/models/flight-delay/infer" -H 'Content-Type: application/json'
   | json 'd["outputs"][0]["data"]' >/dev/null || fail "V2 infer"
 say "V2 infer answers"
 
-curl -sf "$MLFLOW/" >/dev/null || fail "the MLflow UI"
-runs=$(curl -sf "$MLFLOW/api/2.0/mlflow/runs/search" -H 'Content-Type: application/json' \
+if [ -n "${MLFLOW_AUTH:-}" ]; then
+  anonymous=$(curl -s -o /dev/null -w '%{http_code}' "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1")
+  [ "$anonymous" = 401 ] || fail "MLflow answered $anonymous to an anonymous call (auth is on)"
+  say "MLflow basic auth: anonymous 401, the services' credentials accepted"
+fi
+mlflow_api "$MLFLOW/" >/dev/null || fail "the MLflow UI"
+runs=$(mlflow_api "$MLFLOW/api/2.0/mlflow/runs/search" -H 'Content-Type: application/json' \
   -d '{"experiment_ids": ["1"], "max_results": 100}' | json 'len(d.get("runs", []))')
-champion=$(curl -sf "$MLFLOW/api/2.0/mlflow/registered-models/alias?name=flight-delay&alias=champion" \
+champion=$(mlflow_api "$MLFLOW/api/2.0/mlflow/registered-models/alias?name=flight-delay&alias=champion" \
   | json 'd["model_version"]["version"]') || fail "no champion in the registry"
 [ "$runs" -ge 1 ] || fail "no training run in MLflow"
 say "MLflow UI answers: $runs runs, champion v$champion"
@@ -63,7 +77,7 @@ grep -q "tick: skipped" /tmp/smoke-tick-2.log || fail "the second scheduler did 
 grep -q "tick: promoted" /tmp/smoke-tick-1.log || fail "the retrain did not promote: $(tail -5 /tmp/smoke-tick-1.log)"
 retrained=$((SECONDS - start))
 say "retrain done after ${retrained}s; the second scheduler skipped"
-new=$(curl -sf "$MLFLOW/api/2.0/mlflow/registered-models/alias?name=flight-delay&alias=champion" \
+new=$(mlflow_api "$MLFLOW/api/2.0/mlflow/registered-models/alias?name=flight-delay&alias=champion" \
   | json 'd["model_version"]["version"]')
 wait_for 120 sh -c "curl -sf $API/model | grep -q '\"version\":\"$new\"'" || fail "the API never served v$new"
 say "the API serves v$new (was v$version)"

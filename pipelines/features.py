@@ -39,7 +39,13 @@ from pipelines.spec import (
     summarize,
 )
 from pipelines.splits import SplitPlan
-from pipelines.storage import read_parquet_folder, recover, swap_in, write_parquet_atomic
+from pipelines.storage import (
+    read_parquet_folder,
+    recover,
+    swap_in,
+    write_npz_table,
+    write_parquet_atomic,
+)
 from pipelines.transform import FEATURES, LOOKAHEAD_H, LOOKBACK_H, RAW_INPUTS, build_features
 
 logger = logging.getLogger(__name__)
@@ -88,7 +94,7 @@ def feature_table(flights: pd.DataFrame, lookups: Lookups) -> tuple[pd.DataFrame
 
 def partition_events(flights: pd.DataFrame, dims: Dims, path: Path) -> pd.DataFrame:
     events = flight_events(flights, dims.airports)
-    write_parquet_atomic(events, path)
+    write_npz_table(events, path)
     return events
 
 
@@ -113,12 +119,12 @@ def partition_features(
 
 
 def _write_dims(dims: Dims, lookups_dir: Path) -> None:
-    write_parquet_atomic(
+    write_npz_table(
         dims.weather[["origin", "time_hour", *WEATHER_COLUMNS]],
         lookups_dir / LOOKUP_FILES["weather"],
     )
-    write_parquet_atomic(dims.planes, lookups_dir / LOOKUP_FILES["planes"])
-    write_parquet_atomic(dims.airports, lookups_dir / LOOKUP_FILES["airports"])
+    write_npz_table(dims.planes, lookups_dir / LOOKUP_FILES["planes"])
+    write_npz_table(dims.airports, lookups_dir / LOOKUP_FILES["airports"])
 
 
 class _Staging:
@@ -133,10 +139,10 @@ class _Staging:
         self.events = self.lookups / LOOKUP_FILES["flight_events"]
 
     def events_path(self, partition: Partition) -> Path:
-        return self.events / f"{partition.name}.parquet"
+        return self.events / f"{partition.name}.npz"
 
     def commit(self, spec: FeatureSpec, partitions: int) -> FeatureReport:
-        files = sorted(p for p in self.lookups.rglob("*.parquet"))
+        files = sorted(p for p in self.lookups.rglob("*.npz"))
         spec.lookups = {
             str(p.relative_to(self.lookups)): LookupFile(
                 path=str(Path("lookups") / p.relative_to(self.lookups)),
@@ -255,7 +261,7 @@ def build_features_pandas(
         summaries = []
         for p in partitions:
             inside = ((when >= p.start) & (when < p.end)).to_numpy()
-            write_parquet_atomic(events[inside], staging.events_path(p))
+            write_npz_table(events[inside], staging.events_path(p))
             rows = table[(labelled_when >= p.start) & (labelled_when < p.end)].reset_index(
                 drop=True
             )

@@ -18,6 +18,7 @@ import pandas as pd
 from pandas.tseries.holiday import USFederalHolidayCalendar
 
 from pipelines.events import flight_identity, to_minutes
+from pipelines.storage import read_npz_folder, read_npz_table
 
 KEY_SHIFT = 32  # composite stamp = key code << 32 | minutes since the epoch (fits to year 10136)
 WEATHER_COLUMNS = [
@@ -280,21 +281,24 @@ class Lookups:
 
 
 LOOKUP_FILES = {
-    "weather": "weather.parquet",
-    "planes": "planes.parquet",
-    "airports": "airports.parquet",
-    "flight_events": "flight_events",
+    "weather": "weather.npz",
+    "planes": "planes.npz",
+    "airports": "airports.npz",
+    "flight_events": "flight_events",  # a folder: one .npz per time partition
 }
 
 
 def load_lookups(folder: Path) -> Lookups:
     """Build the lookups from the files `mlops data features` wrote (what serving loads)."""
-    events_dir = folder / LOOKUP_FILES["flight_events"]
-    files = sorted(events_dir.glob("*.parquet"))
-    events = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if not (folder / LOOKUP_FILES["weather"]).exists():
+        raise FileNotFoundError(
+            f"{folder}: no .npz lookup tables (a model logged before they replaced Parquet "
+            "has to be retrained, or its features rebuilt with `mlops data features`)"
+        )
+    events = read_npz_folder(folder / LOOKUP_FILES["flight_events"])
     return Lookups.build(
-        pd.read_parquet(folder / LOOKUP_FILES["weather"]),
-        pd.read_parquet(folder / LOOKUP_FILES["planes"]),
-        pd.read_parquet(folder / LOOKUP_FILES["airports"]),
+        read_npz_table(folder / LOOKUP_FILES["weather"]),
+        read_npz_table(folder / LOOKUP_FILES["planes"]),
+        read_npz_table(folder / LOOKUP_FILES["airports"]),
         events,
     )

@@ -10,8 +10,8 @@ The layout is what the registry holds for a version and what `mlops export` writ
     <folder>/bundle.json                  name, version and source (written by us)
 
 Nothing here unpickles anything: YAML is read with `safe_load`, JSON with `json`, the model
-is ONNX and the lookups are Parquet. Every file is checked against the sha256 recorded when
-the model was logged before a server may use it.
+is ONNX and the lookups are numpy `.npz` files read with `allow_pickle=False`. Every file is
+checked against the sha256 recorded when the model was logged before a server may use it.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def test_run_goes_from_raw_data_to_a_champion_and_the_gate_guards_it(
     assert (data / "feature_spec.json").exists()
     for split in ("train", "valid", "test"):
         assert any((data / "features" / split).glob("*.parquet"))
-    assert any((data / "lookups" / "flight_events").glob("*.parquet"))
+    assert any((data / "lookups" / "flight_events").glob("*.npz"))
     output = result.output.replace("\n", "")
     assert str(data) in output
     assert "flight-delay v1 (champion)" in output

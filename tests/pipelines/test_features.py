@@ -108,7 +108,7 @@ def test_statistics_come_from_the_training_months_only(built) -> None:
 def test_lookups_are_recorded_with_their_sha256_and_rebuild_the_features(built) -> None:
     layout = built["two_processes"]
     spec = FeatureSpec.load(layout.spec)
-    assert {"weather.parquet", "planes.parquet", "airports.parquet"} <= set(spec.lookups)
+    assert {"weather.npz", "planes.npz", "airports.npz"} <= set(spec.lookups)
     for entry in spec.lookups.values():
         assert sha256_of(layout.root / entry.path) == entry.sha256
     lookups = load_lookups(layout.lookups)

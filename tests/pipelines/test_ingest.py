@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet
 import pytest
 
-import pipelines.storage
 from pipelines.errors import SourceError
 from pipelines.ingest import MonthWindow, ingest
 from pipelines.layout import DataLayout
@@ -95,7 +95,7 @@ def test_an_interrupted_run_leaves_the_previous_output_intact(
     source = tmp_path / "flights.csv"
     before = _ingest_csv(layout, raw_flights, source)
 
-    real_write = pipelines.storage.pq.write_table
+    real_write = pyarrow.parquet.write_table
     calls = {"n": 0}
 
     def dies_midway(*args, **kwargs):
@@ -104,7 +104,7 @@ def test_an_interrupted_run_leaves_the_previous_output_intact(
             raise KeyboardInterrupt("power cut")
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(pipelines.storage.pq, "write_table", dies_midway)
+    monkeypatch.setattr(pyarrow.parquet, "write_table", dies_midway)
     raw_flights.iloc[:10].to_csv(source, index=False)
     with pytest.raises(KeyboardInterrupt):
         ingest(layout, {"flights": source})

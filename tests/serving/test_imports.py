@@ -1,16 +1,44 @@
-"""The serving side installs without torch, Dask or the training code: it must not import them."""
+"""The serving side installs without torch, Dask, pyarrow or the training code: it must not
+import them, and a model must load and answer with them unavailable."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
+from serving.bundle import Bundle
+
+TRAINING_SIDE = ("torch", "dask", "distributed", "training", "pandera", "optuna", "typer")
+
 
 def test_the_app_imports_neither_torch_nor_dask_nor_training() -> None:
+    # (pyarrow is imported by pandas itself where it is installed: the test below blocks it)
     code = (
         "import sys, serving.app, serving.batch, serving.manager, mlops.serve_app;"
         "print(sorted({m.split('.')[0] for m in sys.modules}"
-        " & {'torch', 'dask', 'distributed', 'training', 'pandera', 'optuna', 'typer'}))"
+        f" & {set(TRAINING_SIDE)!r}))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_model_loads_and_scores_where_pyarrow_and_torch_cannot_be_imported(
+    model_folder: Bundle,
+) -> None:
+    # A None entry in sys.modules makes `import x` raise ImportError, as if x were not installed
+    blocked = ("pyarrow", *TRAINING_SIDE)
+    code = f"""
+import sys
+for name in {blocked!r}:
+    sys.modules[name] = None
+from pathlib import Path
+from serving.bundle import read_bundle
+from serving.runtime import LoadedModel
+model = LoadedModel.load(read_bundle(Path({str(model_folder.folder)!r})))
+row = dict(carrier="UA", flight=1545, tailnum="N24211", origin="EWR", dest="IAH",
+           scheduled_departure=__import__("datetime").datetime(2013, 12, 1, 5, 15), distance=1400.0)
+print(float(model.score_rows([row]).probabilities[0]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 0.0 < float(done.stdout.strip().splitlines()[-1]) < 1.0
