@@ -1,7 +1,9 @@
 """Benchmark: the API's throughput and latency against the HTTP floor and `mlflow models serve`.
 
-One run, three servers, each a uvicorn process with one worker on this machine, and the load
-from a separate process (an asyncio + aiohttp client, keep-alive connections):
+One run, three servers, each a uvicorn process with one worker on this machine, all started
+first, then loaded one after another from a separate process (an asyncio + aiohttp client,
+keep-alive connections), in several rounds so that a machine whose speed drifts (they are
+shared) moves every server alike; figures are medians over the rounds:
 
 - *ours*: `mlops serve` on the champion (micro-batching, features from the lookup tables);
 - *floor*: a bare FastAPI endpoint on the same server settings that validates the same
@@ -261,6 +263,7 @@ def main(args: argparse.Namespace) -> None:
         "date": datetime.now(UTC).date().isoformat(),
         "cpus": os.cpu_count(),
         "seconds_per_point": args.seconds,
+        "rounds": args.rounds,
         "model": model_uri,
         "onnx": onnx_latency(folder, big_sample),
     }
@@ -297,34 +300,49 @@ def main(args: argparse.Namespace) -> None:
         ),
     }
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(home / 'mlflow.db').resolve()}"
-    for name in args.servers:
-        command, path, body, health = servers[name]
-        port = free_port()
-        if name == "ours":
-            command = [*command[:3], "--home", str(home), *command[3:]]
-            command += ["--port", str(port), "--workers", "1"]
-        elif name == "floor":
-            command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-        else:
-            command += ["--port", str(port), "--host", "127.0.0.1"]
-        server = Process(name, command, f"http://127.0.0.1:{port}{health}", env)
-        try:
-            server.wait()
-            figures = {}
-            for concurrency in args.concurrency:
-                figures[str(concurrency)] = load(
-                    f"http://127.0.0.1:{port}{path}", body, concurrency, args.seconds
-                )
-                logger.info("%s c=%d: %s", name, concurrency, figures[str(concurrency)])
+    running: dict[str, tuple[Process, str, bytes]] = {}
+    try:
+        for name in args.servers:  # all up at once; an idle server costs nothing
+            command, path, body, health = servers[name]
+            port = free_port()
             if name == "ours":
-                figures["rows_1000"] = load(
-                    f"http://127.0.0.1:{port}{path}", thousand, 4, args.seconds
+                command = [*command[:3], "--home", str(home), *command[3:]]
+                command += ["--port", str(port), "--workers", "1"]
+            elif name == "floor":
+                command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+            else:
+                command += ["--port", str(port), "--host", "127.0.0.1"]
+            server = Process(name, command, f"http://127.0.0.1:{port}{health}", env)
+            running[name] = (server, f"http://127.0.0.1:{port}{path}", body)
+        for server, _, _ in running.values():
+            server.wait()
+        rounds: dict[str, dict[str, list[dict]]] = {name: {} for name in running}
+        for concurrency in args.concurrency:
+            for turn in range(args.rounds):  # the servers back to back, round after round
+                for name, (_, url, body) in running.items():
+                    figures = load(url, body, concurrency, args.seconds)
+                    rounds[name].setdefault(str(concurrency), []).append(figures)
+                    logger.info("%s c=%d round %d: %s", name, concurrency, turn + 1, figures)
+        for name in running:
+            results[name] = {c: summarize(runs) for c, runs in rounds[name].items()}
+        if "ours" in running:
+            _, url, _ = running["ours"]
+            results["ours"]["rows_1000"] = load(url, thousand, 4, args.seconds)
+            results["ours"]["rows_1000"]["rows_per_s"] = (
+                results["ours"]["rows_1000"]["requests_per_s"] * 1000
+            )
+            logger.info("ours, 1,000 flights per request: %s", results["ours"]["rows_1000"])
+        if "ours" in running and "floor" in running:
+            results["ours_over_floor"] = {
+                c: statistics.median(
+                    o["requests_per_s"] / f["requests_per_s"]
+                    for o, f in zip(rounds["ours"][c], rounds["floor"][c], strict=True)
                 )
-                figures["rows_1000"]["rows_per_s"] = figures["rows_1000"]["requests_per_s"] * 1000
-                logger.info("ours, 1,000 flights per request: %s", figures["rows_1000"])
-        finally:
+                for c in rounds["ours"]
+            }
+    finally:
+        for server, _, _ in running.values():
             server.stop()
-        results[name] = figures
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     logger.info("wrote %s", args.out)
@@ -333,33 +351,43 @@ def main(args: argparse.Namespace) -> None:
         console.print(line, markup=False)
 
 
+def summarize(runs: list[dict]) -> dict:
+    """The median of each figure over the rounds, and every round's throughput."""
+    out = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    out["failures"] = sum(run["failures"] for run in runs)
+    out["requests_per_s_rounds"] = [run["requests_per_s"] for run in runs]
+    return out
+
+
 def markdown(results: dict) -> list[str]:
     lines = [
-        f"{results['date']}, {results['cpus']} cores, {results['seconds_per_point']} s per point, "
-        f"one uvicorn worker per server, load from a separate aiohttp process.",
+        f"{results['date']}, {results['cpus']} cores, {results['rounds']} rounds of "
+        f"{results['seconds_per_point']} s per point (the servers back to back in each round; "
+        "medians), one uvicorn worker per server, load from a separate aiohttp process.",
         "",
-        "| server | concurrency | requests/s | p50 ms | p99 ms | failures |",
-        "|---|---|---|---|---|---|",
+        "| server | concurrency | requests/s | each round | p50 ms | p99 ms | failures |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name in ("ours", "floor", "mlflow"):
         for concurrency, f in results.get(name, {}).items():
             if concurrency.isdigit():
+                each = " / ".join(f"{r:,.0f}" for r in f["requests_per_s_rounds"])
                 lines.append(
-                    f"| {name} | {concurrency} | {f['requests_per_s']:,.0f} | {f['p50_ms']:.1f} "
-                    f"| {f['p99_ms']:.1f} | {f['failures']} |"
+                    f"| {name} | {concurrency} | {f['requests_per_s']:,.0f} | {each} "
+                    f"| {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['failures']} |"
                 )
     if "ours" in results and "floor" in results:
         lines += [
             "",
-            "| concurrency | ours / floor throughput | ours / mlflow throughput "
-            "| ours / mlflow p99 |",
+            "| concurrency | ours / floor throughput (median of the rounds' ratios) "
+            "| ours / mlflow throughput | ours / mlflow p99 |",
             "|---|---|---|---|",
         ]
         for concurrency in results["ours"]:
             if not concurrency.isdigit():
                 continue
-            ours, floor = results["ours"][concurrency], results["floor"][concurrency]
-            row = f"| {concurrency} | {ours['requests_per_s'] / floor['requests_per_s']:.2f}x"
+            ours = results["ours"][concurrency]
+            row = f"| {concurrency} | {results['ours_over_floor'][concurrency]:.2f}x"
             if "mlflow" in results:
                 other = results["mlflow"][concurrency]
                 row += f" | {ours['requests_per_s'] / other['requests_per_s']:.2f}x"
@@ -387,7 +415,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, default=Path("/tmp/mlops-bench/serving"))
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serving.json")
-    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per point and round")
+    parser.add_argument("--rounds", type=int, default=3, help="servers back to back, N times")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--servers", nargs="+", default=["ours", "floor", "mlflow"])
     return parser.parse_args()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -54,8 +55,8 @@ class Codebook:
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         if len(values) < SMALL_BATCH:
-            get = self.codes.get
-            return np.fromiter((get(v, -1) for v in values), dtype="int64", count=len(values))
+            keys = values.tolist() if isinstance(values, np.ndarray) else list(values)
+            return np.array(list(map(self.codes.get, keys, repeat(-1))), dtype="int64")
         return self.index.get_indexer(pd.Index(values, dtype=object)).astype("int64")
 
     def __len__(self) -> int:

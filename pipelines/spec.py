@@ -13,11 +13,12 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, PrivateAttr
+from pydantic import BaseModel
 
 from pipelines.lookups import Codebook
 from pipelines.storage import write_bytes_atomic
@@ -32,7 +33,6 @@ class CategoricalFeature(BaseModel):
     name: str
     vocabulary: list[str]  # code i + 1 for vocabulary[i]; code 0 is out-of-vocabulary
     oov_index: int = 0
-    _codebook: Codebook | None = PrivateAttr(default=None)  # built on first use, then reused
 
     @property
     def cardinality(self) -> int:
@@ -40,9 +40,11 @@ class CategoricalFeature(BaseModel):
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         """1 + the position in the vocabulary; 0 (out of vocabulary) for anything else."""
-        if self._codebook is None:
-            self._codebook = Codebook(self.vocabulary)
-        return self._codebook.encode(values) + 1
+        return self.codebook.encode(values) + 1
+
+    @cached_property  # built on first use, then a plain attribute of the instance
+    def codebook(self) -> Codebook:
+        return Codebook(self.vocabulary)
 
 
 class NumericalFeature(BaseModel):
@@ -82,14 +84,11 @@ class FeatureSpec(BaseModel):
     splits: dict[str, SplitSummary]
     lookups: dict[str, LookupFile] = {}
     created_at: datetime
-    _defaults: np.ndarray | None = PrivateAttr(default=None)
 
-    @property
+    @cached_property
     def defaults(self) -> np.ndarray:
         """The numerical features' defaults (training medians), in spec order."""
-        if self._defaults is None:
-            self._defaults = np.array([f.default for f in self.numerical], dtype="float64")
-        return self._defaults
+        return np.array([f.default for f in self.numerical], dtype="float64")
 
     def save(self, path: Path) -> None:
         write_bytes_atomic(self.model_dump_json(indent=2).encode(), path)
