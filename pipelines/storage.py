@@ -65,13 +65,16 @@ ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)  # fixed member times: the same table gives th
 
 def write_npz_table(frame: pd.DataFrame, path: Path) -> Path:
     """A table as an `.npz` of plain arrays, atomically: numbers as float64 (NaN for missing),
-    datetimes as datetime64[ns], text as fixed-width unicode with a missing-value mask. No
-    object arrays, so `read_npz_table` never needs pickle; byte-identical for equal tables."""
+    booleans as bool, datetimes as datetime64[ns], text as fixed-width unicode with a
+    missing-value mask. No object arrays, so `read_npz_table` never needs pickle; equal
+    tables give identical bytes (the spec records their sha256)."""
     arrays: dict[str, np.ndarray] = {COLUMNS_KEY: np.array(list(frame.columns), dtype=str)}
     for name, series in frame.items():
         if pd.api.types.is_datetime64_any_dtype(series):
             arrays[name] = series.to_numpy("datetime64[ns]")
-        elif pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
+        elif pd.api.types.is_bool_dtype(series) and not series.isna().any():
+            arrays[name] = series.to_numpy(bool)
+        elif pd.api.types.is_numeric_dtype(series):
             arrays[name] = series.to_numpy("float64", na_value=np.nan)
         else:
             values = series.astype(object).to_numpy()

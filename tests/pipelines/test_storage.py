@@ -1,12 +1,21 @@
-"""Atomic writes and recovery from a crash between the two renames of a swap."""
+"""Atomic writes, recovery from a crash between the two renames of a swap, and the lookup
+tables' `.npz` format."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from pipelines.storage import StagedTable, recover, write_parquet_atomic
+from pipelines.storage import (
+    StagedTable,
+    read_npz_table,
+    recover,
+    write_npz_table,
+    write_parquet_atomic,
+)
 
 
 def test_a_crash_between_renames_is_undone_on_the_next_run(tmp_path: Path) -> None:
@@ -27,3 +36,33 @@ def test_a_staged_table_is_invisible_until_commit(tmp_path: Path) -> None:
     staged.commit()
     assert (root / "month=2013-01" / "part-00000.parquet").exists()
     assert not staged.staging.exists()
+
+
+def test_npz_tables_round_trip_without_pickle_and_byte_for_byte(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {
+            "origin": ["EWR", None, "JFK"],
+            "tailnum": pd.Series([None, None, None], dtype=object),
+            "seats": pd.array([149, pd.NA, 55], dtype="Int64"),
+            "temp": [39.0, np.nan, -1.5],
+            "time_hour": pd.to_datetime(["2013-01-01 05:00", None, "2013-12-31 23:00"]),
+            "cancelled": [True, False, True],
+        }
+    )
+    first = write_npz_table(frame, tmp_path / "a.npz")
+    time.sleep(2.1)  # zip members carry a time (2 s steps): a fixed one, or bytes would differ
+    second = write_npz_table(frame, tmp_path / "b.npz")
+    assert first.read_bytes() == second.read_bytes()
+    with np.load(first, allow_pickle=False) as archive:  # no member needs pickle
+        assert all(archive[name].dtype != object for name in archive.files)
+    back = read_npz_table(first)
+    assert list(back.columns) == list(frame.columns)
+    assert back["origin"].isna().tolist() == [False, True, False]
+    assert back["origin"][[0, 2]].tolist() == ["EWR", "JFK"]
+    assert back["tailnum"].isna().all()
+    np.testing.assert_array_equal(back["seats"].to_numpy(), [149.0, np.nan, 55.0])
+    np.testing.assert_array_equal(back["temp"].to_numpy(), frame["temp"].to_numpy())
+    np.testing.assert_array_equal(  # stored in nanoseconds, whatever the frame's unit
+        back["time_hour"].to_numpy("datetime64[ns]"), frame["time_hour"].to_numpy("datetime64[ns]")
+    )
+    assert back["cancelled"].tolist() == [True, False, True]
