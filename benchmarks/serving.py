@@ -1,9 +1,10 @@
 """Benchmark: the API's throughput and latency against the HTTP floor and `mlflow models serve`.
 
 One run, three servers, each a uvicorn process with one worker on this machine, all started
-first, then loaded one after another from a separate process (an asyncio + aiohttp client,
-keep-alive connections), in several rounds so that a machine whose speed drifts (they are
-shared) moves every server alike; figures are medians over the rounds:
+first, then loaded one after another from a separate process (wrk with one thread when it is
+installed, else an asyncio + aiohttp client; keep-alive connections), in several rounds so
+that a machine whose speed drifts (they are shared) moves every server alike; figures are
+medians over the rounds:
 
 - *ours*: `mlops serve` on the champion (micro-batching, features from the lookup tables);
 - *floor*: a bare FastAPI endpoint on the same server settings that validates the same
@@ -26,6 +27,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -178,12 +180,36 @@ async def _load(url: str, body: bytes, concurrency: int, seconds: float) -> dict
     }
 
 
-def load(url: str, body: bytes, concurrency: int, seconds: float) -> dict:
-    """Drive `url` from a separate process; returns its figures."""
-    payload = Path("/tmp/mlops-bench/body.json")
-    payload.write_bytes(body)
-    command = [sys.executable, __file__, "--loadgen", url, str(payload)]
-    command += [str(concurrency), str(seconds)]
+# wrk's report as one JSON line: the same figures as the aiohttp client's
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = [==[%s]==]
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests": %%d, "failures": %%d, "requests_per_s": %%.3f, '
+    .. '"p50_ms": %%.4f, "p99_ms": %%.4f}\\n',
+    summary.requests, e.connect + e.read + e.write + e.status + e.timeout,
+    summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+end
+"""
+
+
+def load(url: str, body: bytes, concurrency: int, seconds: float, client: str = "wrk") -> dict:
+    """Drive `url` from a separate process (wrk, one thread; or the aiohttp client)."""
+    if client == "wrk":
+        script = Path("/tmp/mlops-bench/load.lua")
+        script.write_text(WRK_SCRIPT % body.decode())
+        duration = f"-d{max(1, round(seconds))}s"
+        command = ["wrk", "-t1", f"-c{concurrency}", duration, "--timeout", "10s"]
+        command += ["-s", str(script), url]
+    else:
+        payload = Path("/tmp/mlops-bench/body.json")
+        payload.write_bytes(body)
+        command = [sys.executable, __file__, "--loadgen", url, str(payload)]
+        command += [str(concurrency), str(seconds)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -264,6 +290,7 @@ def main(args: argparse.Namespace) -> None:
         "cpus": os.cpu_count(),
         "seconds_per_point": args.seconds,
         "rounds": args.rounds,
+        "client": args.client,
         "model": model_uri,
         "onnx": onnx_latency(folder, big_sample),
     }
@@ -320,14 +347,14 @@ def main(args: argparse.Namespace) -> None:
         for concurrency in args.concurrency:
             for turn in range(args.rounds):  # the servers back to back, round after round
                 for name, (_, url, body) in running.items():
-                    figures = load(url, body, concurrency, args.seconds)
+                    figures = load(url, body, concurrency, args.seconds, args.client)
                     rounds[name].setdefault(str(concurrency), []).append(figures)
                     logger.info("%s c=%d round %d: %s", name, concurrency, turn + 1, figures)
         for name in running:
             results[name] = {c: summarize(runs) for c, runs in rounds[name].items()}
         if "ours" in running:
             _, url, _ = running["ours"]
-            results["ours"]["rows_1000"] = load(url, thousand, 4, args.seconds)
+            results["ours"]["rows_1000"] = load(url, thousand, 4, args.seconds, args.client)
             results["ours"]["rows_1000"]["rows_per_s"] = (
                 results["ours"]["rows_1000"]["requests_per_s"] * 1000
             )
@@ -363,7 +390,8 @@ def markdown(results: dict) -> list[str]:
     lines = [
         f"{results['date']}, {results['cpus']} cores, {results['rounds']} rounds of "
         f"{results['seconds_per_point']} s per point (the servers back to back in each round; "
-        "medians), one uvicorn worker per server, load from a separate aiohttp process.",
+        f"medians), one uvicorn worker per server, load from a separate process "
+        f"({results.get('client', 'aiohttp')}).",
         "",
         "| server | concurrency | requests/s | each round | p50 ms | p99 ms | failures |",
         "|---|---|---|---|---|---|---|",
@@ -419,6 +447,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="servers back to back, N times")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--servers", nargs="+", default=["ours", "floor", "mlflow"])
+    parser.add_argument(
+        "--client",
+        choices=["wrk", "aiohttp"],
+        default="wrk" if shutil.which("wrk") else "aiohttp",
+        help="the load generator: wrk (one thread, C) when installed, else an aiohttp process",
+    )
     return parser.parse_args()
 
 

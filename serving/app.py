@@ -67,14 +67,17 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse(
-                {"detail": f"body: {int(declared)} bytes; the limit is {self.max_bytes}"}, 413
-            )
-            await response(scope, receive, send)
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                response = JSONResponse(
+                    {"detail": f"body: {int(declared)} bytes; the limit is {self.max_bytes}"}, 413
+                )
+                await response(scope, receive, send)
+            else:  # HTTP/1.1 framing: the server reads no more than the declared length
+                await self.app(scope, receive, send)
             return
-        received = 0
+        received = 0  # chunked: count while streaming
 
         async def limited() -> dict:
             nonlocal received
@@ -110,11 +113,9 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, record)
         finally:
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
-            self.metrics.latency.labels(endpoint, str(status)).observe(
-                time.perf_counter() - started
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(
+                endpoint, scope["method"], status, time.perf_counter() - started
             )
 
 

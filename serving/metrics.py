@@ -82,6 +82,21 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.registry.register(_DriftCollector(self))
+        # labels() takes a lock and builds a key per call: the request path keeps the children
+        self._request_children: dict[tuple[str, str, int], tuple] = {}
+
+    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        """Count one request and its latency under its endpoint, method and status."""
+        key = (endpoint, method, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(endpoint, method, str(status)),
+                self.latency.labels(endpoint, str(status)),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def served(self, name: str, version: str) -> None:
         self.model_info.clear()

@@ -29,6 +29,10 @@ INPUTS = ("categorical", "numerical")
 OUTPUT = "delay_probability"
 PARITY_ATOL = 1e-5
 NAME_PATTERNS = 4096  # distinct defaults_used patterns remembered per model
+# Batches up to this many rows run on a single-threaded session: waking a pool costs more than
+# it saves below a few thousand rows (benchmarks/RESULTS.md), and the request path's batches
+# are scored on the event loop's thread, which must not wait on other threads.
+POOLED_ROWS = 1024
 
 
 @dataclass(frozen=True)
@@ -54,10 +58,16 @@ def providers(prefer_gpu: bool = True) -> list[str]:
 
 class LoadedModel:
     def __init__(
-        self, bundle: Bundle, session: ort.InferenceSession, spec: FeatureSpec, lookups: Lookups
+        self,
+        bundle: Bundle,
+        session: ort.InferenceSession,
+        spec: FeatureSpec,
+        lookups: Lookups,
+        single: ort.InferenceSession | None = None,
     ) -> None:
         self.bundle = bundle
-        self.session = session
+        self.session = session  # the configured threads: large batches
+        self.single = single or session  # one thread: small batches
         self.spec = spec
         self.lookups = lookups
         self.threshold = bundle.decision_threshold
@@ -78,20 +88,10 @@ class LoadedModel:
         started = time.perf_counter()
         verify(bundle)
         spec = FeatureSpec.load(bundle.spec)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        # Idle pool threads must sleep, not spin: a spinning pool takes a core from the event
-        # loop and the other workers between micro-batches.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            session = ort.InferenceSession(str(bundle.onnx), options, providers=providers())
-        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise ModelRejectedError(
-                f"{bundle.name} v{bundle.version}: not a valid ONNX model: {error}"
-            ) from error
+        session = _session(bundle, threads)
+        single = _session(bundle, 1) if threads > 1 else None
         _check_schema(session, spec, bundle)
-        model = cls(bundle, session, spec, load_lookups(bundle.lookups))
+        model = cls(bundle, session, spec, load_lookups(bundle.lookups), single)
         model._check_parity()
         model._warm_up(warmup_rows)
         logger.info(
@@ -104,7 +104,8 @@ class LoadedModel:
         return model
 
     def run(self, categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT], {"categorical": categorical, "numerical": numerical})[0]
+        session = self.single if len(categorical) <= POOLED_ROWS else self.session
+        return session.run([OUTPUT], {"categorical": categorical, "numerical": numerical})[0]
 
     def score(self, flights: pd.DataFrame) -> Scored:
         """A table of raw flights (RAW_INPUTS columns) -> probabilities."""
@@ -142,23 +143,52 @@ class LoadedModel:
 
     def _check_parity(self) -> None:
         sample = json.loads(self.bundle.parity_sample.read_text())
-        got = self.run(
-            np.asarray(sample["categorical"], dtype="int64"),
-            np.asarray(sample["numerical"], dtype="float32"),
-        )
+        feed = {
+            "categorical": np.asarray(sample["categorical"], dtype="int64"),
+            "numerical": np.asarray(sample["numerical"], dtype="float32"),
+        }
         expected = np.asarray(sample[OUTPUT], dtype="float32")
-        worst = float(np.max(np.abs(got - expected))) if len(got) else 0.0
+        worst = 0.0
+        for session in self.sessions:
+            got = session.run([OUTPUT], feed)[0]
+            if len(got):
+                worst = max(worst, float(np.max(np.abs(got - expected))))
         if not worst <= PARITY_ATOL:
             raise ModelRejectedError(
                 f"{self.name} v{self.version}: the parity sample differs from training's "
                 f"probabilities by {worst:.2e} (tolerance {PARITY_ATOL})"
             )
 
+    @property
+    def sessions(self) -> list[ort.InferenceSession]:
+        return [self.session] if self.single is self.session else [self.session, self.single]
+
     def _warm_up(self, rows: int) -> None:
-        """The first calls allocate; make them here, off the request path."""
+        """The first calls allocate; make them here, off the request path, in both sessions."""
         flights = example_flights(self.spec, rows)
-        for size in (1, rows):
+        columns = {name: flights[name].to_numpy() for name in RAW_INPUTS}
+        encoded = encode(feature_arrays(columns, self.lookups, rows), self.spec)
+        for session in self.sessions:
+            for size in (1, rows):
+                feed = {"categorical": encoded.categorical[:size]}
+                session.run([OUTPUT], feed | {"numerical": encoded.numerical[:size]})
+        for size in (1, rows):  # and the whole request path
             self.score(flights.head(size))
+
+
+def _session(bundle: Bundle, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle pool threads must sleep, not spin: a spinning pool takes a core from the event
+    # loop and the other workers between micro-batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(bundle.onnx), options, providers=providers())
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelRejectedError(
+            f"{bundle.name} v{bundle.version}: not a valid ONNX model: {error}"
+        ) from error
 
 
 def rows_to_columns(rows: list[dict]) -> dict[str, np.ndarray]:

@@ -97,6 +97,20 @@ def test_empty_oversized_huge_and_non_json_bodies_are_refused(
         "/predict", content=b"x" * 70_000, headers={"content-type": "application/json"}
     )
     assert huge.status_code == 413 and "limit" in huge.json()["detail"]
+    # without a Content-Length (chunked), the limit holds while the body streams in
+    streamed = client.post(
+        "/predict",
+        content=iter([b"x" * 40_000, b"x" * 40_000]),
+        headers={"content-type": "application/json"},
+    )
+    assert streamed.status_code == 413 and "limit" in streamed.json()["detail"]
+    body = json.dumps({"flights": flights[:2]}).encode()
+    chunked = client.post(
+        "/predict",
+        content=iter([body[:50], body[50:]]),
+        headers={"content-type": "application/json"},
+    )
+    assert chunked.status_code == 200 and len(chunked.json()["predictions"]) == 2
     broken = client.post(
         "/predict", content=b"{not json", headers={"content-type": "application/json"}
     )
