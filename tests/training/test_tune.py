@@ -119,7 +119,9 @@ def test_workers_run_the_trials_in_their_own_processes(home: Path) -> None:
     tracking = TrackingConfig(home)
     config = TuneConfig(trials=4, epochs=1, workers=2, study="workers", pruner="none")
     result = tune(DataLayout(home), tracking, config, SMALL_FIT)
-    assert result.counts["complete"] == 4
+    # the budget, plus at most one trial per other worker that was already running when the
+    # budget was reached (each worker stops after its trial: Optuna's MaxTrialsCallback)
+    assert config.trials <= result.counts["complete"] <= config.trials + config.workers - 1
     study = optuna.load_study(study_name="workers", storage=open_storage(config, home))
     workers = {t.user_attrs["worker"] for t in study.get_trials(states=FINISHED)}
     assert workers and all(not w.endswith(f":{os.getpid()}") for w in workers)
