@@ -213,8 +213,10 @@ def encode(features: pd.DataFrame | Mapping[str, np.ndarray], spec: FeatureSpec)
     codes = np.zeros((rows, len(spec.categorical)), dtype="int64")
     for j, feature in enumerate(spec.categorical):
         codes[:, j] = feature.encode(np.asarray(features[feature.name], dtype=object))
-    columns = [np.asarray(features[f.name], dtype="float64") for f in spec.numerical]
-    values = np.stack(columns, axis=1) if columns else np.empty((rows, 0))
-    missing = np.isnan(values)
-    values = np.where(missing, spec.defaults, values).astype("float32")
+    if spec.numerical:  # one [features, rows] conversion: several times faster than a stack
+        values = np.array([features[f.name] for f in spec.numerical], dtype="float64").T
+    else:
+        values = np.empty((rows, 0))
+    missing = np.ascontiguousarray(np.isnan(values))
+    values = np.ascontiguousarray(np.where(missing, spec.defaults, values), dtype="float32")
     return Encoded(codes, values, missing)

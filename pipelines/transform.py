@@ -9,6 +9,7 @@ dimension tables, and events that became observable strictly before that time.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -46,16 +47,37 @@ LOOKBACK_H = 72
 LOOKAHEAD_H = 3
 
 
-# WINDOWS grouped by the index they query, in order: (prefix, key, index, [(start, end), ...])
-WINDOW_GROUPS = [
-    (prefix, key, index, [(w[3], w[4]) for w in WINDOWS if w[2] == index])
-    for prefix, key, index in dict.fromkeys((w[0], w[1], w[2]) for w in WINDOWS)
-]
-
-
 def _window_names(prefix: str, start: float, end: float) -> tuple[str, str]:
     span = f"{end:g}_{start:g}h"
     return f"{prefix}_delay_mean_{span}", f"{prefix}_count_{span}"
+
+
+@dataclass(frozen=True)
+class WindowGroup:
+    """The windows of WINDOWS that query one index, with what each batch would recompute:
+    the window edges in minutes before t and the feature names, in order."""
+
+    prefix: str
+    key: str
+    index: str
+    own: tuple[str, str]  # the flight's own event time and value (OWN_EVENT)
+    starts: np.ndarray  # minutes before t, one per window
+    ends: np.ndarray
+    names: list[tuple[str, str]]  # (mean, count) per window
+
+
+WINDOW_GROUPS = [
+    WindowGroup(
+        prefix,
+        key,
+        index,
+        OWN_EVENT[prefix.rsplit("_", 1)[1]],
+        np.array([int(w[3] * HOUR) for w in WINDOWS if w[2] == index]),
+        np.array([int(w[4] * HOUR) for w in WINDOWS if w[2] == index]),
+        [_window_names(prefix, w[3], w[4]) for w in WINDOWS if w[2] == index],
+    )
+    for prefix, key, index in dict.fromkeys((w[0], w[1], w[2]) for w in WINDOWS)
+]
 
 
 CATEGORICAL = ["carrier", "origin", "dest"] + [f"plane_{c}" for c in PLANE_TEXT]
@@ -181,18 +203,17 @@ def feature_arrays(columns: Columns, lookups: Lookups, rows: int) -> dict[str, n
     own_events = lookups.own_events
     own_values = own_events.at(flight_identity(carrier, number, origin), t)
     own = dict(zip(own_events.columns, own_values.T, strict=True))
-    for prefix, key, index, windows in WINDOW_GROUPS:  # one search per index for all windows
-        lo = t[:, None] - np.array([int(start * HOUR) for start, _ in windows])
-        hi = t[:, None] - np.array([int(end * HOUR) for _, end in windows])
-        count, total = getattr(lookups, index).windows(keys[key], lo, hi)
-        at, value = (own[c][:, None] for c in OWN_EVENT[prefix.rsplit("_", 1)[1]])
+    for group in WINDOW_GROUPS:  # one search per index for all of its windows
+        lo = t[:, None] - group.starts
+        hi = t[:, None] - group.ends
+        count, total = getattr(lookups, group.index).windows(keys[group.key], lo, hi)
+        at, value = (own[c][:, None] for c in group.own)
         mine = (at >= lo) & (at < hi) & ~np.isnan(value) & (count > 0)
         total = total - np.where(mine, value, 0.0)
         count = count - mine
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        for j, (start, end) in enumerate(windows):
-            mean_name, count_name = _window_names(prefix, start, end)
+        # count >= 1 wherever the quotient is kept, and the sums hold no NaN
+        mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+        for j, (mean_name, count_name) in enumerate(group.names):
             out[mean_name] = mean[:, j]
             out[count_name] = count[:, j]
 
