@@ -76,4 +76,12 @@ def run_command(
         f"model {settings.gate.model_name} v{decision.version} "
         f"({'champion' if decision.promoted else 'not promoted'}), run {result.run_id}"
     )
-    console.print(f"see the runs and the registry with: mlflow ui --backend-store-uri {uri}")
+    console.print(
+        f"the MLflow UI (runs, the study, the registry): mlflow ui --backend-store-uri {uri}"
+        ", then http://127.0.0.1:5000"
+    )
+    serve = settings.serve
+    console.print(
+        f"the API on the {settings.gate.alias}: mlops serve, then "
+        f"http://{serve.host}:{serve.port}/docs (POST /predict, /invocations, /v2/...)"
+    )

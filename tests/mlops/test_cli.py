@@ -72,6 +72,7 @@ def test_run_goes_from_raw_data_to_a_champion_and_the_gate_guards_it(
     assert str(data) in output
     assert "flight-delay v1 (champion)" in output
     assert "mlflow ui --backend-store-uri sqlite:///" in output
+    assert "http://127.0.0.1:8000/docs" in output  # where the API will answer
     assert (tmp_path / "state" / "optuna.db").exists()
 
     evaluated = runner.invoke(app, ["evaluate"])
