@@ -21,7 +21,9 @@ start=$SECONDS
 say "up with --scale tuner=$TUNERS (clean state)"
 compose up -d --scale tuner=$TUNERS >/dev/null 2>&1 || fail "up"
 [ "$(compose ps -a trainer --format '{{.State}}')" = exited ] || fail "the trainer is still running"
-compose logs trainer 2>&1 | grep -q "connecting to the Dask scheduler at" \
+# read whole before grep: `grep -q` stops early and the writer's SIGPIPE fails the pipeline
+trainer_log=$(compose logs --no-color trainer 2>&1)
+grep -q "connecting to the Dask scheduler at" <<<"$trainer_log" \
   || fail "the trainer did not use the profile's Dask cluster"
 say "trainer done on the Dask cluster ($(compose ps -a trainer --format '{{.Status}}'))"
 until [ -z "$(compose ps tuner --status running -q)" ]; do
@@ -36,7 +38,8 @@ workers=$(sql "select count(distinct value_json) from trial_user_attributes wher
 say "study: $finished finished trials (budget $TUNE_TRIALS) from $workers worker processes"
 [ "$finished" -ge "$TUNE_TRIALS" ] || fail "the study has $finished finished trials"
 [ "$workers" -ge $((TUNERS + 1)) ] || fail "only $workers processes ran trials"
-curl -sf "$DASHBOARD/api/studies" | grep -q flight-delay || fail "optuna-dashboard does not show the study"
+studies=$(curl -sf "$DASHBOARD/api/studies") || fail "optuna-dashboard does not answer"
+grep -q flight-delay <<<"$studies" || fail "optuna-dashboard does not show the study"
 say "optuna-dashboard shows the study"
 curl -sf "$API/v2/health/ready" >/dev/null || fail "the API is not ready"
 say "the API serves v$(curl -sf "$API/model" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')"
