@@ -35,6 +35,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # ruff: noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,9 @@ import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.logging import RichHandler
+
+if TYPE_CHECKING:
+    from serving.runtime import LoadedModel
 
 logger = logging.getLogger("benchmarks.serving")
 console = Console(highlight=False, soft_wrap=True)
@@ -238,30 +242,21 @@ def flights_body(home: Path, rows: int) -> tuple[bytes, pd.DataFrame]:
     return json.dumps({"flights": flights}).encode(), sample
 
 
-def mlflow_body(folder: Path, sample: pd.DataFrame) -> bytes:
+def mlflow_body(model: LoadedModel, sample: pd.DataFrame) -> bytes:
     """The same flight as the MLflow server's model takes it: encoded tensors."""
-    from pipelines.lookups import load_lookups
-    from pipelines.spec import FeatureSpec, encode
-    from pipelines.transform import RAW_INPUTS, build_features
+    from serving.runtime import table_columns
 
-    spec = FeatureSpec.load(folder / "contract" / "feature_spec.json")
-    features = build_features(sample[RAW_INPUTS], load_lookups(folder / "contract" / "lookups"))
-    encoded = encode(features, spec)
+    encoded = model.encode(table_columns(sample), len(sample))
     inputs = {"categorical": encoded.categorical.tolist(), "numerical": encoded.numerical.tolist()}
     return json.dumps({"inputs": inputs}).encode()
 
 
-def onnx_latency(folder: Path, sample: pd.DataFrame) -> dict:
+def onnx_latency(model: LoadedModel, sample: pd.DataFrame) -> dict:
     """In-process onnxruntime latency (the median of 50 calls) at batch 1 and 4096."""
-    from pipelines.spec import encode
-    from pipelines.transform import RAW_INPUTS, build_features
-    from serving.bundle import read_bundle
-    from serving.runtime import LoadedModel
+    from serving.runtime import table_columns
 
-    model = LoadedModel.load(read_bundle(folder), threads=os.cpu_count() or 1)
-    rows = pd.concat([sample[RAW_INPUTS]] * (4096 // len(sample) + 1)).head(4096)
-    features = build_features(rows.reset_index(drop=True), model.lookups)
-    encoded = encode(features, model.spec)
+    rows = pd.concat([sample] * (4096 // len(sample) + 1)).head(4096).reset_index(drop=True)
+    encoded = model.encode(table_columns(rows), len(rows))
     out = {}
     for size in (1, 4096):
         times = []
@@ -272,7 +267,7 @@ def onnx_latency(folder: Path, sample: pd.DataFrame) -> dict:
         out[f"batch_{size}_ms"] = statistics.median(times) * 1000
     out["rows_per_s_at_4096"] = 4096 / (out["batch_4096_ms"] / 1000)
     started = time.perf_counter()
-    model.score(rows.head(1000).reset_index(drop=True))
+    model.score(rows.head(1000))
     out["score_1000_rows_ms"] = (time.perf_counter() - started) * 1000
     return out
 
@@ -282,6 +277,10 @@ def main(args: argparse.Namespace) -> None:
     folder, model_uri = prepare(home)
     one, sample = flights_body(home, 1)
     thousand, big_sample = flights_body(home, 1000)
+    from serving.bundle import read_bundle
+    from serving.runtime import LoadedModel
+
+    model = LoadedModel.load(read_bundle(folder), threads=os.cpu_count() or 1)
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     # `mlflow models serve` starts `uvicorn` from PATH: the one of this environment
     env = os.environ | {"MLOPS_HOME": str(home), "PYTHONPATH": str(ROOT), "PATH": path}
@@ -292,7 +291,7 @@ def main(args: argparse.Namespace) -> None:
         "rounds": args.rounds,
         "client": args.client,
         "model": model_uri,
-        "onnx": onnx_latency(folder, big_sample),
+        "onnx": onnx_latency(model, big_sample),
     }
     servers = {
         "ours": (
@@ -322,7 +321,7 @@ def main(args: argparse.Namespace) -> None:
                 "1",
             ],
             "/invocations",
-            mlflow_body(folder, sample),
+            mlflow_body(model, sample),
             "/health",
         ),
     }

@@ -66,17 +66,21 @@ class WindowGroup:
     names: list[tuple[str, str]]  # (mean, count) per window
 
 
-WINDOW_GROUPS = [
-    WindowGroup(
+def _window_group(prefix: str, key: str, index: str) -> WindowGroup:
+    windows = [(w[3], w[4]) for w in WINDOWS if w[2] == index]
+    return WindowGroup(
         prefix,
         key,
         index,
         OWN_EVENT[prefix.rsplit("_", 1)[1]],
-        np.array([int(w[3] * HOUR) for w in WINDOWS if w[2] == index]),
-        np.array([int(w[4] * HOUR) for w in WINDOWS if w[2] == index]),
-        [_window_names(prefix, w[3], w[4]) for w in WINDOWS if w[2] == index],
+        starts=np.array([int(start * HOUR) for start, _ in windows]),
+        ends=np.array([int(end * HOUR) for _, end in windows]),
+        names=[_window_names(prefix, start, end) for start, end in windows],
     )
-    for prefix, key, index in dict.fromkeys((w[0], w[1], w[2]) for w in WINDOWS)
+
+
+WINDOW_GROUPS = [
+    _window_group(*group) for group in dict.fromkeys((w[0], w[1], w[2]) for w in WINDOWS)
 ]
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,7 @@ import onnxruntime as ort
 import pandas as pd
 
 from pipelines.lookups import Lookups, load_lookups
-from pipelines.spec import FeatureSpec, encode
+from pipelines.spec import Encoded, FeatureSpec, encode
 from pipelines.transform import RAW_INPUTS, feature_arrays
 from serving.bundle import Bundle, ModelRejectedError, verify
 
@@ -105,12 +106,15 @@ class LoadedModel:
 
     def run(self, categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:
         session = self.single if len(categorical) <= POOLED_ROWS else self.session
-        return session.run([OUTPUT], {"categorical": categorical, "numerical": numerical})[0]
+        return _infer(session, categorical, numerical)
+
+    def encode(self, columns: Mapping[str, np.ndarray], rows: int) -> Encoded:
+        """Raw flight columns -> the model's inputs: the shared transform and the spec."""
+        return encode(feature_arrays(columns, self.lookups, rows), self.spec)
 
     def score(self, flights: pd.DataFrame) -> Scored:
         """A table of raw flights (RAW_INPUTS columns) -> probabilities."""
-        columns = {name: flights[name].to_numpy() for name in RAW_INPUTS if name in flights}
-        return self.score_columns(columns, len(flights))
+        return self.score_columns(table_columns(flights), len(flights))
 
     def score_rows(self, rows: list[dict]) -> Scored:
         """Validated request rows (dicts of RAW_INPUTS) -> probabilities: the request path."""
@@ -118,7 +122,7 @@ class LoadedModel:
 
     def score_columns(self, columns: dict[str, np.ndarray], rows: int) -> Scored:
         """The shared transform, the spec's encoding and one onnxruntime call."""
-        encoded = encode(feature_arrays(columns, self.lookups, rows), self.spec)
+        encoded = self.encode(columns, rows)
         probabilities = self.run(encoded.categorical, encoded.numerical)
         defaults = [self._default_names(row) for row in encoded.defaults_used]
         return Scored(
@@ -143,14 +147,12 @@ class LoadedModel:
 
     def _check_parity(self) -> None:
         sample = json.loads(self.bundle.parity_sample.read_text())
-        feed = {
-            "categorical": np.asarray(sample["categorical"], dtype="int64"),
-            "numerical": np.asarray(sample["numerical"], dtype="float32"),
-        }
+        categorical = np.asarray(sample["categorical"], dtype="int64")
+        numerical = np.asarray(sample["numerical"], dtype="float32")
         expected = np.asarray(sample[OUTPUT], dtype="float32")
         worst = 0.0
         for session in self.sessions:
-            got = session.run([OUTPUT], feed)[0]
+            got = _infer(session, categorical, numerical)
             if len(got):
                 worst = max(worst, float(np.max(np.abs(got - expected))))
         if not worst <= PARITY_ATOL:
@@ -166,14 +168,18 @@ class LoadedModel:
     def _warm_up(self, rows: int) -> None:
         """The first calls allocate; make them here, off the request path, in both sessions."""
         flights = example_flights(self.spec, rows)
-        columns = {name: flights[name].to_numpy() for name in RAW_INPUTS}
-        encoded = encode(feature_arrays(columns, self.lookups, rows), self.spec)
+        encoded = self.encode(table_columns(flights), rows)
         for session in self.sessions:
             for size in (1, rows):
-                feed = {"categorical": encoded.categorical[:size]}
-                session.run([OUTPUT], feed | {"numerical": encoded.numerical[:size]})
+                _infer(session, encoded.categorical[:size], encoded.numerical[:size])
         for size in (1, rows):  # and the whole request path
             self.score(flights.head(size))
+
+
+def _infer(
+    session: ort.InferenceSession, categorical: np.ndarray, numerical: np.ndarray
+) -> np.ndarray:
+    return session.run([OUTPUT], {"categorical": categorical, "numerical": numerical})[0]
 
 
 def _session(bundle: Bundle, threads: int) -> ort.InferenceSession:
@@ -189,6 +195,11 @@ def _session(bundle: Bundle, threads: int) -> ort.InferenceSession:
         raise ModelRejectedError(
             f"{bundle.name} v{bundle.version}: not a valid ONNX model: {error}"
         ) from error
+
+
+def table_columns(flights: pd.DataFrame) -> dict[str, np.ndarray]:
+    """A table of raw flights -> one array per raw field it has."""
+    return {name: flights[name].to_numpy() for name in RAW_INPUTS if name in flights}
 
 
 def rows_to_columns(rows: list[dict]) -> dict[str, np.ndarray]:

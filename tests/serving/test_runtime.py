@@ -6,10 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.spec import encode
-from pipelines.transform import RAW_INPUTS, feature_arrays
 from serving.bundle import Bundle
-from serving.runtime import OUTPUT, POOLED_ROWS, LoadedModel, example_flights
+from serving.runtime import OUTPUT, POOLED_ROWS, LoadedModel, example_flights, table_columns
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +25,7 @@ def test_small_batches_run_single_threaded_and_large_ones_on_the_pool(
     assert _threads(pooled.single) == 1
     assert _threads(pooled.session) == 2
     flights = example_flights(pooled.spec, POOLED_ROWS + 1)
-    columns = {name: flights[name].to_numpy() for name in RAW_INPUTS}
-    encoded = encode(feature_arrays(columns, pooled.lookups, len(flights)), pooled.spec)
+    encoded = pooled.encode(table_columns(flights), len(flights))
 
     used = []
     for name in ("single", "session"):
