@@ -60,13 +60,11 @@ CONCURRENCY = (1, 8, 32, 128)
 
 def prepare(home: Path) -> tuple[Path, str]:
     """A home with a feature table and a champion; returns (model folder, models:/ URI)."""
-    from mlflow import MlflowClient
-
     from pipelines.layout import DataLayout
     from pipelines.storage import read_parquet_folder
     from serving.bundle import download_version
     from training.registry import GateConfig, champion_of, promote
-    from training.tracking import TrackingConfig, use_tracking
+    from training.tracking import TrackingConfig, client_for
 
     layout = DataLayout(home)
     if not layout.spec.exists():
@@ -78,28 +76,19 @@ def prepare(home: Path) -> tuple[Path, str]:
         ingest(layout)
         build_features_pandas(layout, SplitPlan())
     tracking = TrackingConfig(home)
-    use_tracking(tracking)
     gate = GateConfig()
-    client = MlflowClient(tracking.resolved_uri)
+    client = client_for(tracking)
     champion = champion_of(client, gate)
     if champion is None:
-        from mlops.settings import Settings
-        from training.fit import FitConfig
-        from training.model import ModelConfig
+        from training.config import FitConfig, ModelConfig
         from training.train import train
 
-        settings = Settings(_env_file=None)
-        fit = FitConfig(**(settings.fit.model_dump() | {"epochs": 2}))
         logger.info("training a champion (2 epochs)")
-        result = train(layout, tracking, ModelConfig(**settings.model.model_dump()), fit)
-        promote(result.run_id, read_parquet_folder(layout.split("test")), gate)
+        result = train(layout, tracking, ModelConfig(), FitConfig(epochs=2))
+        promote(client, result.run_id, read_parquet_folder(layout.split("test")), gate)
         champion = champion_of(client, gate)
     bundle = download_version(
-        gate.model_name,
-        str(champion.version),
-        str(champion.run_id),
-        home / "serving" / "models",
-        tracking.resolved_uri,
+        client, gate.model_name, str(champion.version), home / "serving" / "models"
     )
     return bundle.folder, f"models:/{gate.model_name}/{champion.version}"
 

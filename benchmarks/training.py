@@ -107,8 +107,7 @@ def load_tables(home: Path, max_train_rows: int | None) -> tuple[FeatureSpec, di
 def configs(args: argparse.Namespace) -> tuple[ModelConfig, FitConfig]:
     """The Settings defaults (`MLOPS_MODEL__*`, `MLOPS_FIT__*` apply), then the options."""
     settings = Settings()
-    model = ModelConfig(**settings.model.model_dump())
-    fit_config = FitConfig(**settings.fit.model_dump())
+    model, fit_config = settings.model, settings.fit
     overrides = {
         "width": args.width,
         "depth": args.depth,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,9 +24,9 @@ from pipelines.splits import SplitPlan  # noqa: E402
 from pipelines.storage import read_parquet_folder  # noqa: E402
 from serving.drift import DriftMonitor  # noqa: E402
 from training import plots  # noqa: E402
-from training.fit import FitConfig, fit, predict_logits  # noqa: E402
+from training.fit import fit, predict_logits  # noqa: E402
 from training.metrics import roc_auc, sigmoid  # noqa: E402
-from training.model import ModelConfig, TabularNet  # noqa: E402
+from training.model import TabularNet  # noqa: E402
 from training.tensors import pick_device, to_tensors  # noqa: E402
 
 
@@ -47,12 +48,12 @@ def main(out: Path = ROOT / "docs", epochs: int = 4) -> None:
     device = pick_device()
     tables = {s: read_parquet_folder(layout.split(s)) for s in ("train", "valid", "test")}
     data = {s: to_tensors(t, spec, device) for s, t in tables.items()}
-    model = TabularNet(spec, ModelConfig(**settings.model.model_dump())).to(device)
+    model = TabularNet(spec, settings.model).to(device)
     fit(
         model,
         data["train"],
         data["valid"],
-        FitConfig(**(settings.fit.model_dump() | {"epochs": epochs})),
+        replace(settings.fit, epochs=epochs),
     )
     labels = tables["test"][LABEL].to_numpy()
     probabilities = sigmoid(predict_logits(model, data["test"]).cpu().numpy())

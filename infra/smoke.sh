@@ -9,7 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 API=${API:-http://127.0.0.1:${API_PORT:-8000}}
 MLFLOW=${MLFLOW:-http://127.0.0.1:${MLFLOW_PORT:-5000}}
-TOKEN=${MLOPS_SERVE__ADMIN_TOKEN:-change-me}
+# a fresh token per run: the API refuses placeholders such as change-me
+export MLOPS_SERVE__ADMIN_TOKEN=${MLOPS_SERVE__ADMIN_TOKEN:-$(python3 -c "import secrets; print(secrets.token_hex(16))")}
+TOKEN=$MLOPS_SERVE__ADMIN_TOKEN
 compose() { docker compose "$@"; }
 say() { printf '[smoke %4ds] %s\n' "$((SECONDS - start))" "$*"; }
 fail() { say "FAILED: $*"; compose ps; compose logs --tail 40 trainer api scheduler mlflow || true; exit 1; }

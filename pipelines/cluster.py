@@ -6,14 +6,18 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from distributed import Client, LocalCluster
+if TYPE_CHECKING:  # Dask is imported when a client is made: settings read this without it
+    from distributed import Client
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
+    """`MLOPS_DASK__N_WORKERS` and friends; the scheduler is `MLOPS_DASK_SCHEDULER`."""
+
     scheduler: str = ""  # tcp://host:8786 runs the same graph on an existing cluster
     n_workers: int = 2
     threads_per_worker: int = 1
@@ -24,6 +28,8 @@ class ClusterConfig:
 
 @contextmanager
 def dask_client(config: ClusterConfig) -> Iterator[Client]:
+    from distributed import Client, LocalCluster
+
     if config.scheduler:
         logger.info("connecting to the Dask scheduler at %s", config.scheduler)
         with Client(config.scheduler) as client:

@@ -1,12 +1,21 @@
-"""Errors the data pipeline raises; the CLI maps them to exit codes."""
+"""The designed failures of every package, under one root.
+
+Library code raises these; the edges map them (`mlops.errors`: exit codes and a one-line
+message; the app: 4xx/503 responses). Anything else that escapes is a bug and keeps its
+traceback. This module sits in `pipelines` because every other package may import it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-class PipelineError(Exception):
-    """Base class for errors the pipeline raises on purpose."""
+class MlopsError(Exception):
+    """A failure the code expects and can explain in one line."""
+
+
+class PipelineError(MlopsError):
+    """Base class for errors the data pipeline raises on purpose."""
 
 
 class SourceError(PipelineError):
@@ -21,4 +30,16 @@ class SourceError(PipelineError):
 
 
 class NoDataError(PipelineError):
-    """A stage found nothing to work on (for example, features before any ingest)."""
+    """A stage found nothing to work on: features before ingest, training before features."""
+
+
+class ModelRefusedError(MlopsError):
+    """A model that must not be registered or served: a failed check, a wrong checksum."""
+
+
+class RegistryUnavailableError(MlopsError):
+    """The MLflow tracking server or registry did not answer."""
+
+
+class ChallengerRejectedError(MlopsError):
+    """The gate kept the champion (raised only where the caller asked for a promotion)."""

@@ -21,17 +21,22 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from pipelines.errors import ModelRefusedError
 from pipelines.spec import sha256_of
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 ONNX_FILE = "model.onnx"
 CONTRACT = "contract"
 BUNDLE_FILE = "bundle.json"
 
 
-class ModelRejectedError(Exception):
+class ModelRejectedError(ModelRefusedError):
     """A model that must not be served, and why."""
 
 
@@ -113,28 +118,34 @@ def verify(bundle: Bundle) -> None:
         )
 
 
-def download_version(
-    name: str, version: str, run_id: str, cache: Path, tracking_uri: str | None
-) -> Bundle:
-    """A registered version into `cache/<name>/<version>`, whole or not at all."""
+def download_version(client: MlflowClient, name: str, version: str, cache: Path) -> Bundle:
+    """A registered version into `cache/<name>/<version>`, whole or not at all.
+
+    Everything goes through `client`, whose tracking and registry URIs the caller chose: never
+    MLflow's process-global URI (which resolved `models:/` URIs against a stray ./mlflow.db).
+    """
     import mlflow.artifacts
 
     version = str(version)
     target = cache / name / version
     if (target / BUNDLE_FILE).is_file():
         return read_bundle(target)
+    found = client.get_model_version(name, version)
     staging = cache / name / f".{version}.{uuid.uuid4().hex}"
     staging.mkdir(parents=True)
     try:
-        mlflow.artifacts.download_artifacts(
-            f"models:/{name}/{version}", dst_path=str(staging), tracking_uri=tracking_uri
+        model = mlflow.artifacts.download_artifacts(
+            artifact_uri=client.get_model_version_download_uri(name, version),
+            dst_path=str(staging / ".download"),
+            tracking_uri=client.tracking_uri,
         )
-        mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=CONTRACT, dst_path=str(staging), tracking_uri=tracking_uri
-        )
+        for item in Path(model).iterdir():  # the model's files at the bundle's root
+            item.rename(staging / item.name)
+        shutil.rmtree(staging / ".download")
+        client.download_artifacts(str(found.run_id), CONTRACT, str(staging))
         source = f"models:/{name}/{version}"
         (staging / BUNDLE_FILE).write_text(
-            json.dumps({"name": name, "version": version, "source": source, "run_id": run_id})
+            json.dumps({"name": name, "version": version, "source": source, "run_id": found.run_id})
         )
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)

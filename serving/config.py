@@ -1,17 +1,37 @@
-"""What the app factory needs, built at the edge (`mlops serve`) from the settings."""
+"""What the server needs, built at the edge (`mlops serve`, the app factory) from settings.
+
+`mlops.settings.Settings.serve` is this dataclass: `MLOPS_SERVE__MAX_BATCH=64` fills it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field
+
+PositiveInt = Annotated[int, Field(ge=1)]
+# an empty MLOPS_SERVE__MODEL_DIR means the registry, as an unset one does
+OptionalFolder = Annotated[Path | None, BeforeValidator(lambda v: None if v == "" else v)]
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    max_batch: int = 256  # rows per onnxruntime call when requests are gathered
-    max_wait_ms: float = 0.0  # extra wait for company; under load batches form anyway
-    max_request_rows: int = 10_000  # flights per request
-    max_body_bytes: int = 8 * 1024 * 1024  # larger bodies get 413
-    threads: int = 1  # onnxruntime intra-op threads of this worker
-    poll_interval_s: float = 30.0  # 0: never poll the source, reload on request only
-    admin_token: str = ""  # empty: admin endpoints are disabled
-    drift_window_rows: int = 10_000
+    host: str = "127.0.0.1"  # published beyond this machine only when the user opts in
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    workers: PositiveInt = 1  # uvicorn worker processes
+    model_dir: OptionalFolder = None  # a local model folder instead of the registry's champion
+    max_batch: PositiveInt = 256  # rows per onnxruntime call when requests are gathered
+    max_wait_ms: Annotated[float, Field(ge=0)] = 0.0  # extra wait for company
+    max_request_rows: PositiveInt = 10_000  # flights per request
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024  # larger bodies get 413
+    threads: Annotated[int, Field(ge=0)] = 0  # onnxruntime threads a worker; 0: cores / workers
+    poll_interval_s: Annotated[float, Field(ge=0)] = 30.0  # 0: reload on /admin/reload only
+    admin_token: str = field(default="", repr=False)  # empty: admin endpoints are disabled
+    drift_window_rows: Annotated[int, Field(ge=100)] = 10_000
+
+    def __post_init__(self) -> None:
+        if self.threads == 0:  # workers x threads = the cores
+            object.__setattr__(self, "threads", max(1, (os.cpu_count() or 1) // self.workers))

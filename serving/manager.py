@@ -14,13 +14,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from serving.batcher import ModelSlot
 from serving.bundle import Bundle, ModelRejectedError, download_version, read_bundle
 from serving.drift import DriftMonitor
 from serving.metrics import ServingMetrics
 from serving.runtime import LoadedModel
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +39,11 @@ class ReloadResult:
 
 @dataclass(frozen=True)
 class RegistrySource:
-    """`models:/<name>@<alias>` in the MLflow registry at `tracking_uri`."""
+    """`models:/<name>@<alias>` in the MLflow registry `client` is bound to."""
 
     name: str
     alias: str
-    tracking_uri: str
+    client: MlflowClient
     cache: Path
 
     def describe(self) -> str:
@@ -48,19 +51,17 @@ class RegistrySource:
 
     def latest(self) -> tuple[str, str] | None:
         """(version, run id) the alias points at, or None when it points nowhere yet."""
-        from mlflow import MlflowClient
         from mlflow.exceptions import MlflowException
 
         try:
-            found = MlflowClient(self.tracking_uri).get_model_version_by_alias(
-                self.name, self.alias
-            )
+            found = self.client.get_model_version_by_alias(self.name, self.alias)
         except MlflowException:
             return None
         return str(found.version), str(found.run_id)
 
     def fetch(self, version: str, run_id: str) -> Bundle:
-        return download_version(self.name, version, run_id, self.cache, self.tracking_uri)
+        del run_id  # the version knows its run
+        return download_version(self.client, self.name, version, self.cache)
 
 
 @dataclass(frozen=True)

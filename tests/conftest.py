@@ -82,10 +82,3 @@ def postgres_database() -> Iterator[Callable[[str], str]]:
         for name in created:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
-
-
-@pytest.fixture(autouse=True)
-def _no_inherited_tracking_uri(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which our settings read:
-    without this, one test's store would leak into the next test's settings."""
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -19,6 +19,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from pipelines.errors import ModelRefusedError
 from training.tensors import Tensors
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ PARITY_BATCHES = (1, 7, 4096)
 PARITY_ATOL = 1e-5
 
 
-class ParityError(Exception):
+class ParityError(ModelRefusedError):
     """The ONNX model does not reproduce torch's outputs."""
 
 

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,22 +15,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from training import distributed
+from training.config import FitConfig
 from training.tensors import Tensors
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class FitConfig:
-    epochs: int = 30
-    batch_size: int = 1024
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-5
-    patience: int = 4  # epochs without a better validation loss before stopping
-    seed: int = 0
-
-    def as_params(self) -> dict[str, object]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -10,29 +10,12 @@ sin/cos features with learned frequencies. Every choice is a hyperparameter.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Literal
 
 import torch
 from torch import nn
 
 from pipelines.spec import FeatureSpec
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    numeric_embedding: Literal["none", "ple", "periodic"] = "ple"
-    numeric_dim: int = 8  # per numerical feature, when embedded
-    periodic_frequencies: int = 8
-    periodic_sigma: float = 0.1  # the init scale of the frequencies: the paper's key knob
-    categorical_dim: int = 8  # the cap; small vocabularies get fewer dimensions
-    backbone: Literal["mlp", "resnet"] = "resnet"
-    width: int = 256
-    depth: int = 3
-    dropout: float = 0.1
-
-    def as_params(self) -> dict[str, object]:
-        return asdict(self)
+from training.config import ModelConfig
 
 
 class PiecewiseLinear(nn.Module):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +20,12 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from pipelines.spec import LABEL, FeatureSpec, encode
+from training.bundle import MODEL_ID_TAG
+from training.config import GateConfig
 from training.export import predict_onnx, session
-from training.logging_model import MODEL_NAME_IN_RUN
 from training.metrics import log_loss, roc_auc
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    model_name: str = "flight-delay"
-    alias: str = "champion"
-    min_auc_gain: float = 0.0  # the challenger must beat the champion's ROC-AUC by more than this
 
 
 @dataclass(frozen=True)
@@ -44,12 +39,39 @@ class Decision:
     reason: str
 
 
-def score(run_id: str, holdout: pd.DataFrame, client: MlflowClient) -> tuple[float, float]:
+def download_model(client: MlflowClient, run_id: str, dst: Path) -> Path:
+    """A run's logged ONNX model into `dst` (MLflow 3 keeps it apart from the run's artifacts)."""
+    model_id = logged_model_id(client, run_id)
+    location = client.get_logged_model(model_id).artifact_location
+    return Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=location, dst_path=str(dst), tracking_uri=client.tracking_uri
+        )
+    )
+
+
+def logged_model_id(client: MlflowClient, run_id: str) -> str:
+    run = client.get_run(run_id)
+    model_id = run.data.tags.get(MODEL_ID_TAG)
+    if model_id:
+        return model_id
+    found = client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'", max_results=1
+    )
+    if not found:
+        raise MlflowException(f"run {run_id} logged no model")
+    return found[0].model_id
+
+
+def holdout_metrics(
+    client: MlflowClient, run_id: str, holdout: pd.DataFrame
+) -> tuple[float, float]:
     """ROC-AUC and log loss of a run's ONNX model on `holdout`, encoded with its own spec."""
-    folder = Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="contract"))
-    spec = FeatureSpec.load(folder / "feature_spec.json")
-    model_dir = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"))
-    runtime = session(model_dir / "model.onnx", threads=2)
+    with tempfile.TemporaryDirectory() as tmp:
+        contract = Path(client.download_artifacts(run_id, "contract", tmp))
+        spec = FeatureSpec.load(contract / "feature_spec.json")
+        model_dir = download_model(client, run_id, Path(tmp) / "model")
+        runtime = session(model_dir / "model.onnx", threads=2)
     encoded = encode(holdout, spec)
     probabilities = predict_onnx(runtime, encoded.categorical, encoded.numerical)
     labels = holdout[LABEL].to_numpy()
@@ -80,19 +102,33 @@ def _model_card(run, decision: Decision, holdout: pd.DataFrame) -> str:
     )
 
 
-def promote(run_id: str, holdout: pd.DataFrame, gate: GateConfig) -> Decision:
-    """Register the run's model and move the alias to it only if it beats the champion."""
-    client = MlflowClient()
-    run = client.get_run(run_id)
-    version = str(
-        mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME_IN_RUN}", gate.model_name).version
+def register(client: MlflowClient, run_id: str, gate: GateConfig) -> str:
+    """A new version of the registered model (created on first use) from the run's ONNX model."""
+    try:
+        client.create_registered_model(gate.model_name)
+    except MlflowException as error:
+        if error.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
+    model_id = logged_model_id(client, run_id)
+    # The artifact location, not `models:/<id>`: MLflow's SQL registry resolves that through
+    # the process-global tracking URI (a TODO in its sqlalchemy_store), not this client's.
+    location = client.get_logged_model(model_id).artifact_location
+    created = client.create_model_version(
+        gate.model_name, source=location, run_id=run_id, model_id=model_id
     )
-    auc, loss = score(run_id, holdout, client)
+    return str(created.version)
+
+
+def promote(client: MlflowClient, run_id: str, holdout: pd.DataFrame, gate: GateConfig) -> Decision:
+    """Register the run's model and move the alias to it only if it beats the champion."""
+    run = client.get_run(run_id)
+    version = register(client, run_id, gate)
+    auc, loss = holdout_metrics(client, run_id, holdout)
     champion = champion_of(client, gate)
     if champion is None:
         decision = Decision(True, version, auc, loss, None, None, "first model: no champion yet")
     else:
-        champion_auc, _ = score(champion.run_id, holdout, client)
+        champion_auc, _ = holdout_metrics(client, champion.run_id, holdout)
         better = auc > champion_auc + gate.min_auc_gain
         reason = (
             f"challenger ROC-AUC {auc:.4f} vs champion v{champion.version} {champion_auc:.4f} "

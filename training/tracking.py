@@ -1,11 +1,22 @@
-"""MLflow setup: a SQLite store and artifacts under MLOPS_HOME unless a tracking URI is given."""
+"""MLflow's store, passed explicitly: a client bound to one tracking and registry URI.
+
+MLflow keeps a process-global tracking URI (and exports it as MLFLOW_TRACKING_URI) that its
+client, registry helpers and fluent API fall back to. Everything here takes the store as an
+argument instead: `client_for` builds an `MlflowClient` with both URIs, and the fluent API
+(`mlflow.start_run`, `mlflow.log_*`, `mlflow.onnx.log_model`), which has no such argument, is
+pointed at the store only for the duration of one tracked run (`fluent_tracking`), then put
+back, so nothing a later call does depends on which call came first.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 
@@ -14,10 +25,15 @@ class TrackingConfig:
     home: Path
     uri: str = ""  # MLFLOW_TRACKING_URI; empty means MLOPS_HOME/mlflow.db
     experiment: str = "flight-delay"
+    registry_uri: str = ""  # MLFLOW_REGISTRY_URI; empty means the tracking store
 
     @property
     def resolved_uri(self) -> str:
         return self.uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def resolved_registry_uri(self) -> str:
+        return self.registry_uri or self.resolved_uri
 
     @property
     def artifact_location(self) -> str | None:
@@ -27,19 +43,43 @@ class TrackingConfig:
         return (self.home / "mlartifacts").resolve().as_uri()
 
 
-def use_tracking(config: TrackingConfig) -> str:
-    """Point MLflow at the store and return the experiment id (created on first use)."""
-    config.home.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(config.resolved_uri)
-    experiment = mlflow.get_experiment_by_name(config.experiment)
+def client_for(config: TrackingConfig) -> MlflowClient:
+    """The one way to reach the store: tracking and registry URIs both given, no globals."""
+    if not config.uri:
+        config.home.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=config.resolved_uri, registry_uri=config.resolved_registry_uri)
+
+
+def experiment_id(client: MlflowClient, config: TrackingConfig) -> str:
+    """The experiment's id, created on first use."""
+    experiment = client.get_experiment_by_name(config.experiment)
     if experiment is not None:
         return experiment.experiment_id
     try:
-        return mlflow.create_experiment(
+        return client.create_experiment(
             config.experiment, artifact_location=config.artifact_location
         )
     except MlflowException:  # another process created it first
-        experiment = mlflow.get_experiment_by_name(config.experiment)
+        experiment = client.get_experiment_by_name(config.experiment)
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+@contextmanager
+def fluent_tracking(config: TrackingConfig) -> Iterator[str]:
+    """MLflow's fluent API aimed at the store for one tracked run; yields the experiment id.
+
+    Whatever global URI was set before (usually none) is restored afterwards, the exported
+    MLFLOW_TRACKING_URI included, so settings read later are not fed our own value back.
+    The registry is never reached this way (registering goes through `client_for`), so its
+    global URI is left alone.
+    """
+    client = client_for(config)
+    found = experiment_id(client, config)
+    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    mlflow.set_tracking_uri(config.resolved_uri)
+    try:
+        yield found
+    finally:
+        mlflow.set_tracking_uri(previous)  # None unsets it, the environment variable too

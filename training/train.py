@@ -15,13 +15,14 @@ from pipelines.layout import SPLITS, DataLayout
 from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
 from training import distributed, plots
-from training.fit import FitConfig, FitResult, OnEpoch, fit, predict_logits
+from training.bundle import LoggedModel, decision_threshold, log_onnx_model
+from training.config import FitConfig, ModelConfig
+from training.fit import FitResult, OnEpoch, fit, predict_logits
 from training.importance import permutation_importance
-from training.logging_model import LoggedModel, decision_threshold, log_onnx_model
 from training.metrics import log_loss, roc_auc, sigmoid
-from training.model import ModelConfig, TabularNet
+from training.model import TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
-from training.tracking import TrackingConfig, use_tracking
+from training.tracking import TrackingConfig, fluent_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +88,10 @@ def train(
             fit_config,
         )
         return None
-    experiment_id = use_tracking(tracking)
-    with mlflow.start_run(experiment_id=experiment_id, log_system_metrics=True) as run:
+    with (
+        fluent_tracking(tracking) as experiment_id,
+        mlflow.start_run(experiment_id=experiment_id, log_system_metrics=True) as run,
+    ):
         mlflow.log_params(
             {f"model.{k}": v for k, v in model_config.as_params().items()}
             | {f"fit.{k}": v for k, v in fit_config.as_params().items()}

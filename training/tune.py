@@ -24,7 +24,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import mlflow
 import optuna
@@ -35,11 +34,12 @@ from optuna.trial import TrialState
 from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec
 from training import plots
-from training.fit import EpochResult, FitConfig, fit, predict_logits
+from training.config import FitConfig, ModelConfig, TuneConfig
+from training.fit import EpochResult, fit, predict_logits
 from training.metrics import roc_auc, sigmoid
-from training.model import ModelConfig, TabularNet
+from training.model import TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
-from training.tracking import TrackingConfig, use_tracking
+from training.tracking import TrackingConfig, client_for, experiment_id, fluent_tracking
 from training.train import load_splits
 
 logger = logging.getLogger(__name__)
@@ -49,22 +49,6 @@ RUN_ATTR = "mlflow_run_id"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 OnProgress = Callable[[int], None]  # called with the number of finished trials
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    trials: int = 6  # the study's budget of finished (complete or pruned) trials
-    epochs: int = 4  # the most epochs a trial trains: Hyperband's maximum resource
-    pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
-    study: str = "flight-delay"
-    storage: str = ""  # an SQLAlchemy URL; empty means sqlite under MLOPS_HOME
-    workers: int = 1  # processes started by this command, each running trials
-    heartbeat_interval: int = 10  # seconds between a running trial's heartbeats
-    grace_period: int = 30  # seconds without a heartbeat before a trial counts as dead
-    seed: int = 0
-
-    def storage_url(self, home: Path) -> str:
-        return self.storage or f"sqlite:///{(home / 'optuna.db').resolve()}"
 
 
 @dataclass(frozen=True)
@@ -142,11 +126,17 @@ def _study(storage: RDBStorage, config: TuneConfig, seed: int) -> tuple[optuna.S
         ), False
 
 
-def _parent_run(study: optuna.Study, created: bool, experiment_id: str, timeout: float = 60) -> str:
+def _parent_run(
+    client: MlflowClient,
+    study: optuna.Study,
+    created: bool,
+    experiment: str,
+    timeout: float = 60,
+) -> str:
     """The study's MLflow run: made by the process that created the study, read by the rest."""
     if created:
-        run = MlflowClient().create_run(
-            experiment_id,
+        run = client.create_run(
+            experiment,
             run_name=f"tune-{study.study_name}",
             tags={"optuna_study": study.study_name},
         )
@@ -176,18 +166,21 @@ class Objective:
         valid: Tensors,
         config: TuneConfig,
         fit_config: FitConfig,
+        client: MlflowClient,
         experiment_id: str,
         parent_run_id: str,
     ) -> None:
+        """Trials log through MLflow's fluent API: call it inside `fluent_tracking`."""
         self.spec, self.train, self.valid = spec, train, valid
         self.config, self.fit_config = config, replace(fit_config, epochs=config.epochs)
+        self.client = client
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
 
     def __call__(self, trial: optuna.Trial) -> float:
         model_config, fit_config = suggest(trial, self.fit_config)
         dead_run = trial.user_attrs.get(RUN_ATTR)  # set when this trial retries a killed one
         if dead_run:
-            MlflowClient().set_terminated(str(dead_run), status="KILLED")
+            self.client.set_terminated(str(dead_run), status="KILLED")
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         pruned: optuna.TrialPruned | None = None
         with mlflow.start_run(
@@ -250,9 +243,10 @@ def _work(
     tables = load_splits(layout)
     device = pick_device()
     train, valid = (to_tensors(tables[s], spec, device) for s in ("train", "valid"))
-    experiment_id = use_tracking(tracking)
+    client = client_for(tracking)
+    experiment = experiment_id(client, tracking)
     study, created = _study(open_storage(config, tracking.home), config, config.seed + worker)
-    parent = _parent_run(study, created, experiment_id)
+    parent = _parent_run(client, study, created, experiment)
     if finished_count(study) >= config.trials:
         return
     callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
@@ -260,19 +254,22 @@ def _work(
     ]
     if on_progress:
         callbacks.append(lambda study, _: on_progress(finished_count(study)))
-    study.optimize(
-        Objective(spec, train, valid, config, fit_config, experiment_id, parent),
-        n_trials=config.trials,  # an upper bound per process; the callback stops the study
-        callbacks=callbacks,
-        gc_after_trial=True,
-    )
+    objective = Objective(spec, train, valid, config, fit_config, client, experiment, parent)
+    with fluent_tracking(tracking):
+        study.optimize(
+            objective,
+            n_trials=config.trials,  # an upper bound per process; the callback stops the study
+            callbacks=callbacks,
+            gc_after_trial=True,
+        )
 
 
-def _log_study(study: optuna.Study, parent_run_id: str, budget: int) -> dict[str, int]:
+def _log_study(
+    client: MlflowClient, study: optuna.Study, parent_run_id: str, budget: int
+) -> dict[str, int]:
     """Counts, the best trial and Optuna's plots on the parent run; close it when done."""
     from optuna.visualization import matplotlib as optuna_plots
 
-    client = MlflowClient()
     trials = study.get_trials(deepcopy=False)
     counts = {
         state.name.lower(): sum(t.state == state for t in trials)
@@ -317,18 +314,18 @@ def tune(
 ) -> TuneResult:
     """Run (or resume) the study to its budget in `config.workers` processes."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    experiment_id = use_tracking(tracking)
+    client = client_for(tracking)
     storage = open_storage(config, tracking.home)
     study, created = _study(storage, config, seed=config.seed)
-    parent = _parent_run(study, created, experiment_id)
-    MlflowClient().update_run(parent, status="RUNNING")
+    parent = _parent_run(client, study, created, experiment_id(client, tracking))
+    client.update_run(parent, status="RUNNING")
     if on_progress:
         on_progress(finished_count(study))
     if config.workers == 1:
         _work(layout.home, tracking, config, fit_config, on_progress=on_progress)
     else:
         _work_in_processes(layout, tracking, config, fit_config, study, on_progress)
-    counts = _log_study(study, parent, config.trials)
+    counts = _log_study(client, study, parent, config.trials)
     if not counts["complete"]:
         raise RuntimeError(f"study {config.study!r} has no complete trial: {counts}")
     return TuneResult(config.study, parent, study.best_params, study.best_value, counts)

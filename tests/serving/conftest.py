@@ -18,7 +18,7 @@ from serving.bundle import Bundle, download_version
 from training.fit import FitConfig
 from training.model import ModelConfig
 from training.registry import GateConfig, promote
-from training.tracking import TrackingConfig
+from training.tracking import TrackingConfig, client_for
 from training.train import train
 
 
@@ -37,8 +37,10 @@ SMALL = (ModelConfig(width=16, depth=1, numeric_dim=2), FitConfig(epochs=1, batc
 def train_and_promote(home: Path, gate: GateConfig, seed: int = 0) -> tuple[str, str]:
     """(run id, version) of a small model on `home`'s feature table, registered and gated."""
     model, fit = SMALL
-    result = train(DataLayout(home), TrackingConfig(home), model, replace(fit, seed=seed))
-    decision = promote(result.run_id, read_parquet_folder(DataLayout(home).split("test")), gate)
+    tracking = TrackingConfig(home)
+    result = train(DataLayout(home), tracking, model, replace(fit, seed=seed))
+    holdout = read_parquet_folder(DataLayout(home).split("test"))
+    decision = promote(client_for(tracking), result.run_id, holdout, gate)
     return result.run_id, decision.version
 
 
@@ -53,9 +55,8 @@ def champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> C
 @pytest.fixture(scope="session")
 def model_folder(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     cache = tmp_path_factory.mktemp("models")
-    return download_version(
-        champion.name, champion.version, champion.run_id, cache, champion.tracking_uri
-    )
+    client = client_for(TrackingConfig(champion.home))
+    return download_version(client, champion.name, champion.version, cache)
 
 
 @pytest.fixture(scope="session")

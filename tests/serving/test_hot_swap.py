@@ -10,17 +10,18 @@ import time
 from pathlib import Path
 
 import httpx
-import mlflow
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from mlflow import MlflowClient
 
 from pipelines.spec import sha256_of
 from serving.app import create_app
 from serving.bundle import Bundle
 from serving.config import ServeConfig
 from serving.manager import FolderSource, RegistrySource
+from training.config import GateConfig
+from training.registry import register as register_version
+from training.tracking import TrackingConfig, client_for
 
 from .conftest import Champion, Server, as_requests
 
@@ -45,16 +46,15 @@ def test_ten_hot_swaps_under_load_drop_no_request(
     champion: Champion, december: pd.DataFrame, tmp_path: Path
 ) -> None:
     name = "flight-delay-swaps"
-    client = MlflowClient(champion.tracking_uri)
-    mlflow.set_tracking_uri(champion.tracking_uri)
+    client = client_for(TrackingConfig(champion.home))
 
     def register() -> str:
-        version = mlflow.register_model(f"runs:/{champion.run_id}/model", name).version
+        version = register_version(client, champion.run_id, GateConfig(model_name=name))
         client.set_registered_model_alias(name, "champion", version)
-        return str(version)
+        return version
 
     first = register()
-    source = RegistrySource(name, "champion", champion.tracking_uri, tmp_path)
+    source = RegistrySource(name, "champion", client, tmp_path)
     config = ServeConfig(poll_interval_s=0, admin_token="t0ken")
     body = {"flights": as_requests(december.head(3))}
     stop, answers = threading.Event(), []
@@ -151,16 +151,15 @@ def test_shutdown_drains_the_requests_in_flight(
 
 def test_the_server_follows_the_alias_by_itself(champion: Champion, tmp_path: Path) -> None:
     name = "flight-delay-polled"
-    client = MlflowClient(champion.tracking_uri)
-    mlflow.set_tracking_uri(champion.tracking_uri)
+    client = client_for(TrackingConfig(champion.home))
 
     def register() -> str:
-        version = str(mlflow.register_model(f"runs:/{champion.run_id}/model", name).version)
+        version = register_version(client, champion.run_id, GateConfig(model_name=name))
         client.set_registered_model_alias(name, "champion", version)
         return version
 
     first = register()
-    source = RegistrySource(name, "champion", champion.tracking_uri, tmp_path)
+    source = RegistrySource(name, "champion", client, tmp_path)
     with TestClient(create_app(ServeConfig(poll_interval_s=0.2), source)) as api:
         assert api.get("/model").json()["version"] == first
         second = register()

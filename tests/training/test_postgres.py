@@ -18,7 +18,7 @@ from pipelines.storage import read_parquet_folder
 from training.fit import FitConfig
 from training.model import ModelConfig
 from training.registry import GateConfig, promote
-from training.tracking import TrackingConfig, use_tracking
+from training.tracking import TrackingConfig, client_for, experiment_id
 from training.train import train
 from training.tune import FINISHED, RUN_ATTR, TuneConfig, open_storage
 
@@ -34,7 +34,8 @@ def test_mlflow_tracks_and_registers_in_postgres(postgres_database, tmp_path: Pa
     result = train(
         layout, tracking, ModelConfig(width=16, depth=1), FitConfig(epochs=1, batch_size=4096)
     )
-    decision = promote(result.run_id, read_parquet_folder(layout.split("test")), GateConfig())
+    holdout = read_parquet_folder(layout.split("test"))
+    decision = promote(client_for(tracking), result.run_id, holdout, GateConfig())
     assert decision.promoted
 
     client = MlflowClient(uri)
@@ -74,7 +75,8 @@ def test_two_tuning_processes_share_a_study_and_a_killed_ones_trial_is_retried(
     write_feature_table(tmp_path)
     config = TuneConfig(study="shared", storage=optuna_uri, heartbeat_interval=1, grace_period=3)
     storage = open_storage(config, tmp_path)  # makes the schemas once, as a server would
-    experiment_id = use_tracking(TrackingConfig(tmp_path, uri=mlflow_uri))
+    tracking = TrackingConfig(tmp_path, uri=mlflow_uri)
+    experiment = experiment_id(client_for(tracking), tracking)
     env = os.environ | {
         "MLFLOW_TRACKING_URI": mlflow_uri,
         "MLOPS_OPTUNA_STORAGE": optuna_uri,
@@ -112,7 +114,7 @@ def test_two_tuning_processes_share_a_study_and_a_killed_ones_trial_is_retried(
 
     client = MlflowClient(mlflow_uri)
     assert client.get_run(dead.user_attrs[RUN_ATTR]).info.status == "KILLED"
-    parents = client.search_runs([experiment_id], "tags.optuna_study = 'shared'")
+    parents = client.search_runs([experiment], "tags.optuna_study = 'shared'")
     parent = next(r for r in parents if "mlflow.parentRunId" not in r.data.tags)
     for trial in finished:
         run = client.get_run(trial.user_attrs[RUN_ATTR])

@@ -15,13 +15,13 @@ from mlflow import MlflowClient
 from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec, sha256_of
 from pipelines.storage import read_parquet_folder
+from training.bundle import log_onnx_model
 from training.export import ParityError
 from training.fit import FitConfig
-from training.logging_model import log_onnx_model
 from training.model import ModelConfig, TabularNet
 from training.registry import GateConfig, promote
 from training.tensors import to_tensors
-from training.tracking import TrackingConfig, use_tracking
+from training.tracking import TrackingConfig, client_for, fluent_tracking
 from training.train import train
 
 
@@ -47,10 +47,14 @@ def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path) -> N
     assert (featured_home / "mlflow.db").exists()
     for size in (1, 7, 4096):
         assert run.data.metrics[f"onnx_parity_max_abs_diff_b{size}"] <= 1e-5
-    model_dir = Path(mlflow.artifacts.download_artifacts(result.model.model_uri))
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            result.model.model_uri, tracking_uri=tracking.resolved_uri
+        )
+    )
     assert (model_dir / "model.onnx").exists() and (model_dir / "MLmodel").exists()
     assert sha256_of(model_dir / "model.onnx") == result.model.onnx_sha256
-    info = mlflow.models.get_model_info(result.model.model_uri)
+    info = mlflow.models.Model.load(str(model_dir / "MLmodel"))
     assert info.metadata["onnx_sha256"] == result.model.onnx_sha256
     assert 0 < info.metadata["decision_threshold"] < 1
     assert info.signature.inputs.input_names() == ["categorical", "numerical"]
@@ -77,8 +81,11 @@ def test_a_failing_parity_check_logs_no_model(featured_home: Path) -> None:
     data = to_tensors(table, spec, "cpu")
     model = DriftsWhenExported(spec, ModelConfig(width=16, depth=1)).eval()
     tracking = TrackingConfig(featured_home, experiment="parity-failure")
-    experiment_id = use_tracking(tracking)
-    with pytest.raises(ParityError), mlflow.start_run(experiment_id=experiment_id) as run:
+    with (
+        pytest.raises(ParityError),
+        fluent_tracking(tracking) as experiment_id,
+        mlflow.start_run(experiment_id=experiment_id) as run,
+    ):
         log_onnx_model(model, layout, spec, data, threshold=0.5)
     client = MlflowClient(tracking.resolved_uri)
     assert client.get_run(run.info.run_id).info.status == "FAILED"
@@ -107,14 +114,14 @@ def test_the_gate_keeps_the_champion_against_a_worse_challenger(
     gate = GateConfig(model_name="flight-delay-test")
 
     good = train(layout, tracking, *small)
-    first = promote(good.run_id, holdout, gate)
+    client = client_for(tracking)
+    first = promote(client, good.run_id, holdout, gate)
     assert first.promoted and first.champion_version is None
 
     shuffled = train(_shuffled_copy(featured_home, tmp_path), tracking, *small)
-    second = promote(shuffled.run_id, holdout, gate)
+    second = promote(client, shuffled.run_id, holdout, gate)
     assert not second.promoted
     assert second.challenger_auc < second.champion_auc
-    client = MlflowClient(tracking.resolved_uri)
     champion = client.get_model_version_by_alias(gate.model_name, gate.alias)
     assert str(champion.version) == first.version
     run = client.get_run(shuffled.run_id)

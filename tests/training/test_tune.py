@@ -15,7 +15,7 @@ from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec
 from training.fit import FitConfig
 from training.tensors import to_tensors
-from training.tracking import TrackingConfig, use_tracking
+from training.tracking import TrackingConfig, client_for, experiment_id, fluent_tracking
 from training.train import load_splits
 from training.tune import (
     FINISHED,
@@ -96,18 +96,19 @@ def test_a_pruned_trial_stops_after_its_first_epoch_and_says_so(home: Path) -> N
     tables = load_splits(layout)
     train, valid = (to_tensors(tables[s], spec, "cpu") for s in ("train", "valid"))
     tracking = TrackingConfig(home, experiment="pruning")
-    experiment_id = use_tracking(tracking)
-    parent = MlflowClient().create_run(experiment_id).info.run_id
+    client = client_for(tracking)
+    experiment = experiment_id(client, tracking)
+    parent = client.create_run(experiment).info.run_id
     objective = Objective(
-        spec, train, valid, TuneConfig(epochs=4), SMALL_FIT, experiment_id, parent
+        spec, train, valid, TuneConfig(epochs=4), SMALL_FIT, client, experiment, parent
     )
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
-    study.optimize(objective, n_trials=1)
+    with fluent_tracking(tracking):
+        study.optimize(objective, n_trials=1)
 
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.PRUNED
     assert list(trial.intermediate_values) == [1]
-    client = MlflowClient()
     run = client.get_run(trial.user_attrs[RUN_ATTR])
     assert run.info.status == "FINISHED"
     assert run.data.tags["optuna_state"] == "PRUNED"

@@ -1,4 +1,4 @@
-"""`mlops predict`'s graph: raw flights -> Dask partitions -> the served model -> Parquet.
+"""`mlops predict`: the graph: raw flights -> Dask partitions -> the served model -> Parquet.
 
 Each partition is scored by `serving.batch.score_table`, the same validation, transform and
 onnxruntime session as the API, in the Dask workers (one loaded model per worker process).
@@ -17,6 +17,11 @@ import dask
 import dask.dataframe as dd
 import pandas as pd
 
+from mlops.configs import cluster_of
+from mlops.flows.export import registered_bundle
+from mlops.flows.progress import Progress
+from mlops.settings import Settings
+from pipelines.errors import SourceError
 from pipelines.sources import source_files
 from pipelines.storage import swap_in, write_parquet
 
@@ -32,7 +37,7 @@ class PredictReport:
 def _read(path: Path) -> dd.DataFrame:
     files = [str(f) for f in source_files(path)]
     if not files:
-        raise FileNotFoundError(f"no CSV or Parquet files at {path}")
+        raise SourceError(path, "no CSV or Parquet files here")
     if all(f.endswith(".csv") for f in files):
         return dd.read_csv(files, dtype=str, blocksize="16MB", keep_default_na=True)
     return dd.read_parquet(files)
@@ -73,3 +78,23 @@ def predict_table(source: Path, output: Path, model_folder: Path) -> PredictRepo
         sum(c[1] for c in counts),
         len(tasks),
     )
+
+
+def predict(
+    settings: Settings,
+    progress: Progress,
+    source: Path,
+    output: Path,
+    model_dir: Path | None = None,
+) -> PredictReport:
+    """`source` scored by a local model folder, or by the champion, on Dask."""
+    from pipelines.cluster import dask_client
+    from serving.bundle import read_bundle, verify
+
+    bundle = read_bundle(model_dir) if model_dir else registered_bundle(settings)
+    verify(bundle)
+    with (
+        dask_client(cluster_of(settings)),
+        progress.stage(f"scoring with {bundle.name} v{bundle.version}"),
+    ):
+        return predict_table(source, output, bundle.folder)

@@ -19,17 +19,19 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-
-from mlops.commands_promote import run_promotion
-from mlops.commands_train import fit_config_of, run_training
-from mlops.commands_tune import tune_config
-from mlops.flows import layout_of, run_features, run_ingest, tracking_of
+from mlops.configs import layout_of, mlflow_client, tune_of
+from mlops.flows.data import build_features, ingest
+from mlops.flows.progress import Progress
+from mlops.flows.training import promote, train
 from mlops.settings import Settings
-from pipelines.errors import PipelineError
+from pipelines.errors import NoDataError
 from pipelines.ingest import MonthWindow
 from pipelines.splits import latest_plan, next_month
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class RetrainReport:
     run_id: str | None = None
     version: str | None = None
     psi: dict[str, float] = field(default_factory=dict)
+    warm_start: dict[str, object] | None = None  # the study's best parameters, when used
+    reason: str = ""  # the gate's
 
 
 def _warm_start(settings: Settings) -> dict[str, object] | None:
@@ -49,7 +53,7 @@ def _warm_start(settings: Settings) -> dict[str, object] | None:
 
     from training.tune import open_storage
 
-    config = tune_config(settings)
+    config = tune_of(settings)
     if not config.storage and not (settings.home / "optuna.db").exists():
         return None
     try:
@@ -61,12 +65,8 @@ def _warm_start(settings: Settings) -> dict[str, object] | None:
         return None
 
 
-def drift_report(settings: Settings, month: str) -> dict[str, float]:
+def drift_report(client: MlflowClient, settings: Settings, month: str) -> dict[str, float]:
     """PSI of each numerical feature of `month` against the champion's training months."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from mlops.commands_promote import gate_of
     from pipelines.spec import FeatureSpec, encode
     from pipelines.storage import read_parquet_folder
     from serving.drift import DriftMonitor
@@ -74,12 +74,13 @@ def drift_report(settings: Settings, month: str) -> dict[str, float]:
 
     layout = layout_of(settings)
     spec = FeatureSpec.load(layout.spec)
-    champion = champion_of(MlflowClient(), gate_of(settings))
-    if champion is not None:
-        path = mlflow.artifacts.download_artifacts(
-            run_id=champion.run_id, artifact_path="contract/feature_spec.json"
-        )
-        spec = FeatureSpec.load(Path(path))
+    champion = champion_of(client, settings.gate)
+    with tempfile.TemporaryDirectory() as tmp:
+        if champion is not None:
+            path = client.download_artifacts(
+                str(champion.run_id), "contract/feature_spec.json", tmp
+            )
+            spec = FeatureSpec.load(Path(path))
     table = read_parquet_folder(layout.split("test"))
     table = table[table["scheduled_departure"].dt.strftime("%Y-%m") == month]
     encoded = encode(table, spec)
@@ -88,12 +89,9 @@ def drift_report(settings: Settings, month: str) -> dict[str, float]:
     return monitor.report()
 
 
-def _log_drift(run_id: str, month: str, psi: dict[str, float]) -> None:
-    from mlflow import MlflowClient
-
+def _log_drift(client: MlflowClient, run_id: str, month: str, psi: dict[str, float]) -> None:
     from training import plots
 
-    client = MlflowClient()
     for name, value in psi.items():
         client.log_metric(run_id, f"psi.{name}", value)
     if psi:
@@ -106,39 +104,48 @@ def _log_drift(run_id: str, month: str, psi: dict[str, float]) -> None:
         client.log_artifact(run_id, str(Path(tmp) / "psi.png"), "drift")
 
 
-def retrain(settings: Settings, console: Console, sources: Mapping[str, Path]) -> RetrainReport:
-    from training.tracking import use_tracking
+def retrain(settings: Settings, progress: Progress, sources: Mapping[str, Path]) -> RetrainReport:
+    """The month after the newest in bronze: ingest, features, drift, challenger, gate."""
     from training.tune import best_configs
 
     layout = layout_of(settings)
     months = layout.months("flights")
     if not months:
-        raise PipelineError("no data yet: run `mlops data ingest` (or `mlops run`) first")
+        raise NoDataError("no data yet: run `mlops data ingest` (or `mlops run`) first")
     month = next_month(months[-1])
-    run_ingest(settings, console, sources, MonthWindow(month, month))
+    client = mlflow_client(settings)  # unreachable MLflow fails here, before any work
+    ingest(settings, progress, sources, MonthWindow(month, month))
     if month not in layout.months("flights"):
-        console.print(f"nothing new: the sources have no flights in {month}")
         return RetrainReport(None, "nothing new")
-    run_features(settings, console, latest_plan(month))
-    use_tracking(tracking_of(settings))
-    psi = drift_report(settings, month)
+    build_features(settings, progress, latest_plan(month))
+    psi = drift_report(client, settings, month)
     best = _warm_start(settings)
-    fit_config = fit_config_of(settings)
+    model_config, fit_config = settings.model, settings.fit
     if best is not None:
         model_config, fit_config = best_configs(best, fit_config)
-        console.print(f"warm start from the study's best parameters: {best}")
-    else:
-        from training.model import ModelConfig
-
-        model_config = ModelConfig(**settings.model.model_dump())
-    result = run_training(settings, model_config, fit_config)
+    result = train(settings, progress, model_config, fit_config)
     if result is None:
         raise RuntimeError("retrain runs in one process")
-    _log_drift(result.run_id, month, psi)
-    worst = sorted(psi.items(), key=lambda kv: -kv[1])[:3]
-    console.print(
-        f"drift of {month}: " + ", ".join(f"{name} PSI {value:.3f}" for name, value in worst)
-    )
-    decision = run_promotion(settings, result.run_id)
+    _log_drift(client, result.run_id, month, psi)
+    decision = promote(settings, result.run_id)
     status = "promoted" if decision.promoted else "kept the champion"
-    return RetrainReport(month, status, result.run_id, decision.version, psi)
+    return RetrainReport(month, status, result.run_id, decision.version, psi, best, decision.reason)
+
+
+def scheduled_retrain(settings: Settings) -> str:
+    """One tick of `mlops schedule`: a retrain unless another scheduler holds the lock; its
+    outcome. A failure is logged and the schedule goes on: the champion was never touched."""
+    from mlops.flows.progress import NoProgress
+    from mlops.locks import retrain_lock
+
+    with retrain_lock(settings.lock_url, settings.home) as held:
+        if not held:
+            logger.info("another scheduler holds the retrain lock: skipping this tick")
+            return "skipped"
+        try:
+            report = retrain(settings, NoProgress(), {})
+        except Exception:
+            logger.exception("retrain failed: the champion and the API are unchanged")
+            return "failed"
+        logger.info("retrain of %s: %s (run %s)", report.month, report.status, report.run_id)
+        return report.status

@@ -1,4 +1,7 @@
-"""Log the exported ONNX model to MLflow with what serving needs to trust and use it."""
+"""What a training run logs for serving: the ONNX model, its metadata and its contract.
+
+The counterpart of `serving/bundle.py`, which reads and verifies what is written here.
+"""
 
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ from training.export import ParityReport, WithProbability, check_parity, export_
 from training.tensors import Tensors
 
 MODEL_NAME_IN_RUN = "model"
+MODEL_ID_TAG = "onnx_model_id"  # the run's logged ONNX model, for registering it
 
 
 @dataclass(frozen=True)
 class LoggedModel:
     model_uri: str
+    model_id: str  # MLflow 3's logged model: what a registered version points at
     onnx_sha256: str
     parity: ParityReport
 
@@ -93,5 +98,11 @@ def log_onnx_model(
     mlflow.log_dict(_parity_sample(model, parity_data), "contract/parity_sample.json")
     mlflow.log_artifact(str(layout.spec), "contract")
     mlflow.log_artifacts(str(layout.lookups), "contract/lookups")
-    mlflow.set_tags({"onnx_sha256": digest, "decision_threshold": f"{threshold:.6f}"})
-    return LoggedModel(info.model_uri, digest, parity)
+    mlflow.set_tags(
+        {
+            "onnx_sha256": digest,
+            MODEL_ID_TAG: info.model_id,
+            "decision_threshold": f"{threshold:.6f}",
+        }
+    )
+    return LoggedModel(info.model_uri, info.model_id, digest, parity)

@@ -1,0 +1,26 @@
+"""The `mlops` commands: options in, a flow called, its result rendered. `mlops.cli` registers
+them; none imports the app, so the package has no import cycle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+PathOption = Annotated[
+    Path | None, typer.Option(help="CSV/Parquet file or folder (default: bundled)")
+]
+
+
+def given_sources(**paths: Path | None) -> dict[str, Path]:
+    """The source options a user gave (`--flights PATH` ...), by table."""
+    return {table: path for table, path in paths.items() if path}
+
+
+def month_option(value: str | None) -> str | None:
+    if value is not None and (
+        len(value) != 7 or value[4] != "-" or not value.replace("-", "").isdigit()
+    ):
+        raise typer.BadParameter(f"expected YYYY-MM, got {value!r}")
+    return value

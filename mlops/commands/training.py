@@ -1,0 +1,101 @@
+"""`mlops train`, `mlops tune`, `mlops evaluate`, `mlops promote`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Annotated, Literal
+
+import typer
+
+from mlops.configs import tracking_uri, tune_of
+from mlops.console import Bars, console, show_decision, show_metrics
+from mlops.flows import training
+from mlops.settings import Settings
+
+RunOption = Annotated[str | None, typer.Option(help="the run (default: the latest)")]
+
+
+def train_command(
+    ctx: typer.Context,
+    epochs: Annotated[int | None, typer.Option(min=1, help="at most this many epochs")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    learning_rate: Annotated[float | None, typer.Option(min=0.0)] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Train the network on the feature table, tracked in MLflow.
+
+    Data-parallel on N GPUs or processes: `torchrun --nproc_per_node N -m mlops train`.
+    """
+    from training.distributed import process_group
+
+    settings: Settings = ctx.obj
+    given = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
+    given["seed"] = seed
+    fit_config = replace(settings.fit, **{k: v for k, v in given.items() if v is not None})
+    with process_group() as rank:
+        result = training.train(settings, Bars(disable=rank != 0), fit_config=fit_config)
+    if result is None:  # a helper rank under torchrun: rank 0 reports
+        return
+    show_metrics(result.metrics)
+    console.print(f"MLflow run {result.run_id} in {tracking_uri(settings)}")
+    console.print(f"see it with: mlflow ui --backend-store-uri {tracking_uri(settings)}")
+
+
+def tune_command(
+    ctx: typer.Context,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="finished trials the study aims for (resumable)")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="the most epochs per trial")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="processes started here, sharing the cores")
+    ] = None,
+    pruner: Annotated[
+        Literal["hyperband", "successive_halving", "none"] | None, typer.Option()
+    ] = None,
+    study: Annotated[str | None, typer.Option(help="the study's name")] = None,
+) -> None:
+    """Search hyperparameters with Optuna (TPE + pruning); one nested MLflow run per trial.
+
+    Several `mlops tune` processes share one study through MLOPS_OPTUNA_STORAGE=postgresql://...
+    """
+    config = tune_of(
+        ctx.obj, trials=trials, epochs=epochs, workers=workers, pruner=pruner, study=study
+    )
+    result = training.tune(ctx.obj, Bars(), config)
+    counts = ", ".join(f"{n} {state}" for state, n in result.counts.items())
+    console.print(f"study {result.study}: {counts}; best valid loss {result.best_valid_loss:.4f}")
+    for name, value in result.best_params.items():
+        console.print(f"  {name}: {value}")
+    console.print(f"MLflow parent run {result.parent_run_id}")
+
+
+def evaluate_command(ctx: typer.Context, run_id: RunOption = None) -> None:
+    """Score a run's model and the champion on the newest holdout; changes nothing."""
+    found = training.evaluate(ctx.obj, run_id)
+    console.print(
+        f"run {found.run_id}: ROC-AUC {found.auc:.4f}, log loss {found.log_loss:.4f} "
+        f"on {found.holdout_rows:,} flights"
+    )
+    if found.champion_version is None:
+        console.print("no champion yet: `mlops promote` would make this model the champion")
+        return
+    console.print(
+        f"champion v{found.champion_version}: ROC-AUC {found.champion_auc:.4f}, "
+        f"log loss {found.champion_log_loss:.4f}"
+    )
+
+
+def promote_command(
+    ctx: typer.Context,
+    run_id: RunOption = None,
+    min_auc_gain: Annotated[
+        float | None, typer.Option(help="ROC-AUC gain required over the champion")
+    ] = None,
+    require_promotion: Annotated[
+        bool, typer.Option(help="exit with code 4 when the gate keeps the champion")
+    ] = False,
+) -> None:
+    """Register the model and move `champion` to it only if it beats the champion on the holdout."""
+    decision = training.promote(ctx.obj, run_id, min_auc_gain, require_promotion)
+    console.print(show_decision(decision))

@@ -1,0 +1,102 @@
+"""Settings -> what each stage takes: the one place conversions live.
+
+Most sections already are the library configs; these add what comes from several settings
+(the cluster's scheduler address, the store's URIs) and the one way to reach MLflow.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from mlops.settings import Settings
+from pipelines.cluster import ClusterConfig
+from pipelines.errors import RegistryUnavailableError
+from pipelines.layout import DataLayout
+from pipelines.splits import SplitPlan
+from training.config import TuneConfig
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from serving.manager import Source
+    from training.tracking import TrackingConfig
+
+REACHABLE_TIMEOUT_S = 5.0
+
+
+def layout_of(settings: Settings) -> DataLayout:
+    return DataLayout(settings.home)
+
+
+def cluster_of(settings: Settings) -> ClusterConfig:
+    return replace(settings.dask, scheduler=settings.dask_scheduler or settings.dask.scheduler)
+
+
+def plan_of(settings: Settings) -> SplitPlan:
+    return SplitPlan(settings.features.valid_start, settings.features.test_start)
+
+
+def tune_of(settings: Settings, **overrides: object) -> TuneConfig:
+    """The study's config: MLOPS_OPTUNA_STORAGE, then the options a command was given."""
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return replace(settings.tune, storage=settings.optuna_storage or settings.tune.storage, **given)
+
+
+def tracking_of(settings: Settings) -> TrackingConfig:
+    from training.tracking import TrackingConfig
+
+    return TrackingConfig(
+        settings.home,
+        settings.mlflow_tracking_uri,
+        settings.experiment,
+        settings.mlflow_registry_uri,
+    )
+
+
+def tracking_uri(settings: Settings) -> str:
+    """MLflow's store: the configured URI, else the SQLite file under home."""
+    return settings.mlflow_tracking_uri or f"sqlite:///{(settings.home / 'mlflow.db').resolve()}"
+
+
+def require_reachable(uri: str) -> None:
+    """Fail in seconds, naming the server, instead of after MLflow's minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=REACHABLE_TIMEOUT_S):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy may refuse /health): reachable
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise RegistryUnavailableError(f"MLflow at {uri} is unreachable: {reason}") from error
+
+
+def mlflow_client(settings: Settings) -> MlflowClient:
+    """A client bound to the configured tracking and registry URIs (no process-global state)."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri(settings)
+    registry = settings.mlflow_registry_uri or uri
+    for address in {uri, registry}:
+        require_reachable(address)
+    if not settings.mlflow_tracking_uri:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=registry)
+
+
+def model_source(settings: Settings) -> Source:
+    """What the server serves: a local model folder, or the registry's alias."""
+    from serving.manager import FolderSource, RegistrySource
+
+    if settings.serve.model_dir is not None:
+        return FolderSource(settings.serve.model_dir)
+    return RegistrySource(
+        settings.gate.model_name,
+        settings.gate.alias,
+        mlflow_client(settings),
+        settings.home / "serving" / "models",
+    )

@@ -1,0 +1,49 @@
+"""`mlops run`: the whole chain on embedded defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mlops.flows.data import build_features, ingest
+from mlops.flows.progress import Progress
+from mlops.flows.training import best_of_study, promote, train, tune
+from mlops.settings import Settings
+from pipelines.ingest import MonthWindow
+from pipelines.splits import latest_plan
+from training.config import TuneConfig
+
+if TYPE_CHECKING:
+    from pipelines.features import FeatureReport
+    from pipelines.ingest import IngestReport
+    from training.registry import Decision
+    from training.train import TrainResult
+    from training.tune import TuneResult
+
+
+@dataclass(frozen=True)
+class RunReport:
+    ingest: IngestReport
+    features: FeatureReport
+    tuned: TuneResult
+    trained: TrainResult
+    decision: Decision
+
+
+def run(
+    settings: Settings,
+    progress: Progress,
+    tune_config: TuneConfig,
+    epochs: int | None = None,
+    until: str | None = None,
+) -> RunReport:
+    """Data, a study, the best configuration trained, exported, registered and gated."""
+    ingested = ingest(settings, progress, {}, MonthWindow(until=until))
+    features = build_features(settings, progress, latest_plan(until) if until else None)
+    tuned = tune(settings, progress, tune_config)
+    model_config, fit_config = best_of_study(settings, tuned, epochs)
+    trained = train(settings, progress, model_config, fit_config)
+    if trained is None:
+        raise RuntimeError("`mlops run` trains in one process; start DDP with `mlops train`")
+    decision = promote(settings, trained.run_id)
+    return RunReport(ingested, features, tuned, trained, decision)

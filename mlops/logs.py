@@ -1,0 +1,94 @@
+"""Logging for every entry point: the CLI, `mlops serve`'s workers, the serving image's factory.
+
+Batch commands keep the terminal for progress bars and results: everything logged (libraries
+included, and Python warnings) goes to a file under MLOPS_HOME/logs/, shown live with `-v`.
+Services (`serve`, `schedule`) log to stderr, as text or as one JSON object per line
+(`MLOPS_LOG_FORMAT=json`) for containers; uvicorn's loggers get the same handler.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+
+LogFormat = Literal["text", "json"]
+TEXT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# Libraries that narrate at INFO what our own logs already say (or nothing a user needs).
+CHATTY = ("onnxscript", "onnx_ir", "torch.onnx", "alembic", "urllib3", "httpx", "matplotlib")
+
+
+def _formatter(fmt: LogFormat) -> dict[str, Any]:
+    if fmt == "json":
+        return {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger", "asctime": "time"},
+        }
+    return {"format": TEXT}
+
+
+def route_library_output() -> None:
+    """Libraries that write to the terminal themselves log through ours instead (edge only:
+    these are MLflow's own switches, read when it is first imported)."""
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # its own stderr handler
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars
+
+
+def service_config(fmt: LogFormat = "text", level: str = "INFO") -> dict[str, Any]:
+    """A dictConfig for a service: the root and uvicorn's loggers to stderr, one format."""
+    uvicorn = {name: {"level": level} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": _formatter(fmt)},
+        "handlers": {
+            "stderr": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+        "loggers": {
+            **uvicorn,
+            **{name: {"level": "WARNING"} for name in CHATTY},
+        },
+    }
+
+
+def configure_service(fmt: LogFormat = "text", level: str = "INFO") -> None:
+    route_library_output()
+    logging.config.dictConfig(service_config(fmt, level))
+    logging.captureWarnings(True)
+
+
+class LazyFileHandler(logging.FileHandler):
+    """Creates its file (and folder) at the first record: `--help` writes nothing."""
+
+    def _open(self):  # logging's own signature
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+
+def configure_batch(home: Path, command: str, console: Console, verbose: bool) -> Path:
+    """Everything to a new file under home/logs (returned); to the terminal only if verbose."""
+    from rich.logging import RichHandler
+
+    route_library_output()
+    path = home.resolve() / "logs" / f"{datetime.now():%Y%m%d-%H%M%S}-{command}.log"
+    to_file = LazyFileHandler(path, encoding="utf-8", delay=True)
+    to_file.setFormatter(logging.Formatter(TEXT))
+    handlers: list[logging.Handler] = [to_file]
+    if verbose:
+        handlers.append(RichHandler(console=console, show_path=False))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    for name in CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    return path

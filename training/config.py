@@ -1,0 +1,82 @@
+"""The training side's configuration: the one place its defaults live.
+
+`mlops.settings.Settings` uses these dataclasses as its sections (`MLOPS_FIT__EPOCHS=3` fills
+`FitConfig.epochs`), so a CLI run and a library call train with the same defaults. The module
+imports nothing heavy: the serving image reads the settings without torch.
+
+The model and fit defaults are the best trial of a 12-trial study on the bundled data
+(benchmarks/RESULTS.md): an MLP on periodic embeddings of the numerical features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network's architecture (training/model.py); tuning searches over these."""
+
+    numeric_embedding: Literal["none", "ple", "periodic"] = "periodic"
+    numeric_dim: PositiveInt = 8  # per numerical feature, when embedded
+    periodic_frequencies: PositiveInt = 8
+    # the init scale of the periodic frequencies: the paper's key knob (Gorishniy et al. 2022)
+    periodic_sigma: Annotated[float, Field(gt=0)] = 0.84
+    categorical_dim: Annotated[int, Field(ge=2)] = 12  # a cap: small vocabularies get fewer
+    backbone: Literal["mlp", "resnet"] = "mlp"
+    width: Annotated[int, Field(ge=4)] = 128
+    depth: PositiveInt = 3
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.22
+
+    def as_params(self) -> dict[str, object]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        """A short name for run names: `mlp+periodic 3x128`."""
+        return f"{self.backbone}+{self.numeric_embedding} {self.depth}x{self.width}"
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: PositiveInt = 12
+    batch_size: PositiveInt = 2048
+    learning_rate: Annotated[float, Field(gt=0)] = 8.6e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-5
+    patience: PositiveInt = 3  # epochs without a better validation loss before stopping
+    seed: int = 0
+
+    def as_params(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """The Optuna study (training/tune.py); `mlops run` uses these as its small budget."""
+
+    trials: PositiveInt = 6  # the study's budget of finished (complete or pruned) trials
+    epochs: PositiveInt = 3  # the most epochs a trial trains: Hyperband's maximum resource
+    pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
+    study: str = "flight-delay"
+    storage: str = ""  # an SQLAlchemy URL; empty means sqlite under MLOPS_HOME
+    workers: PositiveInt = 1  # processes started by one command, each running trials
+    heartbeat_interval: PositiveInt = 10  # seconds between a running trial's heartbeats
+    grace_period: Annotated[int, Field(ge=2)] = 30  # seconds of silence: the trial is dead
+    seed: int = 0
+
+    def storage_url(self, home: Path) -> str:
+        return self.storage or f"sqlite:///{(home / 'optuna.db').resolve()}"
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The registry and the promotion gate (training/registry.py)."""
+
+    model_name: str = "flight-delay"
+    alias: str = "champion"
+    min_auc_gain: float = 0.0  # the challenger must beat the champion's ROC-AUC by more than this
