@@ -19,10 +19,14 @@ $(STAMP): pyproject.toml
 run: $(STAMP)  ## set up and run the whole chain on embedded defaults
 	$(BIN)/mlops run
 
-test: $(STAMP)  ## set up, lint and run the test suite
+# The fast suite by default (a few minutes); MLOPS_TEST_ALL=1 adds the long variants marked
+# `slow` (the first hour end to end, the notebook, DDP, PostgreSQL tuning, contract fuzzing).
+SLOW := $(if $(filter 1,$(MLOPS_TEST_ALL)),,-m "not slow")
+
+test: $(STAMP)  ## set up, lint and run the test suite (MLOPS_TEST_ALL=1: the long variants too)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest $(SLOW) --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .

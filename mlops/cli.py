@@ -62,7 +62,7 @@ def main(
     ctx.obj = settings
     command = ctx.invoked_subcommand or "mlops"
     if command in SERVICES:
-        configure_service(settings.log_format, settings.log_level)
+        configure_service(settings.home, settings.log_format, settings.log_level)
         return
     log = configure_batch(settings.home, command, console, verbose)
 

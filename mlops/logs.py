@@ -33,11 +33,13 @@ def _formatter(fmt: LogFormat) -> dict[str, Any]:
     return {"format": TEXT}
 
 
-def route_library_output() -> None:
-    """Libraries that write to the terminal themselves log through ours instead (edge only:
-    these are MLflow's own switches, read when it is first imported)."""
+def route_library_output(home: Path) -> None:
+    """Libraries that write to the terminal or the user's home do it through ours instead
+    (edge only: these are the libraries' own switches, read when they are first imported)."""
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # its own stderr handler
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars
+    # matplotlib's font cache and onnxruntime's device id: under MLOPS_HOME, not ~/.cache
+    os.environ.setdefault("XDG_CACHE_HOME", str((home / "cache").resolve()))
 
 
 def service_config(fmt: LogFormat = "text", level: str = "INFO") -> dict[str, Any]:
@@ -62,8 +64,8 @@ def service_config(fmt: LogFormat = "text", level: str = "INFO") -> dict[str, An
     }
 
 
-def configure_service(fmt: LogFormat = "text", level: str = "INFO") -> None:
-    route_library_output()
+def configure_service(home: Path, fmt: LogFormat = "text", level: str = "INFO") -> None:
+    route_library_output(home)
     logging.config.dictConfig(service_config(fmt, level))
     logging.captureWarnings(True)
 
@@ -80,7 +82,7 @@ def configure_batch(home: Path, command: str, console: Console, verbose: bool) -
     """Everything to a new file under home/logs (returned); to the terminal only if verbose."""
     from rich.logging import RichHandler
 
-    route_library_output()
+    route_library_output(home)
     path = home.resolve() / "logs" / f"{datetime.now():%Y%m%d-%H%M%S}-{command}.log"
     to_file = LazyFileHandler(path, encoding="utf-8", delay=True)
     to_file.setFormatter(logging.Formatter(TEXT))

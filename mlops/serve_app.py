@@ -21,5 +21,5 @@ def create() -> FastAPI:
     from serving.app import create_app
 
     settings = Settings()
-    configure_service(settings.log_format, settings.log_level)
+    configure_service(settings.home, settings.log_format, settings.log_level)
     return create_app(settings.serve, model_source(settings))

@@ -1,4 +1,7 @@
-"""The `mlops` CLI: help on every command, errors mapped to exit codes, the run command."""
+"""The `mlops` CLI: help on every command, errors mapped to exit codes, settings at the edge.
+
+`mlops run` and the commands after it are tested end to end in tests/test_first_hour.py.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +29,11 @@ runner = CliRunner()
         ["promote"],
         ["evaluate"],
         ["tune"],
+        ["retrain"],
+        ["schedule"],
+        ["serve"],
+        ["export"],
+        ["predict"],
     ],
 )
 def test_every_command_has_help(command: list[str]) -> None:
@@ -54,37 +62,6 @@ def test_features_before_ingest_says_what_to_do(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--home", str(tmp_path), "data", "features"])
     assert result.exit_code == 2
     assert "run ingest first" in result.output
-
-
-def test_run_goes_from_raw_data_to_a_champion_and_the_gate_guards_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MLOPS_HOME", str(tmp_path / "state"))
-    monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["run", "--trials", "2", "--tune-epochs", "1", "--epochs", "1"])
-    assert result.exit_code == 0, result.output
-    data = tmp_path / "state" / "data"
-    assert (data / "feature_spec.json").exists()
-    for split in ("train", "valid", "test"):
-        assert any((data / "features" / split).glob("*.parquet"))
-    assert any((data / "lookups" / "flight_events").glob("*.npz"))
-    output = result.output.replace("\n", "")
-    assert str(data) in output
-    assert "flight-delay v1 (champion)" in output
-    assert "mlflow ui --backend-store-uri sqlite:///" in output
-    assert "http://127.0.0.1:8000/docs" in output  # where the API will answer
-    assert (tmp_path / "state" / "optuna.db").exists()
-
-    evaluated = runner.invoke(app, ["evaluate"])
-    assert evaluated.exit_code == 0, evaluated.output
-    assert "champion v1: ROC-AUC" in evaluated.output
-
-    again = runner.invoke(app, ["run", "--skip-if-champion"])  # what the stack's trainer does
-    assert again.exit_code == 0 and "nothing to do" in again.output
-
-    guarded = runner.invoke(app, ["promote", "--min-auc-gain", "0.5"])
-    assert guarded.exit_code == 0, guarded.output
-    assert "kept the champion" in guarded.output and "version 2" in guarded.output
 
 
 def test_promote_without_a_run_says_what_to_do(tmp_path: Path) -> None:
