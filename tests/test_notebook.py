@@ -19,6 +19,7 @@ def test_the_committed_notebook_has_no_outputs() -> None:
         assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_walkthrough_runs_top_to_bottom(tmp_path: Path) -> None:
     notebook = nbformat.read(NOTEBOOK, as_version=4)

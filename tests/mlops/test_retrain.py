@@ -72,6 +72,7 @@ def test_retrain_takes_the_next_month_reports_drift_and_runs_the_gate(
     assert set(test_months.dt.strftime("%Y-%m")) == {"2013-11"}
 
 
+@pytest.mark.slow
 def test_a_failed_retrain_leaves_the_champion_and_the_data(
     home_with_champion: Path, tmp_path: Path
 ) -> None:

@@ -29,6 +29,7 @@ def base_url(model_folder: Bundle) -> Iterator[str]:
         yield base
 
 
+@pytest.mark.slow
 def test_no_server_error_and_no_response_outside_the_schema(base_url: str) -> None:
     """Schemathesis generates requests from the app's own OpenAPI document, valid and not,
     and checks every response: no 5xx, status codes and bodies as documented."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import pytest
 
 from serving.bundle import Bundle
 
@@ -23,6 +24,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_mlops_serve_with_two_workers_answers_and_stops_cleanly(
     model_folder: Bundle, december: pd.DataFrame, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from training.tracking import TrackingConfig
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
 def test_two_ranks_train_one_model_and_only_rank_0_logs(

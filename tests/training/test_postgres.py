@@ -68,6 +68,7 @@ def _wait_for_running_trial(study: optuna.Study, pid: int, timeout: float) -> in
     raise AssertionError(f"process {pid} never started a trial")
 
 
+@pytest.mark.slow
 def test_two_tuning_processes_share_a_study_and_a_killed_ones_trial_is_retried(
     postgres_database, tmp_path: Path
 ) -> None:

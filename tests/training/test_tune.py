@@ -116,6 +116,7 @@ def test_a_pruned_trial_stops_after_its_first_epoch_and_says_so(home: Path) -> N
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid_loss")] == [0]
 
 
+@pytest.mark.slow
 def test_workers_run_the_trials_in_their_own_processes(home: Path) -> None:
     tracking = TrackingConfig(home)
     config = TuneConfig(trials=4, epochs=1, workers=2, study="workers", pruner="none")
