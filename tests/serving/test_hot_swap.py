@@ -42,6 +42,7 @@ async def _load(base: str, body: dict, stop: threading.Event, out: list) -> None
         await asyncio.gather(*(worker() for _ in range(8)))
 
 
+@pytest.mark.slow
 def test_ten_hot_swaps_under_load_drop_no_request(
     champion: Champion, december: pd.DataFrame, tmp_path: Path
 ) -> None:

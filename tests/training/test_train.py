@@ -104,6 +104,7 @@ def _shuffled_copy(home: Path, target: Path) -> DataLayout:
     return layout
 
 
+@pytest.mark.slow
 def test_the_gate_keeps_the_champion_against_a_worse_challenger(
     featured_home: Path, tmp_path: Path
 ) -> None:
