@@ -41,6 +41,10 @@ async def invocations(request: Request, state: StateDep) -> ModelResponse:
         rows = from_invocations(body, state.config.max_request_rows)
     except json.JSONDecodeError as error:
         return _bad_request(f"body: not JSON ({error.msg})")
+    except UnicodeDecodeError:
+        return _bad_request("body: not JSON (not UTF-8)")
+    except RecursionError:
+        return _bad_request("body: nested too deeply")
     except InvalidInputError as error:
         return _bad_request(str(error))
     answer = await state.batcher.score(rows)

@@ -7,6 +7,8 @@ reaches the state without FastAPI's dependency resolution.
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -35,6 +37,18 @@ def predictions_of(answer: Answer) -> PredictResponse:
     )
 
 
+def _in_body(error: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors as FastAPI reports a body's: located under `body`, and JSON-safe (a
+    body that is not UTF-8 comes back as the input of `json_invalid`, as bytes)."""
+    errors = []
+    for e in error.errors(include_url=False):
+        found: dict[str, Any] = {**e, "loc": ["body", *e["loc"]]}
+        if isinstance(found.get("input"), bytes):
+            found["input"] = found["input"].decode(errors="replace")
+        errors.append(found)
+    return errors
+
+
 def router(request_model: type[BaseModel]) -> APIRouter:
     """Built per app: the request model carries the configured limit of flights per request."""
     routes = APIRouter()
@@ -53,9 +67,7 @@ def router(request_model: type[BaseModel]) -> APIRouter:
         try:
             body = request_model.model_validate_json(await request.body())
         except ValidationError as error:
-            raise RequestValidationError(
-                [{**e, "loc": ["body", *e["loc"]]} for e in error.errors(include_url=False)]
-            ) from None
+            raise RequestValidationError(_in_body(error)) from None
         flights = body.flights  # type: ignore[attr-defined]
         rows = [{name: getattr(flight, name) for name in RAW_INPUTS} for flight in flights]
         answer = await state.batcher.score(rows)
