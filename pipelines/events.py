@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from pipelines.contract import clock_parts
+
 EVENT_COLUMNS = [
     "origin",
     "dest",
@@ -44,8 +46,8 @@ def _zone_of(airports: pd.DataFrame) -> pd.Series:
 def _scheduled_arrival_ny(flights: pd.DataFrame, zone: pd.Series) -> np.ndarray:
     """Scheduled arrival as New York local minutes; NaN where the destination's zone is unknown."""
     day = flights["scheduled_departure"].dt.normalize()
-    hhmm = flights["sched_arr_time"].astype("int64")
-    local = day + pd.to_timedelta((hhmm // 100) * 60 + hhmm % 100, unit="min")
+    hour, minute = clock_parts(flights["sched_arr_time"].astype("int64"))
+    local = day + pd.to_timedelta(hour * 60 + minute, unit="min")
     zones = flights["dest"].map(zone)
     result = np.full(len(flights), np.nan)
     for name, rows in flights.groupby(zones, sort=False).indices.items():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.contract import local_time
 from pipelines.layout import DataLayout
 from pipelines.schemas import SCHEMAS, TableSchema, validate
 from pipelines.sources import bundled_source, read_chunks
@@ -70,18 +71,6 @@ def month_keys(year: pd.Series, month: pd.Series) -> pd.Series:
     y = year.where(ok, 0).astype("int64").astype(str).str.zfill(4)
     m = month.where(ok, 0).astype("int64").astype(str).str.zfill(2)
     return (y + "-" + m).where(ok, UNDATED)
-
-
-def local_time(frame: pd.DataFrame, hhmm: pd.Series | None = None, hour: str = "") -> pd.Series:
-    """Naive local New York time from year/month/day and a HHMM clock time or an hour column."""
-    parts = frame[["year", "month", "day"]].astype("int64")
-    if hhmm is not None:
-        parts = parts.assign(
-            hour=(hhmm // 100).astype("int64"), minute=(hhmm % 100).astype("int64")
-        )
-    else:
-        parts = parts.assign(hour=frame[hour].astype("int64"))
-    return pd.to_datetime(parts).astype("datetime64[ns]")
 
 
 def _enrich(table: str, kept: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
+from pipelines.contract import local_time
 from pipelines.transform import RAW_INPUTS
 from serving.bundle import read_bundle
 from serving.runtime import LoadedModel
@@ -42,10 +43,7 @@ def with_scheduled_departure(table: pd.DataFrame) -> pd.DataFrame:
         table
     ):
         return table
-    parts = table[["year", "month", "day"]].astype("Int64")
-    hhmm = pd.to_numeric(table["sched_dep_time"], errors="coerce")
-    parts = parts.assign(hour=hhmm // 100, minute=hhmm % 100)
-    when = pd.to_datetime(parts.astype("float64"), errors="coerce")
+    when = local_time(table, table["sched_dep_time"], errors="coerce")
     return table.assign(scheduled_departure=when.dt.strftime("%Y-%m-%dT%H:%M:%S"))
 
 

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from serving.drift import DriftMonitor
+
+if TYPE_CHECKING:
+    from serving.runtime import Scored
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
@@ -97,6 +102,15 @@ class ServingMetrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_batch(self, scored: Scored, seconds: float) -> None:
+        """One micro-batch: its rows and time, and its inputs into the drift window."""
+        rows = len(scored.probabilities)
+        self.batch_rows.observe(rows)
+        self.batch_seconds.observe(seconds)
+        self.rows_scored.inc(rows)
+        if self.drift is not None:
+            self.drift.update(scored.numerical, scored.missing)
 
     def served(self, name: str, version: str) -> None:
         self.model_info.clear()

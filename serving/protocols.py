@@ -89,17 +89,21 @@ def from_invocations(body: Any, max_rows: int) -> list[dict]:
     return validate_flights(records, "dataframe_split.data", max_rows)
 
 
+HEADER_LENGTH = "Inference-Header-Content-Length"
 _BINARY_DTYPES = {"INT64": "<i8", "INT32": "<i4", "FP32": "<f4", "FP64": "<f8"}
 
 
-def parse_v2(body: bytes, header_length: int | None) -> V2InferRequest:
+def parse_v2(body: bytes, header_length: str | None) -> V2InferRequest:
     """A V2 request: JSON, or (the binary tensor extension) a JSON header of `header_length`
-    bytes followed by the tensors whose `parameters.binary_data_size` say how long they are."""
-    if header_length is not None and not 0 <= header_length <= len(body):
-        raise InvalidInputError("Inference-Header-Content-Length", "larger than the body")
-    head, tail = (
-        (body, b"") if header_length is None else (body[:header_length], body[header_length:])
-    )
+    bytes (the Inference-Header-Content-Length header, as sent) followed by the tensors whose
+    `parameters.binary_data_size` say how long they are."""
+    try:
+        length = int(header_length) if header_length else None
+    except ValueError:
+        raise InvalidInputError(HEADER_LENGTH, "not an integer") from None
+    if length is not None and not 0 <= length <= len(body):
+        raise InvalidInputError(HEADER_LENGTH, "larger than the body")
+    head, tail = (body, b"") if length is None else (body[:length], body[length:])
     try:
         request = V2InferRequest.model_validate_json(head)
     except ValidationError as error:

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 
+from pipelines.contract import INPUTS, OUTPUT, PARITY_ATOL, session_options
 from pipelines.lookups import Lookups, load_lookups
 from pipelines.spec import Encoded, FeatureSpec, encode
 from pipelines.transform import RAW_INPUTS, feature_arrays
@@ -26,9 +27,6 @@ from serving.bundle import Bundle, ModelRejectedError, verify
 
 logger = logging.getLogger(__name__)
 
-INPUTS = ("categorical", "numerical")
-OUTPUT = "delay_probability"
-PARITY_ATOL = 1e-5
 NAME_PATTERNS = 4096  # distinct defaults_used patterns remembered per model
 # Batches up to this many rows run on a single-threaded session: waking a pool costs more than
 # it saves below a few thousand rows (benchmarks/RESULTS.md), and the request path's batches
@@ -183,14 +181,10 @@ def _infer(
 
 
 def _session(bundle: Bundle, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    # Idle pool threads must sleep, not spin: a spinning pool takes a core from the event
-    # loop and the other workers between micro-batches.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        return ort.InferenceSession(str(bundle.onnx), options, providers=providers())
+        return ort.InferenceSession(
+            str(bundle.onnx), session_options(threads), providers=providers()
+        )
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
         raise ModelRejectedError(
             f"{bundle.name} v{bundle.version}: not a valid ONNX model: {error}"

@@ -105,6 +105,29 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class ModelInfo(BaseModel):
+    """GET /model: what is served, where it came from, and the last reload."""
+
+    name: str
+    version: str
+    source: str
+    loaded_at: str  # ISO 8601, UTC
+    onnx_sha256: str | None
+    feature_spec_sha256: str | None
+    decision_threshold: float
+    providers: list[str]  # onnxruntime's execution providers, in order of preference
+    inputs: list[str]
+    train_months: list[str]
+    last_reload: ReloadResponse | None
+
+
+class MlflowError(BaseModel):
+    """MLflow's scoring server's error body, so its clients read ours unchanged."""
+
+    error_code: str
+    message: str
+
+
 # --- Open Inference Protocol (KServe V2) ---------------------------------------------------
 
 
@@ -128,3 +151,40 @@ class V2InferResponse(BaseModel):
     model_version: str
     id: str | None = None
     outputs: list[V2Tensor]
+
+
+class V2Error(BaseModel):
+    error: str
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2ServerLive(BaseModel):
+    live: bool
+
+
+class V2ServerReady(BaseModel):
+    ready: bool
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool

@@ -19,15 +19,13 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from pipelines.contract import INPUTS, OUTPUT, PARITY_ATOL, session_options
 from pipelines.errors import ModelRefusedError
 from training.tensors import Tensors
 
 logger = logging.getLogger(__name__)
 
-INPUTS = ("categorical", "numerical")
-OUTPUT = "delay_probability"
 PARITY_BATCHES = (1, 7, 4096)
-PARITY_ATOL = 1e-5
 
 
 class ParityError(ModelRefusedError):
@@ -73,10 +71,10 @@ def export_onnx(model: nn.Module, sample: Tensors, path: Path) -> Path:
 
 
 def session(path: Path, threads: int = 1) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """A CPU session configured as the server's (`pipelines.contract`): what the gate scores."""
+    return ort.InferenceSession(
+        str(path), session_options(threads), providers=["CPUExecutionProvider"]
+    )
 
 
 def predict_onnx(

@@ -4,8 +4,10 @@ configured pool for large ones; the same probabilities from either."""
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
+from pipelines.contract import session_options
 from serving.bundle import Bundle
 from serving.runtime import OUTPUT, POOLED_ROWS, LoadedModel, example_flights, table_columns
 
@@ -44,6 +46,22 @@ def test_one_thread_configured_means_one_session(model_folder: Bundle) -> None:
     model = LoadedModel.load(model_folder, threads=1)
     assert model.single is model.session
     assert model.sessions == [model.session]
+
+
+def _settings(options: ort.SessionOptions) -> tuple:
+    spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
+    return (
+        options.intra_op_num_threads,
+        options.inter_op_num_threads,
+        options.graph_optimization_level,
+        spinning,
+    )
+
+
+def test_both_sessions_are_configured_by_the_contract(pooled: LoadedModel) -> None:
+    """The same settings as the gate's session (training.export.session) at each size."""
+    assert _settings(pooled.session.get_session_options()) == _settings(session_options(2))
+    assert _settings(pooled.single.get_session_options()) == _settings(session_options(1))
 
 
 class _Recording:

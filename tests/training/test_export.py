@@ -8,8 +8,9 @@ import onnx
 import pytest
 import torch
 
+from pipelines.contract import session_options
 from pipelines.spec import FeatureSpec
-from training.export import INPUTS, OUTPUT, ParityError, check_parity, export_onnx
+from training.export import INPUTS, OUTPUT, ParityError, check_parity, export_onnx, session
 from training.model import ModelConfig, TabularNet
 from training.tensors import to_tensors
 
@@ -40,6 +41,21 @@ def test_the_file_is_self_contained_with_a_dynamic_batch_axis(
     for tensor in graph.input:
         batch = tensor.type.tensor_type.shape.dim[0]
         assert batch.dim_param and not batch.HasField("dim_value")
+
+
+def test_the_gate_scores_through_a_session_configured_as_the_servers(
+    spec: FeatureSpec, tables, tmp_path: Path
+) -> None:
+    data = to_tensors(tables["train"].head(100), spec, "cpu")
+    path = export_onnx(TabularNet(spec, ModelConfig(width=16)).eval(), data, tmp_path / "m.onnx")
+    for threads in (1, 2):
+        options = session(path, threads).get_session_options()
+        expected = session_options(threads)  # what serving.runtime opens its sessions with
+        assert options.intra_op_num_threads == expected.intra_op_num_threads == threads
+        assert options.inter_op_num_threads == expected.inter_op_num_threads
+        assert options.graph_optimization_level == expected.graph_optimization_level
+        spinning = "session.intra_op.allow_spinning"
+        assert options.get_session_config_entry(spinning) == "0"
 
 
 def test_a_model_that_drifted_from_its_export_fails_parity(

@@ -1,0 +1,44 @@
+"""The dependencies routes declare: the app's state, the served model, the admin token."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Request
+
+from serving.runtime import LoadedModel
+from serving.state import ServingState
+
+
+async def serving_state(request: Request) -> ServingState:
+    """The app's one ServingState. Async on purpose: FastAPI runs a sync dependency on a
+    thread. /predict awaits this directly instead of declaring it, to skip FastAPI's
+    dependency resolution on the hot path (about 10 µs of a 140 µs request)."""
+    return request.app.state.serving
+
+
+StateDep = Annotated[ServingState, Depends(serving_state)]
+
+
+async def served_model(name: str, state: StateDep) -> LoadedModel:
+    """The model a V2 path names: 503 before one is loaded, 404 for another name."""
+    model = state.model()
+    if name != model.name:
+        raise HTTPException(404, f"model {name!r} is not served here; {model.name!r} is")
+    return model
+
+
+ServedModelDep = Annotated[LoadedModel, Depends(served_model)]
+
+
+async def require_admin(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """`Authorization: Bearer <token>`; with no token configured the admin routes are off."""
+    expected = state.config.admin_token
+    if not expected:
+        raise HTTPException(403, "admin endpoints are disabled: no token is set")
+    token = (authorization or "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        raise HTTPException(401, "authorization: a valid bearer token is required")

@@ -1,0 +1,98 @@
+"""The API's own protocol: POST /predict (one prediction per flight, in order) and GET /model.
+
+/predict is the hot path, and every microsecond here shows in its throughput
+(benchmarks/RESULTS.md): it parses its body with pydantic-core straight from the bytes and
+reaches the state without FastAPI's dependency resolution.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+
+from pipelines.transform import RAW_INPUTS
+from serving.batcher import Answer
+from serving.routes.deps import StateDep, serving_state
+from serving.routes.openapi import BODY_ERRORS, UNAVAILABLE, VALIDATION_ERROR, json_body, schema_of
+from serving.routes.responses import ModelResponse
+from serving.schemas import ModelInfo, ModelRef, Prediction, PredictResponse, ReloadResponse
+
+
+def predictions_of(answer: Answer) -> PredictResponse:
+    """The batcher's answer as /predict (and MLflow's /invocations) return it."""
+    return PredictResponse(
+        predictions=[
+            Prediction(delay_probability=p, delayed=d, defaults_used=u)
+            for p, d, u in zip(
+                answer.probabilities.tolist(),
+                answer.delayed.tolist(),
+                answer.defaults_used,
+                strict=True,
+            )
+        ],
+        model=ModelRef(name=answer.model.name, version=answer.model.version),
+    )
+
+
+def _in_body(error: ValidationError) -> list[dict[str, Any]]:
+    """pydantic's errors as FastAPI reports a body's: located under `body`, and JSON-safe (a
+    body that is not UTF-8 comes back as the input of `json_invalid`, as bytes)."""
+    errors = []
+    for e in error.errors(include_url=False):
+        found: dict[str, Any] = {**e, "loc": ["body", *e["loc"]]}
+        if isinstance(found.get("input"), bytes):
+            found["input"] = found["input"].decode(errors="replace")
+        errors.append(found)
+    return errors
+
+
+def router(request_model: type[BaseModel]) -> APIRouter:
+    """Built per app: the request model carries the configured limit of flights per request."""
+    routes = APIRouter()
+
+    @routes.post(
+        "/predict",
+        response_model=PredictResponse,
+        responses={422: VALIDATION_ERROR, **BODY_ERRORS},
+        openapi_extra=json_body(schema_of(request_model)),
+    )
+    async def predict(request: Request) -> ModelResponse:
+        """One prediction per flight, in order; unknown values fall back to training defaults."""
+        state = await serving_state(request)
+        # pydantic-core parses and validates the bytes in one pass: the same model and the
+        # same 422s as FastAPI's body parameter, without its generic dependency machinery
+        try:
+            body = request_model.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise RequestValidationError(_in_body(error)) from None
+        flights = body.flights  # type: ignore[attr-defined]
+        rows = [{name: getattr(flight, name) for name in RAW_INPUTS} for flight in flights]
+        answer = await state.batcher.score(rows)
+        return ModelResponse(predictions_of(answer))
+
+    @routes.get("/model", response_model=None, responses=UNAVAILABLE)
+    async def model_info(state: StateDep) -> ModelResponse:
+        """The served model: version, source, checksums, threshold, and the last reload."""
+        model = state.model()
+        last = state.manager.last_result
+        info = ModelInfo(
+            name=model.name,
+            version=model.version,
+            source=model.bundle.source,
+            loaded_at=model.loaded_at.isoformat(),
+            onnx_sha256=model.bundle.metadata.get("onnx_sha256"),
+            feature_spec_sha256=model.bundle.metadata.get("feature_spec_sha256"),
+            decision_threshold=model.threshold,
+            providers=model.session.get_providers(),
+            inputs=RAW_INPUTS,
+            train_months=model.spec.splits["train"].months,
+            last_reload=(
+                None if last is None else ReloadResponse.model_validate(last, from_attributes=True)
+            ),
+        )
+        return ModelResponse(info)
+
+    return routes

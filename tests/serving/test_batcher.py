@@ -1,0 +1,186 @@
+"""The micro-batcher on its own, over the real model: batches form under concurrency, each
+request gets its own slice in order, a batch is scored by one model, and a request that cannot
+be scored fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from serving.batcher import Answer, MicroBatcher, ModelSlot, NotReadyError, ScoringError
+from serving.bundle import Bundle
+from serving.protocols import validate_flights
+from serving.runtime import LoadedModel, Scored
+
+from .conftest import as_requests
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="module")
+def model(model_folder: Bundle) -> LoadedModel:
+    return LoadedModel.load(model_folder)
+
+
+@pytest.fixture(scope="module")
+def rows(december: pd.DataFrame) -> list[dict]:
+    """Validated request rows, as the routes hand them to the batcher."""
+    return validate_flights(as_requests(december.head(40)), "flights", 1_000)
+
+
+def _slot(model: LoadedModel | None) -> ModelSlot:
+    slot = ModelSlot()
+    if model is not None:
+        slot.swap(model)
+    return slot
+
+
+def _run(
+    slot: ModelSlot,
+    work: Callable[[MicroBatcher], Awaitable[T]],
+    max_batch: int = 256,
+    on_batch: Callable[[Scored, float], None] | None = None,
+) -> T:
+    """`work` against a started batcher, on a fresh event loop; the batcher is stopped after."""
+
+    async def main() -> T:
+        batcher = MicroBatcher(slot, max_batch, 0.0, on_batch)
+        batcher.start()
+        try:
+            return await work(batcher)
+        finally:
+            await batcher.stop()
+
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_share_batches_up_to_the_limit(
+    model: LoadedModel, rows: list[dict]
+) -> None:
+    batches: list[int] = []
+
+    async def work(batcher: MicroBatcher) -> list[Answer]:
+        return await asyncio.gather(*(batcher.score([row]) for row in rows[:30]))
+
+    answers = _run(
+        _slot(model), work, max_batch=8, on_batch=lambda s, _: batches.append(len(s.probabilities))
+    )
+    assert len(answers) == 30
+    assert sum(batches) == 30
+    assert len(batches) < 30, "concurrent requests should be scored together"
+    assert max(batches) <= 8
+
+
+def test_each_request_gets_its_own_rows_in_order(model: LoadedModel, rows: list[dict]) -> None:
+    sizes = [3, 1, 5, 2, 4, 1]
+    requests, start = [], 0
+    for size in sizes:
+        requests.append(rows[start : start + size])
+        start += size
+
+    async def work(batcher: MicroBatcher) -> list[Answer]:
+        return await asyncio.gather(*(batcher.score(request) for request in requests))
+
+    batches: list[int] = []
+    answers = _run(_slot(model), work, on_batch=lambda s, _: batches.append(len(s.probabilities)))
+    assert len(batches) < len(requests)  # the slices came out of shared batches
+    for request, answer in zip(requests, answers, strict=True):
+        alone = model.score_rows(request)
+        assert len(answer.probabilities) == len(request)
+        np.testing.assert_allclose(answer.probabilities, alone.probabilities, atol=1e-6)
+        assert list(answer.delayed) == list(alone.delayed)
+        assert answer.defaults_used == alone.defaults_used
+        assert answer.model is model
+
+
+class FlippingSlot(ModelSlot):
+    """A slot whose model changes on every read: as if a hot swap landed between any two
+    lines of the batcher. A batch that reads the slot more than once would mix models."""
+
+    def __init__(self, models: tuple[LoadedModel, LoadedModel]) -> None:
+        super().__init__()
+        self.models = models
+        self.reads = 0
+
+    @property
+    def current(self) -> LoadedModel:
+        self.reads += 1
+        return self.models[self.reads % 2]
+
+    @current.setter
+    def current(self, model: LoadedModel | None) -> None:
+        pass  # ModelSlot.__init__ sets it; the two models above are all this slot serves
+
+
+def test_a_batch_is_scored_and_answered_by_one_model(
+    model: LoadedModel, model_folder: Bundle, rows: list[dict]
+) -> None:
+    other = LoadedModel.load(model_folder)  # the same version, loaded again: another object
+    scored_by: list[tuple[int, LoadedModel]] = []
+
+    async def work(batcher: MicroBatcher) -> list[Answer]:
+        return await asyncio.gather(*(batcher.score([row]) for row in rows[:24]))
+
+    answers = _run(
+        FlippingSlot((model, other)),
+        work,
+        max_batch=6,
+        on_batch=lambda s, _: scored_by.append((len(s.probabilities), s.model)),
+    )
+    assert len(scored_by) > 1
+    position = 0
+    for size, scorer in scored_by:  # batches take the queue in order
+        in_batch = answers[position : position + size]
+        assert all(answer.model is scorer for answer in in_batch)
+        position += size
+    assert position == len(answers)
+
+
+def test_no_model_or_shutting_down_is_not_ready(model: LoadedModel, rows: list[dict]) -> None:
+    async def score_one(batcher: MicroBatcher) -> Answer:
+        return await batcher.score(rows[:1])
+
+    with pytest.raises(NotReadyError, match="no model"):
+        _run(_slot(None), score_one)
+
+    async def after_stop(batcher: MicroBatcher) -> Answer:
+        await batcher.stop()
+        return await asyncio.wait_for(batcher.score(rows[:1]), 10)  # not queued forever
+
+    with pytest.raises(NotReadyError, match="shutting down"):
+        _run(_slot(model), after_stop)
+
+
+def test_a_request_that_cannot_be_scored_fails_alone(model: LoadedModel, rows: list[dict]) -> None:
+    # Routes validate rows first; this one slips past (a time that is not a time) and makes
+    # the whole batch's transform fail: the batcher retries each request on its own.
+    broken = rows[0] | {"scheduled_departure": "not a time"}
+    requests = [rows[0:2], [broken], rows[2:5]]
+
+    async def work(batcher: MicroBatcher) -> list[Answer | BaseException]:
+        return await asyncio.gather(
+            *(batcher.score(request) for request in requests), return_exceptions=True
+        )
+
+    first, failed, last = _run(_slot(model), work)
+    assert isinstance(failed, ScoringError)
+    assert isinstance(first, Answer) and isinstance(last, Answer)
+    np.testing.assert_allclose(
+        last.probabilities, model.score_rows(rows[2:5]).probabilities, atol=1e-6
+    )
+
+
+def test_stopping_answers_what_is_already_queued(model: LoadedModel, rows: list[dict]) -> None:
+    async def work(batcher: MicroBatcher) -> list[Answer]:
+        pending = [asyncio.ensure_future(batcher.score([row])) for row in rows[:10]]
+        await asyncio.sleep(0)  # queued, not yet scored
+        await batcher.stop()
+        return await asyncio.wait_for(asyncio.gather(*pending), 10)
+
+    answers = _run(_slot(model), work)
+    assert [len(answer.probabilities) for answer in answers] == [1] * 10
