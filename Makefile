@@ -35,7 +35,7 @@ lint: $(STAMP)
 bench: $(STAMP)  ## the benchmarks (tens of minutes; writes benchmarks/results/)
 	$(BIN)/python -m pip install --quiet 'lightgbm>=4' 'aiohttp>=3.9'
 	$(BIN)/python benchmarks/data_pipeline.py
-	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/serving.py
 
 figures: $(STAMP)  ## regenerate the README's pictures in docs/ from a real run

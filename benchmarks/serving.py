@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING
 # ruff: noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
-    sys.path[0] = str(ROOT)  # `training` must be the package, not benchmarks/training.py
+    sys.path[0] = str(ROOT)  # `serving` must be the package, not this file
 
 import numpy as np
 import pandas as pd

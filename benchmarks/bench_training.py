@@ -13,7 +13,7 @@ process, because the machines are shared and noisy:
 The feature table is built once (ingest of the bundled data, then `build_features_pandas`)
 under `--workdir`, or read from `--home` when that already holds `data/feature_spec.json`:
 
-    python benchmarks/training.py --seeds 3
+    python benchmarks/bench_training.py --seeds 3
 
 Writes benchmarks/results/training.json and prints the rows for benchmarks/RESULTS.md.
 """
@@ -35,8 +35,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 # ruff: noqa: E402
-# This file shares its name with the `training` package it measures. Run as a script, its own
-# folder comes first on sys.path and `import training` would find this file: use the root.
+# Run as a script, this folder comes first on sys.path, where benchmarks/serving.py would
+# shadow the `serving` package: put the repository root there instead.
 ROOT = Path(__file__).resolve().parents[1]
 if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
     sys.path[0] = str(ROOT)
