@@ -8,7 +8,6 @@ are logged to the challenger's run and written into its model version.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pipelines.spec import LABEL, FeatureSpec, encode
 from training.export import predict_onnx, session
 from training.logging_model import MODEL_NAME_IN_RUN
 from training.metrics import log_loss, roc_auc
+from training.model_card import model_card, registered_model_description
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +64,15 @@ def champion_of(client: MlflowClient, gate: GateConfig):
 
 
 def _model_card(run, decision: Decision, holdout: pd.DataFrame) -> str:
-    params = {k: v for k, v in run.data.params.items() if k.startswith(("model.", "fit."))}
+    """The run's card, then the gate's holdout figures and verdict."""
     months = holdout["scheduled_departure"].dt.strftime("%Y-%m")
     return "\n".join(
         [
-            "Flight delay (arrival > 15 min) classifier, ONNX.",
-            f"Trained on months {run.data.params.get('train_months', '?')}; "
-            f"holdout {months.min()}..{months.max()} ({len(holdout):,} flights).",
-            f"Holdout ROC-AUC {decision.challenger_auc:.4f}, "
-            f"log loss {decision.challenger_log_loss:.4f}.",
-            f"Gate: {decision.reason}.",
-            f"Parameters: {json.dumps(params, sort_keys=True)}",
-            f"Run: runs:/{run.info.run_id}",
+            model_card(run.data.params, run.data.metrics),
+            f"- Gate holdout ({months.min()}..{months.max()}, {len(holdout):,} flights): "
+            f"ROC-AUC {decision.challenger_auc:.4f}, log loss {decision.challenger_log_loss:.4f}",
+            f"- Gate: {decision.reason}",
+            f"- Run: `runs:/{run.info.run_id}`",
         ]
     )
 
@@ -87,6 +84,8 @@ def promote(run_id: str, holdout: pd.DataFrame, gate: GateConfig) -> Decision:
     version = str(
         mlflow.register_model(f"runs:/{run_id}/{MODEL_NAME_IN_RUN}", gate.model_name).version
     )
+    if not client.get_registered_model(gate.model_name).description:  # new, or never described
+        client.update_registered_model(gate.model_name, registered_model_description(gate.alias))
     auc, loss = score(run_id, holdout, client)
     champion = champion_of(client, gate)
     if champion is None:
