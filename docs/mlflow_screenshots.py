@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import itertools
 import json
 import logging
@@ -126,7 +127,8 @@ class Browser:
         ]
         self._process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         self._ids = itertools.count(1)
-        self._socket = self._connect()
+        self._closing = contextlib.ExitStack()
+        self._socket = self._closing.enter_context(self._connect())
 
     def _connect(self):
         from websockets.sync.client import connect
@@ -139,7 +141,7 @@ class Browser:
             raise RuntimeError("chromium exited before it opened its DevTools port")
         with urllib.request.urlopen(f"http://127.0.0.1:{match.group(1)}/json/list") as answer:
             page = next(t for t in json.load(answer) if t["type"] == "page")
-        return connect(page["webSocketDebuggerUrl"], max_size=None)  # closed in __exit__
+        return connect(page["webSocketDebuggerUrl"], max_size=None)
 
     def call(self, method: str, **params: object) -> dict:
         ident = next(self._ids)
@@ -211,7 +213,7 @@ class Browser:
         except subprocess.TimeoutExpired:
             self._process.terminate()
             self._process.wait(timeout=30)
-        self._socket.close()
+        self._closing.close()
         self._profile.cleanup()
 
 
@@ -238,7 +240,8 @@ def capture(server: str, home: Path, output: Path, executable: str) -> None:
         browser.widen_column("Run Name", 120)
         browser.screenshot(output / "mlflow_experiment.png")
     with Browser(executable, 1400, 1100) as browser:
-        browser.open(landing.replace("?", f"/runs/{run_id}?"), showing="Description")
+        run_page = f"{server}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+        browser.open(run_page, showing="Description")
         browser.click(CLOSE_ASSISTANT)
         browser.click('button[aria-label="Expand description"]')
         browser.screenshot(output / "mlflow_run.png")

@@ -10,10 +10,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 # MLflow 3's UI shows an experiment either for model training (runs, models) or for GenAI
-# (an overview of traces). The experiment's kind is this tag; the value is the one the UI's own
-# kind selector writes for "Machine learning". Releases up to at least 3.17 open experiments
-# in the browser's remembered mode instead (GenAI on a first visit) unless the address names
-# one: `experiment_page` does.
+# (an overview of traces). The experiment's kind is this tag, with the value the UI's own kind
+# selector writes for "Machine learning". MLflow 3.17's UI still opens an experiment in the
+# browser's remembered mode (GenAI on a first visit) unless the address names one, as
+# `experiment_page` does; newer MLflow source switches the mode to the tag's kind.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 DESCRIPTION_TAG = "mlflow.note.content"  # what the UI shows (and edits) as a description
 MODEL_TRAINING = "custom_model_development"

@@ -76,7 +76,7 @@ def train(
     """Fit on the training months, stop early on validation, report the test months.
 
     The run is named `<name_prefix> <training months> <architecture>` (a retrain passes
-    `retrain 2013-11`) and described by its model card. Under torchrun only rank 0 tracks,
+    `retrain 2013-12:`) and described by its model card. Under torchrun only rank 0 tracks,
     exports and returns a result; the others help fit.
     """
     spec = FeatureSpec.load(layout.spec)

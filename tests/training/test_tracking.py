@@ -66,7 +66,7 @@ def test_an_older_experiment_gets_the_kind_and_keeps_its_own_description(tmp_pat
 def test_run_names_say_window_architecture_and_purpose(spec: FeatureSpec) -> None:
     resnet = ModelConfig(backbone="resnet", numeric_embedding="ple")
     assert run_name(spec, resnet) == "train 2013-01 resnet+ple"
-    assert run_name(spec, resnet, "retrain 2013-11:") == "retrain 2013-11: 2013-01 resnet+ple"
+    assert run_name(spec, resnet, "retrain 2013-12:") == "retrain 2013-12: 2013-01 resnet+ple"
     assert window(["2013-03", "2013-01", "2013-02"]) == window("2013-01,2013-02,2013-03")
     assert window("2013-01,2013-02,2013-03") == "2013-01..2013-03"
 
