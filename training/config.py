@@ -37,10 +37,6 @@ class ModelConfig:
     def as_params(self) -> dict[str, object]:
         return asdict(self)
 
-    def describe(self) -> str:
-        """A short name for run names: `mlp+periodic 3x128`."""
-        return f"{self.backbone}+{self.numeric_embedding} {self.depth}x{self.width}"
-
 
 @dataclass(frozen=True)
 class FitConfig:

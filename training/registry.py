@@ -8,7 +8,6 @@ are logged to the challenger's run and written into its model version.
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from training.bundle import MODEL_ID_TAG
 from training.config import GateConfig
 from training.export import predict_onnx, session
 from training.metrics import log_loss, roc_auc
+from training.model_card import model_card, registered_model_description
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +86,15 @@ def champion_of(client: MlflowClient, gate: GateConfig):
 
 
 def _model_card(run, decision: Decision, holdout: pd.DataFrame) -> str:
-    params = {k: v for k, v in run.data.params.items() if k.startswith(("model.", "fit."))}
+    """The run's card, then the gate's holdout figures and verdict."""
     months = holdout["scheduled_departure"].dt.strftime("%Y-%m")
     return "\n".join(
         [
-            "Flight delay (arrival > 15 min) classifier, ONNX.",
-            f"Trained on months {run.data.params.get('train_months', '?')}; "
-            f"holdout {months.min()}..{months.max()} ({len(holdout):,} flights).",
-            f"Holdout ROC-AUC {decision.challenger_auc:.4f}, "
-            f"log loss {decision.challenger_log_loss:.4f}.",
-            f"Gate: {decision.reason}.",
-            f"Parameters: {json.dumps(params, sort_keys=True)}",
-            f"Run: runs:/{run.info.run_id}",
+            model_card(run.data.params, run.data.metrics),
+            f"- Gate holdout ({months.min()}..{months.max()}, {len(holdout):,} flights): "
+            f"ROC-AUC {decision.challenger_auc:.4f}, log loss {decision.challenger_log_loss:.4f}",
+            f"- Gate: {decision.reason}",
+            f"- Run: `runs:/{run.info.run_id}`",
         ]
     )
 
@@ -116,6 +113,8 @@ def register(client: MlflowClient, run_id: str, gate: GateConfig) -> str:
     created = client.create_model_version(
         gate.model_name, source=location, run_id=run_id, model_id=model_id
     )
+    if not client.get_registered_model(gate.model_name).description:  # new, or never described
+        client.update_registered_model(gate.model_name, registered_model_description(gate.alias))
     return str(created.version)
 
 

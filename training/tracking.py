@@ -19,6 +19,25 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+# MLflow 3's UI shows an experiment either for model training (runs, models) or for GenAI
+# (an overview of traces). The experiment's kind is this tag, with the value the UI's own kind
+# selector writes for "Machine learning". MLflow 3.17's UI still opens an experiment in the
+# browser's remembered mode (GenAI on a first visit) unless the address names one, as
+# `experiment_page` does; newer MLflow source switches the mode to the tag's kind.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+DESCRIPTION_TAG = "mlflow.note.content"  # what the UI shows (and edits) as a description
+MODEL_TRAINING = "custom_model_development"
+EXPERIMENT_TAGS = {
+    EXPERIMENT_KIND_TAG: MODEL_TRAINING,
+    DESCRIPTION_TAG: (
+        "Training runs of the flight delay network, each named for its training months and "
+        "architecture (`train 2013-01..2013-09 mlp+periodic`) and described by its model card; "
+        "a retrain's run names the month it takes in. An Optuna study is one `tune-<study>` run "
+        "with a nested `trial-N` run per trial. The registry holds the versions; the "
+        "`champion` alias marks the one served."
+    ),
+}
+
 
 @dataclass(frozen=True)
 class TrackingConfig:
@@ -54,10 +73,11 @@ def experiment_id(client: MlflowClient, config: TrackingConfig) -> str:
     """The experiment's id, created on first use."""
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is not None:
+        _tag_experiment(client, experiment.experiment_id, experiment.tags)
         return experiment.experiment_id
     try:
         return client.create_experiment(
-            config.experiment, artifact_location=config.artifact_location
+            config.experiment, artifact_location=config.artifact_location, tags=EXPERIMENT_TAGS
         )
     except MlflowException:  # another process created it first
         experiment = client.get_experiment_by_name(config.experiment)
@@ -83,3 +103,17 @@ def fluent_tracking(config: TrackingConfig) -> Iterator[str]:
         yield found
     finally:
         mlflow.set_tracking_uri(previous)  # None unsets it, the environment variable too
+
+
+def _tag_experiment(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> None:
+    """Give an experiment made before these tags existed its kind and description, keeping
+    any a user has set (in the UI, say)."""
+    for key, value in EXPERIMENT_TAGS.items():
+        if key not in tags:
+            client.set_experiment_tag(experiment_id, key, value)
+
+
+def experiment_page(server: str, experiment_id: str) -> str:
+    """The experiment's runs in the UI at `server` (e.g. http://127.0.0.1:5000), in the
+    model training view even on a browser's first visit."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"

@@ -21,8 +21,9 @@ from training.fit import FitResult, OnEpoch, fit, predict_logits
 from training.importance import permutation_importance
 from training.metrics import log_loss, roc_auc, sigmoid
 from training.model import TabularNet
+from training.model_card import model_card, run_name
 from training.tensors import Tensors, pick_device, to_tensors
-from training.tracking import TrackingConfig, fluent_tracking
+from training.tracking import DESCRIPTION_TAG, TrackingConfig, fluent_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainResult:
     run_id: str
+    experiment_id: str
     fit: FitResult
     metrics: dict[str, float]
     model: LoggedModel
@@ -71,10 +73,13 @@ def train(
     model_config: ModelConfig,
     fit_config: FitConfig,
     on_epoch: OnEpoch | None = None,
+    name_prefix: str = "train",
 ) -> TrainResult | None:
     """Fit on the training months, stop early on validation, report the test months.
 
-    Under torchrun only rank 0 tracks, exports and returns a result; the others help fit.
+    The run is named `<name_prefix> <training months> <architecture>` (a retrain passes
+    `retrain 2013-12:`) and described by its model card. Under torchrun only rank 0 tracks,
+    exports and returns a result; the others help fit.
     """
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
@@ -90,7 +95,11 @@ def train(
         return None
     with (
         fluent_tracking(tracking) as experiment_id,
-        mlflow.start_run(experiment_id=experiment_id, log_system_metrics=True) as run,
+        mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name(spec, model_config, name_prefix),
+            log_system_metrics=True,
+        ) as run,
     ):
         mlflow.log_params(
             {f"model.{k}": v for k, v in model_config.as_params().items()}
@@ -99,6 +108,11 @@ def train(
                 "device": device.type,
                 "world_size": distributed.world_size(),
                 "train_months": ",".join(spec.splits["train"].months),
+            }
+            | {
+                f"{split}_months": ",".join(spec.splits[split].months)
+                for split in ("valid", "test")
+                if split in spec.splits
             }
         )
         for split, table in tables.items():
@@ -139,5 +153,7 @@ def train(
         holdout = scored[-1]  # the test months when there are any
         _log_plots(model, spec, tensors["valid"], labels[holdout], probabilities[holdout], result)
         logged = log_onnx_model(model, layout, spec, tensors[holdout], threshold)
+        logged_run = mlflow.get_run(run.info.run_id).data
+        mlflow.set_tag(DESCRIPTION_TAG, model_card(logged_run.params, logged_run.metrics))
         logger.info("run %s: %s", run.info.run_id, metrics)
-    return TrainResult(run.info.run_id, result, metrics, logged)
+    return TrainResult(run.info.run_id, run.info.experiment_id, result, metrics, logged)

@@ -12,6 +12,7 @@ from mlops.console import Bars, console, show_decision, show_features, show_inge
 from mlops.flows.run import run
 from mlops.flows.training import has_champion
 from mlops.settings import Settings
+from training.tracking import experiment_page
 
 
 def run_command(
@@ -53,9 +54,10 @@ def run_command(
         f"model {gate.model_name} v{decision.version} "
         f"({'champion' if decision.promoted else 'not promoted'}), run {report.trained.run_id}"
     )
+    page = experiment_page("http://127.0.0.1:5000", report.trained.experiment_id)
     console.print(
         f"the MLflow UI (runs, the study, the registry): mlflow ui --backend-store-uri {uri}"
-        ", then http://127.0.0.1:5000"
+        f", then {page}"
     )
     console.print(
         f"the API on the {gate.alias}: mlops serve, then "

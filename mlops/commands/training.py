@@ -11,6 +11,7 @@ from mlops.configs import tracking_uri, tune_of
 from mlops.console import Bars, console, show_decision, show_metrics
 from mlops.flows import training
 from mlops.settings import Settings
+from training.tracking import experiment_page
 
 RunOption = Annotated[str | None, typer.Option(help="the run (default: the latest)")]
 
@@ -38,7 +39,10 @@ def train_command(
         return
     show_metrics(result.metrics)
     console.print(f"MLflow run {result.run_id} in {tracking_uri(settings)}")
-    console.print(f"see it with: mlflow ui --backend-store-uri {tracking_uri(settings)}")
+    page = experiment_page("http://127.0.0.1:5000", result.experiment_id)
+    console.print(
+        f"see it with: mlflow ui --backend-store-uri {tracking_uri(settings)}, then {page}"
+    )
 
 
 def tune_command(

@@ -123,7 +123,7 @@ def retrain(settings: Settings, progress: Progress, sources: Mapping[str, Path])
     model_config, fit_config = settings.model, settings.fit
     if best is not None:
         model_config, fit_config = best_configs(best, fit_config)
-    result = train(settings, progress, model_config, fit_config)
+    result = train(settings, progress, model_config, fit_config, f"retrain {month}:")
     if result is None:
         raise RuntimeError("retrain runs in one process")
     _log_drift(client, result.run_id, month, psi)

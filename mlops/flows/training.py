@@ -37,6 +37,7 @@ def train(
     progress: Progress,
     model_config: ModelConfig | None = None,
     fit_config: FitConfig | None = None,
+    name_prefix: str = "train",
 ) -> TrainResult | None:
     """One tracked run on the feature table; None on the helper ranks of a torchrun job."""
     from training.fit import EpochResult
@@ -56,7 +57,12 @@ def train(
             )
 
         return train_run(
-            layout, tracking_of(settings), model_config or settings.model, fit_config, advance
+            layout,
+            tracking_of(settings),
+            model_config or settings.model,
+            fit_config,
+            advance,
+            name_prefix,
         )
 
 

@@ -1,0 +1,76 @@
+"""What MLflow's UI shows of the work: a model training experiment, named runs, model cards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from pipelines.spec import FeatureSpec
+from pipelines.storage import read_parquet_folder
+from tests.training.conftest import write_feature_table
+from training.config import FitConfig, GateConfig, ModelConfig
+from training.model_card import PREDICTS, run_name, window
+from training.registry import promote
+from training.tracking import (
+    DESCRIPTION_TAG,
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING,
+    TrackingConfig,
+    client_for,
+    experiment_id,
+    experiment_page,
+)
+from training.train import train
+
+
+def test_runs_and_the_registered_model_carry_names_and_model_cards(tmp_path: Path) -> None:
+    layout = write_feature_table(tmp_path, rows=8_000)
+    tracking = TrackingConfig(tmp_path)
+    model = ModelConfig(backbone="mlp", numeric_embedding="periodic", width=16, depth=1)
+    result = train(layout, tracking, model, FitConfig(epochs=1, batch_size=4096))
+    client = MlflowClient(tracking.resolved_uri)
+
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    assert experiment.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING == "custom_model_development"
+    assert "trial-N" in experiment.tags[DESCRIPTION_TAG]
+
+    run = client.get_run(result.run_id)
+    assert run.info.run_name == "train 2013-01 mlp+periodic"  # the synthetic table's one month
+    card = run.data.tags[DESCRIPTION_TAG]
+    assert card.startswith("mlp+periodic trained on 2013-01: test ROC-AUC 0.") and PREDICTS in card
+    for line in ("Training months: 2013-01", "Validation (2013-10): ROC-AUC", "Test (2013-11)"):
+        assert line in card
+    assert "mlp backbone" in card and "`periodic`" in card and "ONNX parity: max" in card
+
+    gate = GateConfig(model_name="flight-delay-card")
+    decision = promote(client, result.run_id, read_parquet_folder(layout.split("test")), gate)
+    assert client.get_registered_model(gate.model_name).description.startswith(PREDICTS)
+    version_card = client.get_model_version(gate.model_name, decision.version).description
+    assert version_card.startswith(card) and "Gate: first model" in version_card
+
+
+def test_an_older_experiment_gets_the_kind_and_keeps_its_own_description(tmp_path: Path) -> None:
+    tracking = TrackingConfig(tmp_path, experiment="made-before")
+    client = client_for(tracking)
+    made = client.create_experiment(
+        tracking.experiment, tags={DESCRIPTION_TAG: "a user's own words"}
+    )
+    assert experiment_id(client, tracking) == made
+    tags = client.get_experiment(made).tags
+    assert tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING
+    assert tags[DESCRIPTION_TAG] == "a user's own words"
+
+
+def test_run_names_say_window_architecture_and_purpose(spec: FeatureSpec) -> None:
+    resnet = ModelConfig(backbone="resnet", numeric_embedding="ple")
+    assert run_name(spec, resnet) == "train 2013-01 resnet+ple"
+    assert run_name(spec, resnet, "retrain 2013-12:") == "retrain 2013-12: 2013-01 resnet+ple"
+    assert window(["2013-03", "2013-01", "2013-02"]) == window("2013-01,2013-02,2013-03")
+    assert window("2013-01,2013-02,2013-03") == "2013-01..2013-03"
+
+
+def test_the_ui_address_opens_the_model_training_view() -> None:
+    assert experiment_page("http://127.0.0.1:5000/", "3") == (
+        "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
+    )
