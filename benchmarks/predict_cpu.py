@@ -2,9 +2,10 @@
 
 The app is driven through ASGI directly (no sockets, no uvicorn), `--concurrency` requests in
 flight so that micro-batches form as under load, one flight per request; the figure is this
-process's CPU time per request. On a shared machine that is far steadier than requests/s:
-other load slows the wall clock, not the CPU time our code takes (benchmarks/RESULTS.md).
-Compare two checkouts by running this file with PYTHONPATH at each in turn:
+process's CPU time per request. It leaves out the load generator and the socket work, which
+both sides share, so a change in the app shows more clearly than in requests/s; other load
+on a shared machine still moves it, so alternate the checkouts and compare the minimums
+(benchmarks/RESULTS.md). Run this file with PYTHONPATH at each checkout in turn:
 
     PYTHONPATH=. python benchmarks/predict_cpu.py --model-dir MODEL
     PYTHONPATH=../other python benchmarks/predict_cpu.py --model-dir MODEL

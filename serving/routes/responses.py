@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from serving.batcher import NotReadyError, ScoringError
+from serving.schemas import ErrorResponse
 
 
 class ModelResponse(Response):
@@ -31,12 +32,12 @@ class ModelResponse(Response):
 
 async def not_ready(request: Request, error: Exception) -> Response:
     """No model yet, or shutting down: 503, and when to try again."""
-    return JSONResponse({"detail": str(error)}, 503, headers={"Retry-After": "5"})
+    return ModelResponse(ErrorResponse(detail=str(error)), 503, headers={"Retry-After": "5"})
 
 
 async def scoring_failed(request: Request, error: Exception) -> Response:
     """Valid flights the model could not score: the server's fault, never the input's."""
-    return JSONResponse({"detail": str(error)}, 500)
+    return ModelResponse(ErrorResponse(detail=str(error)), 500)
 
 
 EXCEPTION_HANDLERS = {NotReadyError: not_ready, ScoringError: scoring_failed}
