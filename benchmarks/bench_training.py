@@ -449,7 +449,7 @@ def tuning_section(
 
     import optuna
 
-    from training.tracking import TrackingConfig
+    from training.config import TrackingConfig
     from training.tune import TuneConfig, open_storage, tune
 
     del model_config, device  # the study chooses the model; the data stays in `args.home`

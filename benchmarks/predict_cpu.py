@@ -33,17 +33,10 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 from serving.app import create_app
 from serving.config import ServeConfig
 from serving.manager import FolderSource
+from serving.schemas import EXAMPLE_FLIGHT
 
 Message = dict[str, Any]
-FLIGHT = {
-    "carrier": "UA",
-    "flight": 1545,
-    "tailnum": "N14228",
-    "origin": "EWR",
-    "dest": "IAH",
-    "scheduled_departure": "2013-12-01T05:15:00",
-    "distance": 1400.0,
-}
+FLIGHT = EXAMPLE_FLIGHT
 
 
 async def _started(app: Callable[..., Awaitable[None]]) -> tuple[asyncio.Queue, asyncio.Queue]:

@@ -63,8 +63,8 @@ def prepare(home: Path) -> tuple[Path, str]:
     from pipelines.layout import DataLayout
     from pipelines.storage import read_parquet_folder
     from serving.bundle import download_version
+    from training.config import TrackingConfig
     from training.registry import GateConfig, champion_of, promote
-    from training.tracking import TrackingConfig, client_for
 
     layout = DataLayout(home)
     if not layout.spec.exists():
@@ -77,7 +77,7 @@ def prepare(home: Path) -> tuple[Path, str]:
         build_features_pandas(layout, SplitPlan())
     tracking = TrackingConfig(home)
     gate = GateConfig()
-    client = client_for(tracking)
+    client = tracking.client()
     champion = champion_of(client, gate)
     if champion is None:
         from training.config import FitConfig, ModelConfig

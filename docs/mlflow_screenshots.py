@@ -42,12 +42,10 @@ from pipelines.ingest import ingest  # noqa: E402
 from pipelines.layout import DataLayout  # noqa: E402
 from pipelines.splits import SplitPlan  # noqa: E402
 from pipelines.storage import read_parquet_folder  # noqa: E402
-from training.config import GateConfig, ModelConfig  # noqa: E402
+from training.config import GateConfig, ModelConfig, TrackingConfig  # noqa: E402
 from training.fit import FitConfig  # noqa: E402
 from training.registry import promote  # noqa: E402
 from training.tracking import (  # noqa: E402
-    TrackingConfig,
-    client_for,
     experiment_id,
     experiment_page,
 )
@@ -79,13 +77,13 @@ def build_store(home: Path) -> None:
     if result is None:
         raise RuntimeError("training returned no run")
     holdout = read_parquet_folder(layout.split("test"))
-    promote(client_for(tracking), result.run_id, holdout, GateConfig())
+    promote(tracking.client(), result.run_id, holdout, GateConfig())
 
 
 def locate(home: Path, gate: GateConfig) -> tuple[str, str]:
     """(experiment id, the champion's run id) in `home`'s store."""
     tracking = TrackingConfig(home)
-    client = client_for(tracking)
+    client = tracking.client()
     champion = client.get_model_version_by_alias(gate.model_name, gate.alias)
     return experiment_id(client, tracking), champion.run_id
 
@@ -233,7 +231,7 @@ def shrink(path: Path) -> None:
 def capture(server: str, home: Path, output: Path, executable: str) -> None:
     gate = GateConfig()
     experiment, run_id = locate(home, gate)
-    run_name = client_for(TrackingConfig(home)).get_run(run_id).info.run_name
+    run_name = TrackingConfig(home).client().get_run(run_id).info.run_name
     landing = experiment_page(server, experiment)  # the address `mlops run` prints
     with Browser(executable, 1400, 700) as browser:
         browser.open(landing, showing=run_name)

@@ -16,13 +16,12 @@ from pipelines.cluster import ClusterConfig
 from pipelines.errors import RegistryUnavailableError
 from pipelines.layout import DataLayout
 from pipelines.splits import SplitPlan
-from training.config import TuneConfig
+from training.config import TrackingConfig, TuneConfig
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from serving.manager import Source
-    from training.tracking import TrackingConfig
 
 REACHABLE_TIMEOUT_S = 5.0
 
@@ -46,19 +45,12 @@ def tune_of(settings: Settings, **overrides: object) -> TuneConfig:
 
 
 def tracking_of(settings: Settings) -> TrackingConfig:
-    from training.tracking import TrackingConfig
-
     return TrackingConfig(
         settings.home,
         settings.mlflow_tracking_uri,
         settings.experiment,
         settings.mlflow_registry_uri,
     )
-
-
-def tracking_uri(settings: Settings) -> str:
-    """MLflow's store: the configured URI, else the SQLite file under home."""
-    return settings.mlflow_tracking_uri or f"sqlite:///{(settings.home / 'mlflow.db').resolve()}"
 
 
 def require_reachable(uri: str) -> None:
@@ -76,20 +68,16 @@ def require_reachable(uri: str) -> None:
 
 
 def mlflow_client(settings: Settings) -> MlflowClient:
-    """A client bound to the configured tracking and registry URIs (no process-global state)."""
-    from mlflow import MlflowClient
-
-    uri = tracking_uri(settings)
-    registry = settings.mlflow_registry_uri or uri
-    for address in {uri, registry}:
+    """The store's client for a command: one that fails now if MLflow does not answer."""
+    tracking = tracking_of(settings)
+    for address in {tracking.resolved_uri, tracking.resolved_registry_uri}:
         require_reachable(address)
-    if not settings.mlflow_tracking_uri:
-        settings.home.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri, registry_uri=registry)
+    return tracking.client()
 
 
 def model_source(settings: Settings) -> Source:
-    """What the server serves: a local model folder, or the registry's alias."""
+    """What the server serves: a local model folder, or the registry's alias. MLflow is not
+    probed here: a server starts (live, not ready) while the registry is down."""
     from serving.manager import FolderSource, RegistrySource
 
     if settings.serve.model_dir is not None:
@@ -97,6 +85,6 @@ def model_source(settings: Settings) -> Source:
     return RegistrySource(
         settings.gate.model_name,
         settings.gate.alias,
-        mlflow_client(settings),
+        tracking_of(settings).client(),
         settings.home / "serving" / "models",
     )

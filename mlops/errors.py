@@ -47,6 +47,6 @@ class MappedErrors(TyperGroup):
         try:
             return super().invoke(ctx)
         except MlopsError as error:
-            message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            typer.echo(f"error: {message}", err=True)
+            lines = str(error).splitlines() or [type(error).__name__]
+            typer.echo(f"error: {lines[0]}", err=True)
             raise typer.Exit(exit_code(error)) from None

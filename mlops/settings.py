@@ -15,6 +15,8 @@ from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator,
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.cluster import ClusterConfig
+from pipelines.spec import MIN_CATEGORY_COUNT
+from pipelines.splits import SplitPlan
 from serving.config import ServeConfig
 from training.config import FitConfig, GateConfig, ModelConfig, TuneConfig
 
@@ -25,9 +27,11 @@ PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret"
 class FeatureSettings(BaseModel):
     """The split (pipelines/splits.py) and the vocabularies' cut-off (pipelines/spec.py)."""
 
-    valid_start: str = Field("2013-10", pattern=r"^\d{4}-\d{2}$")
-    test_start: str = Field("2013-11", pattern=r"^\d{4}-\d{2}$")
-    min_category_count: int = Field(10, ge=1, description="rarer categories go to the OOV bucket")
+    valid_start: str = Field(SplitPlan.valid_start, pattern=r"^\d{4}-\d{2}$")
+    test_start: str = Field(SplitPlan.test_start, pattern=r"^\d{4}-\d{2}$")
+    min_category_count: int = Field(
+        MIN_CATEGORY_COUNT, ge=1, description="rarer categories go to the OOV bucket"
+    )
 
 
 class Settings(BaseSettings):

@@ -31,6 +31,7 @@ from pipelines.partitions import (
 )
 from pipelines.spec import (
     LABEL,
+    MIN_CATEGORY_COUNT,
     FeatureSpec,
     LookupFile,
     PartSummary,
@@ -182,7 +183,7 @@ def build_feature_tables(
     layout: DataLayout,
     plan: SplitPlan,
     client,  # distributed.Client
-    min_category_count: int = 10,
+    min_category_count: int = MIN_CATEGORY_COUNT,
     on_progress: Progress | None = None,
     target_rows: int | None = None,
 ) -> FeatureReport:
@@ -243,7 +244,7 @@ def build_feature_tables(
 def build_features_pandas(
     layout: DataLayout,
     plan: SplitPlan,
-    min_category_count: int = 10,
+    min_category_count: int = MIN_CATEGORY_COUNT,
     target_rows: int | None = None,
 ) -> FeatureReport:
     """The same features in one pandas process over the whole data: the reference and baseline."""

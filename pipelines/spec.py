@@ -159,6 +159,10 @@ def _numerical(name: str, parts: list[PartSummary], sample: pd.Series, rows: int
     )
 
 
+# Categories seen fewer times than this in the training months share the out-of-vocabulary code.
+MIN_CATEGORY_COUNT = 10
+
+
 def build_spec(parts: list[PartSummary], min_category_count: int) -> FeatureSpec:
     """The spec from per-partition summaries; statistics from the training months only."""
     train = sorted((p for p in parts if p.split == "train"), key=lambda p: p.name)

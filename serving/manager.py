@@ -49,18 +49,17 @@ class RegistrySource:
     def describe(self) -> str:
         return f"models:/{self.name}@{self.alias}"
 
-    def latest(self) -> tuple[str, str] | None:
-        """(version, run id) the alias points at, or None when it points nowhere yet."""
+    def latest(self) -> str | None:
+        """The version the alias points at, or None when it points nowhere yet."""
         from mlflow.exceptions import MlflowException
 
         try:
             found = self.client.get_model_version_by_alias(self.name, self.alias)
         except MlflowException:
             return None
-        return str(found.version), str(found.run_id)
+        return str(found.version)
 
-    def fetch(self, version: str, run_id: str) -> Bundle:
-        del run_id  # the version knows its run
+    def fetch(self, version: str) -> Bundle:
         return download_version(self.client, self.name, version, self.cache)
 
 
@@ -73,15 +72,14 @@ class FolderSource:
     def describe(self) -> str:
         return str(self.folder)
 
-    def latest(self) -> tuple[str, str] | None:
+    def latest(self) -> str | None:
         if not (self.folder / "MLmodel").is_file():
             return None
         bundle = read_bundle(self.folder)
         # the onnx sha names a folder's version, so a changed file is a new version
-        return f"{bundle.version}@{bundle.metadata.get('onnx_sha256', '')[:12]}", ""
+        return f"{bundle.version}@{bundle.metadata.get('onnx_sha256', '')[:12]}"
 
-    def fetch(self, version: str, run_id: str) -> Bundle:
-        del run_id
+    def fetch(self, version: str) -> Bundle:
         return read_bundle(self.folder, version=version.split("@")[0])
 
 
@@ -122,18 +120,17 @@ class ModelManager:
 
     def _reload(self, force: bool) -> ReloadResult:
         try:
-            latest = self.source.latest()
+            key = self.source.latest()
         except Exception as error:  # the registry is down: keep serving what we have
             return ReloadResult("unavailable", None, f"{self.source.describe()}: {error}")
-        if latest is None:
+        if key is None:
             return ReloadResult("unavailable", None, f"nothing at {self.source.describe()} yet")
-        key, run_id = latest
         if key == self.served_key and not force:
             return ReloadResult("unchanged", key, "already serving it")
         if key in self.refused and not force:
             return ReloadResult("refused", key, self.refused[key])
         try:
-            bundle = self.source.fetch(key, run_id)
+            bundle = self.source.fetch(key)
             model = LoadedModel.load(bundle, threads=self.threads)
         except (ModelRejectedError, OSError, ValueError) as error:
             self.refused[key] = str(error)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +21,7 @@ import pandas as pd
 import pytest
 
 from pipelines.sources import bundled_source
+from tests.processes import mlops_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -46,43 +45,15 @@ def mlops(cwd: Path, *args: str, expect: int = 0) -> str:
     return output
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def serving(cwd: Path, *args: str) -> Iterator[str]:
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlops", "serve", "--port", str(port), *args],
-        cwd=cwd,
-        env=clean_environment(cwd / "user-home"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert server.poll() is None, f"mlops serve exited:\n{server.stdout.read()}"
-            try:
-                if httpx.get(f"{base}/v2/health/ready").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "mlops serve was not ready in 180 s"
-            time.sleep(0.5)
-        yield base
-    finally:
-        server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=60)
+    env = clean_environment(cwd / "user-home")
+    with mlops_serve(*args, cwd=cwd, env=env) as served:
+        yield served.base
     # uvicorn re-raises the SIGTERM it handled once it has shut down cleanly
-    assert server.returncode in (0, -signal.SIGTERM), output
-    assert "Application shutdown complete" in output
-    assert "serving.manager: serving flight-delay v" in output  # the server's own logs show
+    assert served.returncode in (0, -signal.SIGTERM), served.output
+    assert "Application shutdown complete" in served.output
+    assert "serving.manager: serving flight-delay v" in served.output  # the server's own logs
 
 
 def december_flights(count: int) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 `mlops.settings.Settings` uses these dataclasses as its sections (`MLOPS_FIT__EPOCHS=3` fills
 `FitConfig.epochs`), so a CLI run and a library call train with the same defaults. The module
-imports nothing heavy: the serving image reads the settings without torch.
+imports nothing heavy (MLflow only when a client is asked for): the serving image reads
+the settings, and reaches the registry, without torch.
 
 The model and fit defaults are the best trial of a 12-trial study on the bundled data
 (benchmarks/RESULTS.md): an MLP on periodic embeddings of the numerical features.
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -76,3 +80,37 @@ class GateConfig:
     model_name: str = "flight-delay"
     alias: str = "champion"
     min_auc_gain: float = 0.0  # the challenger must beat the champion's ROC-AUC by more than this
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """MLflow's store: a database under MLOPS_HOME unless a URI is given."""
+
+    home: Path
+    uri: str = ""  # MLFLOW_TRACKING_URI; empty means MLOPS_HOME/mlflow.db
+    experiment: str = "flight-delay"
+    registry_uri: str = ""  # MLFLOW_REGISTRY_URI; empty means the tracking store
+
+    @property
+    def resolved_uri(self) -> str:
+        return self.uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
+    @property
+    def resolved_registry_uri(self) -> str:
+        return self.registry_uri or self.resolved_uri
+
+    @property
+    def artifact_location(self) -> str | None:
+        """Local artifacts for a database store; a tracking server keeps (or proxies) its own."""
+        if self.resolved_uri.startswith(("http://", "https://", "databricks")):
+            return None
+        return (self.home / "mlartifacts").resolve().as_uri()
+
+    def client(self) -> MlflowClient:
+        """The one way to reach the store: tracking and registry URIs both given, never
+        MLflow's process-global ones (training/tracking.py says why)."""
+        from mlflow import MlflowClient
+
+        if not self.uri:
+            self.home.mkdir(parents=True, exist_ok=True)
+        return MlflowClient(tracking_uri=self.resolved_uri, registry_uri=self.resolved_registry_uri)

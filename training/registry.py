@@ -68,8 +68,10 @@ def holdout_metrics(
 ) -> tuple[float, float]:
     """ROC-AUC and log loss of a run's ONNX model on `holdout`, encoded with its own spec."""
     with tempfile.TemporaryDirectory() as tmp:
-        contract = Path(client.download_artifacts(run_id, "contract", tmp))
-        spec = FeatureSpec.load(contract / "feature_spec.json")
+        # the spec alone: the contract's lookup tables are not needed to score a table
+        spec = FeatureSpec.load(
+            Path(client.download_artifacts(run_id, "contract/feature_spec.json", tmp))
+        )
         model_dir = download_model(client, run_id, Path(tmp) / "model")
         runtime = session(model_dir / "model.onnx", threads=2)
     encoded = encode(holdout, spec)

@@ -2,7 +2,7 @@
 
 MLflow keeps a process-global tracking URI (and exports it as MLFLOW_TRACKING_URI) that its
 client, registry helpers and fluent API fall back to. Everything here takes the store as an
-argument instead: `client_for` builds an `MlflowClient` with both URIs, and the fluent API
+argument instead: `TrackingConfig.client()` is an `MlflowClient` with both URIs, and the fluent API
 (`mlflow.start_run`, `mlflow.log_*`, `mlflow.onnx.log_model`), which has no such argument, is
 pointed at the store only for the duration of one tracked run (`fluent_tracking`), then put
 back, so nothing a later call does depends on which call came first.
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from training.config import TrackingConfig
 
 # MLflow 3's UI shows an experiment either for model training (runs, models) or for GenAI
 # (an overview of traces). The experiment's kind is this tag, with the value the UI's own kind
@@ -37,36 +37,6 @@ EXPERIMENT_TAGS = {
         "`champion` alias marks the one served."
     ),
 }
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    home: Path
-    uri: str = ""  # MLFLOW_TRACKING_URI; empty means MLOPS_HOME/mlflow.db
-    experiment: str = "flight-delay"
-    registry_uri: str = ""  # MLFLOW_REGISTRY_URI; empty means the tracking store
-
-    @property
-    def resolved_uri(self) -> str:
-        return self.uri or f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
-
-    @property
-    def resolved_registry_uri(self) -> str:
-        return self.registry_uri or self.resolved_uri
-
-    @property
-    def artifact_location(self) -> str | None:
-        """Local artifacts for a database store; a tracking server keeps (or proxies) its own."""
-        if self.resolved_uri.startswith(("http://", "https://", "databricks")):
-            return None
-        return (self.home / "mlartifacts").resolve().as_uri()
-
-
-def client_for(config: TrackingConfig) -> MlflowClient:
-    """The one way to reach the store: tracking and registry URIs both given, no globals."""
-    if not config.uri:
-        config.home.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=config.resolved_uri, registry_uri=config.resolved_registry_uri)
 
 
 def experiment_id(client: MlflowClient, config: TrackingConfig) -> str:
@@ -92,10 +62,10 @@ def fluent_tracking(config: TrackingConfig) -> Iterator[str]:
 
     Whatever global URI was set before (usually none) is restored afterwards, the exported
     MLFLOW_TRACKING_URI included, so settings read later are not fed our own value back.
-    The registry is never reached this way (registering goes through `client_for`), so its
-    global URI is left alone.
+    The registry is never reached this way (registering goes through `TrackingConfig.client`),
+    so its global URI is left alone.
     """
-    client = client_for(config)
+    client = config.client()
     found = experiment_id(client, config)
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     mlflow.set_tracking_uri(config.resolved_uri)

@@ -16,14 +16,14 @@ from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
 from training import distributed, plots
 from training.bundle import LoggedModel, decision_threshold, log_onnx_model
-from training.config import FitConfig, ModelConfig
+from training.config import FitConfig, ModelConfig, TrackingConfig
 from training.fit import FitResult, OnEpoch, fit, predict_logits
 from training.importance import permutation_importance
 from training.metrics import log_loss, roc_auc, sigmoid
 from training.model import TabularNet
 from training.model_card import model_card, run_name
 from training.tensors import Tensors, pick_device, to_tensors
-from training.tracking import DESCRIPTION_TAG, TrackingConfig, fluent_tracking
+from training.tracking import DESCRIPTION_TAG, fluent_tracking
 
 logger = logging.getLogger(__name__)
 

@@ -34,12 +34,12 @@ from optuna.trial import TrialState
 from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec
 from training import plots
-from training.config import FitConfig, ModelConfig, TuneConfig
+from training.config import FitConfig, ModelConfig, TrackingConfig, TuneConfig
 from training.fit import EpochResult, fit, predict_logits
 from training.metrics import roc_auc, sigmoid
 from training.model import TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
-from training.tracking import TrackingConfig, client_for, experiment_id, fluent_tracking
+from training.tracking import experiment_id, fluent_tracking
 from training.train import load_splits
 
 logger = logging.getLogger(__name__)
@@ -243,21 +243,21 @@ def _work(
     tables = load_splits(layout)
     device = pick_device()
     train, valid = (to_tensors(tables[s], spec, device) for s in ("train", "valid"))
-    client = client_for(tracking)
-    experiment = experiment_id(client, tracking)
-    study, created = _study(open_storage(config, tracking.home), config, config.seed + worker)
-    parent = _parent_run(client, study, created, experiment)
-    if finished_count(study) >= config.trials:
-        return
-    callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
-        optuna.study.MaxTrialsCallback(config.trials, states=FINISHED)
-    ]
-    if on_progress:
-        callbacks.append(lambda study, _: on_progress(finished_count(study)))
-    objective = Objective(spec, train, valid, config, fit_config, client, experiment, parent)
-    with fluent_tracking(tracking):
+    client = tracking.client()
+    # trials log through MLflow's fluent API: the whole worker runs inside the store's scope
+    with fluent_tracking(tracking) as experiment:
+        storage = open_storage(config, tracking.home)
+        study, created = _study(storage, config, config.seed + worker)
+        parent = _parent_run(client, study, created, experiment)
+        if finished_count(study) >= config.trials:
+            return
+        callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
+            optuna.study.MaxTrialsCallback(config.trials, states=FINISHED)
+        ]
+        if on_progress:
+            callbacks.append(lambda study, _: on_progress(finished_count(study)))
         study.optimize(
-            objective,
+            Objective(spec, train, valid, config, fit_config, client, experiment, parent),
             n_trials=config.trials,  # an upper bound per process; the callback stops the study
             callbacks=callbacks,
             gc_after_trial=True,
@@ -314,7 +314,7 @@ def tune(
 ) -> TuneResult:
     """Run (or resume) the study to its budget in `config.workers` processes."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    client = client_for(tracking)
+    client = tracking.client()
     storage = open_storage(config, tracking.home)
     study, created = _study(storage, config, seed=config.seed)
     parent = _parent_run(client, study, created, experiment_id(client, tracking))

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from mlops.configs import tracking_uri, tune_of
+from mlops.configs import tracking_of, tune_of
 from mlops.console import Bars, console, show_decision, show_metrics
 from mlops.flows import training
 from mlops.settings import Settings
@@ -30,19 +30,22 @@ def train_command(
     from training.distributed import process_group
 
     settings: Settings = ctx.obj
-    given = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate}
-    given["seed"] = seed
+    given = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "seed": seed,
+    }
     fit_config = replace(settings.fit, **{k: v for k, v in given.items() if v is not None})
     with process_group() as rank:
         result = training.train(settings, Bars(disable=rank != 0), fit_config=fit_config)
     if result is None:  # a helper rank under torchrun: rank 0 reports
         return
     show_metrics(result.metrics)
-    console.print(f"MLflow run {result.run_id} in {tracking_uri(settings)}")
+    uri = tracking_of(settings).resolved_uri
     page = experiment_page("http://127.0.0.1:5000", result.experiment_id)
-    console.print(
-        f"see it with: mlflow ui --backend-store-uri {tracking_uri(settings)}, then {page}"
-    )
+    console.print(f"MLflow run {result.run_id} in {uri}")
+    console.print(f"see it with: mlflow ui --backend-store-uri {uri}, then {page}")
 
 
 def tune_command(

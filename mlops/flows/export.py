@@ -6,7 +6,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from mlops.configs import mlflow_client, tracking_uri
+from mlops.configs import mlflow_client, tracking_of
 from mlops.settings import Settings
 from pipelines.errors import NoDataError
 from serving.bundle import Bundle, download_version, verify
@@ -27,7 +27,7 @@ def registered_bundle(settings: Settings, version: str | None = None) -> Bundle:
     except MlflowException as error:
         what = f"version {version}" if version else f"a {gate.alias!r}"
         raise NoDataError(
-            f"model {gate.model_name!r} has no {what} in {tracking_uri(settings)}: "
+            f"model {gate.model_name!r} has no {what} in {tracking_of(settings).resolved_uri}: "
             "run `mlops run` (or `mlops train` and `mlops promote`) first"
         ) from error
     bundle = download_version(

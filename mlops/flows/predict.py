@@ -91,8 +91,11 @@ def predict(
     from pipelines.cluster import dask_client
     from serving.bundle import read_bundle, verify
 
-    bundle = read_bundle(model_dir) if model_dir else registered_bundle(settings)
-    verify(bundle)
+    if model_dir is None:
+        bundle = registered_bundle(settings)  # downloaded and verified
+    else:
+        bundle = read_bundle(model_dir)
+        verify(bundle)
     with (
         dask_client(cluster_of(settings)),
         progress.stage(f"scoring with {bundle.name} v{bundle.version}"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 from mlops.errors import EXIT_CODES, MappedErrors, exit_code
 from pipelines.errors import MlopsError, RegistryUnavailableError
 from serving.bundle import ModelRejectedError
+from tests.processes import free_port
 from training.export import ParityError
 
 
@@ -46,9 +46,7 @@ def test_training_without_a_feature_table(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_mlflow_fails_in_seconds_naming_it(tmp_path: Path) -> None:
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     started = time.monotonic()
     done = mlops(
         "--home",

@@ -15,10 +15,10 @@ import uvicorn
 from pipelines.layout import DataLayout
 from pipelines.storage import read_parquet_folder
 from serving.bundle import Bundle, download_version
+from training.config import TrackingConfig
 from training.fit import FitConfig
 from training.model import ModelConfig
 from training.registry import GateConfig, promote
-from training.tracking import TrackingConfig, client_for
 from training.train import train
 
 
@@ -40,7 +40,7 @@ def train_and_promote(home: Path, gate: GateConfig, seed: int = 0) -> tuple[str,
     tracking = TrackingConfig(home)
     result = train(DataLayout(home), tracking, model, replace(fit, seed=seed))
     holdout = read_parquet_folder(DataLayout(home).split("test"))
-    decision = promote(client_for(tracking), result.run_id, holdout, gate)
+    decision = promote(tracking.client(), result.run_id, holdout, gate)
     return result.run_id, decision.version
 
 
@@ -55,7 +55,7 @@ def champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> C
 @pytest.fixture(scope="session")
 def model_folder(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     cache = tmp_path_factory.mktemp("models")
-    client = client_for(TrackingConfig(champion.home))
+    client = TrackingConfig(champion.home).client()
     return download_version(client, champion.name, champion.version, cache)
 
 

@@ -19,9 +19,8 @@ from serving.app import create_app
 from serving.bundle import Bundle
 from serving.config import ServeConfig
 from serving.manager import FolderSource, RegistrySource
-from training.config import GateConfig
+from training.config import GateConfig, TrackingConfig
 from training.registry import register as register_version
-from training.tracking import TrackingConfig, client_for
 
 from .conftest import Champion, Server, as_requests
 
@@ -47,7 +46,7 @@ def test_ten_hot_swaps_under_load_drop_no_request(
     champion: Champion, december: pd.DataFrame, tmp_path: Path
 ) -> None:
     name = "flight-delay-swaps"
-    client = client_for(TrackingConfig(champion.home))
+    client = TrackingConfig(champion.home).client()
 
     def register() -> str:
         version = register_version(client, champion.run_id, GateConfig(model_name=name))
@@ -152,7 +151,7 @@ def test_shutdown_drains_the_requests_in_flight(
 
 def test_the_server_follows_the_alias_by_itself(champion: Champion, tmp_path: Path) -> None:
     name = "flight-delay-polled"
-    client = client_for(TrackingConfig(champion.home))
+    client = TrackingConfig(champion.home).client()
 
     def register() -> str:
         version = register_version(client, champion.run_id, GateConfig(model_name=name))

@@ -17,18 +17,10 @@ from serving.protocols import (
     from_v2,
     parse_v2,
 )
-from serving.schemas import V2InferRequest
+from serving.schemas import EXAMPLE_FLIGHT, V2InferRequest
 
 FLIGHTS: list[dict[str, Any]] = [
-    {
-        "carrier": "UA",
-        "flight": 1545,
-        "tailnum": "N14228",
-        "origin": "EWR",
-        "dest": "IAH",
-        "scheduled_departure": "2013-12-01T05:15:00",
-        "distance": 1400.0,
-    },
+    dict(EXAMPLE_FLIGHT),
     {
         "carrier": "B6",
         "flight": 725,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from training.tracking import TrackingConfig
+from training.config import TrackingConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

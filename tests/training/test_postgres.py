@@ -15,10 +15,11 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.storage import read_parquet_folder
+from training.config import TrackingConfig
 from training.fit import FitConfig
 from training.model import ModelConfig
 from training.registry import GateConfig, promote
-from training.tracking import TrackingConfig, client_for, experiment_id
+from training.tracking import experiment_id
 from training.train import train
 from training.tune import FINISHED, RUN_ATTR, TuneConfig, open_storage
 
@@ -35,7 +36,7 @@ def test_mlflow_tracks_and_registers_in_postgres(postgres_database, tmp_path: Pa
         layout, tracking, ModelConfig(width=16, depth=1), FitConfig(epochs=1, batch_size=4096)
     )
     holdout = read_parquet_folder(layout.split("test"))
-    decision = promote(client_for(tracking), result.run_id, holdout, GateConfig())
+    decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
     assert decision.promoted
 
     client = MlflowClient(uri)
@@ -77,7 +78,7 @@ def test_two_tuning_processes_share_a_study_and_a_killed_ones_trial_is_retried(
     config = TuneConfig(study="shared", storage=optuna_uri, heartbeat_interval=1, grace_period=3)
     storage = open_storage(config, tmp_path)  # makes the schemas once, as a server would
     tracking = TrackingConfig(tmp_path, uri=mlflow_uri)
-    experiment = experiment_id(client_for(tracking), tracking)
+    experiment = experiment_id(tracking.client(), tracking)
     env = os.environ | {
         "MLFLOW_TRACKING_URI": mlflow_uri,
         "MLOPS_OPTUNA_STORAGE": optuna_uri,

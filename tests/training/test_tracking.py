@@ -9,15 +9,13 @@ from mlflow import MlflowClient
 from pipelines.spec import FeatureSpec
 from pipelines.storage import read_parquet_folder
 from tests.training.conftest import write_feature_table
-from training.config import FitConfig, GateConfig, ModelConfig
+from training.config import FitConfig, GateConfig, ModelConfig, TrackingConfig
 from training.model_card import PREDICTS, run_name, window
 from training.registry import promote
 from training.tracking import (
     DESCRIPTION_TAG,
     EXPERIMENT_KIND_TAG,
     MODEL_TRAINING,
-    TrackingConfig,
-    client_for,
     experiment_id,
     experiment_page,
 )
@@ -52,7 +50,7 @@ def test_runs_and_the_registered_model_carry_names_and_model_cards(tmp_path: Pat
 
 def test_an_older_experiment_gets_the_kind_and_keeps_its_own_description(tmp_path: Path) -> None:
     tracking = TrackingConfig(tmp_path, experiment="made-before")
-    client = client_for(tracking)
+    client = tracking.client()
     made = client.create_experiment(
         tracking.experiment, tags={DESCRIPTION_TAG: "a user's own words"}
     )

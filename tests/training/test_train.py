@@ -16,12 +16,13 @@ from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec, sha256_of
 from pipelines.storage import read_parquet_folder
 from training.bundle import log_onnx_model
+from training.config import TrackingConfig
 from training.export import ParityError
 from training.fit import FitConfig
 from training.model import ModelConfig, TabularNet
 from training.registry import GateConfig, promote
 from training.tensors import to_tensors
-from training.tracking import TrackingConfig, client_for, fluent_tracking
+from training.tracking import fluent_tracking
 from training.train import train
 
 
@@ -115,7 +116,7 @@ def test_the_gate_keeps_the_champion_against_a_worse_challenger(
     gate = GateConfig(model_name="flight-delay-test")
 
     good = train(layout, tracking, *small)
-    client = client_for(tracking)
+    client = tracking.client()
     first = promote(client, good.run_id, holdout, gate)
     assert first.promoted and first.champion_version is None
 

@@ -13,9 +13,10 @@ from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec
+from training.config import TrackingConfig
 from training.fit import FitConfig
 from training.tensors import to_tensors
-from training.tracking import TrackingConfig, client_for, experiment_id, fluent_tracking
+from training.tracking import experiment_id, fluent_tracking
 from training.train import load_splits
 from training.tune import (
     FINISHED,
@@ -96,7 +97,7 @@ def test_a_pruned_trial_stops_after_its_first_epoch_and_says_so(home: Path) -> N
     tables = load_splits(layout)
     train, valid = (to_tensors(tables[s], spec, "cpu") for s in ("train", "valid"))
     tracking = TrackingConfig(home, experiment="pruning")
-    client = client_for(tracking)
+    client = tracking.client()
     experiment = experiment_id(client, tracking)
     parent = client.create_run(experiment).info.run_id
     objective = Objective(

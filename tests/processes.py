@@ -1,0 +1,67 @@
+"""`mlops serve` as a subprocess, the way a user starts it, for the tests that need one."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A port nothing listens on (the OS's pick, released at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Served:
+    base: str
+    output: str = ""  # what the server printed, once it has stopped
+    returncode: int | None = None
+
+
+@contextmanager
+def mlops_serve(
+    *args: str,
+    options: tuple[str, ...] = (),
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    ready_within_s: float = 180,
+) -> Iterator[Served]:
+    """`mlops [options] serve --port P [args]`, ready when /v2/health/ready says so; SIGTERM
+    at the end, then `output` and `returncode` are filled in."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlops", *options, "serve", "--port", str(port), *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    served = Served(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + ready_within_s
+        while True:
+            assert server.poll() is None, f"mlops serve exited:\n{server.stdout.read()}"
+            try:
+                if httpx.get(f"{served.base}/v2/health/ready").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"mlops serve was not ready in {ready_within_s} s"
+            time.sleep(0.5)
+        yield served
+    finally:
+        server.send_signal(signal.SIGTERM)
+        served.output, _ = server.communicate(timeout=60)
+        served.returncode = server.returncode
