@@ -67,12 +67,17 @@ def require_reachable(uri: str) -> None:
         raise RegistryUnavailableError(f"MLflow at {uri} is unreachable: {reason}") from error
 
 
-def mlflow_client(settings: Settings) -> MlflowClient:
-    """The store's client for a command: one that fails now if MLflow does not answer."""
+def require_store(settings: Settings) -> TrackingConfig:
+    """The store, checked to answer (a server's URIs; a local database needs no check)."""
     tracking = tracking_of(settings)
     for address in {tracking.resolved_uri, tracking.resolved_registry_uri}:
         require_reachable(address)
-    return tracking.client()
+    return tracking
+
+
+def mlflow_client(settings: Settings) -> MlflowClient:
+    """The store's client for a command: one that fails now if MLflow does not answer."""
+    return require_store(settings).client()
 
 
 def model_source(settings: Settings) -> Source:

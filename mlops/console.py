@@ -12,10 +12,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mlops.flows.progress import Update
-from pipelines.features import FeatureReport
-from pipelines.ingest import IngestReport
 
 if TYPE_CHECKING:
+    from pipelines.features import FeatureReport
+    from pipelines.ingest import IngestReport
     from training.registry import Decision
 
 console = Console(stderr=True)

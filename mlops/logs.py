@@ -42,6 +42,15 @@ def route_library_output(home: Path) -> None:
     os.environ.setdefault("XDG_CACHE_HOME", str((home / "cache").resolve()))
 
 
+def adopt(*names: str) -> None:
+    """Loggers that a library wired to stderr itself when imported (torch does; MLflow does
+    unless MLFLOW_CONFIGURE_LOGGING=false came first) log through ours instead."""
+    for name in names:
+        library = logging.getLogger(name)
+        library.handlers.clear()
+        library.propagate = True
+
+
 def service_config(fmt: LogFormat = "text", level: str = "INFO") -> dict[str, Any]:
     """A dictConfig for a service: the root and uvicorn's loggers to stderr, one format."""
     uvicorn = {name: {"level": level} for name in ("uvicorn", "uvicorn.error", "uvicorn.access")}
@@ -67,6 +76,7 @@ def service_config(fmt: LogFormat = "text", level: str = "INFO") -> dict[str, An
 def configure_service(home: Path, fmt: LogFormat = "text", level: str = "INFO") -> None:
     route_library_output(home)
     logging.config.dictConfig(service_config(fmt, level))
+    adopt("mlflow")  # in case it was imported (and wired itself) before this
     logging.captureWarnings(True)
 
 
@@ -90,6 +100,7 @@ def configure_batch(home: Path, command: str, console: Console, verbose: bool) -
     if verbose:
         handlers.append(RichHandler(console=console, show_path=False))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
+    adopt("mlflow")  # in case it was imported (and wired itself) before this
     for name in CHATTY:
         logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)

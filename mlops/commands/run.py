@@ -12,7 +12,6 @@ from mlops.console import Bars, console, show_decision, show_features, show_inge
 from mlops.flows.run import run
 from mlops.flows.training import has_champion
 from mlops.settings import Settings
-from training.tracking import experiment_page
 
 
 def run_command(
@@ -54,6 +53,8 @@ def run_command(
         f"model {gate.model_name} v{decision.version} "
         f"({'champion' if decision.promoted else 'not promoted'}), run {report.trained.run_id}"
     )
+    from training.tracking import experiment_page  # MLflow: imported once logging is set up
+
     page = experiment_page("http://127.0.0.1:5000", report.trained.experiment_id)
     console.print(
         f"the MLflow UI (runs, the study, the registry): mlflow ui --backend-store-uri {uri}"

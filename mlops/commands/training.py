@@ -11,7 +11,6 @@ from mlops.configs import tracking_of, tune_of
 from mlops.console import Bars, console, show_decision, show_metrics
 from mlops.flows import training
 from mlops.settings import Settings
-from training.tracking import experiment_page
 
 RunOption = Annotated[str | None, typer.Option(help="the run (default: the latest)")]
 
@@ -43,6 +42,8 @@ def train_command(
         return
     show_metrics(result.metrics)
     uri = tracking_of(settings).resolved_uri
+    from training.tracking import experiment_page  # MLflow: imported once logging is set up
+
     page = experiment_page("http://127.0.0.1:5000", result.experiment_id)
     console.print(f"MLflow run {result.run_id} in {uri}")
     console.print(f"see it with: mlflow ui --backend-store-uri {uri}, then {page}")

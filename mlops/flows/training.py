@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from mlops.configs import layout_of, mlflow_client, tracking_of
+from mlops.configs import layout_of, mlflow_client, require_store, tracking_of
 from mlops.flows.data import require_features
 from mlops.flows.progress import Progress
 from mlops.settings import Settings
@@ -40,13 +40,16 @@ def train(
     name_prefix: str = "train",
 ) -> TrainResult | None:
     """One tracked run on the feature table; None on the helper ranks of a torchrun job."""
+    from mlops.logs import adopt
     from training.fit import EpochResult
     from training.train import train as train_run
+
+    adopt("torch")  # wired to stderr by its import
 
     layout = layout_of(settings)
     require_features(layout)
     fit_config = fit_config or settings.fit
-    mlflow_client(settings)  # the store answers before minutes of training are spent
+    require_store(settings)  # it answers before minutes of training are spent (every rank)
     with progress.stage("training", total=fit_config.epochs) as update:
 
         def advance(epoch: EpochResult) -> None:
@@ -68,11 +71,14 @@ def train(
 
 def tune(settings: Settings, progress: Progress, config: TuneConfig) -> TuneResult:
     """The study to its budget (resumable), one nested MLflow run per trial."""
+    from mlops.logs import adopt
     from training.tune import tune as tune_study
+
+    adopt("torch")  # wired to stderr by its import
 
     layout = layout_of(settings)
     require_features(layout)
-    mlflow_client(settings)
+    require_store(settings)
     with progress.stage(f"tuning study {config.study}", total=config.trials) as update:
 
         def advance(finished: int) -> None:

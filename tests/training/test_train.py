@@ -20,13 +20,13 @@ from training.config import TrackingConfig
 from training.export import ParityError
 from training.fit import FitConfig
 from training.model import ModelConfig, TabularNet
-from training.registry import GateConfig, promote
+from training.registry import GateConfig, download_model, promote
 from training.tensors import to_tensors
 from training.tracking import fluent_tracking
 from training.train import train
 
 
-def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path) -> None:
+def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path, tmp_path: Path) -> None:
     tracking = TrackingConfig(featured_home)
     result = train(
         DataLayout(featured_home),
@@ -48,11 +48,7 @@ def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path) -> N
     assert (featured_home / "mlflow.db").exists()
     for size in (1, 7, 4096):
         assert run.data.metrics[f"onnx_parity_max_abs_diff_b{size}"] <= 1e-5
-    model_dir = Path(
-        mlflow.artifacts.download_artifacts(
-            result.model.model_uri, tracking_uri=tracking.resolved_uri
-        )
-    )
+    model_dir = download_model(client, result.run_id, tmp_path / "model")
     assert (model_dir / "model.onnx").exists() and (model_dir / "MLmodel").exists()
     assert sha256_of(model_dir / "model.onnx") == result.model.onnx_sha256
     info = mlflow.models.Model.load(str(model_dir / "MLmodel"))
@@ -64,7 +60,7 @@ def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path) -> N
         assert f"plots/{name}.png" in plots
     contract = [a.path for a in client.list_artifacts(result.run_id, "contract")]
     assert "contract/feature_spec.json" in contract and "contract/lookups" in contract
-    assert mlflow.get_tracking_uri() == tracking.resolved_uri
+    assert not mlflow.is_tracking_uri_set()  # the run's store was not left as the global
 
 
 class DriftsWhenExported(TabularNet):

@@ -128,4 +128,8 @@ def test_workers_run_the_trials_in_their_own_processes(home: Path) -> None:
     study = optuna.load_study(study_name="workers", storage=open_storage(config, home))
     workers = {t.user_attrs["worker"] for t in study.get_trials(states=FINISHED)}
     assert workers and all(not w.endswith(f":{os.getpid()}") for w in workers)
-    assert mlflow.get_tracking_uri() == tracking.resolved_uri
+    # the trials were logged to this home's store, and no global URI was left behind
+    assert not mlflow.is_tracking_uri_set()
+    client = tracking.client()
+    trials = client.search_runs([experiment_id(client, tracking)], "tags.optuna_study = 'workers'")
+    assert len(trials) >= result.counts["complete"] + 1  # the trials and their parent
