@@ -52,7 +52,7 @@ from mlops.settings import Settings
 from pipelines.layout import SPLITS, DataLayout
 from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
-from training.fit import FitConfig, fit, predict_logits, seed_everything
+from training.fit import FitConfig, fit, fresh_model, predict_logits
 from training.metrics import log_loss, roc_auc, sigmoid
 from training.model import ModelConfig, TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
@@ -131,11 +131,6 @@ def _sync(device: torch.device) -> None:
 def _autocast(device: torch.device) -> torch.autocast:
     # As training.fit does: bf16 on CUDA, fp32 on the CPU.
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
-def fresh_model(spec: FeatureSpec, config: ModelConfig, seed: int, device) -> TabularNet:
-    seed_everything(seed)  # the same initial weights for every variant of one seed
-    return TabularNet(spec, config).to(device)
 
 
 # --- quality ------------------------------------------------------------------------------

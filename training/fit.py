@@ -14,8 +14,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipelines.spec import FeatureSpec
 from training import distributed
-from training.config import FitConfig
+from training.config import FitConfig, ModelConfig
+from training.model import TabularNet
 from training.tensors import Tensors
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def fresh_model(
+    spec: FeatureSpec, config: ModelConfig, seed: int, device: torch.device | str
+) -> TabularNet:
+    """A new network whose initial weights depend on `seed` alone, not on what else drew from
+    torch's generator first (without it, two runs of one configuration differ)."""
+    seed_everything(seed)
+    return TabularNet(spec, config).to(device)
 
 
 def _autocast(device: torch.device) -> torch.autocast:

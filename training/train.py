@@ -17,7 +17,7 @@ from pipelines.storage import read_parquet_folder
 from training import distributed, plots
 from training.bundle import LoggedModel, decision_threshold, log_onnx_model
 from training.config import FitConfig, ModelConfig, TrackingConfig
-from training.fit import FitResult, OnEpoch, fit, predict_logits
+from training.fit import FitResult, OnEpoch, fit, fresh_model, predict_logits
 from training.importance import permutation_importance
 from training.metrics import log_loss, roc_auc, sigmoid
 from training.model import TabularNet
@@ -87,7 +87,7 @@ def train(
     tensors = {split: to_tensors(table, spec, device) for split, table in tables.items()}
     if not distributed.is_main():
         fit(
-            TabularNet(spec, model_config).to(device),
+            fresh_model(spec, model_config, fit_config.seed, device),
             tensors["train"],
             tensors["valid"],
             fit_config,
@@ -136,7 +136,7 @@ def train(
             if on_epoch:
                 on_epoch(epoch)
 
-        model = TabularNet(spec, model_config).to(device)
+        model = fresh_model(spec, model_config, fit_config.seed, device)
         result = fit(model, tensors["train"], tensors["valid"], fit_config, on_epoch=log_epoch)
         metrics = {"best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch}
         scored = [split for split in ("valid", "test") if len(tables[split])]

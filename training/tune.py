@@ -35,9 +35,8 @@ from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec
 from training import plots
 from training.config import FitConfig, ModelConfig, TrackingConfig, TuneConfig
-from training.fit import EpochResult, fit, predict_logits
+from training.fit import EpochResult, fit, fresh_model, predict_logits
 from training.metrics import roc_auc, sigmoid
-from training.model import TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
 from training.tracking import experiment_id, fluent_tracking
 from training.train import load_splits
@@ -205,7 +204,7 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"pruned after {epoch.epoch + 1} epochs")
 
-            model = TabularNet(self.spec, model_config).to(self.train.label.device)
+            model = fresh_model(self.spec, model_config, fit_config.seed, self.train.label.device)
             try:
                 result = fit(model, self.train, self.valid, fit_config, on_epoch=report)
             except optuna.TrialPruned as error:
