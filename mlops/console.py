@@ -91,7 +91,7 @@ def show_metrics(metrics: dict[str, float]) -> None:
         )
 
 
-def show_decision(decision: Decision) -> str:
+def decision_line(decision: Decision) -> str:
     verdict = (
         "[bold green]promoted[/]" if decision.promoted else "[bold yellow]kept the champion[/]"
     )

@@ -8,7 +8,7 @@ import typer
 
 from mlops.commands import month_option
 from mlops.configs import layout_of, tracking_of, tune_of
-from mlops.console import Bars, console, show_decision, show_features, show_ingest, show_metrics
+from mlops.console import Bars, console, decision_line, show_features, show_ingest, show_metrics
 from mlops.flows.run import run
 from mlops.flows.training import has_champion
 from mlops.settings import Settings
@@ -46,7 +46,7 @@ def run_command(
     show_features(report.features)
     console.print(f"best of study {report.tuned.study}: {report.tuned.best_params}")
     show_metrics(report.trained.metrics)
-    console.print(show_decision(report.decision))
+    console.print(decision_line(report.decision))
     decision, uri, serve = report.decision, tracking_of(settings).resolved_uri, settings.serve
     console.print(
         f"[bold green]done[/]: features under {report.features.features.parent}; "

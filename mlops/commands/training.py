@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import typer
 
 from mlops.configs import tracking_of, tune_of
-from mlops.console import Bars, console, show_decision, show_metrics
+from mlops.console import Bars, console, decision_line, show_metrics
 from mlops.flows import training
 from mlops.settings import Settings
 
@@ -106,4 +106,4 @@ def promote_command(
 ) -> None:
     """Register the model and move `champion` to it only if it beats the champion on the holdout."""
     decision = training.promote(ctx.obj, run_id, min_auc_gain, require_promotion)
-    console.print(show_decision(decision))
+    console.print(decision_line(decision))
