@@ -7,6 +7,7 @@ Imports the settings and `serving` only: no CLI, no Dask, no torch.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from mlops.configs import model_source
@@ -22,4 +23,5 @@ def create() -> FastAPI:
 
     settings = Settings()
     configure_service(settings.home, settings.log_format, settings.log_level)
+    os.environ.update(settings.serve.mlflow_environment())  # this process serves, only
     return create_app(settings.serve, model_source(settings))

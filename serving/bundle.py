@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
+from filelock import FileLock
 
 from pipelines.errors import ModelRefusedError
 from pipelines.spec import sha256_of
@@ -116,39 +117,69 @@ def verify(bundle: Bundle) -> None:
         raise ModelRejectedError(
             f"{bundle.name} v{bundle.version}: no parity sample in its contract"
         )
+    # The server reads the contract folder whole (every .npz of a lookup folder): a file the
+    # registry did not record is refused, not loaded unchecked.
+    known = {*expected, bundle.parity_sample}
+    unknown = sorted(
+        str(path.relative_to(bundle.folder))
+        for path in (bundle.folder / CONTRACT).rglob("*")
+        if path not in known and not path.is_dir()
+    )
+    if unknown:
+        raise ModelRejectedError(
+            f"{bundle.name} v{bundle.version}: {unknown[0]} is not recorded in the registry"
+            + (f" (and {len(unknown) - 1} more files)" if len(unknown) > 1 else "")
+        )
 
 
 def download_version(client: MlflowClient, name: str, version: str, cache: Path) -> Bundle:
     """A registered version into `cache/<name>/<version>`, whole or not at all.
 
+    Safe for any number of threads and processes sharing `cache` (the workers of one server):
+    one downloads under a file lock while the others wait, then find it complete. A version's
+    folder appears by one rename of a complete staging folder, so its presence means complete;
+    a folder left by a crash is a staging one, removed by the next download.
+
     Everything goes through `client`, whose tracking and registry URIs the caller chose: never
     MLflow's process-global URI (which resolved `models:/` URIs against a stray ./mlflow.db).
     """
-    import mlflow.artifacts
-
     version = str(version)
     target = cache / name / version
     if (target / BUNDLE_FILE).is_file():
         return read_bundle(target)
-    found = client.get_model_version(name, version)
-    staging = cache / name / f".{version}.{uuid.uuid4().hex}"
-    staging.mkdir(parents=True)
-    try:
-        model = mlflow.artifacts.download_artifacts(
-            artifact_uri=client.get_model_version_download_uri(name, version),
-            dst_path=str(staging / ".download"),
-            tracking_uri=client.tracking_uri,
-        )
-        for item in Path(model).iterdir():  # the model's files at the bundle's root
-            item.rename(staging / item.name)
-        shutil.rmtree(staging / ".download")
-        client.download_artifacts(str(found.run_id), CONTRACT, str(staging))
-        source = f"models:/{name}/{version}"
-        (staging / BUNDLE_FILE).write_text(
-            json.dumps({"name": name, "version": version, "source": source, "run_id": found.run_id})
-        )
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{version}.lock"):
+        if not (target / BUNDLE_FILE).is_file():
+            for leftover in target.parent.glob(f".{version}.*.staging"):  # a crashed download
+                shutil.rmtree(leftover, ignore_errors=True)
+            staging = target.parent / f".{version}.{uuid.uuid4().hex}.staging"
+            try:
+                _download(client, name, version, staging)
+                shutil.rmtree(target, ignore_errors=True)  # not ours: no bundle.json in it
+                staging.rename(target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
     return read_bundle(target)
+
+
+def discard(bundle: Bundle) -> None:
+    """Remove a downloaded copy (a refused version), so nothing reads it again."""
+    shutil.rmtree(bundle.folder, ignore_errors=True)
+
+
+def _download(client: MlflowClient, name: str, version: str, staging: Path) -> None:
+    import mlflow.artifacts
+
+    found = client.get_model_version(name, version)
+    staging.mkdir(parents=True)
+    model = mlflow.artifacts.download_artifacts(
+        artifact_uri=client.get_model_version_download_uri(name, version),
+        dst_path=str(staging / ".download"),
+        tracking_uri=client.tracking_uri,
+    )
+    for item in Path(model).iterdir():  # the model's files at the bundle's root
+        item.rename(staging / item.name)
+    shutil.rmtree(staging / ".download")
+    client.download_artifacts(str(found.run_id), CONTRACT, str(staging))
+    about = {"name": name, "version": version, "source": f"models:/{name}/{version}"}
+    (staging / BUNDLE_FILE).write_text(json.dumps({**about, "run_id": found.run_id}))

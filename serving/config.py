@@ -31,6 +31,20 @@ class ServeConfig:
     poll_interval_s: Annotated[float, Field(ge=0)] = 30.0  # 0: reload on /admin/reload only
     admin_token: str = field(default="", repr=False)  # empty: admin endpoints are disabled
     drift_window_rows: Annotated[int, Field(ge=100)] = 10_000
+    # each MLflow call of the server: seconds without an answer, and retries (MLflow's own
+    # defaults, 120 s and 7 retries with backoff, held a restart for minutes in an outage);
+    # the server retries a failed load itself, with backoff, until it works
+    mlflow_timeout_s: PositiveInt = 10
+    mlflow_retries: Annotated[int, Field(ge=0)] = 1
+
+    def mlflow_environment(self) -> dict[str, str]:
+        """MLflow reads its HTTP limits from the environment on each call: the server's."""
+        return {
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": str(self.mlflow_timeout_s),
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(self.mlflow_retries),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+            "MLFLOW_DOWNLOAD_CHUNK_TIMEOUT": str(self.mlflow_timeout_s),
+        }
 
     def __post_init__(self) -> None:
         if self.threads == 0:  # workers x threads = the cores

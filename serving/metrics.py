@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -28,7 +29,7 @@ class _DriftCollector:
             "PSI of each numerical input over the served window against training",
             labels=["feature"],
         )
-        monitor = self.metrics.drift
+        monitor = self.metrics.drift()
         if monitor is not None:
             for feature, value in monitor.report().items():
                 family.add_metric([feature], value)
@@ -39,9 +40,9 @@ class _DriftCollector:
 
 
 class ServingMetrics:
-    def __init__(self) -> None:
+    def __init__(self, drift: Callable[[], DriftMonitor | None] = lambda: None) -> None:
         self.registry = CollectorRegistry()
-        self.drift: DriftMonitor | None = None
+        self.drift = drift  # the served model's monitor, read when scraped
         self.requests = Counter(
             "mlops_requests",
             "HTTP requests by endpoint and status",
@@ -81,6 +82,12 @@ class ServingMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.problem_since = Gauge(
+            "mlops_model_problem_since_timestamp_seconds",
+            "Since when a new model could not be loaded for a transient fault (MLflow "
+            "unreachable, a download failed), retried with backoff; 0 when none",
+            registry=self.registry,
+        )
         self.last_refusal = Gauge(
             "mlops_model_last_refusal_timestamp_seconds",
             "When a model version was last refused",
@@ -109,8 +116,7 @@ class ServingMetrics:
         self.batch_rows.observe(rows)
         self.batch_seconds.observe(seconds)
         self.rows_scored.inc(rows)
-        if self.drift is not None:
-            self.drift.update(scored.numerical, scored.missing)
+        scored.model.drift.update(scored.numerical, scored.missing)
 
     def served(self, name: str, version: str) -> None:
         self.model_info.clear()

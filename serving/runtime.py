@@ -24,6 +24,7 @@ from pipelines.lookups import Lookups, load_lookups
 from pipelines.spec import Encoded, FeatureSpec, encode
 from pipelines.transform import RAW_INPUTS, feature_arrays
 from serving.bundle import Bundle, ModelRejectedError, verify
+from serving.drift import DriftMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ class LoadedModel:
         spec: FeatureSpec,
         lookups: Lookups,
         single: ort.InferenceSession | None = None,
+        drift_rows: int = 10_000,
     ) -> None:
         self.bundle = bundle
         self.session = session  # the configured threads: large batches
@@ -73,6 +75,9 @@ class LoadedModel:
         self.numerical_names = np.array([f.name for f in spec.numerical], dtype=object)
         self._names_by_pattern: dict[bytes, tuple[str, ...]] = {}
         self.loaded_at = datetime.now(UTC)
+        # the served inputs against this model's training distribution: swapped with it, so a
+        # batch scored by one model never updates the monitor of another (of another width)
+        self.drift = DriftMonitor(spec, drift_rows)
 
     @property
     def name(self) -> str:
@@ -83,14 +88,17 @@ class LoadedModel:
         return self.bundle.version
 
     @classmethod
-    def load(cls, bundle: Bundle, threads: int = 1, warmup_rows: int = 256) -> LoadedModel:
+    def load(
+        cls, bundle: Bundle, threads: int = 1, warmup_rows: int = 256, drift_rows: int = 10_000
+    ) -> LoadedModel:
         started = time.perf_counter()
         verify(bundle)
         spec = FeatureSpec.load(bundle.spec)
         session = _session(bundle, threads)
         single = _session(bundle, 1) if threads > 1 else None
         _check_schema(session, spec, bundle)
-        model = cls(bundle, session, spec, load_lookups(bundle.lookups), single)
+        model = cls(bundle, session, spec, load_lookups(bundle.lookups), single, drift_rows)
+        model._check_features()
         model._check_parity()
         model._warm_up(warmup_rows)
         logger.info(
@@ -142,6 +150,18 @@ class LoadedModel:
             if len(self._names_by_pattern) < NAME_PATTERNS:
                 self._names_by_pattern[key] = names
         return names
+
+    def _check_features(self) -> None:
+        """Every feature the spec names is one this server's transform computes."""
+        flights = example_flights(self.spec, 1)
+        computed = feature_arrays(table_columns(flights), self.lookups, 1)
+        names = [f.name for f in (*self.spec.categorical, *self.spec.numerical)]
+        unknown = [name for name in names if name not in computed]
+        if unknown:
+            raise ModelRejectedError(
+                f"{self.name} v{self.version}: its spec names features this server does not "
+                f"compute: {', '.join(unknown)} (a newer transform than this image's)"
+            )
 
     def _check_parity(self) -> None:
         sample = json.loads(self.bundle.parity_sample.read_text())

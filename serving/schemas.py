@@ -117,6 +117,9 @@ class ModelInfo(BaseModel):
     inputs: list[str]
     train_months: list[str]
     last_reload: ReloadResponse | None
+    # what keeps a newer version from being served, in words (MLflow unreachable since ...)
+    problem: str | None = None
+    pid: int  # the worker process that answered: with several workers, each has its own
 
 
 class MlflowError(BaseModel):

@@ -34,8 +34,15 @@ class ServingState:
     @classmethod
     def build(cls, config: ServeConfig, source: Source) -> ServingState:
         slot = ModelSlot()
-        metrics = ServingMetrics()
-        manager = ModelManager(source, slot, metrics, config.threads, config.drift_window_rows)
+        metrics = ServingMetrics(drift=lambda: None if slot.current is None else slot.current.drift)
+        manager = ModelManager(
+            source,
+            slot,
+            metrics,
+            config.threads,
+            config.drift_window_rows,
+            config.poll_interval_s,
+        )
         batcher = MicroBatcher(
             slot, config.max_batch, config.max_wait_ms / 1000, metrics.observe_batch
         )
@@ -50,20 +57,15 @@ class ServingState:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The app's lifespan. A failed first load is not fatal: the server starts live but
-        not ready, and the poller (or /admin/reload) loads the model when it appears."""
+        """The app's lifespan. Nothing here waits on the model source: the poller loads the
+        first model once the server is up, so it is live at once (before MLflow answers, if
+        it ever does) and ready when a model loads."""
         self.batcher.start()
-        result = await self.manager.reload()
-        if result.outcome != "loaded":
-            logger.warning("started without a model (%s): %s", result.outcome, result.detail)
-        poller = None
-        if self.config.poll_interval_s > 0:
-            poller = asyncio.create_task(self.manager.poll(self.config.poll_interval_s))
+        poller = asyncio.create_task(self.manager.poll(), name="model-poller")
         try:
             yield
         finally:
-            if poller is not None:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+            poller.cancel()  # a load in flight is left to its daemon thread
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
             await self.batcher.stop()  # uvicorn has drained the connections; finish queued work

@@ -7,6 +7,7 @@ reaches the state without FastAPI's dependency resolution.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -92,6 +93,8 @@ def router(request_model: type[BaseModel]) -> APIRouter:
             last_reload=(
                 None if last is None else ReloadResponse.model_validate(last, from_attributes=True)
             ),
+            problem=None if state.manager.problem is None else state.manager.status(),
+            pid=os.getpid(),
         )
         return ModelResponse(info)
 

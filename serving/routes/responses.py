@@ -31,8 +31,13 @@ class ModelResponse(Response):
 
 
 async def not_ready(request: Request, error: Exception) -> Response:
-    """No model yet, or shutting down: 503, and when to try again."""
-    return ModelResponse(ErrorResponse(detail=str(error)), 503, headers={"Retry-After": "5"})
+    """No model yet, or shutting down: 503, when to try again, and (with no model) why not:
+    what the manager last met, as `/model` would say it."""
+    detail = str(error)
+    state = request.app.state.serving
+    if state.slot.current is None:
+        detail = f"{detail}: {state.manager.status()}"
+    return ModelResponse(ErrorResponse(detail=detail), 503, headers={"Retry-After": "5"})
 
 
 async def scoring_failed(request: Request, error: Exception) -> Response:

@@ -5,12 +5,18 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 import uvicorn
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
 from pipelines.layout import DataLayout
 from pipelines.storage import read_parquet_folder
@@ -84,8 +90,24 @@ def as_requests(flights: pd.DataFrame) -> list[dict]:
     return out
 
 
+def wait_ready(get: Callable[[str], httpx.Response], within_s: float = 120) -> None:
+    """Until /v2/health/ready says so: the first model loads after the server has started."""
+    deadline = time.monotonic() + within_s
+    while get("/v2/health/ready").status_code != 200:
+        assert time.monotonic() < deadline, f"not ready in {within_s} s: {get('/model').text}"
+        time.sleep(0.05)
+
+
+@contextmanager
+def ready_client(app: FastAPI, **options: Any) -> Iterator[TestClient]:
+    """The app in-process (its lifespan running), once its first model has loaded."""
+    with TestClient(app, **options) as client:
+        wait_ready(client.get)
+        yield client
+
+
 class Server:
-    """uvicorn in a thread, on a free port."""
+    """uvicorn in a thread, on a free port; entered once its first model has loaded."""
 
     def __init__(self, app) -> None:
         self.server = uvicorn.Server(uvicorn.Config(app, port=0, log_level="warning"))
@@ -98,7 +120,9 @@ class Server:
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.05)
         port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{port}"
+        wait_ready(lambda path: httpx.get(base + path))
+        return base
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True

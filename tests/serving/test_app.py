@@ -15,7 +15,7 @@ from serving.config import ServeConfig
 from serving.manager import FolderSource, RegistrySource
 from training.config import TrackingConfig
 
-from .conftest import Champion, as_requests
+from .conftest import Champion, as_requests, ready_client
 
 CONFIG = ServeConfig(
     poll_interval_s=0, admin_token="s3cret", max_request_rows=50, max_body_bytes=64_000
@@ -24,7 +24,7 @@ CONFIG = ServeConfig(
 
 @pytest.fixture(scope="module")
 def client(model_folder: Bundle) -> Iterator[TestClient]:
-    with TestClient(create_app(CONFIG, FolderSource(model_folder.folder))) as client:
+    with ready_client(create_app(CONFIG, FolderSource(model_folder.folder))) as client:
         yield client
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from fastapi.testclient import TestClient
 
 from pipelines.spec import sha256_of
 from serving.app import create_app
@@ -22,7 +21,7 @@ from serving.manager import FolderSource, RegistrySource
 from training.config import GateConfig, TrackingConfig
 from training.registry import register as register_version
 
-from .conftest import Champion, Server, as_requests
+from .conftest import Champion, Server, as_requests, ready_client
 
 TOKEN = {"Authorization": "Bearer t0ken"}
 
@@ -97,7 +96,7 @@ def test_corrupt_versions_are_refused_and_the_old_one_keeps_serving(
 ) -> None:
     config = ServeConfig(poll_interval_s=0, admin_token="t0ken")
     body = {"flights": as_requests(december.head(2))}
-    with TestClient(create_app(config, FolderSource(served_folder))) as client:
+    with ready_client(create_app(config, FolderSource(served_folder))) as client:
         before = client.post("/predict", json=body).json()
         old = before["model"]["version"]
 
@@ -160,7 +159,7 @@ def test_the_server_follows_the_alias_by_itself(champion: Champion, tmp_path: Pa
 
     first = register()
     source = RegistrySource(name, "champion", client, tmp_path)
-    with TestClient(create_app(ServeConfig(poll_interval_s=0.2), source)) as api:
+    with ready_client(create_app(ServeConfig(poll_interval_s=0.2), source)) as api:
         assert api.get("/model").json()["version"] == first
         second = register()
         deadline = time.monotonic() + 60

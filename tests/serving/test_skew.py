@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from mlops.cli import app as cli
@@ -18,7 +17,7 @@ from serving.bundle import Bundle
 from serving.config import ServeConfig
 from serving.manager import FolderSource
 
-from .conftest import Champion, as_requests
+from .conftest import Champion, as_requests, ready_client
 
 
 def _mlops_predict(champion: Champion, source: Path, output: Path, model: Bundle):
@@ -52,7 +51,7 @@ def test_predict_equals_batch_scoring_on_every_test_month_flight(
 
     config = ServeConfig(poll_interval_s=0, max_request_rows=1_000, max_batch=1_000)
     online = []
-    with TestClient(create_app(config, FolderSource(model_folder.folder))) as client:
+    with ready_client(create_app(config, FolderSource(model_folder.folder))) as client:
         for start in range(0, len(flights), 1_000):
             body = {"flights": as_requests(flights.iloc[start : start + 1_000])}
             response = client.post("/predict", json=body)
