@@ -180,6 +180,13 @@ def _download(client: MlflowClient, name: str, version: str, staging: Path) -> N
     for item in Path(model).iterdir():  # the model's files at the bundle's root
         item.rename(staging / item.name)
     shutil.rmtree(staging / ".download")
-    client.download_artifacts(str(found.run_id), CONTRACT, str(staging))
+    # from the run's artifact store itself: `runs:/` downloads swallow the cause of a failure
+    # (a full disk, a cut connection) and report "ensure that the path is correct"
+    run = client.get_run(str(found.run_id))
+    mlflow.artifacts.download_artifacts(
+        artifact_uri=f"{run.info.artifact_uri.rstrip('/')}/{CONTRACT}",
+        dst_path=str(staging),
+        tracking_uri=client.tracking_uri,
+    )
     about = {"name": name, "version": version, "source": f"models:/{name}/{version}"}
     (staging / BUNDLE_FILE).write_text(json.dumps({**about, "run_id": found.run_id}))

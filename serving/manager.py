@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import hashlib
 import logging
+import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -260,14 +263,22 @@ class ModelManager:
 
 
 def _short(error: BaseException) -> str:
-    """An exception as one line a person can act on: its type, errno name, first line."""
-    import errno
-
-    code = getattr(error, "errno", None)
-    name = errno.errorcode.get(code, "") if isinstance(code, int) else ""
-    text = (str(error).strip().splitlines() or [""])[0][:300]
-    kind = name or type(error).__name__
-    return f"{kind}: {text}" if text else kind
+    """An exception as one line a person can act on: its type, its message (cut short), and
+    the system error underneath, if any (MLflow wraps a full disk or a reset connection in
+    its own exception, or only quotes it in its message)."""
+    message = " ".join(str(error).split())
+    line = f"{type(error).__name__}: {message[:300]}" if message else type(error).__name__
+    codes = []
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(getattr(cause, "errno", None), int):
+            codes.append(cause.errno)
+        cause = cause.__cause__ or cause.__context__
+    codes += [int(code) for code in re.findall(r"\[Errno (\d+)\]", message)]
+    for code in codes:
+        if code in errno.errorcode:
+            return f"{errno.errorcode[code]} ({os.strerror(code)}): {line}"
+    return line
 
 
 async def _off_loop(function: Callable[..., T], *args: object) -> T:
