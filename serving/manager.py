@@ -297,6 +297,9 @@ async def _off_loop(function: Callable[..., T], *args: object) -> T:
             future.set_exception(value)  # type: ignore[arg-type]
 
     def work() -> None:
+        with contextlib.suppress(OSError, AttributeError):  # Linux: a thread's own niceness
+            # the cores go to the threads answering requests first, loading when they idle
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
             ok, value = True, function(*args)
         except BaseException as error:  # handed to the awaiting coroutine

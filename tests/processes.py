@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import subprocess
@@ -11,8 +12,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without MLflow's or the project's variables (what a user's
+    shell has), plus `extra`."""
+    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLOPS_"))}
+    return keep | extra
 
 
 def free_port() -> int:
@@ -25,6 +34,7 @@ def free_port() -> int:
 @dataclass
 class Served:
     base: str
+    live_after_s: float = 0.0  # from the process's start to its first answer on /v2/health/live
     output: str = ""  # what the server printed, once it has stopped
     returncode: int | None = None
 
@@ -36,10 +46,12 @@ def mlops_serve(
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
     ready_within_s: float = 180,
+    until: Literal["ready", "live"] = "ready",
 ) -> Iterator[Served]:
-    """`mlops [options] serve --port P [args]`, ready when /v2/health/ready says so; SIGTERM
-    at the end, then `output` and `returncode` are filled in."""
+    """`mlops [options] serve --port P [args]`, entered when /v2/health/{until} says so;
+    SIGTERM at the end, then `output` and `returncode` are filled in."""
     port = free_port()
+    started = time.monotonic()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlops", *options, "serve", "--port", str(port), *args],
         cwd=cwd,
@@ -54,12 +66,14 @@ def mlops_serve(
         while True:
             assert server.poll() is None, f"mlops serve exited:\n{server.stdout.read()}"
             try:
-                if httpx.get(f"{served.base}/v2/health/ready").status_code == 200:
+                if httpx.get(f"{served.base}/v2/health/live").status_code == 200:
+                    served.live_after_s = served.live_after_s or (time.monotonic() - started)
+                if until == "live" or httpx.get(f"{served.base}/v2/health/ready").is_success:
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"mlops serve was not ready in {ready_within_s} s"
-            time.sleep(0.5)
+            assert time.monotonic() < deadline, f"mlops serve was not {until} in {ready_within_s} s"
+            time.sleep(0.05 if until == "live" else 0.5)
         yield served
     finally:
         server.send_signal(signal.SIGTERM)

@@ -8,7 +8,6 @@ just cloned the project meets. Afterwards nothing may have been written outside 
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -21,14 +20,13 @@ import pandas as pd
 import pytest
 
 from pipelines.sources import bundled_source
-from tests.processes import mlops_serve
+from tests.processes import clean_env, mlops_serve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 
 def clean_environment(home: Path) -> dict[str, str]:
-    keep = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLOPS_"))}
-    return keep | {"HOME": str(home), "COLUMNS": "200"}
+    return clean_env(HOME=str(home), COLUMNS="200")
 
 
 def mlops(cwd: Path, *args: str, expect: int = 0) -> str:
