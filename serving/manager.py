@@ -263,11 +263,10 @@ class ModelManager:
 
 
 def _short(error: BaseException) -> str:
-    """An exception as one line a person can act on: its type, its message (cut short), and
-    the system error underneath, if any (MLflow wraps a full disk or a reset connection in
-    its own exception, or only quotes it in its message)."""
+    """An exception as a line a person can act on: the system error underneath, if any (MLflow
+    wraps a refused connection or a full disk in its own exception, or only quotes it in its
+    message), else its type and its message cut short."""
     message = " ".join(str(error).split())
-    line = f"{type(error).__name__}: {message[:300]}" if message else type(error).__name__
     codes = []
     cause: BaseException | None = error
     while cause is not None:
@@ -277,8 +276,8 @@ def _short(error: BaseException) -> str:
     codes += [int(code) for code in re.findall(r"\[Errno (\d+)\]", message)]
     for code in codes:
         if code in errno.errorcode:
-            return f"{errno.errorcode[code]} ({os.strerror(code)}): {line}"
-    return line
+            return f"{errno.errorcode[code]} ({os.strerror(code)}) in {type(error).__name__}"
+    return f"{type(error).__name__}: {message[:200]}" if message else type(error).__name__
 
 
 async def _off_loop(function: Callable[..., T], *args: object) -> T:
