@@ -120,5 +120,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
                 + body
             )
-        self.logger.warning("%s %d: %s", self.client, status, message)
+        # debug, not warning: a client that opens 1,000 connections would write 1,000 lines
+        self.logger.debug("%s %d: %s", self.client, status, message)
         self.transport.close()
