@@ -249,7 +249,7 @@ def _assert_withstood(figures: Figures) -> None:
         assert 400 <= status < 500 or (name == "64 MiB header" and status == 0), summary
         assert size <= LONGEST_REFUSAL, summary
     assert figures.header_sent_mb < 16, summary  # refused at 16 KiB; the rest: socket buffers
-    assert figures.peak_rss_mb - figures.baseline_rss_mb < 300, summary
+    assert figures.peak_rss_mb - figures.baseline_rss_mb < 150, summary  # 42 MB measured
     # every trickling connection closed a second or two after the header timeout
     closed_by = int(HEADER_TIMEOUT_S + 2)
     assert all(n == 0 for s, n in figures.slowloris_open_after_s.items() if s >= closed_by), summary
