@@ -195,11 +195,12 @@ def from_v2(request: V2InferRequest, max_rows: int) -> list[dict]:
                 f"inputs.{name}.shape", f"{excerpt(tensor.shape)}; expected [n] or [n, 1]"
             )
         _check_rows(tensor.shape[0], f"inputs.{name}.shape", max_rows)  # before rows are built
-        data = _flatten(tensor.data)
-        if len(data) != tensor.shape[0]:
+        if len(tensor.data) != tensor.shape[0]:  # before flattening 4 million values
             raise InvalidInputError(
-                f"inputs.{name}.data", f"{len(data)} values for shape {excerpt(tensor.shape)}"
+                f"inputs.{name}.data",
+                f"{len(tensor.data)} values for shape {excerpt(tensor.shape)}",
             )
+        data = _flatten(tensor.data)
         if rows is not None and len(data) != rows:
             raise InvalidInputError(
                 f"inputs.{name}.shape", f"{len(data)} rows; other inputs have {rows}"
