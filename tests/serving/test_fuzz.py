@@ -36,8 +36,10 @@ scalars = (
     | st.booleans()
     | st.integers()
     | st.integers(min_value=10**20, max_value=10**4200)  # past 64 bits, under str()'s limit
-    | st.floats()  # NaN and infinities included: jiter reads them
+    | st.floats()
+    | st.sampled_from([float("nan"), float("inf"), float("-inf")])  # jiter reads them; JSON no
     | st.text(max_size=30)
+    | st.integers(min_value=5_000, max_value=50_000).map(lambda n: "U" * n)  # echoed, 50 KB
     | st.sampled_from(["UA", "EWR", "2013-12-01T05:15:00", "BYTES", "INT64", "FP32"])
 )
 keys = st.sampled_from(FIELDS + V2_FIELDS + ["binary_data_size", "force"]) | st.text(max_size=8)
@@ -116,6 +118,7 @@ header_values = (
         ]
     )
     | st.integers(min_value=-5, max_value=10**40).map(lambda i: str(i).encode())
+    | st.integers(min_value=4_000, max_value=6_000).map(lambda n: b"9" * n)  # past int()'s limit
     | st.binary(max_size=40)
 )
 
