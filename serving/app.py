@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from serving.config import ServeConfig
+from serving.config import CONFIG_STATE_KEY, ServeConfig
 from serving.manager import Source
 from serving.middleware import BodyLimit, RequestMetrics
 from serving.routes import admin, invocations, metrics, predict, v2
@@ -41,9 +41,9 @@ def create_app(config: ServeConfig, source: Source) -> FastAPI:
     ]
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServeConfig]]:
         async with state.running():
-            yield
+            yield {CONFIG_STATE_KEY: config}  # the server's side reads it (serving.connection)
 
     app = FastAPI(
         title="Flight delay predictions",
@@ -58,9 +58,9 @@ def create_app(config: ServeConfig, source: Source) -> FastAPI:
         routes=[route for router in routers for route in router.routes],
     )
     app.state.serving = state  # the one way routes reach it: serving.routes.deps
-    # The last added is the outermost: a declared oversize body is refused before the app
-    # (and the metrics) see it.
-    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    # The last added is the outermost: a declared oversize body is refused before the app sees
+    # it, and counted (as endpoint "unmatched": it never reached the router).
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
     with_components(app, request_model, V2InferRequest)  # the models of hand-declared bodies
     return app

@@ -12,6 +12,9 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
+# The app's lifespan state holds its config under this key: uvicorn hands that state to each
+# connection's protocol, where serving.connection reads the limits on the request head.
+CONFIG_STATE_KEY = "serving.config"
 PositiveInt = Annotated[int, Field(ge=1)]
 # an empty MLOPS_SERVE__MODEL_DIR means the registry, as an unset one does
 OptionalFolder = Annotated[Path | None, BeforeValidator(lambda v: None if v == "" else v)]
@@ -27,6 +30,11 @@ class ServeConfig:
     max_wait_ms: Annotated[float, Field(ge=0)] = 0.0  # extra wait for company
     max_request_rows: PositiveInt = 10_000  # flights per request
     max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024  # larger bodies get 413
+    # The request line and headers (serving.connection): larger heads get 431, and a head not
+    # complete this long after the connection opened (or the last response) is closed
+    # (slowloris). 16 KiB is h11's default; this API's clients send well under 1 KiB.
+    max_header_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024
+    header_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     threads: Annotated[int, Field(ge=0)] = 0  # onnxruntime threads a worker; 0: cores / workers
     poll_interval_s: Annotated[float, Field(ge=0)] = 30.0  # 0: reload on /admin/reload only
     admin_token: str = field(default="", repr=False)  # empty: admin endpoints are disabled

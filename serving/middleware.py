@@ -12,29 +12,35 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.excerpts import cut
 from serving.metrics import ServingMetrics
 
 
 class BodyLimit:
-    """413 for bodies over the limit, by Content-Length or while streaming."""
+    """413 for bodies over the limit, by Content-Length or while streaming; 400 for a
+    Content-Length that is not a number of bytes."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.max_digits = len(str(max_bytes))  # more digits: over the limit, without int()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and declared.isdigit():
-            if int(declared) > self.max_bytes:
-                response = JSONResponse(
-                    {"detail": f"body: {int(declared)} bytes; the limit is {self.max_bytes}"}, 413
-                )
-                await response(scope, receive, send)
+        if declared is not None:
+            size = declared.lstrip(b"0") or b"0"
+            if not declared.isdigit():  # bytes.isdigit: ASCII digits only
+                detail, status = "content-length: not a number of bytes", 400
+            elif len(size) > self.max_digits or int(size) > self.max_bytes:
+                detail = f"body: {cut(size.decode())} bytes; the limit is {self.max_bytes}"
+                status = 413
             else:  # HTTP/1.1 framing: the server reads no more than the declared length
                 await self.app(scope, receive, send)
+                return
+            await JSONResponse({"detail": detail}, status)(scope, receive, send)
             return
         received = 0  # chunked: count while streaming
 

@@ -61,12 +61,21 @@ class Flight(BaseModel):
 
 
 def predict_request(max_rows: int) -> type[BaseModel]:
-    """The /predict body, with the server's batch limit in its schema."""
+    """The /predict body, with the server's batch limit in its schema.
+
+    pydantic-core counts the list while it validates it: it refuses at flight `max_rows + 1`,
+    whatever the length of the list, and `fail_fast` stops at the first bad flight (without
+    it, 10,000 empty flights were 50,000 errors, 0.2 s of building them alone)."""
     return create_model(
         "PredictRequest",
         flights=(
             list[Flight],
-            Field(min_length=1, max_length=max_rows, description="one prediction per flight"),
+            Field(
+                min_length=1,
+                max_length=max_rows,
+                fail_fast=True,
+                description="one prediction per flight",
+            ),
         ),
     )
 

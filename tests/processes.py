@@ -34,6 +34,7 @@ def free_port() -> int:
 @dataclass
 class Served:
     base: str
+    pid: int = 0  # the `mlops serve` process (with one worker, the one that serves)
     live_after_s: float = 0.0  # from the process's start to its first answer on /v2/health/live
     output: str = ""  # what the server printed, once it has stopped
     returncode: int | None = None
@@ -60,7 +61,7 @@ def mlops_serve(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    served = Served(f"http://127.0.0.1:{port}")
+    served = Served(f"http://127.0.0.1:{port}", server.pid)
     try:
         deadline = time.monotonic() + ready_within_s
         while True:

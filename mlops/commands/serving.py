@@ -33,6 +33,8 @@ def serve_command(
     """Serve the champion over HTTP: /predict, /invocations, /v2, /metrics, /docs."""
     import uvicorn
 
+    from serving.connection import HTTP_PROTOCOL
+
     settings: Settings = ctx.obj
     serve = settings.serve
     workers = workers or serve.workers
@@ -51,6 +53,7 @@ def serve_command(
         host=host or serve.host,
         port=port or serve.port,
         workers=workers,
+        http=HTTP_PROTOCOL,  # bounds the request head's size and time (serving.connection)
         log_config=service_config(settings.log_format, settings.log_level),
         access_log=access_log,
         timeout_graceful_shutdown=30,

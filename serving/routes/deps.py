@@ -35,10 +35,18 @@ ServedModelDep = Annotated[LoadedModel, Depends(served_model)]
 async def require_admin(
     state: StateDep, authorization: Annotated[str | None, Header()] = None
 ) -> None:
-    """`Authorization: Bearer <token>`; with no token configured the admin routes are off."""
+    """`Authorization: Bearer <token>` (the scheme is case-insensitive, RFC 9110); with no token
+    configured the admin routes are off. Anything else, a bare token included, is a 401."""
     expected = state.config.admin_token
     if not expected:
         raise HTTPException(403, "admin endpoints are disabled: no token is set")
-    token = (authorization or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(token.encode(), expected.encode()):
-        raise HTTPException(401, "authorization: a valid bearer token is required")
+    scheme, _, token = (authorization or "").partition(" ")
+    valid = scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(errors="replace"), expected.encode()
+    )
+    if not valid:
+        raise HTTPException(
+            401,
+            "authorization: a valid bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from fastapi import Request
-from fastapi.responses import Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
 from serving.batcher import NotReadyError, ScoringError
+from serving.excerpts import excerpt
 from serving.schemas import ErrorResponse
+
+# A 422 names the first problems, not all: 10,000 flights missing five fields each were 50,000
+# errors, megabytes of response built on the event loop.
+MAX_ERRORS = 10
 
 
 class ModelResponse(Response):
@@ -45,4 +52,23 @@ async def scoring_failed(request: Request, error: Exception) -> Response:
     return ModelResponse(ErrorResponse(detail=str(error)), 500)
 
 
-EXCEPTION_HANDLERS = {NotReadyError: not_ready, ScoringError: scoring_failed}
+async def invalid_request(request: Request, error: RequestValidationError) -> Response:
+    """FastAPI's 422 body (`{"detail": [{"type", "loc", "msg", "input", ...}]}`), with at most
+    MAX_ERRORS errors and each quoting only an excerpt of its input."""
+    detail = [_quoted(found) for found in error.errors()[:MAX_ERRORS]]
+    return JSONResponse({"detail": detail}, 422)
+
+
+def _quoted(error: Any) -> dict[str, Any]:
+    quoted = {key: excerpt(value) for key, value in error.items() if key not in ("loc", "ctx")}
+    quoted["loc"] = [excerpt(part) for part in error.get("loc", ())]
+    if "ctx" in error:  # the limits that were broken, or the validator's exception
+        quoted["ctx"] = {key: excerpt(value) for key, value in error["ctx"].items()}
+    return quoted
+
+
+EXCEPTION_HANDLERS = {
+    NotReadyError: not_ready,
+    ScoringError: scoring_failed,
+    RequestValidationError: invalid_request,
+}

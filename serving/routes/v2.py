@@ -90,7 +90,7 @@ async def v2_infer(request: Request, state: StateDep) -> ModelResponse:
     """Named 1-D tensors, one per raw field; JSON or the binary tensor extension."""
     header = request.headers.get("inference-header-content-length")
     try:
-        body = parse_v2(await request.body(), header)
+        body = parse_v2(await request.body(), header, state.config.max_request_rows)
         rows = from_v2(body, state.config.max_request_rows)
     except InvalidInputError as error:
         return ModelResponse(V2Error(error=str(error)), 400)

@@ -162,7 +162,7 @@ def test_the_binary_extension_as_tritonclient_writes_it() -> None:
         tensor.set_data_from_numpy(values, binary_data=True)
         inputs.append(tensor)
     body, header_length = triton.InferenceServerClient.generate_request_body(inputs)
-    request = parse_v2(body, str(header_length))
+    request = parse_v2(body, str(header_length), 10)
     assert from_v2(request, 10) == [
         f | e for f, e in zip(EXPECTED, [{}, {"tailnum": ""}], strict=True)
     ]
@@ -198,7 +198,7 @@ def test_bad_binary_tensors_name_the_input(
 ) -> None:
     body, header_length = _binary(tensors)
     with pytest.raises(InvalidInputError) as error:
-        parse_v2(body, length or header_length)
+        parse_v2(body, length or header_length, 10)
     assert _problem(error)[0] == field
     assert reason in _problem(error)[1]
 
@@ -206,14 +206,14 @@ def test_bad_binary_tensors_name_the_input(
 def test_a_binary_size_past_the_end_of_the_body_is_named() -> None:
     body, header_length = _binary([("carrier", "BYTES", b"\x02\x00\x00\x00UA")])
     with pytest.raises(InvalidInputError) as error:
-        parse_v2(body[:-1], header_length)
+        parse_v2(body[:-1], header_length, 10)
     assert _problem(error) == ("inputs.carrier.parameters.binary_data_size", "out of the body")
 
 
 def test_a_json_header_that_is_not_a_request_is_named() -> None:
     with pytest.raises(InvalidInputError) as error:
-        parse_v2(b'{"inputs": []}', None)
+        parse_v2(b'{"inputs": []}', None, 10)
     assert _problem(error)[0] == "inputs"
     with pytest.raises(InvalidInputError) as error:
-        parse_v2(b"\xff{", None)
+        parse_v2(b"\xff{", None, 10)
     assert _problem(error)[0] == "body"

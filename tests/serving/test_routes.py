@@ -47,8 +47,8 @@ def _bare_app(metrics: ServingMetrics, max_bytes: int, seen: list[int]) -> Starl
         raise RuntimeError("a bug")
 
     app = Starlette(routes=[Route("/echo/{name}", echo, methods=["POST"]), Route("/bug", broken)])
-    app.add_middleware(RequestMetrics, metrics=metrics)
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost, as in serving.app
     return app
 
 
@@ -62,6 +62,8 @@ def test_body_limit_by_content_length_and_while_streaming() -> None:
     assert streamed.status_code == 413 and "over the limit of 100" in streamed.text
     assert client.post("/echo/a", content=b"x" * 100).json() == {"bytes": 100}
     assert client.post("/echo/a", content=iter([b"x" * 50, b"x" * 50])).json() == {"bytes": 100}
+    bad = client.post("/echo/a", content=b"{}", headers={"content-length": "1e3"})
+    assert bad.status_code == 400 and seen == [100, 100]
 
 
 def test_request_metrics_count_by_route_template_and_status() -> None:
@@ -75,6 +77,9 @@ def test_request_metrics_count_by_route_template_and_status() -> None:
     assert 'mlops_requests_total{endpoint="/echo/{name}",method="POST",status="200"} 2.0' in text
     assert 'mlops_requests_total{endpoint="unmatched",method="GET",status="404"} 1.0' in text
     assert 'mlops_requests_total{endpoint="/bug",method="GET",status="500"} 1.0' in text
+    client.post("/echo/a", content=b"x" * 101)  # refused by its Content-Length: counted too
+    text = metrics.exposition().decode()
+    assert 'mlops_requests_total{endpoint="unmatched",method="POST",status="413"} 1.0' in text
 
 
 # --- the routers, over the real model -------------------------------------------------------
