@@ -23,6 +23,7 @@ from serving.routes.responses import MAX_ERRORS, invalid_request
 from serving.schemas import EXAMPLE_FLIGHT
 
 from . import asgi
+from .conftest import ready_client
 
 CONFIG = ServeConfig(poll_interval_s=0, admin_token="s3cret")  # the default limits
 INFER = "/v2/models/flight-delay/infer"
@@ -33,7 +34,7 @@ SMALL = 4096  # no refusal is longer than this
 @pytest.fixture(scope="module")
 def client(model_folder: Bundle) -> Iterator[TestClient]:
     app = create_app(CONFIG, FolderSource(model_folder.folder))
-    with TestClient(app, raise_server_exceptions=False) as client:
+    with ready_client(app, raise_server_exceptions=False) as client:
         yield client
 
 

@@ -25,6 +25,7 @@ from serving.manager import FolderSource
 from serving.schemas import EXAMPLE_FLIGHT
 
 from . import asgi
+from .conftest import ready_client
 
 CONFIG = ServeConfig(poll_interval_s=0, admin_token="t0ken", max_request_rows=50)
 LONGEST_REFUSAL = 4096
@@ -126,7 +127,7 @@ header_values = (
 @pytest.fixture(scope="module")
 def client(model_folder: Bundle) -> Iterator[TestClient]:
     app = create_app(CONFIG, FolderSource(model_folder.folder))
-    with TestClient(app) as client:
+    with ready_client(app) as client:
         yield client
 
 
