@@ -90,6 +90,14 @@ def as_requests(flights: pd.DataFrame) -> list[dict]:
     return out
 
 
+def eventually(check: Callable[[], bool], within_s: float, what: str) -> None:
+    """Until `check()` holds, at most `within_s` seconds; the failure names `what`."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
+        time.sleep(0.1)
+
+
 def wait_ready(get: Callable[[str], httpx.Response], within_s: float = 120) -> None:
     """Until /v2/health/ready says so: the first model loads after the server has started."""
     deadline = time.monotonic() + within_s

@@ -21,17 +21,10 @@ from serving.config import ServeConfig
 from serving.manager import FolderSource, RegistrySource
 from training.config import TrackingConfig
 
-from .conftest import Champion
+from .conftest import Champion, eventually
 
 TOKEN = {"Authorization": "Bearer t0ken"}
 CONFIG = ServeConfig(poll_interval_s=0, admin_token="t0ken")
-
-
-def eventually(check: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
 
 
 def test_a_folder_refused_while_it_was_copied_is_loaded_once_the_copy_is_done(

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,6 +20,8 @@ import pytest
 
 from serving.bundle import BUNDLE_FILE, CONTRACT, Bundle
 from tests.processes import clean_env, free_port, mlops_serve
+
+from .conftest import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -104,7 +106,7 @@ class MlflowServer:
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # its workers stop with it
         )
-        _eventually(lambda: _answers(f"{self.uri}/health"), 120, "mlflow server up")
+        eventually(lambda: _answers(f"{self.uri}/health"), 120, "mlflow server up")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -118,13 +120,6 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
-
-
-def _eventually(check: Callable[[], bool], within_s: float, what: str) -> None:
-    deadline = time.monotonic() + within_s
-    while not check():
-        assert time.monotonic() < deadline, f"not within {within_s} s: {what}"
-        time.sleep(0.2)
 
 
 def _register(uri: str, folder: Path) -> str:
@@ -177,19 +172,19 @@ def test_mlflow_down_cut_stalled_and_restarted(
         api = httpx.Client(base_url=served.base, timeout=30)
         # MLflow unreachable at start: live at once, not ready, and the reason in words
         assert api.get("/v2/health/ready").status_code == 503
-        _eventually(lambda: "unreachable" in api.get("/model").text, 10, "reason reported")
+        eventually(lambda: "unreachable" in api.get("/model").text, 10, "reason reported")
         assert "since" in api.get("/model").json()["detail"]
         proxy.set("up")
-        _eventually(lambda: api.get("/v2/health/ready").status_code == 200, 30, "ready")
+        eventually(lambda: api.get("/v2/health/ready").status_code == 200, 30, "ready")
         assert api.get("/model").json()["version"] == first
 
         # a new champion whose download is cut mid-way: retried, never refused
         proxy.set("cut")
         second = _register(direct, model_folder.folder)
-        _eventually(lambda: api.get("/model").json()["problem"] is not None, 30, "cut seen")
+        eventually(lambda: api.get("/model").json()["problem"] is not None, 30, "cut seen")
         assert api.get("/model").json()["version"] == first  # the old one keeps serving
         proxy.set("up")
-        _eventually(lambda: api.get("/model").json()["version"] == second, 30, "second loaded")
+        eventually(lambda: api.get("/model").json()["version"] == second, 30, "second loaded")
         assert api.get("/model").json()["problem"] is None
 
         # a poll stuck on a stalled MLflow: /admin/reload answers at once, busy
@@ -205,10 +200,10 @@ def test_mlflow_down_cut_stalled_and_restarted(
         proxy.set("down")
         proxy.set("up")
         mlflow.stop()
-        _eventually(lambda: "unreachable" in api.get("/model").text, 30, "outage reported")
+        eventually(lambda: "unreachable" in api.get("/model").text, 30, "outage reported")
         assert api.get("/v2/health/ready").status_code == 200  # still serving the second
         mlflow.start()
-        _eventually(lambda: api.get("/model").json()["problem"] is None, 30, "recovered")
+        eventually(lambda: api.get("/model").json()["problem"] is None, 30, "recovered")
         metrics = api.get("/metrics").text
     assert 'outcome="refused"' not in metrics
     assert served.live_after_s < 5, served.live_after_s  # the interpreter's start included
