@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from serving.admission import Admission
 from serving.config import ServeConfig
 from serving.manager import Source
 from serving.middleware import BodyLimit, RequestMetrics
@@ -62,5 +63,6 @@ def create_app(config: ServeConfig, source: Source) -> FastAPI:
     # (and the metrics) see it.
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(Admission, batcher=state.batcher)  # outermost: refuses before the rest
     with_components(app, request_model, V2InferRequest)  # the models of hand-declared bodies
     return app

@@ -25,8 +25,13 @@ def free_port() -> int:
 @dataclass
 class Served:
     base: str
+    process: subprocess.Popen
     output: str = ""  # what the server printed, once it has stopped
     returncode: int | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
 
 
 @contextmanager
@@ -38,7 +43,8 @@ def mlops_serve(
     ready_within_s: float = 180,
 ) -> Iterator[Served]:
     """`mlops [options] serve --port P [args]`, ready when /v2/health/ready says so; SIGTERM
-    at the end, then `output` and `returncode` are filled in."""
+    at the end unless the test stopped it, then `output` and `returncode` are filled in (a
+    server still running a minute after SIGTERM is killed, and says so in `output`)."""
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlops", *options, "serve", "--port", str(port), *args],
@@ -48,7 +54,7 @@ def mlops_serve(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    served = Served(f"http://127.0.0.1:{port}")
+    served = Served(f"http://127.0.0.1:{port}", server)
     try:
         deadline = time.monotonic() + ready_within_s
         while True:
@@ -62,6 +68,12 @@ def mlops_serve(
             time.sleep(0.5)
         yield served
     finally:
-        server.send_signal(signal.SIGTERM)
-        served.output, _ = server.communicate(timeout=60)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        try:
+            served.output, _ = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            served.output, _ = server.communicate()
+            served.output += "\n[killed: still running 60 s after SIGTERM]"
         served.returncode = server.returncode

@@ -8,7 +8,8 @@ from fastapi import Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from serving.batcher import NotReadyError, ScoringError
+from serving.admission import RETRY_AFTER_S
+from serving.batcher import NotReadyError, OverloadedError, ScoringError
 from serving.schemas import ErrorResponse
 
 
@@ -35,9 +36,19 @@ async def not_ready(request: Request, error: Exception) -> Response:
     return ModelResponse(ErrorResponse(detail=str(error)), 503, headers={"Retry-After": "5"})
 
 
+async def overloaded(request: Request, error: Exception) -> Response:
+    """Queued past the deadline (or the queue filled while the body was read): 503, retry soon."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return ModelResponse(ErrorResponse(detail=str(error)), 503, headers=headers)
+
+
 async def scoring_failed(request: Request, error: Exception) -> Response:
     """Valid flights the model could not score: the server's fault, never the input's."""
     return ModelResponse(ErrorResponse(detail=str(error)), 500)
 
 
-EXCEPTION_HANDLERS = {NotReadyError: not_ready, ScoringError: scoring_failed}
+EXCEPTION_HANDLERS = {
+    NotReadyError: not_ready,
+    OverloadedError: overloaded,
+    ScoringError: scoring_failed,
+}
