@@ -54,6 +54,9 @@ def summary(outcomes: list[Outcome], seconds: float, skip_s: float = 0.0) -> dic
     refused = [o for o in kept if o.status == 503]
     return {
         "offered_per_s": round(len(kept) / span),
+        # what the client managed to send: it shares the cores, and past its own limit it
+        # has no free connection for the next request (-1), which never reaches the server
+        "sent_per_s": round(sum(o.status != -1 for o in kept) / span),
         "ok_per_s": round(len(ok) / span),
         "refused_per_s": round(len(refused) / span),
         "other": sorted({o.status for o in kept} - {200, 503}),
