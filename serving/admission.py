@@ -1,12 +1,12 @@
-"""Admission: a scoring request that arrives while the queue is full is refused before the app
-reads its body.
+"""Admission: a scoring request that arrives while the batcher refuses work (its queue full, or
+the event loop running late) gets a 503 before the app reads its body.
 
 The outermost ASGI layer, so a refusal costs no body parsing, no routing, no validation and
-no scoring: one comparison and a pre-built 503 with Retry-After. Under twice the load the
-server can score, most of its time then still goes to the requests it accepts (goodput stays
-near capacity) and the queue, hence the latency of what is accepted, stays bounded. It also
-stamps each scoring request's arrival (`ARRIVED`), which the batcher's deadline counts from.
-Everything else (liveness, readiness, metrics, admin) passes untouched, so it stays fast.
+no scoring: one check and a pre-built 503 with Retry-After. uvicorn's parsing and the socket
+work still come first, about a fifth of what an answer costs (benchmarks/RESULTS.md), so the
+excess of an overload is cheap but not free. It also stamps each scoring request's arrival
+(`ARRIVED`), which the batcher's deadline counts from. Everything else (liveness, readiness,
+metrics, admin) passes untouched.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def is_scoring(path: str) -> bool:
 
 
 class Admission:
-    """503 + Retry-After for scoring requests while the batcher's queue is full."""
+    """503 + Retry-After for scoring requests while the batcher refuses work."""
 
     def __init__(self, app: ASGIApp, batcher: MicroBatcher) -> None:
         self.app = app

@@ -27,7 +27,8 @@ class ServeConfig:
     max_wait_ms: Annotated[float, Field(ge=0)] = 0.0  # extra wait for company
     # Backpressure (serving/batcher.py). The queue is bounded in rows, not requests: scoring
     # time and memory grow with rows, and a request may carry 1 or 10,000 of them. Past the
-    # bound, or past the deadline while queued, a request gets a 503 with Retry-After.
+    # bound, past the deadline while queued, or while the event loop runs more than
+    # max_lag_ms late (in proportion), a scoring request gets a 503 with Retry-After.
     max_queue_rows: PositiveInt = 512  # two full batches waiting: ~0.1 s of one-flight requests
     deadline_ms: Annotated[float, Field(gt=0)] = 500.0  # from arrival to scoring, at most
     max_lag_ms: Annotated[float, Field(gt=0)] = 20.0  # the event loop this late: refuse
