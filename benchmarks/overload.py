@@ -2,7 +2,8 @@
 
 One run: the server's capacity first (32 closed-loop clients, one flight per request), then
 an open-loop load (requests fired on a schedule, whatever the answers: `tests/load.py`) at
-half the capacity, at `--factor` times it for `--seconds`, and at half again. Figures are
+half the capacity for 5 s, at `--factor` times it for `--seconds`, and at half again for 8 s
+(the p99 of each second of it shows how soon the latency is back to normal). Figures are
 ratios to the capacity of the same run, since the machine is shared and its speed drifts:
 goodput (200s/s) over capacity, and how fast the refusals (503 + Retry-After) come.
 
@@ -34,6 +35,8 @@ from serving.schemas import EXAMPLE_FLIGHT
 from tests.load import OpenLoop, Outcome, closed_loop, percentile, post, probe, rss_bytes, run
 from tests.processes import mlops_serve
 
+AFTER_S = 8.0  # at half the capacity after the overload, to see the latency settle
+
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process, from /proc."""
@@ -43,6 +46,16 @@ def cpu_seconds(pid: int) -> float:
 
 def _ms(values: list[float], q: float) -> float:
     return round(percentile(values, q) * 1000, 1)
+
+
+def p99_by_second(outcomes: list[Outcome]) -> list[float]:
+    """p99 of the 200s in each second: how soon the latency is back to normal."""
+    start = outcomes[0].due
+    seconds: dict[int, list[float]] = {}
+    for o in outcomes:
+        if o.status == 200:
+            seconds.setdefault(int(o.due - start), []).append(o.latency)
+    return [round(percentile(seconds.get(s, []), 0.99) * 1000, 1) for s in range(max(seconds) + 1)]
 
 
 def summary(outcomes: list[Outcome], seconds: float, skip_s: float = 0.0) -> dict:
@@ -86,7 +99,7 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
     elapsed = time.monotonic() - started
     rss_end, cpu_end = rss_bytes(pid), (cpu_seconds(pid), cpu_seconds(os.getpid()))
     stop.set()
-    after = await load.run(capacity / 2, 5.0)
+    after = await load.run(capacity / 2, AFTER_S)
     load.close()
     live_s = [seconds for status, seconds in await live]
     return {
@@ -95,7 +108,9 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
         "seconds": args.seconds,
         "before": summary(before, 5.0, 1.0),
         "during": summary(during, args.seconds, 1.0),
-        "after": summary(after, 5.0, 1.0),
+        "after": summary(after, AFTER_S, 1.0),
+        "before_p99_ms_by_second": p99_by_second(before),
+        "after_p99_ms_by_second": p99_by_second(after),
         "live_p99_ms": _ms(live_s, 0.99),
         "live_max_ms": _ms(live_s, 1.0),
         "rss_mb_start_end": [round(rss_start / 2**20), round(rss_end / 2**20)],

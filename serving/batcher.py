@@ -118,6 +118,7 @@ class MicroBatcher:
         self.queued_rows = 0  # rows waiting in the queue, not those being scored
         self.lag = 0.0  # how late the loop ran its last lag tick, in seconds
         self._credit = 0.0  # admissions earned while the loop is late
+        self._late = 0.0  # how late the last tick ran
         self._ticker: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="score")
@@ -169,7 +170,10 @@ class MicroBatcher:
         now, cpu_now = loop.time(), time.thread_time()
         since = now - (due - LAG_TICK_S)
         busy = min(1.0, (cpu_now - cpu) / since) if since > 0 else 1.0
-        self.lag = max(0.0, now - due) * busy
+        late = max(0.0, now - due) * busy
+        # Late twice in a row: one long turn (a collection, a reload's stall) leaves a few
+        # requests behind, read in the next turn, and is no reason to refuse any.
+        self.lag, self._late = min(late, self._late), late
         self._ticker = loop.call_at(now + LAG_TICK_S, self._tick, loop, now + LAG_TICK_S, cpu_now)
 
     async def score(self, rows: list[dict]) -> Answer:

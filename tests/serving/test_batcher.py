@@ -289,18 +289,26 @@ async def _turns(count: int) -> None:
 
 
 def test_a_loop_running_late_refuses_new_work(model: LoadedModel) -> None:
+    async def late_turns(count: int) -> None:
+        for _ in range(count):
+            _hog(0.08)
+            await _turns(2)  # the lag tick runs, late, after this task's step
+
     async def work(batcher: MicroBatcher) -> list[str | None]:
         seen = [batcher.refusal()]
-        _hog(0.08)
-        await _turns(2)  # the lag tick runs, late, after this task's step
+        await late_turns(1)  # one long turn (a collection, a reload) is not a backlog
         seen.append(batcher.refusal())
         await asyncio.sleep(0.03)  # a few ticks on time
+        await late_turns(2)  # turn after long turn: the loop is behind on its requests
+        seen.append(batcher.refusal())
+        await asyncio.sleep(0.03)
         seen.append(batcher.refusal())
         # late without working: the process waited for a core (here: slept), which is not
         # a backlog of requests, and refusing them would not help
-        time.sleep(0.08)
-        await _turns(2)
+        for _ in range(2):
+            time.sleep(0.08)
+            await _turns(2)
         seen.append(batcher.refusal())
         return seen
 
-    assert _run(_slot(model), work, max_lag_s=0.02) == [None, "loop_lag", None, None]
+    assert _run(_slot(model), work, max_lag_s=0.02) == [None, None, "loop_lag", None, None]
