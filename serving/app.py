@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from serving.admission import Admission
 from serving.config import CONFIG_STATE_KEY, ServeConfig
 from serving.manager import Source
 from serving.middleware import BodyLimit, RequestMetrics
@@ -61,6 +62,7 @@ def create_app(config: ServeConfig, source: Source) -> FastAPI:
     # The last added is the outermost: a declared oversize body is refused before the app sees
     # it, and counted (as endpoint "unmatched": it never reached the router).
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    app.add_middleware(Admission, batcher=state.batcher)  # refuses before the body is read
+    app.add_middleware(RequestMetrics, metrics=state.metrics)  # outermost: counts every answer
     with_components(app, request_model, V2InferRequest)  # the models of hand-declared bodies
     return app

@@ -9,6 +9,16 @@ batches form without a timer; small batches are scored on the loop's thread, lar
 one worker thread.
 The model is read once per batch from the slot, so a hot swap changes models between
 batches, never within one, and every answer names its model.
+
+Backpressure: the queue is bounded in rows (what scoring time and memory grow with; a bound in
+requests would admit 10,000-flight requests as freely as one-flight ones). A request that
+finds `max_queue_rows` or more waiting is refused at once, and one that waited in the queue
+past its deadline is refused when the batcher takes it instead of being scored late. Most of
+a request's cost is HTTP and parsing, though, not scoring: past capacity the backlog builds in
+the sockets, before the queue, and shows as an event loop running late; while it runs more
+than `max_lag_s` late, arrivals are refused in proportion. So an overload costs the server a
+cheap refusal per excess request (`serving.admission` decides before the body is read), never
+a growing backlog. The deadline counts from the request's arrival (`ARRIVED`) when known.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +46,16 @@ class ScoringError(Exception):
     """These flights could not be scored (the batch they were in was scored without them)."""
 
 
+class OverloadedError(Exception):
+    """The queue is full, or this request waited past its deadline: retry shortly."""
+
+
+# When the current request arrived (time.monotonic()), set per request by the admission
+# middleware: a context variable is the request's own (one task each), costs ~50 ns, and
+# reaches the batcher through the routes without changing their signatures.
+ARRIVED: ContextVar[float] = ContextVar("arrived")
+
+
 @dataclass(frozen=True)
 class Answer:
     probabilities: np.ndarray
@@ -47,6 +68,7 @@ class Answer:
 class _Pending:
     rows: list[dict]
     future: asyncio.Future[Answer] = field(repr=False)
+    arrived: float  # time.monotonic()
 
 
 class ModelSlot:
@@ -59,45 +81,134 @@ class ModelSlot:
         self.current = model
 
 
+# How often the loop's lag is sampled: 200 timers a second cost ~0.1% of a core.
+LAG_TICK_S = 0.005
+
 # Batches up to this many rows are scored on the event loop's thread (about 3 ms at most):
 # handing them to a thread costs more in GIL hand-offs than it saves.
 INLINE_ROWS = 256
 
 OnBatch = Callable[[Scored, float], None]  # the scored batch and its seconds, off the loop
+OnShed = Callable[[str], None]  # why a request was refused: queue_full, loop_lag, deadline
 
 
 class MicroBatcher:
     def __init__(
-        self, slot: ModelSlot, max_batch: int, max_wait_s: float, on_batch: OnBatch | None = None
+        self,
+        slot: ModelSlot,
+        max_batch: int,
+        max_wait_s: float,
+        on_batch: OnBatch | None = None,
+        *,
+        max_queue_rows: int = 512,
+        deadline_s: float = 0.5,
+        max_lag_s: float = 0.02,
+        on_shed: OnShed | None = None,
+        on_wait: Callable[[float], None] | None = None,
     ) -> None:
         self.slot = slot
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.on_batch = on_batch
+        self.max_queue_rows = max_queue_rows
+        self.deadline_s = deadline_s
+        self.max_lag_s = max_lag_s
+        self.on_shed = on_shed
+        self.on_wait = on_wait  # seconds the oldest request of each batch waited in the queue
+        self.queued_rows = 0  # rows waiting in the queue, not those being scored
+        self.lag = 0.0  # how late the loop ran its last lag tick, in seconds
+        self._credit = 0.0  # admissions earned while the loop is late
+        self._late = 0.0  # how late the last tick ran
+        self._ticker: asyncio.TimerHandle | None = None
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="score")
         self._task: asyncio.Task | None = None
         self._closed = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="micro-batcher")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="micro-batcher")
+        self._tick(loop, loop.time())
 
     async def stop(self) -> None:
         """Refuse new work, finish what is queued, then stop."""
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.cancel()
         if self._task is not None:
             self._queue.put_nowait(None)
             await self._task
         self._executor.shutdown(wait=True)
+
+    @property
+    def queued_requests(self) -> int:
+        return self._queue.qsize()
+
+    def refusal(self) -> str | None:
+        """Why a request arriving now is refused, or None; the admission middleware asks
+        before the body is read."""
+        if self.queued_rows >= self.max_queue_rows:
+            return "queue_full"
+        if self.lag > self.max_lag_s:
+            # Parsing, not scoring, is most of a request's cost: past capacity the backlog
+            # is the requests the loop has not read yet, waiting in the sockets where the
+            # queue cannot see them, and the sign of it is a loop running late. Admit the
+            # share max_lag / lag of them, not none: refusing costs a fifth of serving, so a
+            # loop late from refusals alone would otherwise refuse everything for good.
+            self._credit += self.max_lag_s / self.lag
+            if self._credit < 1.0:
+                return "loop_lag"
+            self._credit -= 1.0
+        return None
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, due: float, cpu: float = 0.0) -> None:
+        """Note how late this timer ran (a loop turn runs every ready request's step before
+        it), and set the next one. Lateness is scaled by the share of the time since the last
+        tick that the loop's thread was running: a process that waited for a core (a busy
+        machine, a CPU quota) while it had little to do is not behind on its requests, and
+        refusing them would not help it."""
+        now, cpu_now = loop.time(), time.thread_time()
+        since = now - (due - LAG_TICK_S)
+        busy = min(1.0, (cpu_now - cpu) / since) if since > 0 else 1.0
+        late = max(0.0, now - due) * busy
+        # Late twice in a row: one long turn (a collection, a reload's stall) leaves a few
+        # requests behind, read in the next turn, and is no reason to refuse any.
+        self.lag, self._late = min(late, self._late), late
+        self._ticker = loop.call_at(now + LAG_TICK_S, self._tick, loop, now + LAG_TICK_S, cpu_now)
 
     async def score(self, rows: list[dict]) -> Answer:
         if self._closed:
             raise NotReadyError("the server is shutting down")
         if self.slot.current is None:
             raise NotReadyError("no model is loaded yet")
+        # Checked again now that the rows are known (others may have queued since this one
+        # arrived); not the lag, which this request's parsing has already paid for. One
+        # request may overshoot the bound, so a large one still fits behind small ones.
+        if self.queued_rows >= self.max_queue_rows:
+            self.shed("queue_full")
+            raise OverloadedError(f"overloaded: {self.queued_rows} flights queued, retry shortly")
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(rows, future))
+        self._queue.put_nowait(_Pending(rows, future, ARRIVED.get(None) or time.monotonic()))
+        self.queued_rows += len(rows)
         return await future
+
+    def shed(self, reason: str) -> None:
+        if self.on_shed is not None:
+            self.on_shed(reason)
+
+    def _take(self, item: _Pending, now: float) -> bool:
+        """Off the queue: False, and the request answered, if it is not worth scoring any
+        more (past its deadline, or its client is gone and its future cancelled)."""
+        self.queued_rows -= len(item.rows)
+        if item.future.done():
+            return False
+        if now - item.arrived > self.deadline_s:
+            self.shed("deadline")
+            item.future.set_exception(
+                OverloadedError(f"overloaded: queued past the deadline of {self.deadline_s} s")
+            )
+            return False
+        return True
 
     async def _settle(self, first: _Pending) -> None:
         """Yield to the loop while the queue still grows: the requests it has already read
@@ -127,8 +238,9 @@ class MicroBatcher:
                     break
             if item is None:
                 return batch, True
-            batch.append(item)
-            rows += len(item.rows)
+            if self._take(item, time.monotonic()):
+                batch.append(item)
+                rows += len(item.rows)
         return batch, False
 
     async def _run(self) -> None:
@@ -137,12 +249,17 @@ class MicroBatcher:
             first = await self._queue.get()
             if first is None:
                 break
+            now = time.monotonic()
+            if not self._take(first, now):
+                continue
+            if self.on_wait is not None:
+                self.on_wait(now - first.arrived)
             await self._settle(first)
             batch, stopping = await self._gather(first)
             await self._score(batch)
         while not self._queue.empty():  # anything that raced in before the flag was seen
             item = self._queue.get_nowait()
-            if item is not None:
+            if item is not None and self._take(item, time.monotonic()):
                 await self._score([item])
 
     async def _score(self, batch: list[_Pending]) -> None:

@@ -28,6 +28,16 @@ class ServeConfig:
     model_dir: OptionalFolder = None  # a local model folder instead of the registry's champion
     max_batch: PositiveInt = 256  # rows per onnxruntime call when requests are gathered
     max_wait_ms: Annotated[float, Field(ge=0)] = 0.0  # extra wait for company
+    # Backpressure (serving/batcher.py). The queue is bounded in rows, not requests: scoring
+    # time and memory grow with rows, and a request may carry 1 or 10,000 of them. Past the
+    # bound, past the deadline while queued, or while the event loop runs more than
+    # max_lag_ms late (in proportion), a scoring request gets a 503 with Retry-After.
+    max_queue_rows: PositiveInt = 512  # two full batches waiting: ~0.1 s of one-flight requests
+    deadline_ms: Annotated[float, Field(gt=0)] = 500.0  # from arrival to scoring, at most
+    max_lag_ms: Annotated[float, Field(gt=0)] = 20.0  # the event loop this late: refuse
+    # uvicorn's wait for in-flight requests on SIGTERM: below the container's stop grace
+    # period (15 s in docker-compose.yml), which must also cover the lifespan's shutdown
+    graceful_shutdown_s: Annotated[float, Field(ge=0)] = 10.0
     max_request_rows: PositiveInt = 10_000  # flights per request
     max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024  # larger bodies get 413
     # The request line and headers (serving.connection): larger heads get 431, and a head not

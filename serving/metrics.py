@@ -69,6 +69,29 @@ class ServingMetrics:
             registry=self.registry,
         )
         self.rows_scored = Counter("mlops_rows_scored", "Flights scored", registry=self.registry)
+        self.shed = Counter(
+            "mlops_shed_requests",
+            "Scoring requests refused with a 503 by backpressure: queue_full or loop_lag when "
+            "they arrived (before the app, so not in mlops_requests), deadline when taken off "
+            "the queue",
+            ["reason"],
+            registry=self.registry,
+        )
+        reasons = ("queue_full", "loop_lag", "deadline")
+        self._shed_children = {reason: self.shed.labels(reason) for reason in reasons}
+        self.queue_wait = Histogram(
+            "mlops_queue_wait_seconds",
+            "From arrival to the batcher, of the oldest request of each micro-batch (requests "
+            "that would wait past the deadline are refused instead)",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queued_rows = Gauge(
+            "mlops_queue_rows", "Flights waiting to be scored", registry=self.registry
+        )
+        self.queued_requests = Gauge(
+            "mlops_queue_requests", "Requests waiting to be scored", registry=self.registry
+        )
         self.model_info = Gauge(
             "mlops_model_info",
             "The loaded model (1 for the one being served)",
@@ -109,6 +132,9 @@ class ServingMetrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_shed(self, reason: str) -> None:
+        self._shed_children[reason].inc()
 
     def observe_batch(self, scored: Scored, seconds: float) -> None:
         """One micro-batch: its rows and time, and its inputs into the drift window."""

@@ -44,8 +44,18 @@ class ServingState:
             config.poll_interval_s,
         )
         batcher = MicroBatcher(
-            slot, config.max_batch, config.max_wait_ms / 1000, metrics.observe_batch
+            slot,
+            config.max_batch,
+            config.max_wait_ms / 1000,
+            metrics.observe_batch,
+            max_queue_rows=config.max_queue_rows,
+            deadline_s=config.deadline_ms / 1000,
+            max_lag_s=config.max_lag_ms / 1000,
+            on_shed=metrics.observe_shed,
+            on_wait=metrics.queue_wait.observe,
         )
+        metrics.queued_rows.set_function(lambda: batcher.queued_rows)  # read when scraped
+        metrics.queued_requests.set_function(lambda: batcher.queued_requests)
         return cls(config, slot, batcher, manager, metrics)
 
     def model(self) -> LoadedModel:

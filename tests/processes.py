@@ -34,10 +34,19 @@ def free_port() -> int:
 @dataclass
 class Served:
     base: str
-    pid: int = 0  # the `mlops serve` process (with one worker, the one that serves)
+    process: subprocess.Popen
     live_after_s: float = 0.0  # from the process's start to its first answer on /v2/health/live
     output: str = ""  # what the server printed, once it has stopped
     returncode: int | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.base.rsplit(":", 1)[1])
+
+    @property
+    def pid(self) -> int:
+        """The `mlops serve` process (with one worker, the one that serves)."""
+        return self.process.pid
 
 
 @contextmanager
@@ -49,8 +58,9 @@ def mlops_serve(
     ready_within_s: float = 180,
     until: Literal["ready", "live"] = "ready",
 ) -> Iterator[Served]:
-    """`mlops [options] serve --port P [args]`, entered when /v2/health/{until} says so;
-    SIGTERM at the end, then `output` and `returncode` are filled in."""
+    """`mlops [options] serve --port P [args]`, entered when /v2/health/{until} says so; SIGTERM
+    at the end unless the test stopped it, then `output` and `returncode` are filled in (a
+    server still running a minute after SIGTERM is killed, and says so in `output`)."""
     port = free_port()
     started = time.monotonic()
     server = subprocess.Popen(
@@ -61,7 +71,7 @@ def mlops_serve(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    served = Served(f"http://127.0.0.1:{port}", server.pid)
+    served = Served(f"http://127.0.0.1:{port}", server)
     try:
         deadline = time.monotonic() + ready_within_s
         while True:
@@ -77,6 +87,12 @@ def mlops_serve(
             time.sleep(0.05 if until == "live" else 0.5)
         yield served
     finally:
-        server.send_signal(signal.SIGTERM)
-        served.output, _ = server.communicate(timeout=60)
+        if server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+        try:
+            served.output, _ = server.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            served.output, _ = server.communicate()
+            served.output += "\n[killed: still running 60 s after SIGTERM]"
         served.returncode = server.returncode

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -43,6 +44,9 @@ def serve_command(
     os.environ["MLOPS_SERVE__WORKERS"] = str(workers)
     if model_dir is not None:
         os.environ["MLOPS_SERVE__MODEL_DIR"] = str(model_dir.resolve())
+    # uvicorn stops gracefully on SIGTERM, then raises it again once it has stopped, which
+    # would end this process with 143 after a clean stop; the handler it restores exits 0
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     source = model_dir or model_source(settings).describe()
     console.print(
         f"serving {source} on http://{host or serve.host}:{port or serve.port} (docs at /docs)"
@@ -56,8 +60,13 @@ def serve_command(
         http=HTTP_PROTOCOL,  # bounds the request head's size and time (serving.connection)
         log_config=service_config(settings.log_format, settings.log_level),
         access_log=access_log,
-        timeout_graceful_shutdown=30,
+        # in-flight requests get this long after SIGTERM; the container's grace is longer
+        timeout_graceful_shutdown=serve.graceful_shutdown_s,
     )
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def export_command(

@@ -10,7 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 
-from serving.batcher import NotReadyError, ScoringError
+from serving.admission import RETRY_AFTER_S
+from serving.batcher import NotReadyError, OverloadedError, ScoringError
 from serving.excerpts import excerpt
 from serving.schemas import ErrorResponse
 
@@ -47,6 +48,12 @@ async def not_ready(request: Request, error: Exception) -> Response:
     return ModelResponse(ErrorResponse(detail=detail), 503, headers={"Retry-After": "5"})
 
 
+async def overloaded(request: Request, error: Exception) -> Response:
+    """Queued past the deadline (or the queue filled while the body was read): 503, retry soon."""
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return ModelResponse(ErrorResponse(detail=str(error)), 503, headers=headers)
+
+
 async def scoring_failed(request: Request, error: Exception) -> Response:
     """Valid flights the model could not score: the server's fault, never the input's."""
     return ModelResponse(ErrorResponse(detail=str(error)), 500)
@@ -69,6 +76,7 @@ def _quoted(error: Any) -> dict[str, Any]:
 
 EXCEPTION_HANDLERS = {
     NotReadyError: not_ready,
+    OverloadedError: overloaded,
     ScoringError: scoring_failed,
     RequestValidationError: invalid_request,
 }

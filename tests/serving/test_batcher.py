@@ -1,10 +1,12 @@
 """The micro-batcher on its own, over the real model: batches form under concurrency, each
-request gets its own slice in order, a batch is scored by one model, and a request that cannot
-be scored fails alone."""
+request gets its own slice in order, a batch is scored by one model, a request that cannot
+be scored fails alone, and past its bounds (queued rows, deadline, loop lag) it refuses work
+instead of queueing it, and counts why."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -12,8 +14,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from serving.batcher import Answer, MicroBatcher, ModelSlot, NotReadyError, ScoringError
+from serving.batcher import (
+    ARRIVED,
+    Answer,
+    MicroBatcher,
+    ModelSlot,
+    NotReadyError,
+    OverloadedError,
+    ScoringError,
+)
 from serving.bundle import Bundle
+from serving.metrics import ServingMetrics
 from serving.protocols import validate_flights
 from serving.runtime import LoadedModel, Scored
 
@@ -45,11 +56,12 @@ def _run(
     work: Callable[[MicroBatcher], Awaitable[T]],
     max_batch: int = 256,
     on_batch: Callable[[Scored, float], None] | None = None,
+    **bounds: float | Callable[[str], None],
 ) -> T:
     """`work` against a started batcher, on a fresh event loop; the batcher is stopped after."""
 
     async def main() -> T:
-        batcher = MicroBatcher(slot, max_batch, 0.0, on_batch)
+        batcher = MicroBatcher(slot, max_batch, 0.0, on_batch, **bounds)  # type: ignore[arg-type]
         batcher.start()
         try:
             return await work(batcher)
@@ -184,3 +196,119 @@ def test_stopping_answers_what_is_already_queued(model: LoadedModel, rows: list[
 
     answers = _run(_slot(model), work)
     assert [len(answer.probabilities) for answer in answers] == [1] * 10
+
+
+def _shed(metrics: ServingMetrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("mlops_shed_requests_total", {"reason": reason})
+
+
+def test_a_full_queue_refuses_at_once_and_counts_it(model: LoadedModel, rows: list[dict]) -> None:
+    metrics = ServingMetrics()
+    scored: list[int] = []
+
+    async def work(batcher: MicroBatcher) -> list[Answer | BaseException]:
+        # all 12 queue in one loop turn, before the batcher's task runs: 5 rows fit (the
+        # third request overshoots the bound of 4 rows, so a large one still fits), the rest
+        # are refused without waiting
+        requests = [rows[i : i + 2] for i in range(0, 24, 2)]
+        return await asyncio.gather(
+            *(batcher.score(request) for request in requests), return_exceptions=True
+        )
+
+    results = _run(
+        _slot(model),
+        work,
+        on_batch=lambda s, _: scored.append(len(s.probabilities)),
+        max_queue_rows=4,
+        on_shed=metrics.observe_shed,
+    )
+    assert [isinstance(r, Answer) for r in results] == [True] * 2 + [False] * 10
+    assert all(isinstance(r, OverloadedError) for r in results[2:])
+    assert sum(scored) == 4
+    assert _shed(metrics, "queue_full") == 10
+    assert _shed(metrics, "deadline") == 0
+
+
+def test_requests_past_their_deadline_are_refused_not_scored(
+    model: LoadedModel, rows: list[dict]
+) -> None:
+    metrics = ServingMetrics()
+    scored: list[int] = []
+
+    async def late(batcher: MicroBatcher, request: list[dict], waited_s: float) -> Answer:
+        ARRIVED.set(time.monotonic() - waited_s)  # as the admission middleware stamps it
+        return await batcher.score(request)
+
+    async def work(batcher: MicroBatcher) -> list[Answer | BaseException]:
+        waits = [0.0, 1.0, 0.0, 2.0, 1.0, 0.0]
+        return await asyncio.gather(
+            *(late(batcher, rows[i : i + 3], wait) for i, wait in enumerate(waits)),
+            return_exceptions=True,
+        )
+
+    results = _run(
+        _slot(model),
+        work,
+        on_batch=lambda s, _: scored.append(len(s.probabilities)),
+        deadline_s=0.5,
+        on_shed=metrics.observe_shed,
+    )
+    kinds = [type(r).__name__ for r in results]
+    assert kinds == ["Answer", "OverloadedError"] * 1 + ["Answer"] + ["OverloadedError"] * 2 + [
+        "Answer"
+    ]
+    assert "deadline" in str(results[1])
+    assert sum(scored) == 9, "only the three fresh requests were scored"
+    assert _shed(metrics, "deadline") == 3
+
+
+def test_cancelled_requests_are_not_scored(model: LoadedModel, rows: list[dict]) -> None:
+    scored: list[int] = []
+
+    async def work(batcher: MicroBatcher) -> Answer:
+        gone = asyncio.ensure_future(batcher.score(rows[:5]))
+        await asyncio.sleep(0)  # queued
+        gone.cancel()  # its client went away
+        return await batcher.score(rows[5:6])
+
+    answer = _run(_slot(model), work, on_batch=lambda s, _: scored.append(len(s.probabilities)))
+    assert len(answer.probabilities) == 1
+    assert scored == [1]
+
+
+def _hog(seconds: float) -> None:
+    """Keep the loop's thread busy, as a turn with a backlog of requests to parse does."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def _turns(count: int) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def test_a_loop_running_late_refuses_new_work(model: LoadedModel) -> None:
+    async def late_turns(count: int) -> None:
+        for _ in range(count):
+            _hog(0.08)
+            await _turns(2)  # the lag tick runs, late, after this task's step
+
+    async def work(batcher: MicroBatcher) -> list[str | None]:
+        seen = [batcher.refusal()]
+        await late_turns(1)  # one long turn (a collection, a reload) is not a backlog
+        seen.append(batcher.refusal())
+        await asyncio.sleep(0.03)  # a few ticks on time
+        await late_turns(2)  # turn after long turn: the loop is behind on its requests
+        seen.append(batcher.refusal())
+        await asyncio.sleep(0.03)
+        seen.append(batcher.refusal())
+        # late without working: the process waited for a core (here: slept), which is not
+        # a backlog of requests, and refusing them would not help
+        for _ in range(2):
+            time.sleep(0.08)
+            await _turns(2)
+        seen.append(batcher.refusal())
+        return seen
+
+    assert _run(_slot(model), work, max_lag_s=0.02) == [None, None, "loop_lag", None, None]

@@ -1,0 +1,165 @@
+"""Benchmark: goodput and refusals at twice the capacity, open loop, against `mlops serve`.
+
+One run: the server's capacity first (32 closed-loop clients, one flight per request), then
+an open-loop load (requests fired on a schedule, whatever the answers: `tests/load.py`) at
+half the capacity for 5 s, at `--factor` times it for `--seconds`, and at half again for 8 s
+(the p99 of each second of it shows how soon the latency is back to normal). Figures are
+ratios to the capacity of the same run, since the machine is shared and its speed drifts:
+goodput (200s/s) over capacity, and how fast the refusals (503 + Retry-After) come.
+
+    PYTHONPATH=. python benchmarks/overload.py --model-dir MODEL
+
+MODEL: a model folder (`mlops export`, or the one `benchmarks/serving.py` downloads into its
+home). Writes benchmarks/results/overload.json and prints the rows for benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
+    sys.path[0] = str(ROOT)  # `serving` must be the package, not benchmarks/serving.py
+
+# ruff: noqa: E402
+import httpx
+
+from serving.schemas import EXAMPLE_FLIGHT
+from tests.load import OpenLoop, Outcome, closed_loop, percentile, post, probe, rss_bytes, run
+from tests.processes import mlops_serve
+
+AFTER_S = 8.0  # at half the capacity after the overload, to see the latency settle
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ms(values: list[float], q: float) -> float:
+    return round(percentile(values, q) * 1000, 1)
+
+
+def p99_by_second(outcomes: list[Outcome]) -> list[float]:
+    """p99 of the 200s in each second: how soon the latency is back to normal."""
+    start = outcomes[0].due
+    seconds: dict[int, list[float]] = {}
+    for o in outcomes:
+        if o.status == 200:
+            seconds.setdefault(int(o.due - start), []).append(o.latency)
+    return [round(percentile(seconds.get(s, []), 0.99) * 1000, 1) for s in range(max(seconds) + 1)]
+
+
+def summary(outcomes: list[Outcome], seconds: float, skip_s: float = 0.0) -> dict:
+    """Counts and latencies by status, leaving out the first `skip_s` seconds."""
+    start = outcomes[0].due
+    kept = [o for o in outcomes if o.due - start >= skip_s]
+    span = seconds - skip_s
+    ok = [o.latency for o in kept if o.status == 200]
+    refused = [o for o in kept if o.status == 503]
+    return {
+        "offered_per_s": round(len(kept) / span),
+        # what the client managed to send: it shares the cores, and past its own limit it
+        # has no free connection for the next request (-1), which never reaches the server
+        "sent_per_s": round(sum(o.status != -1 for o in kept) / span),
+        "ok_per_s": round(len(ok) / span),
+        "refused_per_s": round(len(refused) / span),
+        "other": sorted({o.status for o in kept} - {200, 503}),
+        "other_count": sum(o.status not in (200, 503) for o in kept),
+        "refused_without_retry_after": sum(not o.retry_after for o in refused),
+        "ok_p50_ms": _ms(ok, 0.5),
+        "ok_p99_ms": _ms(ok, 0.99),
+        "ok_max_ms": _ms(ok, 1.0),
+        "refused_p50_ms": _ms([o.latency for o in refused], 0.5),
+        "refused_p99_ms": _ms([o.latency for o in refused], 0.99),
+    }
+
+
+async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
+    host = "127.0.0.1"
+    request = post("/predict", {"flights": [EXAMPLE_FLIGHT]})
+    closed = await closed_loop(host, port, request, 32, args.capacity_seconds)
+    capacity = sum(o.status == 200 for o in closed) / args.capacity_seconds
+    load = OpenLoop(host, port, request, max_connections=args.connections)
+    await load.warm(args.connections)
+    before = await load.run(capacity / 2, 5.0)
+    stop = asyncio.Event()
+    live = asyncio.create_task(probe(host, port, "/v2/health/live", 0.1, stop))
+    rss_start, cpu_start = rss_bytes(pid), (cpu_seconds(pid), cpu_seconds(os.getpid()))
+    started = time.monotonic()
+    during = await load.run(capacity * args.factor, args.seconds)
+    elapsed = time.monotonic() - started
+    rss_end, cpu_end = rss_bytes(pid), (cpu_seconds(pid), cpu_seconds(os.getpid()))
+    stop.set()
+    after = await load.run(capacity / 2, AFTER_S)
+    load.close()
+    live_s = [seconds for status, seconds in await live]
+    return {
+        "capacity_per_s": round(capacity),
+        "factor": args.factor,
+        "seconds": args.seconds,
+        "before": summary(before, 5.0, 1.0),
+        "during": summary(during, args.seconds, 1.0),
+        "after": summary(after, AFTER_S, 1.0),
+        "before_p99_ms_by_second": p99_by_second(before),
+        "after_p99_ms_by_second": p99_by_second(after),
+        "live_p99_ms": _ms(live_s, 0.99),
+        "live_max_ms": _ms(live_s, 1.0),
+        "rss_mb_start_end": [round(rss_start / 2**20), round(rss_end / 2**20)],
+        # cores busy during the overload: the server's and this client's (a server below 1.0
+        # was waiting for a core of a shared machine)
+        "server_cores": round((cpu_end[0] - cpu_start[0]) / elapsed, 2),
+        "client_cores": round((cpu_end[1] - cpu_start[1]) / elapsed, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-dir", type=Path, required=True)
+    parser.add_argument("--factor", type=float, default=2.0, help="times the capacity")
+    parser.add_argument("--seconds", type=float, default=30.0, help="of overload")
+    parser.add_argument("--capacity-seconds", type=float, default=5.0)
+    parser.add_argument("--connections", type=int, default=1024)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/overload.json")
+    args = parser.parse_args()
+    env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0"}
+    with (
+        tempfile.TemporaryDirectory() as home,
+        mlops_serve(
+            "--model-dir", str(args.model_dir.resolve()), options=("--home", home), env=env
+        ) as served,
+    ):
+        started = time.monotonic()
+        result = run(measure(served.port, served.process.pid, args))
+        metrics = httpx.get(f"{served.base}/metrics").text
+        result["wall_s"] = round(time.monotonic() - started)
+    result["shed_metrics"] = {
+        line.split('"')[1]: float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("mlops_shed_requests_total{")
+    }
+    during = result["during"]
+    result["goodput_over_capacity"] = round(during["ok_per_s"] / result["capacity_per_s"], 2)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    print(
+        f"| {result['capacity_per_s']:,} | {during['offered_per_s']:,} | {during['ok_per_s']:,} "
+        f"| **{result['goodput_over_capacity']:.2f}x** | {during['refused_per_s']:,} "
+        f"| {during['refused_p50_ms']} / **{during['refused_p99_ms']}** "
+        f"| {during['ok_p50_ms']} / {during['ok_p99_ms']} / {during['ok_max_ms']} "
+        f"| {result['live_max_ms']} | {result['before']['ok_p99_ms']} "
+        f"| {result['after']['ok_p99_ms']} |"
+    )
+
+
+if __name__ == "__main__":
+    main()
