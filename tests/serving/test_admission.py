@@ -15,12 +15,14 @@ from serving.config import ServeConfig
 from serving.manager import FolderSource
 from serving.state import ServingState
 
+from .conftest import ready_client
+
 CONFIG = ServeConfig(poll_interval_s=0, max_queue_rows=64)
 
 
 @pytest.fixture(scope="module")
 def client(model_folder: Bundle) -> Iterator[TestClient]:
-    with TestClient(create_app(CONFIG, FolderSource(model_folder.folder))) as client:
+    with ready_client(create_app(CONFIG, FolderSource(model_folder.folder))) as client:
         yield client
 
 

@@ -132,10 +132,10 @@ def stop_under_load(
     return run(main())
 
 
-def check(stop: Stop) -> None:
+def check(stop: Stop, reload_answers: tuple[int, ...] = (200, 503)) -> None:
     assert stop.exited_after_s is not None, f"still running {GRACE_S} s after SIGTERM"
     # the reload either finished while uvicorn drained (200) or was refused as shutting down
-    assert stop.reload.status in (200, 503), f"the reload in flight: {stop.reload.status}"
+    assert stop.reload.status in reload_answers, f"the reload in flight: {stop.reload.status}"
     answered = {o.status for o in stop.load} - {0}
     assert answered == {200}, f"a request the server read failed: {answered}"
     read = [o for o in stop.load if o.due < stop.sigterm_at - READ_WITHIN_S]
@@ -181,7 +181,7 @@ def test_sigterm_with_a_reload_stuck_reading_the_model(
             stop = stop_under_load(served, flight_request, rate=200)
         finally:
             _unblock(onnx)  # so that the process can end either way
-    check(stop)
+    check(stop, reload_answers=(200, 409, 503))  # 409: busy, behind the poll stuck reading
     assert served.returncode == 0, served.output
 
 
