@@ -55,6 +55,8 @@ async def _started(app: Callable[..., Awaitable[None]]) -> tuple[asyncio.Queue, 
 async def measure(model_dir: Path, requests: int, repeats: int, concurrency: int) -> dict:
     app = create_app(ServeConfig(poll_interval_s=0), FolderSource(model_dir))
     inbox, outbox = await _started(app)
+    while app.state.serving.slot.current is None:  # the model loads after the app has started
+        await asyncio.sleep(0.05)
     body = json.dumps({"flights": [FLIGHT]}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
     scope = {
