@@ -25,7 +25,9 @@ from serving.schemas import EXAMPLE_FLIGHT
 from . import asgi
 from .conftest import ready_client
 
-CONFIG = ServeConfig(poll_interval_s=0, admin_token="s3cret")  # the default limits
+# the default limits; the event loop's lag is not shed on: here the load is the test's own
+# oversized requests, scored inline one after another (test_admission tests the shedding)
+CONFIG = ServeConfig(poll_interval_s=0, admin_token="s3cret", max_lag_ms=60_000)
 INFER = "/v2/models/flight-delay/infer"
 JSON = (b"content-type", b"application/json")
 SMALL = 4096  # no refusal is longer than this
