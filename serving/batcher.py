@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from serving.config import ServeConfig
 from serving.runtime import LoadedModel, Scored
 
 logger = logging.getLogger(__name__)
@@ -100,9 +101,9 @@ class MicroBatcher:
         max_wait_s: float,
         on_batch: OnBatch | None = None,
         *,
-        max_queue_rows: int = 512,
-        deadline_s: float = 0.5,
-        max_lag_s: float = 0.02,
+        max_queue_rows: int = ServeConfig.max_queue_rows,
+        deadline_s: float = ServeConfig.deadline_ms / 1000,
+        max_lag_s: float = ServeConfig.max_lag_ms / 1000,
         on_shed: OnShed | None = None,
         on_wait: Callable[[float], None] | None = None,
     ) -> None:

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from serving.admission import RETRY_AFTER_S
 from serving.batcher import NotReadyError, OverloadedError, ScoringError
 from serving.excerpts import excerpt
+from serving.routes.deps import serving_state
 from serving.schemas import ErrorResponse
 
 # A 422 names the first problems, not all: 10,000 flights missing five fields each were 50,000
@@ -42,7 +43,7 @@ async def not_ready(request: Request, error: Exception) -> Response:
     """No model yet, or shutting down: 503, when to try again, and (with no model) why not:
     what the manager last met, as `/model` would say it."""
     detail = str(error)
-    state = request.app.state.serving
+    state = await serving_state(request)
     if state.slot.current is None:
         detail = f"{detail}: {state.manager.status()}"
     return ModelResponse(ErrorResponse(detail=detail), 503, headers={"Retry-After": "5"})
