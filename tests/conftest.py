@@ -82,3 +82,20 @@ def postgres_database() -> Iterator[Callable[[str], str]]:
         for name in created:
             cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     admin.close()
+
+
+@pytest.fixture
+def restartable_postgres(tmp_path_factory: pytest.TempPathFactory):
+    """A PostgreSQL cluster of this test's own (tests/postgres.py), which it may restart or
+    crash; skips where PostgreSQL's server tools or psycopg are missing."""
+    pytest.importorskip("psycopg", reason="needs psycopg: pip install -e '.[postgres]'")
+    from tests.postgres import private_postgres
+
+    root = Path("/tmp") / f"mlops-pg-{uuid.uuid4().hex[:8]}"  # short: the socket path's limit
+    try:
+        with private_postgres(root) as cluster:
+            yield cluster
+    except LookupError as missing:
+        pytest.skip(f"needs {missing} to run a PostgreSQL cluster of the test's own")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
