@@ -10,7 +10,6 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from mlops.cli import app
-from mlops.locks import retrain_lock
 from pipelines.layout import DataLayout
 
 runner = CliRunner()
@@ -86,25 +85,3 @@ def test_a_failed_retrain_leaves_the_champion_and_the_data(
     _, after = _champion(home)
     assert after.version == before.version
     assert DataLayout(home).months("flights")[-1] == "2013-10"
-
-
-def test_a_second_scheduler_skips_while_one_retrains(tmp_path: Path) -> None:
-    with retrain_lock("", tmp_path) as first:
-        assert first
-        with retrain_lock("", tmp_path) as second:
-            assert not second
-        result = runner.invoke(app, ["--home", str(tmp_path), "schedule", "--once"])
-        assert result.exit_code == 0, result.output
-        assert "tick: skipped" in result.output
-    with retrain_lock("", tmp_path) as again:
-        assert again
-
-
-def test_the_advisory_lock_is_held_by_one_session_at_a_time(postgres_database) -> None:
-    url = postgres_database("lock")
-    with retrain_lock(url, Path("/nonexistent")) as first:
-        assert first
-        with retrain_lock(url, Path("/nonexistent")) as second:
-            assert not second
-    with retrain_lock(url, Path("/nonexistent")) as again:
-        assert again
