@@ -344,8 +344,10 @@ def writer_lock(
             told = True
         time.sleep(POLL_S)
     _held = lock
+    logger.info("took the data lock at %s for %s (pid %d)", lock.where, purpose, os.getpid())
     try:
         yield lock
     finally:
         _held = None
         lock.release()
+        logger.info("released the data lock at %s (pid %d)", lock.where, os.getpid())

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from mlops.locks import FileWriterLock, PostgresWriterLock, writer_lock
 from mlops.settings import Settings
 from pipelines.errors import LockLostError
 from pipelines.layout import DataLayout
+from tests.mlops.conftest import SMALL, SPLIT
 from tests.processes import clean_env
 from tests.serving.conftest import eventually
 
@@ -166,3 +171,98 @@ def test_releasing_a_lock_whose_database_is_down_does_not_raise(restartable_post
     started = time.monotonic()
     holder.release()
     assert time.monotonic() - started < 20
+
+
+# Whole retrains: the lock's log lines are the markers of when each one held it
+
+HELD = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) .*(took|released) the data lock .*\(pid (\d+)\)"
+)
+
+
+def held_intervals(*logs: str) -> list[tuple[datetime, datetime, str]]:
+    """(took, released, pid) for every hold in these logs; a hold never released is an error."""
+    taken: dict[str, datetime] = {}
+    intervals = []
+    for line in "\n".join(logs).splitlines():
+        found = HELD.search(line)
+        if not found:
+            continue
+        at = datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        if found.group(2) == "took":
+            taken[found.group(3)] = at
+        else:
+            intervals.append((taken.pop(found.group(3)), at, found.group(3)))
+    assert not taken, f"holds never released: {taken}"
+    return sorted(intervals)
+
+
+def assert_no_overlap(intervals: list[tuple[datetime, datetime, str]]) -> None:
+    for before, after in itertools.pairwise(intervals):
+        assert before[1] <= after[0], f"two writers at once: {before} and {after}"
+
+
+def log_of(output: str) -> str:
+    """The log file a batch command named at its end ("log: PATH")."""
+    found = re.search(r"log: (\S+)", output)
+    return Path(found.group(1)).read_text() if found else ""
+
+
+@pytest.mark.slow
+def test_a_user_retrain_beside_a_scheduler_tick_takes_turns(
+    home_with_champion: Path, ingested_home: Path
+) -> None:
+    home = home_with_champion
+    env = SMALL | SPLIT
+    user = mlops(home, "retrain", **env)
+    time.sleep(1.5)
+    tick = mlops(home, "schedule", "--once", **env)
+    (user_code, user_output), (tick_code, tick_output) = finished(user, 900), finished(tick, 900)
+    assert user_code == 0, user_output
+    assert tick_code == 0, tick_output
+    intervals = held_intervals(log_of(user_output), tick_output)
+    skipped = "tick: skipped" in tick_output
+    assert len(intervals) == (1 if skipped else 2), intervals
+    assert_no_overlap(intervals)
+    # whatever the order, bronze is what serial runs give: each new month whole, once
+    months = DataLayout(home).months("flights")
+    assert months[-1] == ("2013-11" if skipped else "2013-12"), months
+    pd.testing.assert_frame_equal(_bronze(home, months), _bronze(ingested_home, months))
+
+
+@pytest.mark.slow
+def test_a_database_restart_mid_retrain_never_lets_two_retrains_overlap(
+    home_with_champion: Path, restartable_postgres
+) -> None:
+    """Scheduler A retrains holding the advisory lock; PostgreSQL restarts; scheduler B ticks
+    every two seconds. A stops before its gate ("lock lost"); B retrains after A let go."""
+    home = home_with_champion
+    env = SMALL | SPLIT | {"MLOPS_LOCK_URL": restartable_postgres.url()}
+    first = mlops(home, "schedule", "--once", **env)
+    probe = PostgresWriterLock("probe", restartable_postgres.url())
+    eventually(lambda: probe.held_by_other() is not None, 120, "scheduler A to take the lock")
+    time.sleep(3)  # A is ingesting
+    restartable_postgres.restart(mode="immediate", down_s=3)
+    outputs = []
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        code, output = finished(mlops(home, "schedule", "--once", **env), 900)
+        assert code == 0, output
+        outputs.append(output)
+        if "tick: skipped" not in output:
+            break
+        time.sleep(2)
+    first_code, first_output = finished(first, 900)
+    assert first_code == 0, first_output
+    assert "tick: lock lost" in first_output, first_output
+    assert "took the data lock" in first_output and "again" in first_output, first_output
+    last = outputs[-1]
+    assert "tick: promoted" in last or "tick: kept the champion" in last, last
+    assert_no_overlap(held_intervals(first_output, *outputs))
+    client = MlflowClient(f"sqlite:///{(home / 'mlflow.db').resolve()}")
+    experiment = client.get_experiment_by_name("flight-delay").experiment_id
+    gated = client.search_runs([experiment], "tags.gate_decision != ''")
+    months = [
+        run.data.tags.get("retrain_month") for run in gated if "retrain_month" in run.data.tags
+    ]
+    assert len(months) == len(set(months)) == 1, months  # one gate, by B

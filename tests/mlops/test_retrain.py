@@ -13,31 +13,6 @@ from mlops.cli import app
 from pipelines.layout import DataLayout
 
 runner = CliRunner()
-SMALL = {
-    "MLOPS_MODEL__WIDTH": "16",
-    "MLOPS_MODEL__DEPTH": "1",
-    "MLOPS_FIT__EPOCHS": "1",
-    "MLOPS_FIT__BATCH_SIZE": "4096",
-}
-
-
-@pytest.fixture
-def home_with_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Data through October 2013 and a champion trained on it (tested on October)."""
-    for name, value in SMALL.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MLOPS_FEATURES__VALID_START", "2013-09")
-    monkeypatch.setenv("MLOPS_FEATURES__TEST_START", "2013-10")
-    home = tmp_path / "state"
-    for command in (
-        ["data", "ingest", "--until", "2013-10"],
-        ["data", "features"],
-        ["train"],
-        ["promote"],
-    ):
-        result = runner.invoke(app, ["--home", str(home), *command])
-        assert result.exit_code == 0, result.output
-    return home
 
 
 def _champion(home: Path):
