@@ -17,6 +17,7 @@ from mlops.console import console
 from mlops.errors import EPILOG, MappedErrors
 from mlops.logs import configure_batch, configure_service
 from mlops.settings import Settings
+from training.config import redact
 
 SERVICES = ("serve", "schedule")  # long-running: they log to stderr, not to a file
 
@@ -58,7 +59,7 @@ def main(
     try:
         settings = Settings() if home is None else Settings(home=home)
     except ValidationError as error:
-        raise typer.BadParameter(str(error), param_hint="the environment") from None
+        raise typer.BadParameter(redact(str(error)), param_hint="the environment") from None
     ctx.obj = settings
     command = ctx.invoked_subcommand or "mlops"
     if command in SERVICES:
