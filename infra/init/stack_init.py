@@ -3,6 +3,7 @@
 
     stack-init up     what `docker compose up` runs before anything else
     stack-init show   the secrets again (`docker compose run --rm --no-deps init show`)
+    stack-init get mlflow_admin_password    one of them, alone (for scripts)
 
 1. Secrets: a value the user set in .env wins; otherwise the one already on the `secrets`
    volume; otherwise a new one from `secrets` (shown once, in this service's log). Each service
@@ -308,10 +309,16 @@ def main(argv: list[str]) -> None:
     command = argv[1] if len(argv) > 1 else "up"
     if command == "up":
         up()
-    elif command == "show":
+    elif command in ("show", "get"):
         if not (ALL / SECRETS[0].name).exists():
             raise SystemExit("no secrets yet: `docker compose up` generates them")
-        show({s.name: (ALL / s.name).read_text().strip() for s in SECRETS})
+        values = {s.name: (ALL / s.name).read_text().strip() for s in SECRETS}
+        if command == "show":
+            show(values)
+        elif len(argv) == 3 and argv[2] in values:
+            print(values[argv[2]])  # noqa: T201
+        else:
+            raise SystemExit(f"get one of: {', '.join(values)}")
     else:
         raise SystemExit(__doc__)
 
