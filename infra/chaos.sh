@@ -10,6 +10,7 @@
 #   4. `docker compose down` then `up` (no -v): registry, champion, study and data are still
 #      there, and the API serves the same version.
 # From a clean state to a clean state (`down -v` at the end), like infra/smoke.sh.
+# CHAOS_FAULTS picks some (default: "postgres mlflow full downup", in that order).
 # COMPOSE_PROJECT_NAME and MLOPS_VERSION keep a test stack apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +30,7 @@ wait_for() {  # wait_for <seconds> <command...>
     sleep 2
   done
 }
+want() { [[ " ${CHAOS_FAULTS:-postgres mlflow full downup} " == *" $1 "* ]]; }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 # The client: one /predict every 50 ms, each answer's time and status (0: no answer) logged
@@ -74,11 +76,11 @@ say "API ready on v$(champion)"
 load &
 
 # 1. PostgreSQL restarted during a retrain, a study and a promotion
-for phase in retrain study promotion; do
+want postgres && for phase in retrain study promotion; do
   t=$(now); before=$(champion)
   case $phase in
     retrain) tick "$work/$phase.log" >"$work/$phase.outcome" & delay=20 ;;
-    study) compose exec -T scheduler mlops tune --trials 8 >"$work/$phase.log" 2>&1 &
+    study) compose exec -T scheduler mlops tune --trials "${CHAOS_TRIALS:-3}" >"$work/$phase.log" 2>&1 &
       delay=15 ;;
     promotion) compose exec -T -e MLOPS_GATE__MIN_AUC_GAIN=-1 scheduler mlops promote \
       >"$work/$phase.log" 2>&1 & delay=4 ;;
@@ -95,7 +97,7 @@ for phase in retrain study promotion; do
   if { [ "$phase" = retrain ] && [ "$first" = failed ]; } || { [ "$phase" != retrain ] && [ "$code" != 0 ]; }; then
     case $phase in
       retrain) again=$(tick "$work/$phase-again.log") ;;
-      study) compose exec -T scheduler mlops tune --trials 8 >"$work/$phase-again.log" 2>&1 \
+      study) compose exec -T scheduler mlops tune --trials "${CHAOS_TRIALS:-3}" >"$work/$phase-again.log" 2>&1 \
         && again="exit 0" || again="exit $?" ;;
       promotion) compose exec -T -e MLOPS_GATE__MIN_AUC_GAIN=-1 scheduler mlops promote \
         >"$work/$phase-again.log" 2>&1 && again="exit 0" || again="exit $?" ;;
@@ -107,6 +109,7 @@ for phase in retrain study promotion; do
 done
 
 # 2. MLflow stopped for a minute while the scheduler ticks
+if want mlflow; then
 t=$(now); before=$(champion)
 compose stop mlflow >/dev/null 2>&1
 first=$(tick "$work/mlflow.log")
@@ -120,8 +123,10 @@ wait_for 180 sh -c "docker inspect -f '{{.State.Health.Status}}' \$(docker compo
   || fail "MLflow did not come back"
 again=$(tick "$work/mlflow-again.log")
 echo "CHAOS fault=mlflow-stopped-60s $(requests_since "$t") tick_while_down=\"$first\" tick_after=\"$again\" api_not_ready_checks=$not_ready/25 champion=v$before->v$(champion)"
+fi
 
 # 3. A full data volume: the scheduler's data copied onto a tmpfs, filled with ballast
+if want full; then
 t=$(now)
 image=$(docker inspect -f '{{.Config.Image}}' "$(compose ps -q scheduler)")
 network=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$(compose ps -q scheduler)")
@@ -131,7 +136,7 @@ env_args=()
 for v in MLOPS_HOME=/data MLFLOW_TRACKING_URI=http://mlflow:5000 MLFLOW_TRACKING_USERNAME=trainer \
     MLFLOW_TRACKING_PASSWORD_FILE=/run/secrets/mlflow_password \
     MLOPS_OPTUNA_STORAGE_FILE=/run/secrets/optuna_storage MLOPS_LOCK_URL_FILE=/run/secrets/lock_url \
-    MLOPS_TUNE__HEARTBEAT_INTERVAL=10 MLOPS_TUNE__GRACE_PERIOD=30 MLOPS_FIT__EPOCHS=6 \
+    MLOPS_TUNE__HEARTBEAT_INTERVAL=10 MLOPS_TUNE__GRACE_PERIOD=30 "MLOPS_FIT__EPOCHS=${MLOPS_FIT__EPOCHS:-6}" \
     MLOPS_GATE__MIN_AUC_GAIN=-1; do
   env_args+=(-e "$v")
 done
@@ -153,8 +158,10 @@ docker run --rm --network "$network" --tmpfs "/data:size=${size_mb}m,uid=10001,g
     echo "full=\"${full:-no outcome}\" data_kept=$([ "$before_sums" = "$after_sums" ] && echo yes || echo NO) leftovers_when_full=$leftovers after_freeing=\"${freed:-no outcome}\" months=$before_months->$(months)"
   ' >"$work/full.log" 2>&1 || true
 echo "CHAOS fault=data-volume-full $(requests_since "$t") $(tail -1 "$work/full.log") api_ready=$(curl -s -o /dev/null -w '%{http_code}' "$API/v2/health/ready")"
+fi
 
 # 4. down, then up (no -v): everything is still there
+if want downup; then
 before=$(champion); months=$(bronze_months)
 trials=$(compose exec -T postgres psql -U "${POSTGRES_USER:-mlops}" -d optuna -At -c "select count(*) from trials")
 touch "$work/stop"; wait || true; rm -f "$work/stop"
@@ -166,6 +173,7 @@ trials_after=$(compose exec -T postgres psql -U "${POSTGRES_USER:-mlops}" -d opt
 trainer=$(compose logs --no-color trainer 2>&1 | grep -c "already has a" || true)
 echo "CHAOS fault=down-then-up champion=v$before->v$after bronze_months=$months->$(bronze_months) trials=$trials->$trials_after trainer_skipped=$trainer"
 [ "$before" = "$after" ] || fail "the API serves v$after after down/up, not v$before"
+fi
 
 compose down -v --remove-orphans >/dev/null 2>&1
 say "down -v: done"
