@@ -37,7 +37,7 @@ compose build --quiet
 start=$SECONDS
 say "up (clean state)"
 compose up -d
-wait_for 1200 curl -sf "$API/v2/health/ready" || fail "the API never became ready"
+wait_for 1800 curl -sf "$API/v2/health/ready" || fail "the API never became ready"
 say "API ready"
 flight='{"flights": [{"carrier": "UA", "flight": 1545, "tailnum": "N14228", "origin": "EWR",
   "dest": "IAH", "scheduled_departure": "2013-12-01T05:15:00", "distance": 1400}]}'
