@@ -162,6 +162,15 @@ fi
 
 # 4. down, then up (no -v): everything is still there
 if want downup; then
+# the registry's champion, once the API has caught up with a promotion made just before
+printf 'user = "admin:%s"\n' "$(compose run --rm --no-deps -T init get mlflow_admin_password | tr -d '\r')" \
+  > "$work/admin"
+registry() {
+  curl -sf -K "$work/admin" "http://127.0.0.1:${MLFLOW_PORT:-5000}/api/2.0/mlflow/registered-models/alias?name=flight-delay&alias=champion" \
+    | json 'd["model_version"]["version"]'
+}
+wait_for 120 sh -c "[ \"\$(curl -sf $API/model | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"version\"])')\" = \"$(registry)\" ]" \
+  || fail "the API does not serve the registry's champion v$(registry)"
 before=$(champion); months=$(bronze_months)
 trials=$(compose exec -T postgres psql -U "${POSTGRES_USER:-mlops}" -d optuna -At -c "select count(*) from trials")
 touch "$work/stop"; wait || true; rm -f "$work/stop"
