@@ -3,15 +3,16 @@
 #   up -> API ready -> /predict and V2 infer -> MLflow UI shows the run and the champion ->
 #   two schedulers tick at once (one retrains, one skips) -> the API serves the new version ->
 #   down -v leaves nothing behind. Prints the timings benchmarks/RESULTS.md records.
-# With MLFLOW_AUTH=1 (and MLFLOW_AUTH_ADMIN_PASSWORD, MLFLOW_TRACKING_USERNAME/PASSWORD, as in
-# .env.example) the same run goes through MLflow's basic auth, and anonymous calls must get 401.
+# Closed by default, checked on the way: no .env needed (init generates the secrets), ports
+# on 127.0.0.1 only, MLflow refuses anonymous calls and the API's own MLflow user cannot delete
+# an experiment or move the alias, no secret in `docker inspect` or on a process's command
+# line, the model's load in `docker compose logs api`.
+# COMPOSE_PROJECT_NAME and MLOPS_VERSION (the images' tag) keep a test stack apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 API=${API:-http://127.0.0.1:${API_PORT:-8000}}
 MLFLOW=${MLFLOW:-http://127.0.0.1:${MLFLOW_PORT:-5000}}
-# a fresh token per run: the API refuses placeholders such as change-me
-export MLOPS_SERVE__ADMIN_TOKEN=${MLOPS_SERVE__ADMIN_TOKEN:-$(python3 -c "import secrets; print(secrets.token_hex(16))")}
-TOKEN=$MLOPS_SERVE__ADMIN_TOKEN
+PROJECT=${COMPOSE_PROJECT_NAME:-mlops-flights}
 compose() { docker compose "$@"; }
 say() { printf '[smoke %4ds] %s\n' "$((SECONDS - start))" "$*"; }
 fail() { say "FAILED: $*"; compose ps; compose logs --tail 40 trainer api scheduler mlflow || true; exit 1; }
@@ -24,20 +25,19 @@ wait_for() {  # wait_for <seconds> <command...>
   done
 }
 json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
-credentials=()
-if [ -n "${MLFLOW_AUTH:-}" ]; then
-  : "${MLFLOW_TRACKING_USERNAME:?MLFLOW_AUTH=1 needs MLFLOW_TRACKING_USERNAME}"
-  : "${MLFLOW_TRACKING_PASSWORD:?MLFLOW_AUTH=1 needs MLFLOW_TRACKING_PASSWORD}"
-  credentials=(-u "$MLFLOW_TRACKING_USERNAME:$MLFLOW_TRACKING_PASSWORD")
-fi
-mlflow_api() { curl -sf "${credentials[@]}" "$@"; }
+secret() { compose run --rm --no-deps -T init get "$1" | tr -d '\r'; }
+# curl reads the login from a file (-K), not from its own command line
+login() { printf 'user = "%s:%s"\n' "$1" "$2" > "$3"; chmod 600 "$3"; }
+netrc_dir=$(mktemp -d); trap 'rm -rf "$netrc_dir"' EXIT
+mlflow_api() { curl -sf -K "$netrc_dir/admin" "$@"; }
+as_api() { curl -s -o /dev/null -w '%{http_code}' -K "$netrc_dir/api" "$@"; }
 
 compose down -v --remove-orphans >/dev/null 2>&1 || true
 compose build --quiet
 start=$SECONDS
 say "up (clean state)"
 compose up -d
-wait_for 1200 curl -sf "$API/v2/health/ready" || fail "the API never became ready"
+wait_for 1800 curl -sf "$API/v2/health/ready" || fail "the API never became ready"
 say "API ready"
 flight='{"flights": [{"carrier": "UA", "flight": 1545, "tailnum": "N14228", "origin": "EWR",
   "dest": "IAH", "scheduled_departure": "2013-12-01T05:15:00", "distance": 1400}]}'
@@ -55,11 +55,55 @@ curl -sf "$API/v2/models/flight-delay/infer" -H 'Content-Type: application/json'
   | json 'd["outputs"][0]["data"]' >/dev/null || fail "V2 infer"
 say "V2 infer answers"
 
-if [ -n "${MLFLOW_AUTH:-}" ]; then
-  anonymous=$(curl -s -o /dev/null -w '%{http_code}' "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1")
-  [ "$anonymous" = 401 ] || fail "MLflow answered $anonymous to an anonymous call (auth is on)"
-  say "MLflow basic auth: anonymous 401, the services' credentials accepted"
-fi
+say "closed by default:"
+[ ! -e .env ] || say "  (a .env exists here: its settings apply)"
+login admin "$(secret mlflow_admin_password)" "$netrc_dir/admin"
+login api "$(secret mlflow_api_password)" "$netrc_dir/api"
+for service in api mlflow; do
+  bound=$(compose port "$service" "$([ $service = api ] && echo 8000 || echo 5000)")
+  [ "${bound%:*}" = 127.0.0.1 ] || fail "$service is published on $bound"
+done
+say "  ports on 127.0.0.1 only"
+anonymous=$(curl -s -o /dev/null -w '%{http_code}' "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1")
+[ "$anonymous" = 401 ] || fail "MLflow answered $anonymous to an anonymous call"
+[ "$(as_api "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1")" = 200 ] \
+  || fail "the API's MLflow user cannot read"
+experiment=$(mlflow_api "$MLFLOW/api/2.0/mlflow/experiments/get-by-name?experiment_name=flight-delay" \
+  | json 'd["experiment"]["experiment_id"]') || fail "no experiment flight-delay"
+deleted=$(as_api -X POST "$MLFLOW/api/2.0/mlflow/experiments/delete" -H 'Content-Type: application/json' \
+  -d "{\"experiment_id\": \"$experiment\"}")
+[ "$deleted" = 403 ] || fail "the API's MLflow user deleting the experiment got $deleted, not 403"
+moved=$(as_api -X POST "$MLFLOW/api/2.0/mlflow/registered-models/alias" -H 'Content-Type: application/json' \
+  -d '{"name": "flight-delay", "alias": "champion", "version": "1"}')
+[ "$moved" = 403 ] || fail "the API's MLflow user moving the alias got $moved, not 403"
+# least privilege in PostgreSQL (the socket in the container trusts local users: privileges only)
+psql_as() { compose exec -T postgres psql -U "$1" -d "$2" -At -c "$3" 2>&1 || true; }
+grep -q "permission denied" <<<"$(psql_as retrain_lock mlflow 'select 1')" \
+  || fail "the lock's role may connect to the mlflow database"
+grep -q "permission denied" <<<"$(psql_as retrain_lock "${POSTGRES_DB:-mlops}" 'create table t (i int)')" \
+  || fail "the lock's role may create a table"
+grep -q "permission denied" <<<"$(psql_as optuna mlflow 'select 1')" \
+  || fail "Optuna's role may connect to the mlflow database"
+say "  PostgreSQL: the lock's and Optuna's roles are refused outside their own"
+say "  MLflow: anonymous 401; user api reads (200), may not delete the experiment (403) nor move the alias (403)"
+secrets_now=()
+for name in postgres_password mlflow_admin_password mlflow_trainer_password mlflow_api_password \
+    admin_token db_mlflow_password db_optuna_password db_lock_password; do
+  secrets_now+=("$(secret "$name")")
+done
+containers=$(compose ps -aq)
+inspected=$(docker inspect $containers)
+processes=$(for c in $containers; do docker top "$c" -eo args 2>/dev/null || true; done)
+for value in "${secrets_now[@]}"; do
+  [ "${#value}" -ge 16 ] || fail "a secret of ${#value} characters"
+  ! grep -qF -- "$value" <<<"$inspected" || fail "a secret is in docker inspect"
+  ! grep -qF -- "$value" <<<"$processes" || fail "a secret is on a process's command line"
+done
+say "  ${#secrets_now[@]} generated secrets, none in docker inspect or on a command line"
+api_log=$(compose logs --no-color api 2>&1)
+grep -q "serving flight-delay" <<<"$api_log" || grep -qi "serving .*v[0-9]" <<<"$api_log" \
+  || fail "the model's load is not in docker compose logs api"
+say "  docker compose logs api: $(grep -m1 -o 'serving .*' <<<"$api_log" | cut -c1-100)"
 mlflow_api "$MLFLOW/" >/dev/null || fail "the MLflow UI"
 runs=$(mlflow_api "$MLFLOW/api/2.0/mlflow/runs/search" -H 'Content-Type: application/json' \
   -d '{"experiment_ids": ["1"], "max_results": 100}' | json 'len(d.get("runs", []))')
@@ -85,7 +129,7 @@ wait_for 120 sh -c "curl -sf $API/model | grep -q '\"version\":\"$new\"'" || fai
 say "the API serves v$new (was v$version)"
 
 compose down -v --remove-orphans >/dev/null
-left=$(docker volume ls -q --filter label=com.docker.compose.project=mlops-flights | wc -l)
+left=$(docker volume ls -q --filter label=com.docker.compose.project="$PROJECT" | wc -l)
 [ "$left" -eq 0 ] || fail "$left volumes left behind"
 say "down -v: nothing left behind"
 echo "SMOKE OK first_prediction_s=$first_prediction retrain_done_s=$retrained"

@@ -41,10 +41,13 @@ say "study: $finished finished trials (budget $TUNE_TRIALS) from $workers worker
 studies=$(curl -sf "$DASHBOARD/api/studies") || fail "optuna-dashboard does not answer"
 grep -q flight-delay <<<"$studies" || fail "optuna-dashboard does not show the study"
 say "optuna-dashboard shows the study"
+denied=$(compose exec -T postgres psql -U dashboard -d optuna -At -c "delete from studies" 2>&1 || true)
+grep -q "permission denied" <<<"$denied" || fail "optuna-dashboard's role may delete studies: $denied"
+say "optuna-dashboard's role reads only (delete from studies: permission denied)"
 curl -sf "$API/v2/health/ready" >/dev/null || fail "the API is not ready"
 say "the API serves v$(curl -sf "$API/model" | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')"
 compose down -v --remove-orphans >/dev/null 2>&1
-left=$(docker volume ls -q --filter label=com.docker.compose.project=mlops-flights)
+left=$(docker volume ls -q --filter label=com.docker.compose.project="${COMPOSE_PROJECT_NAME:-mlops-flights}")
 [ -z "$left" ] || fail "volumes left behind: $left"
 say "down -v: nothing left behind"
 echo "PROFILES OK finished_trials=$finished workers=$workers"

@@ -16,7 +16,8 @@ from mlops.commands import data, retrain, run, serving, training
 from mlops.console import console
 from mlops.errors import EPILOG, MappedErrors
 from mlops.logs import configure_batch, configure_service
-from mlops.settings import Settings
+from mlops.settings import Settings, secrets_from_files
+from training.config import redact
 
 SERVICES = ("serve", "schedule")  # long-running: they log to stderr, not to a file
 
@@ -56,9 +57,10 @@ def main(
     ] = False,
 ) -> None:
     try:
+        secrets_from_files()
         settings = Settings() if home is None else Settings(home=home)
-    except ValidationError as error:
-        raise typer.BadParameter(str(error), param_hint="the environment") from None
+    except (ValidationError, OSError) as error:  # OSError: a NAME_FILE that cannot be read
+        raise typer.BadParameter(redact(str(error)), param_hint="the environment") from None
     ctx.obj = settings
     command = ctx.invoked_subcommand or "mlops"
     if command in SERVICES:

@@ -16,7 +16,7 @@ from pipelines.cluster import ClusterConfig
 from pipelines.errors import RegistryUnavailableError
 from pipelines.layout import DataLayout
 from pipelines.splits import SplitPlan
-from training.config import TrackingConfig, TuneConfig
+from training.config import TrackingConfig, TuneConfig, redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -64,7 +64,9 @@ def require_reachable(uri: str) -> None:
         return  # it answered (an auth proxy may refuse /health): reachable
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise RegistryUnavailableError(f"MLflow at {uri} is unreachable: {reason}") from error
+        raise RegistryUnavailableError(
+            f"MLflow at {redact(uri)} is unreachable: {reason}"
+        ) from error
 
 
 def require_store(settings: Settings) -> TrackingConfig:

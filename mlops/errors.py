@@ -23,6 +23,7 @@ from pipelines.errors import (
     SourceError,
     WriterBusyError,
 )
+from training.config import redact
 
 # Most specific first: the first class an error is an instance of decides its code.
 EXIT_CODES: dict[type[MlopsError], tuple[int, str]] = {
@@ -52,5 +53,5 @@ class MappedErrors(TyperGroup):
             return super().invoke(ctx)
         except MlopsError as error:
             lines = str(error).splitlines() or [type(error).__name__]
-            typer.echo(f"error: {lines[0]}", err=True)
+            typer.echo(f"error: {redact(lines[0])}", err=True)
             raise typer.Exit(exit_code(error)) from None

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from rich.console import Console
 
+from training.config import redact
+
 LogFormat = Literal["text", "json"]
 TEXT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 # Libraries that narrate at INFO what our own logs already say (or nothing a user needs).
@@ -31,6 +33,22 @@ def _formatter(fmt: LogFormat) -> dict[str, Any]:
             "rename_fields": {"levelname": "level", "name": "logger", "asctime": "time"},
         }
     return {"format": TEXT}
+
+
+class RedactPasswords(logging.Filter):
+    """Every record, libraries' included, leaves with its passwords masked: a storage or
+    tracking URL quoted by an error would otherwise reach the log file, stderr and CI logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = redact(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
 
 
 def route_library_output(home: Path) -> None:
@@ -63,8 +81,10 @@ def service_config(fmt: LogFormat = "text", level: str = "INFO") -> dict[str, An
                 "class": "logging.StreamHandler",
                 "formatter": "default",
                 "stream": "ext://sys.stderr",
+                "filters": ["redact"],
             }
         },
+        "filters": {"redact": {"()": RedactPasswords}},
         "root": {"level": level, "handlers": ["stderr"]},
         "loggers": {
             **uvicorn,
@@ -99,6 +119,8 @@ def configure_batch(home: Path, command: str, console: Console, verbose: bool) -
     handlers: list[logging.Handler] = [to_file]
     if verbose:
         handlers.append(RichHandler(console=console, show_path=False))
+    for handler in handlers:
+        handler.addFilter(RedactPasswords())
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True)
     adopt("mlflow")  # in case it was imported (and wired itself) before this
     for name in CHATTY:

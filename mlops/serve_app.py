@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from mlops.configs import model_source
 from mlops.logs import configure_service
-from mlops.settings import Settings
+from mlops.settings import Settings, secrets_from_files
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 def create() -> FastAPI:
     from serving.app import create_app
 
+    secrets_from_files()
     settings = Settings()
     configure_service(settings.home, settings.log_format, settings.log_level)
     os.environ.update(settings.serve.mlflow_environment())  # this process serves, only

@@ -8,6 +8,8 @@ stage takes. Nothing here imports torch, Dask or MLflow: the serving image reads
 
 from __future__ import annotations
 
+import os
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +24,25 @@ from training.config import FitConfig, GateConfig, ModelConfig, TuneConfig
 
 # Values that are placeholders, not secrets: refused at startup rather than served with.
 PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret", "password"})
+# Settings that carry a credential, and so may come from a file: NAME_FILE=/run/secrets/...
+# (Docker's convention; the compose stack's services read theirs so, see infra/README.md).
+SECRET_VARIABLES = (
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLOPS_OPTUNA_STORAGE",
+    "MLOPS_LOCK_URL",
+    "MLOPS_SERVE__ADMIN_TOKEN",
+)
+
+
+def secrets_from_files(environ: MutableMapping[str, str] = os.environ) -> None:
+    """NAME_FILE=/path sets NAME to the file's content unless NAME is set (edge only: the CLI
+    callback and the app factory). In the environment, not only in Settings: MLflow's client
+    reads MLFLOW_TRACKING_PASSWORD itself, and `mlops serve`'s workers inherit it. Reading the
+    file here, not in an entrypoint, keeps `docker compose exec <service> mlops ...` working."""
+    for name in SECRET_VARIABLES:
+        path = environ.get(f"{name}_FILE")
+        if path and not environ.get(name):
+            environ[name] = Path(path).read_text().strip()
 
 
 class FeatureSettings(BaseModel):

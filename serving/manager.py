@@ -37,6 +37,7 @@ from serving.batcher import ModelSlot
 from serving.bundle import Bundle, discard, download_version, read_bundle
 from serving.metrics import ServingMetrics
 from serving.runtime import LoadedModel
+from training.config import redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -70,7 +71,7 @@ class RegistrySource:
     cache: Path
 
     def describe(self) -> str:
-        return f"models:/{self.name}@{self.alias} at {self.client.tracking_uri}"
+        return f"models:/{self.name}@{self.alias} at {redact(self.client.tracking_uri)}"
 
     def latest(self) -> str | None:
         """The version the alias points at, None when it points nowhere yet; raises when the

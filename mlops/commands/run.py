@@ -12,6 +12,7 @@ from mlops.console import Bars, console, decision_line, show_features, show_inge
 from mlops.flows.run import run
 from mlops.flows.training import has_champion
 from mlops.settings import Settings
+from training.config import redact
 
 
 def run_command(
@@ -47,7 +48,8 @@ def run_command(
     console.print(f"best of study {report.tuned.study}: {report.tuned.best_params}")
     show_metrics(report.trained.metrics)
     console.print(decision_line(report.decision))
-    decision, uri, serve = report.decision, tracking_of(settings).resolved_uri, settings.serve
+    decision, serve = report.decision, settings.serve
+    uri = redact(tracking_of(settings).resolved_uri)
     console.print(
         f"[bold green]done[/]: features under {report.features.features.parent}; "
         f"model {gate.model_name} v{decision.version} "

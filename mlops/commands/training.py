@@ -11,6 +11,7 @@ from mlops.configs import tracking_of, tune_of
 from mlops.console import Bars, console, decision_line, show_metrics
 from mlops.flows import training
 from mlops.settings import Settings
+from training.config import redact
 
 RunOption = Annotated[str | None, typer.Option(help="the run (default: the latest)")]
 
@@ -41,7 +42,7 @@ def train_command(
     if result is None:  # a helper rank under torchrun: rank 0 reports
         return
     show_metrics(result.metrics)
-    uri = tracking_of(settings).resolved_uri
+    uri = redact(tracking_of(settings).resolved_uri)
     from training.tracking import experiment_page  # MLflow: imported once logging is set up
 
     page = experiment_page("http://127.0.0.1:5000", result.experiment_id)
