@@ -51,7 +51,7 @@ def _warm_start(settings: Settings) -> dict[str, object] | None:
     """The study's best parameters, if there is a study with a complete trial."""
     import optuna
 
-    from training.tune import open_storage
+    from training.study import open_storage
 
     config = tune_of(settings)
     if not config.storage and not (settings.home / "optuna.db").exists():
