@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -120,32 +120,99 @@ def register(client: MlflowClient, run_id: str, gate: GateConfig) -> str:
     return str(created.version)
 
 
-def promote(client: MlflowClient, run_id: str, holdout: pd.DataFrame, gate: GateConfig) -> Decision:
-    """Register the run's model and move the alias to it only if it beats the champion."""
+def promote(
+    client: MlflowClient,
+    run_id: str,
+    holdout: pd.DataFrame,
+    gate: GateConfig,
+    attempts: int = 5,
+) -> Decision:
+    """Register the run's model and move the alias to it only if it beats the champion.
+
+    Compare-and-set: right before the move the alias is read again, and if another promotion
+    moved it since this gate read it, the challenger is gated again against the new champion
+    (at most `attempts` times, then it is kept out). MLflow has no conditional alias update,
+    so one window is left: another promoter's move that lands between this re-read and this
+    move (one request's round trip) is overwritten without being compared. A lock shared by
+    every promoter would close it; this gate only narrows it to that round trip.
+
+    The version's `gate_decision` tag is written before the alias moves and rewritten as
+    "failed" if the move fails, so a promotion that ends, however it ends, leaves the alias on
+    this version if and only if the version is tagged "promoted" (MLflow's client retries each
+    request through a short outage, and setting a tag or an alias twice is harmless).
+    """
     run = client.get_run(run_id)
     version = register(client, run_id, gate)
     auc, loss = holdout_metrics(client, run_id, holdout)
     champion = champion_of(client, gate)
-    if champion is None:
-        decision = Decision(True, version, auc, loss, None, None, "first model: no champion yet")
+    champion_aucs: dict[str, float] = {}  # by version: a champion scored once per gate
+    for _ in range(attempts):
+        decision = _judge(client, version, auc, loss, champion, holdout, gate, champion_aucs)
+        if not decision.promoted:
+            break
+        client.set_model_version_tag(gate.model_name, version, "gate_decision", "promoted")
+        current = champion_of(client, gate)
+        if _version_of(current) != _version_of(champion):
+            logger.info(
+                "champion moved to v%s during the gate: judging again", _version_of(current)
+            )
+            champion = current
+            continue
+        try:
+            client.set_registered_model_alias(gate.model_name, gate.alias, version)
+        except MlflowException:
+            client.set_model_version_tag(gate.model_name, version, "gate_decision", "failed")
+            raise
+        break
     else:
-        champion_auc, _ = holdout_metrics(client, champion.run_id, holdout)
-        better = auc > champion_auc + gate.min_auc_gain
-        reason = (
-            f"challenger ROC-AUC {auc:.4f} vs champion v{champion.version} {champion_auc:.4f} "
-            f"(needs a gain above {gate.min_auc_gain})"
+        decision = replace(
+            decision, promoted=False, reason=f"{decision.reason}; the champion kept moving"
         )
-        decision = Decision(better, version, auc, loss, champion.version, champion_auc, reason)
-    if decision.promoted:
-        client.set_registered_model_alias(gate.model_name, gate.alias, version)
-    client.log_metric(run_id, "gate_challenger_auc", auc)
-    if decision.champion_auc is not None:
-        client.log_metric(run_id, "gate_champion_auc", decision.champion_auc)
-    client.set_tag(run_id, "gate_decision", "promoted" if decision.promoted else "rejected")
-    client.set_tag(run_id, "gate_reason", decision.reason)
-    client.set_model_version_tag(
-        gate.model_name, version, "gate_decision", "promoted" if decision.promoted else "rejected"
-    )
-    client.update_model_version(gate.model_name, version, _model_card(run, decision, holdout))
+    _record(client, run, version, decision, holdout, gate)
     logger.info("gate for %s v%s: %s", gate.model_name, version, decision.reason)
     return decision
+
+
+def _version_of(champion) -> str | None:
+    return None if champion is None else str(champion.version)
+
+
+def _judge(
+    client: MlflowClient,
+    version: str,
+    auc: float,
+    loss: float,
+    champion,
+    holdout: pd.DataFrame,
+    gate: GateConfig,
+    champion_aucs: dict[str, float],
+) -> Decision:
+    """The challenger against `champion` (None: the first model)."""
+    if champion is None:
+        return Decision(True, version, auc, loss, None, None, "first model: no champion yet")
+    key = str(champion.version)
+    if key not in champion_aucs:
+        champion_aucs[key], _ = holdout_metrics(client, champion.run_id, holdout)
+    champion_auc = champion_aucs[key]
+    better = auc > champion_auc + gate.min_auc_gain
+    reason = (
+        f"challenger ROC-AUC {auc:.4f} vs champion v{champion.version} {champion_auc:.4f} "
+        f"(needs a gain above {gate.min_auc_gain})"
+    )
+    return Decision(better, version, auc, loss, key, champion_auc, reason)
+
+
+def _record(
+    client: MlflowClient, run, version: str, decision: Decision, holdout: pd.DataFrame, gate
+) -> None:
+    """Both figures and the verdict on the run, the verdict and the card on the version."""
+    verdict = "promoted" if decision.promoted else "rejected"
+    client.log_metric(run.info.run_id, "gate_challenger_auc", decision.challenger_auc)
+    if decision.champion_auc is not None:
+        client.log_metric(run.info.run_id, "gate_champion_auc", decision.champion_auc)
+    client.set_tag(run.info.run_id, "gate_decision", verdict)
+    client.set_tag(run.info.run_id, "gate_reason", decision.reason)
+    if decision.champion_version is not None:
+        client.set_tag(run.info.run_id, "gate_champion_version", decision.champion_version)
+    client.set_model_version_tag(gate.model_name, version, "gate_decision", verdict)
+    client.update_model_version(gate.model_name, version, _model_card(run, decision, holdout))

@@ -1,0 +1,124 @@
+"""The promotion gate: compare-and-set on the alias, its decision tagged, nothing left in /tmp."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.storage import read_parquet_folder
+from training.config import GateConfig, TrackingConfig
+from training.fit import FitConfig
+from training.model import ModelConfig
+from training.registry import holdout_metrics, promote
+from training.train import train
+
+from .conftest import write_feature_table
+
+pytestmark = pytest.mark.slow  # three models trained and exported: about a minute
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """Three logged models of the same table, worst to best on its holdout."""
+
+    tracking: TrackingConfig
+    holdout: pd.DataFrame
+    worst: str
+    middle: str
+    best: str
+
+
+@pytest.fixture(scope="module")
+def ranked(tmp_path_factory: pytest.TempPathFactory) -> Ranked:
+    home = tmp_path_factory.mktemp("ranked")
+    layout = write_feature_table(home, rows=8_000)
+    tracking = TrackingConfig(home, experiment="ranked")
+    model = ModelConfig(width=16, depth=1, numeric_dim=2)
+    # from barely trained to trained: a learning rate apart
+    runs = [
+        train(layout, tracking, model, FitConfig(epochs=1, batch_size=4096, learning_rate=lr))
+        for lr in (1e-6, 3e-4, 1e-2)
+    ]
+    holdout = read_parquet_folder(layout.split("test"))
+    client = tracking.client()
+    scored = sorted((holdout_metrics(client, r.run_id, holdout)[0], r.run_id) for r in runs)
+    assert scored[0][0] < scored[1][0] < scored[2][0], scored
+    return Ranked(tracking, holdout, *(run_id for _, run_id in scored))
+
+
+class RacingClient(MlflowClient):
+    """A real client after whose first read of the champion `race` runs: another promotion
+    lands while this gate is scoring the champion it read."""
+
+    def __init__(self, uri: str, race: Callable[[], None]) -> None:
+        super().__init__(tracking_uri=uri, registry_uri=uri)
+        self.race: Callable[[], None] | None = race
+
+    def get_model_version_by_alias(self, name: str, alias: str):
+        found = super().get_model_version_by_alias(name, alias)
+        if self.race is not None:
+            race, self.race = self.race, None
+            race()
+        return found
+
+
+def _champion(client: MlflowClient, gate: GateConfig) -> str:
+    return client.get_model_version_by_alias(gate.model_name, gate.alias).run_id
+
+
+def test_a_concurrent_better_promotion_is_not_overwritten(ranked: Ranked) -> None:
+    gate = GateConfig(model_name="race-better")
+    client = ranked.tracking.client()
+    promote(client, ranked.worst, ranked.holdout, gate)
+
+    def rival() -> None:  # the better model's promotion, in the middle of ours
+        assert promote(client, ranked.best, ranked.holdout, gate).promoted
+
+    uri = ranked.tracking.resolved_uri
+    decision = promote(RacingClient(uri, rival), ranked.middle, ranked.holdout, gate)
+    assert not decision.promoted
+    assert _champion(client, gate) == ranked.best
+    best_version = client.get_model_version_by_alias(gate.model_name, gate.alias).version
+    assert decision.champion_version == str(best_version)  # judged against the new champion
+    version = client.get_model_version(gate.model_name, decision.version)
+    assert version.tags["gate_decision"] == "rejected"
+    run = client.get_run(ranked.middle)
+    assert run.data.tags["gate_decision"] == "rejected"
+    assert run.data.tags["gate_champion_version"] == str(best_version)
+
+
+def test_a_challenger_beats_the_champion_that_replaced_the_one_it_read(ranked: Ranked) -> None:
+    gate = GateConfig(model_name="race-worse")
+    client = ranked.tracking.client()
+    first = promote(client, ranked.worst, ranked.holdout, gate)
+
+    def rival() -> None:  # the middle model takes over while the best one is judged
+        assert promote(client, ranked.middle, ranked.holdout, gate).promoted
+
+    uri = ranked.tracking.resolved_uri
+    decision = promote(RacingClient(uri, rival), ranked.best, ranked.holdout, gate)
+    assert decision.promoted and decision.champion_version != first.version
+    assert _champion(client, gate) == ranked.best
+    version = client.get_model_version(gate.model_name, decision.version)
+    assert version.tags["gate_decision"] == "promoted"
+
+
+def test_a_gate_leaves_no_temporary_files(
+    ranked: Ranked, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = GateConfig(model_name="no-leftovers")
+    client = ranked.tracking.client()
+    promote(client, ranked.worst, ranked.holdout, gate)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where every mkdtemp goes
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    decision = promote(client, ranked.middle, ranked.holdout, gate)
+    assert decision.champion_version is not None  # both models were downloaded and scored
+    assert list(scratch.iterdir()) == []
