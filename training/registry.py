@@ -80,11 +80,19 @@ def holdout_metrics(
     return roc_auc(labels, probabilities), log_loss(labels, probabilities)
 
 
+# What MLflow answers when there is no champion: no such model (a first run), or a model
+# without the alias. Anything else (MLflow unreachable, a server error) is not "no champion":
+# read as one, it would let any challenger take the alias as "the first model".
+NO_CHAMPION = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def champion_of(client: MlflowClient, gate: GateConfig):
     try:
         return client.get_model_version_by_alias(gate.model_name, gate.alias)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if error.error_code in NO_CHAMPION:
+            return None
+        raise
 
 
 def _model_card(run, decision: Decision, holdout: pd.DataFrame) -> str:

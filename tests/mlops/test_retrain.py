@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +15,7 @@ from typer.testing import CliRunner
 from mlops.cli import app
 from mlops.locks import retrain_lock
 from pipelines.layout import DataLayout
+from tests.processes import MlflowServer, clean_env
 
 runner = CliRunner()
 SMALL = {
@@ -22,13 +26,15 @@ SMALL = {
 }
 
 
+SPLIT = {"MLOPS_FEATURES__VALID_START": "2013-09", "MLOPS_FEATURES__TEST_START": "2013-10"}
+
+
 @pytest.fixture
 def home_with_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Data through October 2013 and a champion trained on it (tested on October)."""
-    for name, value in SMALL.items():
+    """Data through October 2013 and a champion trained on it (tested on October), in the
+    MLflow store MLFLOW_TRACKING_URI names (a local one when unset)."""
+    for name, value in (SMALL | SPLIT).items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("MLOPS_FEATURES__VALID_START", "2013-09")
-    monkeypatch.setenv("MLOPS_FEATURES__TEST_START", "2013-10")
     home = tmp_path / "state"
     for command in (
         ["data", "ingest", "--until", "2013-10"],
@@ -108,3 +114,67 @@ def test_the_advisory_lock_is_held_by_one_session_at_a_time(postgres_database) -
             assert not second
     with retrain_lock(url, Path("/nonexistent")) as again:
         assert again
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    server = MlflowServer(tmp_path / "mlflow")
+    server.start()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)  # for home_with_champion
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _mlops(home: Path, *command: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlops", "--home", str(home), *command],
+        env=clean_env(**SMALL, **SPLIT, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_retrain_that_failed_after_its_ingest_is_completed_by_the_next_tick(
+    mlflow_server: MlflowServer, home_with_champion: Path, tmp_path: Path
+) -> None:
+    home, layout = home_with_champion, DataLayout(home_with_champion)
+    # MLflow's client retries a refused connection for minutes by default: fail at once
+    failing = _mlops(
+        home, "retrain", MLFLOW_TRACKING_URI=mlflow_server.uri, MLFLOW_HTTP_REQUEST_MAX_RETRIES="0"
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while "2013-11" not in layout.months("flights"):  # ingest has committed the month
+            assert failing.poll() is None, failing.communicate()[0]
+            assert time.monotonic() < deadline, "November was never ingested"
+            time.sleep(0.05)
+        mlflow_server.stop()
+        output, _ = failing.communicate(timeout=300)
+    finally:
+        failing.kill()
+    assert failing.returncode != 0, output
+    assert layout.months("flights")[-1] == "2013-11"
+
+    mlflow_server.start()
+    scratch = tmp_path / "scratch"  # the tick's temporary files: none may be left
+    scratch.mkdir()
+    tick = _mlops(
+        home, "schedule", "--once", MLFLOW_TRACKING_URI=mlflow_server.uri, TMPDIR=str(scratch)
+    )
+    output, _ = tick.communicate(timeout=600)
+    assert tick.returncode == 0, output
+    assert "tick: promoted" in output or "tick: kept the champion" in output, output
+    assert layout.months("flights")[-1] == "2013-11"  # November again, not December
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("flight-delay").experiment_id
+    runs = client.search_runs([experiment], "tags.retrain_month = '2013-11'")
+    assert len(runs) == 1, output
+    assert runs[0].data.tags["gate_decision"] in {"promoted", "rejected"}
+    drift = {a.path for a in client.list_artifacts(runs[0].info.run_id, "drift")}
+    assert drift == {"drift/psi.json", "drift/psi.png"}
+    assert list(scratch.iterdir()) == []
