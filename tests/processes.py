@@ -134,7 +134,12 @@ class MlflowServer:
             return False
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM waits for requests in flight (30 s at most); SIGKILL is a crash."""
         if self.process is not None:
             os.killpg(self.process.pid, sig)
-            self.process.wait(timeout=30)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
             self.process = None

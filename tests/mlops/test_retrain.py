@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -153,7 +154,7 @@ def test_a_retrain_that_failed_after_its_ingest_is_completed_by_the_next_tick(
             assert failing.poll() is None, failing.communicate()[0]
             assert time.monotonic() < deadline, "November was never ingested"
             time.sleep(0.05)
-        mlflow_server.stop()
+        mlflow_server.stop(signal.SIGKILL)  # MLflow gone at that moment, as in a crash
         output, _ = failing.communicate(timeout=300)
     finally:
         failing.kill()
@@ -161,7 +162,7 @@ def test_a_retrain_that_failed_after_its_ingest_is_completed_by_the_next_tick(
     assert layout.months("flights")[-1] == "2013-11"
 
     mlflow_server.start()
-    scratch = tmp_path / "scratch"  # the tick's temporary files: none may be left
+    scratch = tmp_path / "scratch"  # the tick's temporary files
     scratch.mkdir()
     tick = _mlops(
         home, "schedule", "--once", MLFLOW_TRACKING_URI=mlflow_server.uri, TMPDIR=str(scratch)
@@ -177,4 +178,9 @@ def test_a_retrain_that_failed_after_its_ingest_is_completed_by_the_next_tick(
     assert runs[0].data.tags["gate_decision"] in {"promoted", "rejected"}
     drift = {a.path for a in client.list_artifacts(runs[0].info.run_id, "drift")}
     assert drift == {"drift/psi.json", "drift/psi.png"}
-    assert list(scratch.iterdir()) == []
+    # What libraries keep there by design, one of each however many ticks run: Dask's scratch
+    # space (its lock files) and onnxruntime's session-id file. A gate's or a drift report's
+    # downloads (the models, the specs: megabytes) would be anything else.
+    leftovers = {p.name for p in scratch.iterdir()} - {"dask-scratch-space", ".ses"}
+    assert leftovers == set()
+    assert sum(f.stat().st_size for f in scratch.rglob("*") if f.is_file()) < 64 * 1024

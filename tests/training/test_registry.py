@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,10 +14,11 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.storage import read_parquet_folder
+from tests.processes import MlflowServer
 from training.config import GateConfig, TrackingConfig
 from training.fit import FitConfig
 from training.model import ModelConfig
-from training.registry import holdout_metrics, promote
+from training.registry import Decision, holdout_metrics, promote
 from training.train import train
 
 from .conftest import write_feature_table
@@ -122,3 +125,50 @@ def test_a_gate_leaves_no_temporary_files(
     decision = promote(client, ranked.middle, ranked.holdout, gate)
     assert decision.champion_version is not None  # both models were downloaded and scored
     assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.timeout(900)
+def test_a_database_restart_during_promote_moves_the_alias_iff_the_decision_is_tagged(
+    restartable_postgres, tmp_path: Path
+) -> None:
+    """MLflow on PostgreSQL, its database restarted at several moments of a promotion."""
+    backend = restartable_postgres.create_database("mlflow")
+    server = MlflowServer(tmp_path / "mlflow", backend.replace("postgresql", "postgresql+psycopg"))
+    server.start()
+    try:
+        layout = write_feature_table(tmp_path / "home", rows=8_000)
+        tracking = TrackingConfig(tmp_path / "home", uri=server.uri)
+        small = ModelConfig(width=16, depth=1, numeric_dim=2)
+        run_id = train(layout, tracking, small, FitConfig(epochs=1, batch_size=4096)).run_id
+        holdout = read_parquet_folder(layout.split("test"))
+        client = tracking.client()
+        gate = GateConfig(min_auc_gain=-1.0)  # every promotion moves the alias: the hard case
+        promote(client, run_id, holdout, gate)
+        for delay_s in (0.0, 0.3, 0.8, 1.5):  # after the version exists: scoring, tags, alias
+            known = len(client.search_model_versions(f"name = '{gate.model_name}'"))
+            outcome: list[Decision | BaseException] = []
+
+            def promotion(outcome: list[Decision | BaseException] = outcome) -> None:
+                try:
+                    outcome.append(promote(tracking.client(), run_id, holdout, gate))
+                except Exception as error:  # a failed promotion must be consistent too
+                    outcome.append(error)
+
+            thread = threading.Thread(target=promotion)
+            thread.start()
+            deadline = time.monotonic() + 120
+            while len(client.search_model_versions(f"name = '{gate.model_name}'")) == known:
+                assert time.monotonic() < deadline and thread.is_alive(), "never registered"
+                time.sleep(0.02)
+            time.sleep(delay_s)
+            restartable_postgres.restart(mode="immediate", down_s=3)
+            thread.join(timeout=600)
+            assert outcome, "the promotion never ended"
+            # the version it made (a registration retried across the restart may make two)
+            version = outcome[0].version if isinstance(outcome[0], Decision) else str(known + 1)
+            tags = client.get_model_version(gate.model_name, version).tags
+            champion = client.get_model_version_by_alias(gate.model_name, gate.alias)
+            moved = str(champion.version) == version
+            assert moved == (tags.get("gate_decision") == "promoted"), (delay_s, tags, outcome)
+    finally:
+        server.stop()
