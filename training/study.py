@@ -54,7 +54,9 @@ class OutageTolerantStorage(RDBStorage):
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             super().record_heartbeat(trial_id)
-        except OUTAGE_ERRORS as error:
+        except Exception as error:  # Optuna wraps the driver's error in StorageInternalError
+            if not is_outage(error):
+                raise
             logger.warning(
                 "heartbeat of trial %s missed (database unreachable): %s", trial_id, error
             )

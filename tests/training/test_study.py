@@ -137,7 +137,7 @@ def test_a_database_restart_mid_study_costs_no_trial_of_the_budget(
     url = url.replace("postgresql://", "postgresql+psycopg://", 1)
     config = TuneConfig(study="restart", storage=url, heartbeat_interval=1, grace_period=3)
     storage = open_storage(config, home)  # the schema, as a server's
-    options = ["--study", "restart", "--trials", "6", "--epochs", "4", "--pruner", "none"]
+    options = ["--study", "restart", "--trials", "4", "--epochs", "3", "--pruner", "none"]
     tuner = subprocess.Popen(
         [sys.executable, "-m", "mlops", "--home", str(home), "tune", *options],
         env=clean_env(
@@ -170,10 +170,11 @@ def test_a_database_restart_mid_study_costs_no_trial_of_the_budget(
     finally:
         tuner.kill()
     assert tuner.returncode == 0, output
-    assert "database went away" in output or "heartbeat of trial" in output, output
+    log = "".join(p.read_text() for p in (home / "logs").glob("*tune.log"))
+    assert "database went away" in log or "heartbeat of trial" in log, log  # it was felt
 
     trials = optuna.load_study(study_name="restart", storage=open_storage(config, home)).trials
-    assert len([t for t in trials if t.state in FINISHED]) >= 6
+    assert len([t for t in trials if t.state in FINISHED]) >= 4
     assert not [t for t in trials if t.state == TrialState.RUNNING]  # nothing left dangling
     for failed in (t for t in trials if t.state == TrialState.FAIL):  # cut by the outage
         retries = [t for t in trials if failed.number in t.system_attrs.get("retry_history", [])]
