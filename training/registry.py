@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -134,6 +135,7 @@ def promote(
     holdout: pd.DataFrame,
     gate: GateConfig,
     attempts: int = 5,
+    settle_s: float = 300,
 ) -> Decision:
     """Register the run's model and move the alias to it only if it beats the champion.
 
@@ -144,41 +146,60 @@ def promote(
     move (one request's round trip) is overwritten without being compared. A lock shared by
     every promoter would close it; this gate only narrows it to that round trip.
 
-    The version's `gate_decision` tag is written before the alias moves and rewritten as
-    "failed" if the move fails, so a promotion that ends, however it ends, leaves the alias on
-    this version if and only if the version is tagged "promoted" (MLflow's client retries each
-    request through a short outage, and setting a tag or an alias twice is harmless).
+    The version's `gate_decision` tag says "promoted" if and only if the alias is on it: the
+    tag is written before the move, and if anything fails after that (MLflow or its database
+    gone past its client's retries), the tag is made to agree with where the alias actually
+    is once MLflow answers again (`settle_s` at most), before the error is raised. Only an
+    outage longer than that, or this process killed between the tag and the move, can leave
+    them apart; the next gate of the month (retrain retries it) then decides again.
     """
     run = client.get_run(run_id)
     version = register(client, run_id, gate)
     auc, loss = holdout_metrics(client, run_id, holdout)
     champion = champion_of(client, gate)
     champion_aucs: dict[str, float] = {}  # by version: a champion scored once per gate
-    for _ in range(attempts):
-        decision = _judge(client, version, auc, loss, champion, holdout, gate, champion_aucs)
-        if not decision.promoted:
-            break
-        client.set_model_version_tag(gate.model_name, version, "gate_decision", "promoted")
-        current = champion_of(client, gate)
-        if _version_of(current) != _version_of(champion):
-            logger.info(
-                "champion moved to v%s during the gate: judging again", _version_of(current)
-            )
-            champion = current
-            continue
-        try:
+    try:
+        for _ in range(attempts):
+            decision = _judge(client, version, auc, loss, champion, holdout, gate, champion_aucs)
+            if not decision.promoted:
+                break
+            client.set_model_version_tag(gate.model_name, version, "gate_decision", "promoted")
+            current = champion_of(client, gate)
+            if _version_of(current) != _version_of(champion):
+                logger.info("champion now v%s: judging again", _version_of(current))
+                champion = current
+                continue
             client.set_registered_model_alias(gate.model_name, gate.alias, version)
-        except MlflowException:
-            client.set_model_version_tag(gate.model_name, version, "gate_decision", "failed")
-            raise
-        break
-    else:
-        decision = replace(
-            decision, promoted=False, reason=f"{decision.reason}; the champion kept moving"
-        )
-    _record(client, run, version, decision, holdout, gate)
+            break
+        else:
+            decision = replace(
+                decision, promoted=False, reason=f"{decision.reason}; the champion kept moving"
+            )
+        _record(client, run, version, decision, holdout, gate)
+    except Exception:
+        _settle(client, gate, version, settle_s)
+        raise
     logger.info("gate for %s v%s: %s", gate.model_name, version, decision.reason)
     return decision
+
+
+def _settle(client: MlflowClient, gate: GateConfig, version: str, patience_s: float) -> None:
+    """After a failed gate: the version's tag made to say whether the alias is on it."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            holds = _version_of(champion_of(client, gate)) == version
+            verdict = "promoted" if holds else "failed"
+            client.set_model_version_tag(gate.model_name, version, "gate_decision", verdict)
+            logger.warning(
+                "gate of %s v%s failed; its tag says %s", gate.model_name, version, verdict
+            )
+            return
+        except MlflowException as error:
+            if time.monotonic() > deadline:
+                logger.error("gate of v%s: tag and alias may disagree: %s", version, error)
+                return
+            time.sleep(2)
 
 
 def _version_of(champion) -> str | None:
