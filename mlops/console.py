@@ -41,6 +41,10 @@ class Bars:
         with bars:
             yield partial(bars.update, bars.add_task(description, total=total))
 
+    def note(self, message: str) -> None:
+        if not self.disable:
+            self.console.print(message)
+
 
 def _months(months: list[str] | tuple[str, ...]) -> str:
     return f"{months[0]}..{months[-1]}" if len(months) > 1 else ",".join(months) or "-"

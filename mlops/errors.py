@@ -15,11 +15,13 @@ from typer.core import TyperGroup
 
 from pipelines.errors import (
     ChallengerRejectedError,
+    LockLostError,
     MlopsError,
     ModelRefusedError,
     NoDataError,
     RegistryUnavailableError,
     SourceError,
+    WriterBusyError,
 )
 
 # Most specific first: the first class an error is an instance of decides its code.
@@ -28,6 +30,8 @@ EXIT_CODES: dict[type[MlopsError], tuple[int, str]] = {
     ChallengerRejectedError: (4, "the gate kept the champion (`promote --require-promotion`)"),
     ModelRefusedError: (5, "a model was refused: failed parity or checksum"),
     RegistryUnavailableError: (6, "MLflow is unreachable"),
+    WriterBusyError: (7, "another writer holds MLOPS_HOME's data (the message names it)"),
+    LockLostError: (8, "the data lock was lost mid-run: nothing after it was committed"),
     NoDataError: (2, "a step needs one that has not run yet (the message names it)"),
     MlopsError: (2, "another designed failure (the message says which)"),
 }

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     lock_url: str = Field(
         "", description="postgresql://... for an advisory lock; empty: a file lock in home"
     )
+    lock_wait_s: float = Field(
+        1800, ge=0, description="how long a writer waits for another one's data lock (0: not)"
+    )
     log_format: Literal["text", "json"] = Field(
         "text", description="json: one JSON object per line (containers)"
     )

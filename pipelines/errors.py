@@ -43,3 +43,16 @@ class RegistryUnavailableError(MlopsError):
 
 class ChallengerRejectedError(MlopsError):
     """The gate kept the champion (raised only where the caller asked for a promotion)."""
+
+
+class WriterBusyError(MlopsError):
+    """Another process holds MLOPS_HOME's data lock (the message names it)."""
+
+
+class LockUnavailableError(WriterBusyError):
+    """The data lock's database cannot be reached, so nobody can say who writes."""
+
+
+class LockLostError(MlopsError):
+    """The data lock was lost while held (a database restart cut its session): the work
+    stopped before its next commit or gate."""

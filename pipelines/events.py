@@ -85,12 +85,17 @@ def flight_identity(carrier: np.ndarray, flight: np.ndarray, origin: np.ndarray)
     )
 
 
+def scheduled_arrivals(flights: pd.DataFrame, airports: pd.DataFrame) -> np.ndarray:
+    """Each flight's scheduled arrival on New York's clock (NaN where its zone is unknown)."""
+    return _scheduled_arrival_ny(flights, _zone_of(airports))
+
+
 def flight_events(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
     """One row per flight: its scheduled departure and when its outcomes became observable."""
     scheduled = to_minutes(flights["scheduled_departure"])
     dep_delay = flights["dep_delay"].to_numpy("float64", na_value=np.nan)
     arr_delay = flights["arr_delay"].to_numpy("float64", na_value=np.nan)
-    arrived_at = _scheduled_arrival_ny(flights, _zone_of(airports)) + arr_delay
+    arrived_at = scheduled_arrivals(flights, airports) + arr_delay
     return pd.DataFrame(
         {
             "origin": flights["origin"].to_numpy(object),

@@ -244,6 +244,17 @@ class Lookups:
         airports: pd.DataFrame,
         events: pd.DataFrame,
     ) -> Lookups:
+        return cls.assemble(
+            weather, KeyedRows.build(planes, "tailnum"), KeyedRows.build(airports, "faa"), events
+        )
+
+    @classmethod
+    def assemble(
+        cls, weather: pd.DataFrame, planes: KeyedRows, airports: KeyedRows, events: pd.DataFrame
+    ) -> Lookups:
+        """`build` with the dimension tables already keyed: the online store rebuilds the
+        event structures as events arrive, and the planes and airports never change."""
+
         def col(name: str) -> np.ndarray:
             return events[name].to_numpy("float64", na_value=np.nan)
 
@@ -258,8 +269,8 @@ class Lookups:
                 weather,
                 WEATHER_COLUMNS,
             ),
-            planes=KeyedRows.build(planes, "tailnum"),
-            airports=KeyedRows.build(airports, "faa"),
+            planes=planes,
+            airports=airports,
             origin_departures=WindowIndex.build(
                 key("origin"), col("departed_at"), col("dep_delay")
             ),

@@ -18,7 +18,8 @@ from serving.metrics import ServingMetrics
 
 class BodyLimit:
     """413 for bodies over the limit, by Content-Length or while streaming; 400 for a
-    Content-Length that is not a number of bytes."""
+    Content-Length that is not a number of bytes; 415 for a compressed body (Content-Encoding
+    other than identity), which the app would otherwise parse as if it were plain."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -28,6 +29,14 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        encoding = next((v for k, v in scope["headers"] if k == b"content-encoding"), None)
+        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+            detail = (
+                f"content-encoding: {cut(encoding.decode('latin-1'))} is not supported; "
+                "send the body uncompressed"
+            )
+            await JSONResponse({"detail": detail}, 415)(scope, receive, send)
             return
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from mlops.configs import cluster_of, layout_of, plan_of
 from mlops.flows.progress import Progress
+from mlops.locks import writer_lock
 from mlops.settings import Settings
 from pipelines.errors import NoDataError
 from pipelines.features import FeatureReport
@@ -22,7 +23,10 @@ def ingest(
     from pipelines.ingest import TABLE_ORDER
     from pipelines.ingest import ingest as ingest_tables
 
-    with progress.stage("ingest", total=len(TABLE_ORDER)) as update:
+    with (
+        writer_lock(settings, "mlops data ingest", on_wait=progress.note),
+        progress.stage("ingest", total=len(TABLE_ORDER)) as update,
+    ):
 
         def advance(report: TableReport) -> None:
             update(advance=1, description=f"ingest: {report.table}")
@@ -43,6 +47,7 @@ def build_features(
     from pipelines.features import build_feature_tables
 
     with (
+        writer_lock(settings, "mlops data features", on_wait=progress.note),
         dask_client(cluster_of(settings)) as client,
         progress.stage("features (Dask, one task per partition)") as update,
     ):

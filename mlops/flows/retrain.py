@@ -34,8 +34,9 @@ from mlops.configs import layout_of, mlflow_client, tracking_of, tune_of
 from mlops.flows.data import build_features, ingest
 from mlops.flows.progress import Progress
 from mlops.flows.training import promote, train
+from mlops.locks import WriterLock, writer_lock
 from mlops.settings import Settings
-from pipelines.errors import NoDataError
+from pipelines.errors import LockLostError, LockUnavailableError, NoDataError, WriterBusyError
 from pipelines.ingest import MonthWindow
 from pipelines.splits import latest_plan, next_month
 from pipelines.storage import write_bytes_atomic
@@ -115,8 +116,21 @@ def _log_drift(client: MlflowClient, run_id: str, month: str, psi: dict[str, flo
         client.log_artifact(run_id, str(Path(tmp) / "psi.png"), "drift")
 
 
-def retrain(settings: Settings, progress: Progress, sources: Mapping[str, Path]) -> RetrainReport:
-    """The month after the newest in bronze: ingest, features, drift, challenger, gate."""
+def retrain(
+    settings: Settings,
+    progress: Progress,
+    sources: Mapping[str, Path],
+    wait_s: float | None = None,
+) -> RetrainReport:
+    """The month after the newest in bronze: ingest, features, drift, challenger, gate; under
+    the data lock (waiting up to `wait_s`, default MLOPS_LOCK_WAIT_S, for another writer)."""
+    with writer_lock(settings, "mlops retrain", wait_s, on_wait=progress.note) as lock:
+        return _retrain(settings, progress, sources, lock)
+
+
+def _retrain(
+    settings: Settings, progress: Progress, sources: Mapping[str, Path], lock: WriterLock
+) -> RetrainReport:
     from training.tune import best_configs
 
     layout = layout_of(settings)
@@ -131,7 +145,9 @@ def retrain(settings: Settings, progress: Progress, sources: Mapping[str, Path])
         ingest(settings, progress, sources, MonthWindow(month, month))
     if month not in layout.months("flights"):
         return RetrainReport(None, "nothing new")
+    lock.check()
     build_features(settings, progress, latest_plan(month))
+    lock.check()
     psi = drift_report(client, settings, month)
     best = _warm_start(settings)
     model_config, fit_config = settings.model, settings.fit
@@ -141,6 +157,7 @@ def retrain(settings: Settings, progress: Progress, sources: Mapping[str, Path])
     if result is None:
         raise RuntimeError("retrain runs in one process")
     _log_drift(client, result.run_id, month, psi)
+    lock.check()  # the gate only for a retrain that held the lock throughout
     decision = promote(settings, result.run_id)
     status = "promoted" if decision.promoted else "kept the champion"
     return RetrainReport(
@@ -189,19 +206,23 @@ def gate_decided(client: MlflowClient, settings: Settings, month: str) -> bool:
 
 
 def scheduled_retrain(settings: Settings) -> str:
-    """One tick of `mlops schedule`: a retrain unless another scheduler holds the lock; its
+    """One tick of `mlops schedule`: a retrain unless another writer holds the data lock; its
     outcome. A failure is logged and the schedule goes on: the champion was never touched."""
     from mlops.flows.progress import NoProgress
-    from mlops.locks import retrain_lock
 
-    with retrain_lock(settings.lock_url, settings.home) as held:
-        if not held:
-            logger.info("another scheduler holds the retrain lock: skipping this tick")
-            return "skipped"
-        try:
-            report = retrain(settings, NoProgress(), {})
-        except Exception:
-            logger.exception("retrain failed: the champion and the API are unchanged")
-            return "failed"
-        logger.info("retrain of %s: %s (run %s)", report.month, report.status, report.run_id)
-        return report.status
+    try:
+        report = retrain(settings, NoProgress(), {}, wait_s=0)
+    except LockUnavailableError as error:
+        logger.error("retrain not started: %s", error)
+        return "failed"
+    except WriterBusyError as error:
+        logger.info("skipping this tick: %s", error)
+        return "skipped"
+    except LockLostError as error:
+        logger.error("retrain stopped before its gate: %s; the next tick takes it again", error)
+        return "lock lost"
+    except Exception:
+        logger.exception("retrain failed: the champion and the API are unchanged")
+        return "failed"
+    logger.info("retrain of %s: %s (run %s)", report.month, report.status, report.run_id)
+    return report.status

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from mlops.flows.data import build_features, ingest
 from mlops.flows.progress import Progress
 from mlops.flows.training import best_of_study, promote, train, tune
+from mlops.locks import writer_lock
 from mlops.settings import Settings
 from pipelines.ingest import MonthWindow
 from pipelines.splits import latest_plan
@@ -37,13 +38,16 @@ def run(
     epochs: int | None = None,
     until: str | None = None,
 ) -> RunReport:
-    """Data, a study, the best configuration trained, exported, registered and gated."""
-    ingested = ingest(settings, progress, {}, MonthWindow(until=until))
-    features = build_features(settings, progress, latest_plan(until) if until else None)
-    tuned = tune(settings, progress, tune_config)
-    model_config, fit_config = best_of_study(settings, tuned, epochs)
-    trained = train(settings, progress, model_config, fit_config)
-    if trained is None:
-        raise RuntimeError("`mlops run` trains in one process; start DDP with `mlops train`")
-    decision = promote(settings, trained.run_id)
+    """Data, a study, the best configuration trained, exported, registered and gated; all of
+    it under the data lock, so no retrain changes the table between the study and the gate."""
+    with writer_lock(settings, "mlops run", on_wait=progress.note) as lock:
+        ingested = ingest(settings, progress, {}, MonthWindow(until=until))
+        features = build_features(settings, progress, latest_plan(until) if until else None)
+        tuned = tune(settings, progress, tune_config)
+        model_config, fit_config = best_of_study(settings, tuned, epochs)
+        trained = train(settings, progress, model_config, fit_config)
+        if trained is None:
+            raise RuntimeError("`mlops run` trains in one process; start DDP with `mlops train`")
+        lock.check()  # a lost lock: another writer may have changed the data since
+        decision = promote(settings, trained.run_id)
     return RunReport(ingested, features, tuned, trained, decision)

@@ -14,38 +14,12 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from mlops.cli import app
-from mlops.locks import retrain_lock
 from pipelines.layout import DataLayout
 from tests.processes import MlflowServer, clean_env
 
+from .conftest import SMALL, SPLIT
+
 runner = CliRunner()
-SMALL = {
-    "MLOPS_MODEL__WIDTH": "16",
-    "MLOPS_MODEL__DEPTH": "1",
-    "MLOPS_FIT__EPOCHS": "1",
-    "MLOPS_FIT__BATCH_SIZE": "4096",
-}
-
-
-SPLIT = {"MLOPS_FEATURES__VALID_START": "2013-09", "MLOPS_FEATURES__TEST_START": "2013-10"}
-
-
-@pytest.fixture
-def home_with_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Data through October 2013 and a champion trained on it (tested on October), in the
-    MLflow store MLFLOW_TRACKING_URI names (a local one when unset)."""
-    for name, value in (SMALL | SPLIT).items():
-        monkeypatch.setenv(name, value)
-    home = tmp_path / "state"
-    for command in (
-        ["data", "ingest", "--until", "2013-10"],
-        ["data", "features"],
-        ["train"],
-        ["promote"],
-    ):
-        result = runner.invoke(app, ["--home", str(home), *command])
-        assert result.exit_code == 0, result.output
-    return home
 
 
 def _champion(home: Path):
@@ -93,28 +67,6 @@ def test_a_failed_retrain_leaves_the_champion_and_the_data(
     _, after = _champion(home)
     assert after.version == before.version
     assert DataLayout(home).months("flights")[-1] == "2013-10"
-
-
-def test_a_second_scheduler_skips_while_one_retrains(tmp_path: Path) -> None:
-    with retrain_lock("", tmp_path) as first:
-        assert first
-        with retrain_lock("", tmp_path) as second:
-            assert not second
-        result = runner.invoke(app, ["--home", str(tmp_path), "schedule", "--once"])
-        assert result.exit_code == 0, result.output
-        assert "tick: skipped" in result.output
-    with retrain_lock("", tmp_path) as again:
-        assert again
-
-
-def test_the_advisory_lock_is_held_by_one_session_at_a_time(postgres_database) -> None:
-    url = postgres_database("lock")
-    with retrain_lock(url, Path("/nonexistent")) as first:
-        assert first
-        with retrain_lock(url, Path("/nonexistent")) as second:
-            assert not second
-    with retrain_lock(url, Path("/nonexistent")) as again:
-        assert again
 
 
 @pytest.fixture

@@ -212,3 +212,26 @@ def test_a_413_by_content_length_is_counted(client: TestClient) -> None:
     assert asgi.request(client, "POST", "/predict", [JSON, declared]).status == 413
     metrics = client.get("/metrics").text
     assert 'mlops_requests_total{endpoint="unmatched",method="POST",status="413"}' in metrics
+
+
+@pytest.mark.parametrize("encoding", [b"gzip", b"br", b"deflate, gzip", b"GZIP"])
+def test_a_compressed_body_is_refused_not_parsed_as_plain(
+    client: TestClient, encoding: bytes
+) -> None:
+    import gzip
+
+    body = gzip.compress(json.dumps({"flights": [EXAMPLE_FLIGHT]}).encode())
+    answer = asgi.request(
+        client, "POST", "/predict", [JSON, (b"content-encoding", encoding)], [body]
+    )
+    assert answer.status == 415 and len(answer.body) < SMALL
+    detail = json.loads(answer.body)["detail"]
+    assert detail.startswith("content-encoding: ") and "uncompressed" in detail
+
+
+def test_an_identity_encoding_is_plain(client: TestClient) -> None:
+    body = json.dumps({"flights": [EXAMPLE_FLIGHT]}).encode()
+    answer = asgi.request(
+        client, "POST", "/predict", [JSON, (b"content-encoding", b"identity")], [body]
+    )
+    assert answer.status == 200, answer.body

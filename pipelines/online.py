@@ -1,0 +1,302 @@
+"""The online store: flight events as they become observable, kept in the same structures the
+offline feature graph builds, so the same transform gives the same features.
+
+Events (one row each, `EVENT_FIELDS`):
+- `scheduled`: a flight and its aircraft, its scheduled departure and arrival (New York local
+  time) and distance; published ahead of the flight (`SCHEDULE_AHEAD_H` in a replay);
+- `departed`, `arrived`: the actual time (New York local time); the delay follows from the
+  schedule; an arrival is also the flight's label;
+- `cancelled`, `diverted`: the flight will not depart, or will not arrive where scheduled;
+- `weather`: the hourly observation at an airport.
+
+Times are minutes since the epoch on New York's local clock (`pipelines.events.to_minutes`),
+the clock every feature is computed on. Each event has an id; a re-sent id is applied once.
+
+The store keeps each flight's row of `pipelines.events.flight_events` (what the offline graph
+derives from a bronze row) and the weather rows, within a retention horizon behind its clock
+(the newest observed time): the longest any feature looks back (`LOOKBACK_H`). It hands the
+transform a `Lookups` built from exactly those rows, rebuilt when an event changed them, and
+the transform's windows only ever count what was observed strictly before the prediction
+time; so at any as-of time the features equal the offline table's for every flight whose
+events up to then were applied, which `tests/pipelines/test_online.py` checks by replaying
+the test months.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from pipelines.events import (
+    EVENT_COLUMNS,
+    flight_events,
+    flight_identity,
+    scheduled_arrivals,
+    to_minutes,
+)
+from pipelines.lookups import WEATHER_COLUMNS, KeyedRows, Lookups
+from pipelines.schemas import MAX_DELAY_MIN
+from pipelines.transform import LOOKBACK_H
+
+HOUR = 60
+SCHEDULE_AHEAD_H = 24  # a replay publishes each schedule this long before its departure
+RETENTION_MIN = LOOKBACK_H * HOUR
+KINDS = ("scheduled", "departed", "arrived", "cancelled", "diverted", "weather")
+SOURCES = {  # the freshness of each source is the time of its newest event
+    "scheduled": "schedules",
+    "cancelled": "schedules",
+    "departed": "departures",
+    "diverted": "arrivals",
+    "arrived": "arrivals",
+    "weather": "weather",
+}
+FLIGHT_KEY = ["carrier", "flight", "origin", "scheduled"]
+EVENT_FIELDS = [
+    "id",
+    "kind",
+    "observed",  # when it became known (minutes); what the replay clock orders by
+    *FLIGHT_KEY,
+    "dest",
+    "tailnum",
+    "scheduled_arrival",
+    "distance",
+    "at",  # departed / arrived: the actual time
+    "time_hour",  # weather
+    *WEATHER_COLUMNS,
+]
+_STATE = [*EVENT_COLUMNS, "scheduled_arrival"]  # a flight's row in the store
+
+
+@dataclass
+class Applied:
+    """What a batch of events did: counts, and each refused event's index, field and reason."""
+
+    applied: int = 0
+    duplicates: int = 0
+    refused: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def _event_id(*parts: object) -> str:
+    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=10).hexdigest()
+
+
+def events_from_bronze(
+    flights: pd.DataFrame, weather: pd.DataFrame, airports: pd.DataFrame
+) -> pd.DataFrame:
+    """Bronze rows as the events that would have told the store about them, in observed-time
+    order: what `mlops replay` publishes and the parity test replays."""
+    rows = flight_events(flights, airports)
+    base = {
+        "carrier": rows["carrier"],
+        "flight": rows["flight"],
+        "origin": rows["origin"],
+        "scheduled": rows["scheduled"],
+    }
+    identity = flight_identity(
+        rows["carrier"].to_numpy(object), rows["flight"].to_numpy(), rows["origin"].to_numpy(object)
+    )
+    key = [f"{i}@{s:.0f}" for i, s in zip(identity, rows["scheduled"], strict=True)]
+    scheduled = pd.DataFrame(
+        base
+        | {
+            "kind": "scheduled",
+            "observed": rows["scheduled"] - SCHEDULE_AHEAD_H * HOUR,
+            "dest": rows["dest"],
+            "tailnum": rows["tailnum"],
+            "scheduled_arrival": scheduled_arrivals(flights, airports),
+            "distance": flights["distance"].to_numpy("float64", na_value=np.nan),
+            "key": key,
+        }
+    )
+    left = rows["departed_at"].notna()
+    departed = pd.DataFrame(base | {"kind": "departed", "at": rows["departed_at"], "key": key})[
+        left
+    ]
+    landed = rows["arrived_at"].notna()
+    arrived = pd.DataFrame(base | {"kind": "arrived", "at": rows["arrived_at"], "key": key})[landed]
+    cancelled = pd.DataFrame(base | {"kind": "cancelled", "key": key})[~left]
+    diverted = pd.DataFrame(base | {"kind": "diverted", "key": key})[left & ~landed]
+    departed["observed"] = departed["at"]
+    arrived["observed"] = arrived["at"]
+    cancelled["observed"] = cancelled["scheduled"]  # known, at the latest, when it did not leave
+    diverted["observed"] = rows["departed_at"][left & ~landed]
+    hours = to_minutes(weather["time_hour"])
+    observations = weather[["origin", *WEATHER_COLUMNS]].assign(
+        kind="weather", observed=hours, time_hour=hours
+    )
+    observations["key"] = [
+        f"{o}@{h:.0f}" for o, h in zip(observations["origin"], hours, strict=True)
+    ]
+    events = pd.concat(
+        [scheduled, departed, arrived, cancelled, diverted, observations], ignore_index=True
+    )
+    events["id"] = [_event_id(k, key) for k, key in zip(events["kind"], events["key"], strict=True)]
+    order = np.lexsort((events["kind"].map(KINDS.index).to_numpy(), events["observed"].to_numpy()))
+    return events.iloc[order].reindex(columns=EVENT_FIELDS).reset_index(drop=True)
+
+
+class OnlineStore:
+    """Flights and weather within the retention horizon, and the lookups built from them.
+
+    Not thread-safe: one writer (the server's event loop, or a replay) applies events, and
+    `lookups()` is read between batches.
+    """
+
+    def __init__(
+        self, planes: pd.DataFrame, airports: pd.DataFrame, retention_min: float = RETENTION_MIN
+    ) -> None:
+        self.planes = KeyedRows.build(planes, "tailnum")  # fixed: what the model trained with
+        self.airports = KeyedRows.build(airports, "faa")
+        self.retention_min = retention_min
+        self.flights: dict[tuple, list] = {}  # FLIGHT_KEY -> the flight's _STATE row
+        self.weather: dict[tuple[str, float], list] = {}  # (origin, hour) -> WEATHER_COLUMNS
+        self.seen: dict[str, float] = {}  # event id -> observed, within the horizon
+        self.clock = -np.inf  # the newest observed time
+        self.newest: dict[str, float] = {}  # source -> the time of its newest event
+        self._lookups: Lookups | None = None
+        self._trimmed_at = -np.inf
+
+    # bootstrap
+
+    def load_snapshot(
+        self, events: pd.DataFrame, weather: pd.DataFrame, until: float, arrivals: np.ndarray
+    ) -> None:
+        """What a feature build knew, as of `until` (minutes): each flight's row of
+        `flight_events` with the outcomes observed after `until` blanked, and the weather
+        observed by then; `arrivals` is each row's scheduled arrival (New York minutes)."""
+        # a flight scheduled before the horizon may have landed after it (a day late at most)
+        since = until - self.retention_min - MAX_DELAY_MIN
+        keep = (events["scheduled"] >= since).to_numpy() & (
+            events["scheduled"] <= until + SCHEDULE_AHEAD_H * HOUR
+        ).to_numpy()
+        rows = events[keep].copy()
+        arrival = np.asarray(arrivals, dtype="float64")[keep]
+        late_dep = ~(rows["departed_at"] <= until)
+        rows.loc[late_dep, ["departed_at", "dep_delay"]] = np.nan
+        late_arr = ~(rows["arrived_at"] <= until)
+        rows.loc[late_arr, ["arrived_at", "arr_delay"]] = np.nan
+        rows["scheduled_arrival"] = arrival
+        for row in rows[_STATE].itertuples(index=False):
+            self.flights[(row.carrier, row.flight, row.origin, row.scheduled)] = list(row)
+        hours = to_minutes(weather["time_hour"])
+        seen = (hours <= until) & (hours >= until - self.retention_min)
+        for origin, hour, values in zip(
+            weather["origin"].to_numpy(object)[seen],
+            hours[seen],
+            weather[WEATHER_COLUMNS].to_numpy("float64", na_value=np.nan)[seen],
+            strict=True,
+        ):
+            self.weather[(origin, hour)] = list(values)
+        self.clock = until
+        self.newest = dict.fromkeys(set(SOURCES.values()), until)
+        self._trim()
+
+    # events
+
+    def apply(self, events: pd.DataFrame) -> Applied:
+        """Apply typed events (`EVENT_FIELDS`) in order; refuse, with the field and the reason,
+        an event the store cannot place (older than the horizon, a flight it was never told
+        of)."""
+        report = Applied()
+        records = events.reindex(columns=EVENT_FIELDS).to_dict("records")
+        for index, event in enumerate(records):
+            refused = self._apply_one(event)
+            if refused is None:
+                report.applied += 1
+            elif refused == ("id", "duplicate"):
+                report.duplicates += 1
+            else:
+                report.refused.append((index, *refused))
+        if report.applied:
+            self._lookups = None
+            if self.clock - self._trimmed_at >= HOUR:  # trim once per hour of event time
+                self._trim()
+        return report
+
+    def _apply_one(self, event: dict) -> tuple[str, str] | None:
+        event_id, kind, observed = event["id"], event["kind"], event["observed"]
+        if event_id in self.seen:
+            return ("id", "duplicate")
+        if kind not in KINDS:
+            return ("kind", f"not one of {', '.join(KINDS)}")
+        if observed != observed:  # NaN
+            return ("observed", "missing")
+        if observed < self.clock - self.retention_min:
+            return ("observed", f"older than the retention horizon ({LOOKBACK_H} h)")
+        if kind == "weather":
+            key = (event["origin"], event["time_hour"])
+            if key in self.weather:
+                return ("time_hour", "this airport's observation for this hour is already in")
+            self.weather[key] = [event[c] for c in WEATHER_COLUMNS]
+        else:
+            problem = self._apply_flight(kind, event)
+            if problem is not None:
+                return problem
+        self.seen[event_id] = observed
+        self.clock = max(self.clock, observed)
+        source = SOURCES[kind]
+        self.newest[source] = max(self.newest.get(source, -np.inf), observed)
+        return None
+
+    def _apply_flight(self, kind: str, event: dict) -> tuple[str, str] | None:
+        key = (event["carrier"], event["flight"], event["origin"], event["scheduled"])
+        if kind == "scheduled":
+            if key in self.flights:
+                return (
+                    "scheduled",
+                    "this flight is already scheduled (send a new id to change it)",
+                )
+            self.flights[key] = [
+                event["origin"],
+                event["dest"],
+                event["carrier"],
+                event["flight"],
+                event["tailnum"],
+                event["scheduled"],
+                np.nan,
+                np.nan,
+                np.nan,
+                np.nan,
+                event["scheduled_arrival"],
+            ]
+            return None
+        row = self.flights.get(key)
+        if row is None:
+            return ("scheduled", "no such flight scheduled: send its `scheduled` event first")
+        if kind == "departed":
+            row[6], row[7] = event["at"], event["at"] - row[5]
+        elif kind == "arrived":
+            row[8], row[9] = event["at"], event["at"] - row[10]
+        return None  # cancelled, diverted: nothing a feature reads changes
+
+    def _trim(self) -> None:
+        horizon = self.clock - self.retention_min
+        self.flights = {
+            k: row
+            for k, row in self.flights.items()
+            if row[5] >= horizon or row[6] >= horizon or row[8] >= horizon  # NaN: False
+        }
+        self.weather = {k: v for k, v in self.weather.items() if k[1] >= horizon}
+        self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
+        self._trimmed_at = self.clock
+        self._lookups = None
+
+    # reads
+
+    def lookups(self) -> Lookups:
+        """The lookups of what the store holds now (built once per change)."""
+        if self._lookups is None:
+            events = pd.DataFrame(list(self.flights.values()), columns=_STATE)
+            weather = pd.DataFrame(
+                [[origin, hour, *values] for (origin, hour), values in self.weather.items()],
+                columns=["origin", "time_hour", *WEATHER_COLUMNS],
+            )
+            weather["time_hour"] = pd.to_datetime(weather["time_hour"].astype("int64"), unit="m")
+            self._lookups = Lookups.assemble(weather, self.planes, self.airports, events)
+        return self._lookups
+
+    def __len__(self) -> int:
+        return len(self.flights)
