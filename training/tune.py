@@ -338,7 +338,11 @@ def _work_in_processes(
         process.start()
     while any(p.is_alive() for p in processes):
         if on_progress:
-            on_progress(finished_count(study))
+            try:
+                on_progress(finished_count(study))
+            except Exception as error:  # the workers ride out an outage: so does the bar
+                if not is_outage(error):
+                    raise
         time.sleep(1)
     failed = [p.name for p in processes if p.exitcode != 0]
     if failed:
