@@ -445,7 +445,8 @@ def tuning_section(
     import optuna
 
     from training.config import TrackingConfig
-    from training.tune import TuneConfig, open_storage, tune
+    from training.study import open_storage
+    from training.tune import TuneConfig, tune
 
     del model_config, device  # the study chooses the model; the data stays in `args.home`
     results: dict[str, dict] = {}

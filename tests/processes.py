@@ -96,3 +96,50 @@ def mlops_serve(
             served.output, _ = server.communicate()
             served.output += "\n[killed: still running 60 s after SIGTERM]"
         served.returncode = server.returncode
+
+
+class MlflowServer:
+    """`mlflow server` as a process (the tests' MLflow that stops and starts again): its own
+    artifact root under `root`, and a SQLite store there unless `backend` names another."""
+
+    def __init__(self, root: Path, backend: str = "") -> None:
+        self.root, self.port = root, free_port()
+        self.backend = backend or f"sqlite:///{root / 'mlflow.db'}"
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, within_s: float = 120) -> None:
+        self.process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"),
+                *("--port", str(self.port), "--workers", "1"),
+                *("--backend-store-uri", self.backend),
+                *("--artifacts-destination", str(self.root / "artifacts")),
+            ],
+            env=clean_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its workers stop with it
+        )
+        deadline = time.monotonic() + within_s
+        while not self.answers():
+            assert self.process.poll() is None, "mlflow server exited"
+            assert time.monotonic() < deadline, f"mlflow server not up in {within_s} s"
+            time.sleep(0.2)
+
+    def answers(self) -> bool:
+        try:
+            return httpx.get(f"{self.uri}/health", timeout=2).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM waits for requests in flight (30 s at most); SIGKILL is a crash."""
+        if self.process is not None:
+            os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=30)
+            self.process = None

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
 PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class TuneConfig:
     workers: PositiveInt = 1  # processes started by one command, each running trials
     heartbeat_interval: PositiveInt = 10  # seconds between a running trial's heartbeats
     grace_period: Annotated[int, Field(ge=2)] = 30  # seconds of silence: the trial is dead
+    outage_patience_s: PositiveFloat = 300  # how long a worker waits for its database to return
     seed: int = 0
 
     def storage_url(self, home: Path) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -80,11 +81,19 @@ def holdout_metrics(
     return roc_auc(labels, probabilities), log_loss(labels, probabilities)
 
 
+# What MLflow answers when there is no champion: no such model (a first run), or a model
+# without the alias. Anything else (MLflow unreachable, a server error) is not "no champion":
+# read as one, it would let any challenger take the alias as "the first model".
+NO_CHAMPION = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
+
+
 def champion_of(client: MlflowClient, gate: GateConfig):
     try:
         return client.get_model_version_by_alias(gate.model_name, gate.alias)
-    except MlflowException:
-        return None
+    except MlflowException as error:
+        if error.error_code in NO_CHAMPION:
+            return None
+        raise
 
 
 def _model_card(run, decision: Decision, holdout: pd.DataFrame) -> str:
@@ -120,32 +129,119 @@ def register(client: MlflowClient, run_id: str, gate: GateConfig) -> str:
     return str(created.version)
 
 
-def promote(client: MlflowClient, run_id: str, holdout: pd.DataFrame, gate: GateConfig) -> Decision:
-    """Register the run's model and move the alias to it only if it beats the champion."""
+def promote(
+    client: MlflowClient,
+    run_id: str,
+    holdout: pd.DataFrame,
+    gate: GateConfig,
+    attempts: int = 5,
+    settle_s: float = 300,
+) -> Decision:
+    """Register the run's model and move the alias to it only if it beats the champion.
+
+    Compare-and-set: right before the move the alias is read again, and if another promotion
+    moved it since this gate read it, the challenger is gated again against the new champion
+    (at most `attempts` times, then it is kept out). MLflow has no conditional alias update,
+    so one window is left: another promoter's move that lands between this re-read and this
+    move (one request's round trip) is overwritten without being compared. A lock shared by
+    every promoter would close it; this gate only narrows it to that round trip.
+
+    The version's `gate_decision` tag says "promoted" if and only if the alias is on it: the
+    tag is written before the move, and if anything fails after that (MLflow or its database
+    gone past its client's retries), the tag is made to agree with where the alias actually
+    is once MLflow answers again (`settle_s` at most), before the error is raised. Only an
+    outage longer than that, or this process killed between the tag and the move, can leave
+    them apart; the next gate of the month (retrain retries it) then decides again.
+    """
     run = client.get_run(run_id)
     version = register(client, run_id, gate)
     auc, loss = holdout_metrics(client, run_id, holdout)
     champion = champion_of(client, gate)
-    if champion is None:
-        decision = Decision(True, version, auc, loss, None, None, "first model: no champion yet")
-    else:
-        champion_auc, _ = holdout_metrics(client, champion.run_id, holdout)
-        better = auc > champion_auc + gate.min_auc_gain
-        reason = (
-            f"challenger ROC-AUC {auc:.4f} vs champion v{champion.version} {champion_auc:.4f} "
-            f"(needs a gain above {gate.min_auc_gain})"
-        )
-        decision = Decision(better, version, auc, loss, champion.version, champion_auc, reason)
-    if decision.promoted:
-        client.set_registered_model_alias(gate.model_name, gate.alias, version)
-    client.log_metric(run_id, "gate_challenger_auc", auc)
-    if decision.champion_auc is not None:
-        client.log_metric(run_id, "gate_champion_auc", decision.champion_auc)
-    client.set_tag(run_id, "gate_decision", "promoted" if decision.promoted else "rejected")
-    client.set_tag(run_id, "gate_reason", decision.reason)
-    client.set_model_version_tag(
-        gate.model_name, version, "gate_decision", "promoted" if decision.promoted else "rejected"
-    )
-    client.update_model_version(gate.model_name, version, _model_card(run, decision, holdout))
+    champion_aucs: dict[str, float] = {}  # by version: a champion scored once per gate
+    try:
+        for _ in range(attempts):
+            decision = _judge(client, version, auc, loss, champion, holdout, gate, champion_aucs)
+            if not decision.promoted:
+                break
+            client.set_model_version_tag(gate.model_name, version, "gate_decision", "promoted")
+            current = champion_of(client, gate)
+            if _version_of(current) != _version_of(champion):
+                logger.info("champion now v%s: judging again", _version_of(current))
+                champion = current
+                continue
+            client.set_registered_model_alias(gate.model_name, gate.alias, version)
+            break
+        else:
+            decision = replace(
+                decision, promoted=False, reason=f"{decision.reason}; the champion kept moving"
+            )
+        _record(client, run, version, decision, holdout, gate)
+    except Exception:
+        _settle(client, gate, version, settle_s)
+        raise
     logger.info("gate for %s v%s: %s", gate.model_name, version, decision.reason)
     return decision
+
+
+def _settle(client: MlflowClient, gate: GateConfig, version: str, patience_s: float) -> None:
+    """After a failed gate: the version's tag made to say whether the alias is on it."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            holds = _version_of(champion_of(client, gate)) == version
+            verdict = "promoted" if holds else "failed"
+            client.set_model_version_tag(gate.model_name, version, "gate_decision", verdict)
+            logger.warning(
+                "gate of %s v%s failed; its tag says %s", gate.model_name, version, verdict
+            )
+            return
+        except MlflowException as error:
+            if time.monotonic() > deadline:
+                logger.error("gate of v%s: tag and alias may disagree: %s", version, error)
+                return
+            time.sleep(2)
+
+
+def _version_of(champion) -> str | None:
+    return None if champion is None else str(champion.version)
+
+
+def _judge(
+    client: MlflowClient,
+    version: str,
+    auc: float,
+    loss: float,
+    champion,
+    holdout: pd.DataFrame,
+    gate: GateConfig,
+    champion_aucs: dict[str, float],
+) -> Decision:
+    """The challenger against `champion` (None: the first model)."""
+    if champion is None:
+        return Decision(True, version, auc, loss, None, None, "first model: no champion yet")
+    key = str(champion.version)
+    if key not in champion_aucs:
+        champion_aucs[key], _ = holdout_metrics(client, champion.run_id, holdout)
+    champion_auc = champion_aucs[key]
+    better = auc > champion_auc + gate.min_auc_gain
+    reason = (
+        f"challenger ROC-AUC {auc:.4f} vs champion v{champion.version} {champion_auc:.4f} "
+        f"(needs a gain above {gate.min_auc_gain})"
+    )
+    return Decision(better, version, auc, loss, key, champion_auc, reason)
+
+
+def _record(
+    client: MlflowClient, run, version: str, decision: Decision, holdout: pd.DataFrame, gate
+) -> None:
+    """Both figures and the verdict on the run, the verdict and the card on the version."""
+    verdict = "promoted" if decision.promoted else "rejected"
+    client.log_metric(run.info.run_id, "gate_challenger_auc", decision.challenger_auc)
+    if decision.champion_auc is not None:
+        client.log_metric(run.info.run_id, "gate_champion_auc", decision.champion_auc)
+    client.set_tag(run.info.run_id, "gate_decision", verdict)
+    client.set_tag(run.info.run_id, "gate_reason", decision.reason)
+    if decision.champion_version is not None:
+        client.set_tag(run.info.run_id, "gate_champion_version", decision.champion_version)
+    client.set_model_version_tag(gate.model_name, version, "gate_decision", verdict)
+    client.update_model_version(gate.model_name, version, _model_card(run, decision, holdout))

@@ -5,11 +5,12 @@ validation loss after every epoch, so Hyperband (or successive halving) stops th
 early. The study lives in an Optuna storage: SQLite under MLOPS_HOME by default, or a shared
 database (`MLOPS_OPTUNA_STORAGE=postgresql://...`) so that several processes, on one machine
 or many, work on one study. Heartbeats mark the trial of a killed worker as failed and
-`RetryHeartbeatStaleTrialCallback` queues it again, so the study still finishes its budget.
+`RetryHeartbeatStaleTrialCallback` queues it again, and a worker rides out a database restart
+(training/study.py), so the study still finishes its budget.
 
-MLflow: one parent run per study, created by whichever process created the study and recorded
-in the study's user attributes; one nested run per trial, whose id goes into the trial's user
-attributes. Optuna's own plots go to the parent run.
+MLflow: one parent run per study, made by whichever process first finds it missing and recorded
+in the study's user attributes (training/study.py); one nested run per trial, whose id goes
+into the trial's user attributes. Optuna's own plots go to the parent run.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 import mlflow
 import optuna
 from mlflow import MlflowClient
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from pipelines.layout import DataLayout
@@ -37,13 +38,19 @@ from training import plots
 from training.config import FitConfig, ModelConfig, TrackingConfig, TuneConfig
 from training.fit import EpochResult, fit, fresh_model, predict_logits
 from training.metrics import roc_auc, sigmoid
+from training.study import (
+    is_outage,
+    open_storage,
+    parent_run,
+    recover_trial,
+    wait_for_storage,
+)
 from training.tensors import Tensors, pick_device, to_tensors
 from training.tracking import experiment_id, fluent_tracking
 from training.train import load_splits
 
 logger = logging.getLogger(__name__)
 
-PARENT_RUN_ATTR = "mlflow_parent_run_id"
 RUN_ATTR = "mlflow_run_id"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -89,20 +96,6 @@ def best_configs(params: dict[str, object], fit_config: FitConfig) -> tuple[Mode
     return suggest(optuna.trial.FixedTrial(params), fit_config)
 
 
-def open_storage(config: TuneConfig, home: Path) -> RDBStorage:
-    url = config.storage_url(home)
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's terms
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=config.heartbeat_interval,
-            grace_period=config.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(),
-        )
-
-
 def _pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs)
@@ -111,44 +104,17 @@ def _pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _study(storage: RDBStorage, config: TuneConfig, seed: int) -> tuple[optuna.Study, bool]:
+def _study(storage: RDBStorage, config: TuneConfig, seed: int) -> optuna.Study:
     """Create the study, or load it when another process (or an earlier run) already did."""
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     try:
-        study = optuna.create_study(
+        return optuna.create_study(
             storage=storage, study_name=config.study, sampler=sampler, pruner=_pruner(config)
         )
-        return study, True
     except optuna.exceptions.DuplicatedStudyError:
         return optuna.load_study(
             study_name=config.study, storage=storage, sampler=sampler, pruner=_pruner(config)
-        ), False
-
-
-def _parent_run(
-    client: MlflowClient,
-    study: optuna.Study,
-    created: bool,
-    experiment: str,
-    timeout: float = 60,
-) -> str:
-    """The study's MLflow run: made by the process that created the study, read by the rest."""
-    if created:
-        run = client.create_run(
-            experiment,
-            run_name=f"tune-{study.study_name}",
-            tags={"optuna_study": study.study_name},
         )
-        study.set_user_attr(PARENT_RUN_ATTR, run.info.run_id)
-        return run.info.run_id
-    deadline = time.monotonic() + timeout
-    while PARENT_RUN_ATTR not in study.user_attrs:
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"study {study.study_name!r} has no MLflow parent run after {timeout} s"
-            )
-        time.sleep(0.5)
-    return str(study.user_attrs[PARENT_RUN_ATTR])
 
 
 def finished_count(study: optuna.Study) -> int:
@@ -174,8 +140,15 @@ class Objective:
         self.config, self.fit_config = config, replace(fit_config, epochs=config.epochs)
         self.client = client
         self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+        self.running: int | None = None  # the trial in progress: the one an outage can cut
 
     def __call__(self, trial: optuna.Trial) -> float:
+        self.running = trial.number
+        loss = self._run(trial)  # TrialPruned and other errors leave `running` set on purpose
+        self.running = None
+        return loss
+
+    def _run(self, trial: optuna.Trial) -> float:
         model_config, fit_config = suggest(trial, self.fit_config)
         dead_run = trial.user_attrs.get(RUN_ATTR)  # set when this trial retries a killed one
         if dead_run:
@@ -246,21 +219,33 @@ def _work(
     # trials log through MLflow's fluent API: the whole worker runs inside the store's scope
     with fluent_tracking(tracking) as experiment:
         storage = open_storage(config, tracking.home)
-        study, created = _study(storage, config, config.seed + worker)
-        parent = _parent_run(client, study, created, experiment)
+        study = _study(storage, config, config.seed + worker)
+        parent = parent_run(client, storage, study, experiment)
         if finished_count(study) >= config.trials:
             return
+        objective = Objective(spec, train, valid, config, fit_config, client, experiment, parent)
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
             optuna.study.MaxTrialsCallback(config.trials, states=FINISHED)
         ]
         if on_progress:
             callbacks.append(lambda study, _: on_progress(finished_count(study)))
-        study.optimize(
-            Objective(spec, train, valid, config, fit_config, client, experiment, parent),
-            n_trials=config.trials,  # an upper bound per process; the callback stops the study
-            callbacks=callbacks,
-            gc_after_trial=True,
-        )
+        while True:
+            try:
+                study.optimize(
+                    objective,
+                    n_trials=config.trials,  # an upper bound per process; the callback stops it
+                    callbacks=callbacks,
+                    gc_after_trial=True,
+                )
+                return
+            except Exception as error:
+                if not is_outage(error):
+                    raise
+                logger.warning("the study's database went away: waiting for it (%s)", error)
+            wait_for_storage(storage, config.outage_patience_s)
+            if objective.running is not None:
+                recover_trial(study, storage, objective.running)
+                objective.running = None
 
 
 def _log_study(
@@ -315,8 +300,8 @@ def tune(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = tracking.client()
     storage = open_storage(config, tracking.home)
-    study, created = _study(storage, config, seed=config.seed)
-    parent = _parent_run(client, study, created, experiment_id(client, tracking))
+    study = _study(storage, config, seed=config.seed)
+    parent = parent_run(client, storage, study, experiment_id(client, tracking))
     client.update_run(parent, status="RUNNING")
     if on_progress:
         on_progress(finished_count(study))
@@ -353,7 +338,11 @@ def _work_in_processes(
         process.start()
     while any(p.is_alive() for p in processes):
         if on_progress:
-            on_progress(finished_count(study))
+            try:
+                on_progress(finished_count(study))
+            except Exception as error:  # the workers ride out an outage: so does the bar
+                if not is_outage(error):
+                    raise
         time.sleep(1)
     failed = [p.name for p in processes if p.exitcode != 0]
     if failed:

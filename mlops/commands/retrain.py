@@ -28,6 +28,10 @@ def retrain_command(
     if report.month is None:
         console.print("nothing new: the sources have no flights in the next month")
         return
+    if report.retried:
+        console.print(
+            f"{report.month}: retried, its gate had not decided (an earlier retrain failed)"
+        )
     if report.warm_start:
         console.print(f"warm start from the study's best parameters: {report.warm_start}")
     worst = sorted(report.psi.items(), key=lambda kv: -kv[1])[:3]

@@ -1,7 +1,9 @@
 """`mlops retrain`: the newest month in, a drift report, a challenger, the gate.
 
 1. Take in the month after the newest one in bronze (in the demo, the next month of 2013 from
-   the bundled data; `--flights` and friends point at real new files).
+   the bundled data; `--flights` and friends point at real new files), unless the month a
+   retrain took in last has no gate decision yet: a month is done when its gate has decided,
+   not when it was ingested, so a tick that failed after its ingest is retried by the next.
 2. Rebuild the features with the split moved forward: test on the new month, validate on the
    one before, train on everything earlier.
 3. Train a challenger from the study's best parameters (the settings' defaults without a study).
@@ -10,10 +12,17 @@
 5. Gate: the challenger is registered and takes `champion` only if it beats it on the new month.
 
 Any failure raises before the gate: the champion, its alias and the API are untouched.
+
+Where "decided" lives: the month a retrain takes in is written to MLOPS_HOME/retrain.json
+before its ingest (beside the bronze data it describes, so both survive or go together), and
+the decision is the gate's own record in MLflow (a run tagged with the month and a
+`gate_decision`), read back rather than copied, so a tick that died between the gate and
+any bookkeeping of ours is not gated twice, and one whose gate never ran is not skipped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Mapping
@@ -21,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlops.configs import layout_of, mlflow_client, tune_of
+from mlops.configs import layout_of, mlflow_client, tracking_of, tune_of
 from mlops.flows.data import build_features, ingest
 from mlops.flows.progress import Progress
 from mlops.flows.training import promote, train
@@ -30,6 +39,7 @@ from mlops.settings import Settings
 from pipelines.errors import LockLostError, LockUnavailableError, NoDataError, WriterBusyError
 from pipelines.ingest import MonthWindow
 from pipelines.splits import latest_plan, next_month
+from pipelines.storage import write_bytes_atomic
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -46,13 +56,14 @@ class RetrainReport:
     psi: dict[str, float] = field(default_factory=dict)
     warm_start: dict[str, object] | None = None  # the study's best parameters, when used
     reason: str = ""  # the gate's
+    retried: bool = False  # the month of an earlier retrain whose gate never decided
 
 
 def _warm_start(settings: Settings) -> dict[str, object] | None:
     """The study's best parameters, if there is a study with a complete trial."""
     import optuna
 
-    from training.tune import open_storage
+    from training.study import open_storage
 
     config = tune_of(settings)
     if not config.storage and not (settings.home / "optuna.db").exists():
@@ -126,9 +137,12 @@ def _retrain(
     months = layout.months("flights")
     if not months:
         raise NoDataError("no data yet: run `mlops data ingest` (or `mlops run`) first")
-    month = next_month(months[-1])
     client = mlflow_client(settings)  # unreachable MLflow fails here, before any work
-    ingest(settings, progress, sources, MonthWindow(month, month))
+    retried = _undecided_month(client, settings, months)
+    month = retried or next_month(months[-1])
+    _take_in(settings.home, month)
+    if month not in months:  # a retried month is in bronze already: its sources stay as taken
+        ingest(settings, progress, sources, MonthWindow(month, month))
     if month not in layout.months("flights"):
         return RetrainReport(None, "nothing new")
     lock.check()
@@ -146,7 +160,49 @@ def _retrain(
     lock.check()  # the gate only for a retrain that held the lock throughout
     decision = promote(settings, result.run_id)
     status = "promoted" if decision.promoted else "kept the champion"
-    return RetrainReport(month, status, result.run_id, decision.version, psi, best, decision.reason)
+    return RetrainReport(
+        month,
+        status,
+        result.run_id,
+        decision.version,
+        psi,
+        best,
+        decision.reason,
+        retried=retried is not None,
+    )
+
+
+def _pending_file(home: Path) -> Path:
+    return home / "retrain.json"
+
+
+def _take_in(home: Path, month: str) -> None:
+    """Record the month this retrain takes in, before anything of it is written."""
+    write_bytes_atomic(json.dumps({"month": month}).encode(), _pending_file(home))
+
+
+def _undecided_month(client: MlflowClient, settings: Settings, months: list[str]) -> str | None:
+    """The month the last retrain took in, if it is in bronze and its gate has not decided."""
+    try:
+        month = json.loads(_pending_file(settings.home).read_text())["month"]
+    except FileNotFoundError:
+        return None
+    if month not in months or gate_decided(client, settings, month):
+        return None
+    logger.info("retrain of %s never reached its gate's decision: retrying it", month)
+    return month
+
+
+def gate_decided(client: MlflowClient, settings: Settings, month: str) -> bool:
+    """Whether a retrain of `month` has a gate decision in MLflow (the gate's own record)."""
+    from training.tracking import experiment_id
+
+    runs = client.search_runs(
+        [experiment_id(client, tracking_of(settings))],
+        f"tags.retrain_month = '{month}' and tags.gate_decision != ''",
+        max_results=1,
+    )
+    return bool(runs)
 
 
 def scheduled_retrain(settings: Settings) -> str:

@@ -21,7 +21,8 @@ SPLIT = {"MLOPS_FEATURES__VALID_START": "2013-09", "MLOPS_FEATURES__TEST_START":
 
 @pytest.fixture
 def home_with_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Data through October 2013 and a champion trained on it (tested on October)."""
+    """Data through October 2013 and a champion trained on it (tested on October), in the
+    MLflow store MLFLOW_TRACKING_URI names (a local one when unset)."""
     for name, value in SMALL.items():
         monkeypatch.setenv(name, value)
     for name, value in SPLIT.items():

@@ -4,12 +4,8 @@ the reason reported in words, and /admin/reload never stuck behind a poll."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +15,7 @@ import httpx
 import pytest
 
 from serving.bundle import BUNDLE_FILE, CONTRACT, Bundle
-from tests.processes import clean_env, free_port, mlops_serve
+from tests.processes import MlflowServer, clean_env, free_port, mlops_serve
 
 from .conftest import eventually
 
@@ -83,43 +79,6 @@ class Proxy:
             pass
         for end in (source, sink):
             end.close()
-
-
-class MlflowServer:
-    """`mlflow server` on a SQLite store and its own artifact root, as a process."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.port = root, free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"),
-                *("--port", str(self.port), "--workers", "1"),
-                *("--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}"),
-                *("--artifacts-destination", str(self.root / "artifacts")),
-            ],
-            env=clean_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,  # its workers stop with it
-        )
-        eventually(lambda: _answers(f"{self.uri}/health"), 120, "mlflow server up")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-            self.process = None
-
-
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def _register(uri: str, folder: Path) -> str:

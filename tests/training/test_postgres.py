@@ -19,9 +19,10 @@ from training.config import TrackingConfig
 from training.fit import FitConfig
 from training.model import ModelConfig
 from training.registry import GateConfig, promote
+from training.study import open_storage
 from training.tracking import experiment_id
 from training.train import train
-from training.tune import FINISHED, RUN_ATTR, TuneConfig, open_storage
+from training.tune import FINISHED, RUN_ATTR, TuneConfig
 
 from .conftest import write_feature_table
 

@@ -15,17 +15,16 @@ from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec
 from training.config import TrackingConfig
 from training.fit import FitConfig
+from training.study import PARENT_RUN_ATTR, open_storage
 from training.tensors import to_tensors
 from training.tracking import experiment_id, fluent_tracking
 from training.train import load_splits
 from training.tune import (
     FINISHED,
-    PARENT_RUN_ATTR,
     RUN_ATTR,
     Objective,
     TuneConfig,
     best_configs,
-    open_storage,
     suggest,
     tune,
 )
