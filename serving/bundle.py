@@ -140,29 +140,28 @@ def download_version(client: MlflowClient, name: str, version: str, cache: Path)
     Safe for any number of threads and processes sharing `cache` (the workers of one server):
     one downloads under a file lock while the others wait, then find it complete. A version's
     folder appears by one rename of a complete staging folder, so its presence means complete;
-    a folder left by a crash is a staging one, removed by the next download.
+    a folder left by a crash is a staging one, removed by the next download of any version.
 
     Everything goes through `client`, whose tracking and registry URIs the caller chose: never
     MLflow's process-global URI (which resolved `models:/` URIs against a stray ./mlflow.db).
     """
     version = str(version)
     target = cache / name / version
-    if (target / BUNDLE_FILE).is_file():
-        return read_bundle(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.parent / f".{version}.lock"):
-        if not (target / BUNDLE_FILE).is_file():
-            _remove_leftovers(target.parent, version)  # ours to remove: we hold its lock
-            staging = target.parent / f".{version}.{uuid.uuid4().hex}{STAGING_SUFFIX}"
-            try:
-                _download(client, name, version, staging)
-                fsync_tree(staging)  # durable before the rename that makes it "complete"
-                shutil.rmtree(target, ignore_errors=True)  # not ours: no bundle.json in it
-                staging.rename(target)
-                fsync_dir(target.parent)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-    _remove_other_leftovers(target.parent, version)
+    if not (target / BUNDLE_FILE).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(target.parent / f".{version}.lock"):
+            if not (target / BUNDLE_FILE).is_file():
+                _remove_leftovers(target.parent, version)  # ours to remove: we hold its lock
+                staging = target.parent / f".{version}.{uuid.uuid4().hex}{STAGING_SUFFIX}"
+                try:
+                    _download(client, name, version, staging)
+                    fsync_tree(staging)  # durable before the rename that makes it "complete"
+                    shutil.rmtree(target, ignore_errors=True)  # not ours: no bundle.json in it
+                    staging.rename(target)
+                    fsync_dir(target.parent)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+    _remove_crashed_downloads(target.parent)
     return read_bundle(target)
 
 
@@ -172,14 +171,14 @@ def _remove_leftovers(folder: Path, version: str) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _remove_other_leftovers(folder: Path, version: str) -> None:
-    """Crashed downloads of other versions, which no later download of theirs may come to
-    clean. A version whose lock is held is being downloaded now: its staging is left alone."""
-    others = {p.name.split(".")[1] for p in folder.glob(f".*{STAGING_SUFFIX}")} - {version}
-    for other in sorted(others):
+def _remove_crashed_downloads(folder: Path) -> None:
+    """Staging folders of any version whose lock is free: crashed downloads, which no later
+    download of that version may come to clean. A version whose lock is held is being
+    downloaded now, and its staging is left alone."""
+    for version in sorted({p.name.split(".")[1] for p in folder.glob(f".*{STAGING_SUFFIX}")}):
         try:
-            with FileLock(folder / f".{other}.lock", timeout=0):
-                _remove_leftovers(folder, other)
+            with FileLock(folder / f".{version}.lock", timeout=0):
+                _remove_leftovers(folder, version)
         except Timeout:
             continue
 
