@@ -31,20 +31,51 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Kills:
-    """Seeded kill times spread over a command's typical duration (its clean run, measured)."""
+    """Seeded kill times over a command's typical duration, measured by a clean run first:
+    every other one over the whole run, the others over its writing phase (from its first
+    change on disk to its end), where the crashes that matter happen; uniform kills alone
+    mostly land in imports and reading, long before a short commit."""
 
     seed: int
     duration_s: float = 0.0
+    writes_from_s: float = 0.0  # when the clean run first changed what it writes
     done: list[tuple[float, bool]] = field(default_factory=list)  # (at, killed before the end)
+
+    def measured(self, run: Run) -> Kills:
+        self.duration_s, self.writes_from_s = run.duration_s, run.writes_from_s
+        return self
 
     def times(self, count: int) -> list[float]:
         assert self.duration_s > 0, "measure a clean run first"
         rng = random.Random(self.seed)
-        return [rng.uniform(0.02, 0.95) * self.duration_s for _ in range(count)]
+        start = min(self.writes_from_s, 0.9 * self.duration_s) / self.duration_s
+        return [
+            rng.uniform(0.02 if i % 2 == 0 else start, 0.95) * self.duration_s for i in range(count)
+        ]
 
     def summary(self) -> str:
         killed = sum(1 for _, k in self.done if k)
-        return f"{killed}/{len(self.done)} killed before the end over {self.duration_s:.1f} s"
+        return (
+            f"{killed}/{len(self.done)} killed before the end of a {self.duration_s:.1f} s run "
+            f"(writing from {self.writes_from_s:.1f} s)"
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    duration_s: float
+    writes_from_s: float
+
+
+def _snapshot(roots: tuple[Path, ...]) -> set[tuple[str, int]]:
+    out = set()
+    for root in roots:
+        for path in root.rglob("*") if root.is_dir() else []:
+            try:
+                out.add((str(path), path.lstat().st_mtime_ns))
+            except FileNotFoundError:  # removed while we looked
+                continue
+    return out
 
 
 def mlops(home: Path, *args: str, cwd: Path, **env: str) -> subprocess.Popen:
@@ -60,13 +91,21 @@ def mlops(home: Path, *args: str, cwd: Path, **env: str) -> subprocess.Popen:
     )
 
 
-def run_clean(home: Path, *args: str, cwd: Path, **env: str) -> float:
-    """`mlops ARGS` to its end (it must succeed); its duration in seconds."""
+def run_clean(home: Path, *args: str, cwd: Path, watch: tuple[Path, ...] = (), **env: str) -> Run:
+    """`mlops ARGS` to its end (it must succeed): its duration, and when it first changed
+    anything under the folders `watch` (polled)."""
+    before = _snapshot(watch)
     started = time.monotonic()
     process = mlops(home, *args, cwd=cwd, **env)
-    _, stderr = process.communicate(timeout=600)
+    writes_from = None
+    while process.poll() is None:
+        if writes_from is None and watch and _snapshot(watch) != before:
+            writes_from = time.monotonic() - started
+        time.sleep(0.05)
+    duration = time.monotonic() - started
+    _, stderr = process.communicate()
     assert process.returncode == 0, f"mlops {' '.join(args)} failed:\n{stderr[-3000:]}"
-    return time.monotonic() - started
+    return Run(duration, duration if writes_from is None else writes_from)
 
 
 def run_killed(home: Path, *args: str, at_s: float, cwd: Path, kills: Kills, **env: str) -> bool:

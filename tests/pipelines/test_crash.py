@@ -23,6 +23,7 @@ from ..crash import (
     Build,
     Digests,
     Kills,
+    Run,
     bronze_digests,
     leftovers,
     published_build,
@@ -55,7 +56,7 @@ class Version:
 @dataclass(frozen=True)
 class References:
     versions: dict[str, Version]
-    ingest_s: float  # a clean ingest's duration
+    ingest: Run  # the shorter clean ingest
 
 
 def _sources(folder: Path, version: str) -> dict[str, Path]:
@@ -76,17 +77,17 @@ def _sources(folder: Path, version: str) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def references(tmp_path_factory: pytest.TempPathFactory) -> References:
     root = tmp_path_factory.mktemp("crash-references")
-    versions, durations = {}, []
+    versions, runs = {}, []
     for name in VERSIONS:
         sources = _sources(root / f"sources-{name}", name)
         home = root / f"home-{name}"
         version = Version(sources, home, {})
-        durations.append(run_clean(home, *version.ingest_args(), cwd=root))
+        runs.append(run_clean(home, *version.ingest_args(), cwd=root, watch=(home / "data",)))
         versions[name] = Version(sources, home, bronze_digests(DataLayout(home)))
     assert versions["A"].bronze.keys() == versions["B"].bronze.keys()
     varied = [p for p in versions["A"].bronze if p.split("/")[0] in VARIED]
     assert all(versions["A"].bronze[p] != versions["B"].bronze[p] for p in varied)
-    return References(versions, min(durations))
+    return References(versions, min(runs, key=lambda run: run.duration_s))
 
 
 @pytest.mark.parametrize(
@@ -97,8 +98,9 @@ def test_ingest_killed_at_random_leaves_every_month_old_or_new(
     references: References, tmp_path: Path, count: int, seed: int
 ) -> None:
     home = tmp_path / "home"
-    kills = Kills(seed, references.ingest_s)
-    state: Digests = {}
+    _use_bronze(home, references.versions[VERSIONS[1]])  # the first kill has an old version
+    kills = Kills(seed).measured(references.ingest)
+    state = bronze_digests(DataLayout(home))
     for i, at in enumerate(kills.times(count)):
         version = references.versions[VERSIONS[i % 2]]
         run_killed(home, *version.ingest_args(), at_s=at, cwd=tmp_path, kills=kills)
@@ -115,21 +117,26 @@ def test_ingest_killed_at_random_leaves_every_month_old_or_new(
     logger.warning("ingest: %s", kills.summary())
 
 
+@dataclass(frozen=True)
+class Builds:
+    built: dict[str, Build]  # by version
+    homes: dict[str, Path]  # the clean runs' MLOPS_HOMEs
+    typical: Run  # the shorter clean run
+
+
 @pytest.fixture(scope="module")
-def builds(
-    references: References, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[dict[str, Build], float]:
-    """The build of each version's bronze by a clean run, and the shorter run's duration."""
-    out, durations = {}, []
+def builds(references: References, tmp_path_factory: pytest.TempPathFactory) -> Builds:
+    """Each version's bronze built by a clean run: the serial references."""
+    built, homes, runs = {}, {}, []
     for name, version in references.versions.items():
-        home = tmp_path_factory.mktemp(f"build-{name}")
+        home = homes[name] = tmp_path_factory.mktemp(f"build-{name}")
         _use_bronze(home, version)
-        durations.append(run_clean(home, "data", "features", cwd=home))
+        runs.append(run_clean(home, "data", "features", cwd=home, watch=(home / "data",)))
         build = published_build(DataLayout(home))
         assert build is not None
-        out[name] = build
-    assert out["A"].lookups != out["B"].lookups and out["A"].splits != out["B"].splits
-    return out, min(durations)
+        built[name] = build
+    assert built["A"].lookups != built["B"].lookups and built["A"].splits != built["B"].splits
+    return Builds(built, homes, min(runs, key=lambda run: run.duration_s))
 
 
 def _use_bronze(home: Path, version: Version) -> None:
@@ -145,24 +152,26 @@ def _use_bronze(home: Path, version: Version) -> None:
 )
 def test_feature_build_killed_at_random_is_published_whole_or_not_at_all(
     references: References,
-    builds: tuple[dict[str, Build], float],
+    builds: Builds,
     tmp_path: Path,
     count: int,
     seed: int,
 ) -> None:
-    built, duration_s = builds
     home = tmp_path / "home"
-    kills = Kills(seed, duration_s)
-    state: Build | None = None
+    first = DataLayout(builds.homes[VERSIONS[1]]).root  # the first kill has an old build
+    shutil.copytree(first, home / "data", symlinks=True)
+    kills = Kills(seed).measured(builds.typical)
+    state = published_build(DataLayout(home))
+    assert state == builds.built[VERSIONS[1]]
     for i, at in enumerate(kills.times(count)):
         name = VERSIONS[i % 2]
         _use_bronze(home, references.versions[name])
         run_killed(home, "data", "features", at_s=at, cwd=tmp_path, kills=kills)
         now = published_build(DataLayout(home))  # whole, or it fails here
-        assert now in (state, built[name]), f"kill {i} at {at:.2f} s: a build of neither"
+        assert now in (state, builds.built[name]), f"kill {i} at {at:.2f} s: a build of neither"
         state = now
     _use_bronze(home, references.versions["A"])
     run_clean(home, "data", "features", cwd=tmp_path)
-    assert published_build(DataLayout(home)) == built["A"]
+    assert published_build(DataLayout(home)) == builds.built["A"]
     assert leftovers(home) == []
     logger.warning("features: %s", kills.summary())

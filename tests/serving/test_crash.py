@@ -65,9 +65,10 @@ def test_export_killed_at_random_leaves_a_whole_model_folder(
     shutil.copy(database, home / "mlflow.db")
     models = home / "serving" / "models" / "flight-delay"
     output = tmp_path / "exported" / "model"
-    durations = [run_clean(home, *_export(output, v), cwd=tmp_path) for v in versions]
-    # a cold run downloads, a warm one only copies: measure the kind of run that is killed
-    kills = Kills(seed, durations[0] if cache == "cold" else durations[1])
+    watch = (output.parent, models.parent)
+    runs = [run_clean(home, *_export(output, v), cwd=tmp_path, watch=watch) for v in versions]
+    # the first run downloads (cold cache), the second only copies: time the kind to be killed
+    kills = Kills(seed).measured(runs[0] if cache == "cold" else runs[1])
     state = _exported(output)
     for i, at in enumerate(kills.times(count)):
         version = versions[i % 2]
