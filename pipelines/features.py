@@ -161,6 +161,7 @@ class _Staging:
         publish_generation(self.root, self.layout.current)
         self.published = True
         prune_generations(self.layout.generations, self.layout.current)
+        _remove_unversioned_build(self.layout)
         return FeatureReport(
             spec, published.spec, published.features, published.lookups, partitions
         )
@@ -168,6 +169,14 @@ class _Staging:
     def abort(self) -> None:
         if not self.published:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove_unversioned_build(layout: DataLayout) -> None:
+    """The build a home made before generations kept at data/{features,lookups,spec}:
+    superseded by the first generation, and read by nothing."""
+    for name in ("features", "lookups"):
+        shutil.rmtree(layout.root / name, ignore_errors=True)
+    (layout.root / "feature_spec.json").unlink(missing_ok=True)
 
 
 def _plan(
