@@ -252,8 +252,9 @@ def recover_target(final: Path) -> None:
     `.trash-` siblings only): for outputs in a user's folder, where `recover` must not walk."""
     if not final.parent.is_dir():
         return
-    for prefix in (STAGING_PREFIX, TRASH_PREFIX):
-        for entry in final.parent.glob(f"{prefix}{final.name}-*"):
+    for entry in final.parent.iterdir():
+        # `.staging-model-<hex>` is ours; `.staging-model-2-<hex>` is model-2's
+        if entry.name.rsplit("-", 1)[0] in (STAGING_PREFIX + final.name, TRASH_PREFIX + final.name):
             recover_entry(entry)
 
 
