@@ -73,7 +73,7 @@ def test_export_killed_at_random_leaves_a_whole_model_folder(
     for i, at in enumerate(kills.times(count)):
         version = versions[i % 2]
         if cache == "cold":
-            shutil.rmtree(models / version)  # a crashed download's leftovers stay
+            shutil.rmtree(models / version, ignore_errors=True)  # leftovers of a crash stay
         run_killed(home, *_export(output, version), at_s=at, cwd=tmp_path, kills=kills)
         now = _exported(output)
         assert now in (state, version), f"kill {i} at {at:.2f} s: exported {now}"
