@@ -11,7 +11,7 @@ process, because the machines are shared and noisy:
   trials and the same TPE seed: trials per minute and the best validation loss.
 
 The feature table is built once (ingest of the bundled data, then `build_features_pandas`)
-under `--workdir`, or read from `--home` when that already holds `data/feature_spec.json`:
+under `--workdir`, or read from `--home` when that already holds `data/current/feature_spec.json`:
 
     python benchmarks/bench_training.py --seeds 3
 
@@ -71,7 +71,7 @@ def prepare_home(args: argparse.Namespace) -> Path:
     """A home with the feature table: `--home` as it is, else built once under `--workdir`."""
     if args.home is not None:
         if not DataLayout(args.home).spec.exists():
-            raise SystemExit(f"{args.home} has no data/feature_spec.json")
+            raise SystemExit(f"{args.home} has no data/current/feature_spec.json")
         return args.home
     home = args.workdir
     layout = DataLayout(home)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,9 +40,11 @@ from pipelines.spec import (
 )
 from pipelines.splits import SplitPlan
 from pipelines.storage import (
+    new_generation,
+    prune_generations,
+    publish_generation,
     read_parquet_folder,
     recover,
-    swap_in,
     write_npz_table,
     write_parquet_atomic,
 )
@@ -129,15 +130,18 @@ def _write_dims(dims: Dims, lookups_dir: Path) -> None:
 
 
 class _Staging:
-    """Features and lookups are built aside and swapped in together with the spec."""
+    """A build is written into a new generation folder and published whole, spec included,
+    by one symlink swap (`pipelines.layout`); until then no reader sees any of it."""
 
     def __init__(self, layout: DataLayout) -> None:
         recover(layout.root)
+        prune_generations(layout.generations, layout.current)  # a crashed build's generation
         self.layout = layout
-        self.root = layout.root / f".staging-build-{uuid.uuid4().hex[:12]}"
+        self.root = new_generation(layout.generations)
         self.features = self.root / "features"
         self.lookups = self.root / "lookups"
         self.events = self.lookups / LOOKUP_FILES["flight_events"]
+        self.published = False
 
     def events_path(self, partition: Partition) -> Path:
         return self.events / f"{partition.name}.npz"
@@ -152,16 +156,27 @@ class _Staging:
             )
             for p in files
         }
-        swap_in(self.features, self.layout.features)
-        swap_in(self.lookups, self.layout.lookups)
-        spec.save(self.layout.spec)
-        shutil.rmtree(self.root, ignore_errors=True)
+        published = DataLayout(self.layout.home, self.root.name)
+        spec.save(published.spec)
+        publish_generation(self.root, self.layout.current)
+        self.published = True
+        prune_generations(self.layout.generations, self.layout.current)
+        _remove_unversioned_build(self.layout)
         return FeatureReport(
-            spec, self.layout.spec, self.layout.features, self.layout.lookups, partitions
+            spec, published.spec, published.features, published.lookups, partitions
         )
 
     def abort(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        if not self.published:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove_unversioned_build(layout: DataLayout) -> None:
+    """The build a home made before generations kept at data/{features,lookups,spec}:
+    superseded by the first generation, and read by nothing."""
+    for name in ("features", "lookups"):
+        shutil.rmtree(layout.root / name, ignore_errors=True)
+    (layout.root / "feature_spec.json").unlink(missing_ok=True)
 
 
 def _plan(

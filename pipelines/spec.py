@@ -68,7 +68,7 @@ class SplitSummary(BaseModel):
 
 
 class LookupFile(BaseModel):
-    path: str  # relative to the data folder
+    path: str  # relative to the feature build (the spec's folder): lookups/<file>
     sha256: str
     bytes: int
 

@@ -1,9 +1,24 @@
 """Writes that never leave a half-written output behind, and the two table formats.
 
-Single files are written under a temporary name and renamed into place (`os.replace` is atomic
-on one filesystem). Partitioned tables are written into a staging folder and each partition
-folder is swapped in only on commit, so an interrupted run leaves every previous partition
-intact, and re-ingesting a month replaces it instead of adding to it.
+This module is the one home for atomic writes. Every output becomes visible by one rename of
+something already complete, so a kill -9 at any moment leaves the old version or the new one:
+
+- Single files are written under a temporary name (`.<name>.<uuid>.tmp`) and renamed into
+  place (`os.replace` is atomic on one filesystem).
+- Folders (a bronze partition, an exported model) are written into a staging folder and
+  swapped in (`swap_in`): on Linux in one `renameat2(RENAME_EXCHANGE)`, so the folder is never
+  absent; elsewhere by two renames, the old folder parked as `.trash-*` in between, which
+  `recover` puts back if a crash came between them. Re-ingesting a month replaces it.
+- A feature build (splits, lookups and the spec that records the lookups' sha256s) is a whole
+  generation folder, published by replacing one symlink (`publish_generation`); see
+  `pipelines.layout`.
+
+Against power loss as well as kill -9, what a rename publishes is fsynced before it (each file,
+then each folder bottom up) and the parent folder after it, so the rename itself is durable.
+
+Crash leftovers (`*.tmp` files, `.staging-*` and `.trash-*` folders, unpublished generations)
+are removed by `recover` and `prune_generations` at the start of the next writer's run. They
+must only run where no other writer of the same data is live (the data writer lock).
 
 Bronze, quarantine and feature tables are Parquet (pyarrow, imported when used). The online
 lookup tables are `.npz` files of plain numpy arrays (`write_npz_table`): the server reads them
@@ -12,9 +27,14 @@ with numpy alone and never with pickle, so the serving image needs no pyarrow.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import io
 import logging
+import os
 import shutil
+import sys
+import time
 import uuid
 import zipfile
 from collections.abc import Callable
@@ -27,16 +47,49 @@ logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
+TMP_SUFFIX = ".tmp"
 ROW_GROUP_ROWS = 64_000
 
 
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (any descriptor of the file does)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries, so a rename or a new file in it survives a power loss.
+    Windows cannot open a folder, and its renames need no such step."""
+    if os.name == "nt":
+        return
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """Every file under `root`, then every folder bottom up: all of it durable before the
+    rename that publishes it."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fsync_file(Path(folder) / name)
+        fsync_dir(Path(folder))
+
+
 def _write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
-    """Call `write` on a temporary name in the same folder, then rename it to `path`."""
+    """Call `write` on a temporary name in the same folder, fsync it, then rename it to `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
     try:
         write(tmp)
+        fsync_file(tmp)
         tmp.replace(path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -113,32 +166,147 @@ def read_npz_folder(folder: Path) -> pd.DataFrame:
     return pd.concat([read_npz_table(f) for f in files], ignore_index=True)
 
 
+def _libc_renameat2():  # -> the C function, or None where the C library has none
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, or a libc without it
+        return None
+
+
+_RENAMEAT2 = _libc_renameat2()
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step; False where the OS or filesystem cannot."""
+    if _RENAMEAT2 is None:
+        return False
+    done = _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if done == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
 def swap_in(staged: Path, final: Path) -> None:
-    """Replace folder `final` by `staged`; the old one is moved aside, then deleted."""
+    """Replace folder `final` by `staged` (fsynced first). Where the OS can, both are exchanged
+    in one step and `staged` then holds the old folder; otherwise the old one is moved aside
+    first (a crash between the renames is undone by `recover`). The old folder is deleted."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    fsync_tree(staged)
+    if final.exists() and exchange(staged, final):
+        fsync_dir(final.parent)
+        shutil.rmtree(staged, ignore_errors=True)
+        return
     trash = final.with_name(f"{TRASH_PREFIX}{final.name}-{uuid.uuid4().hex}")
     if final.exists():
         final.replace(trash)
     staged.replace(final)
+    fsync_dir(final.parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
+def _is_leftover_file(entry: Path) -> bool:
+    """A `_write_atomic` temporary (or `publish_generation`'s link) a crash left behind."""
+    return (
+        entry.name.startswith(".")
+        and entry.name.endswith(TMP_SUFFIX)
+        and not (entry.is_dir() and not entry.is_symlink())
+    )
+
+
+def recover_entry(entry: Path) -> bool:
+    """Clean `entry` if it is a crash leftover (True): a temporary file or a staging folder is
+    removed; a trash folder is put back where its original is missing, removed otherwise."""
+    if _is_leftover_file(entry):
+        entry.unlink(missing_ok=True)
+    elif entry.name.startswith(TRASH_PREFIX):
+        original = entry.with_name(entry.name.removeprefix(TRASH_PREFIX).rsplit("-", 1)[0])
+        if original.exists():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            logger.warning("restoring %s after an interrupted swap", original)
+            entry.replace(original)
+    elif entry.name.startswith(STAGING_PREFIX):
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        return False
+    return True
+
+
 def recover(root: Path) -> None:
-    """Undo what a crash between the two renames of `swap_in` or mid-staging left under `root`."""
-    if not root.is_dir():
+    """Undo what a crash left anywhere under `root`: see `recover_entry`."""
+    if not root.is_dir() or root.is_symlink():  # a symlink's target is visited by its own path
         return
     for entry in root.iterdir():
-        if entry.name.startswith(TRASH_PREFIX):
-            original = entry.with_name(entry.name.removeprefix(TRASH_PREFIX).rsplit("-", 1)[0])
-            if original.exists():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                logger.warning("restoring %s after an interrupted swap", original)
-                entry.replace(original)
-        elif entry.name.startswith(STAGING_PREFIX):
-            shutil.rmtree(entry, ignore_errors=True)
-        elif entry.is_dir():
+        if not recover_entry(entry) and entry.is_dir() and not entry.is_symlink():
             recover(entry)
+
+
+def recover_target(final: Path) -> None:
+    """Undo what a crash left beside one folder that `swap_in` replaces (its own `.staging-` and
+    `.trash-` siblings only): for outputs in a user's folder, where `recover` must not walk."""
+    if not final.parent.is_dir():
+        return
+    for entry in final.parent.iterdir():
+        # `.staging-model-<hex>` is ours; `.staging-model-2-<hex>` is model-2's
+        if entry.name.rsplit("-", 1)[0] in (STAGING_PREFIX + final.name, TRASH_PREFIX + final.name):
+            recover_entry(entry)
+
+
+def staging_for(final: Path) -> Path:
+    """A fresh staging folder's path beside `final`, named so that `recover_target` finds it."""
+    return final.with_name(f"{STAGING_PREFIX}{final.name}-{uuid.uuid4().hex[:12]}")
+
+
+def new_generation(generations: Path) -> Path:
+    """A fresh generation folder's path; names sort by creation time, which
+    `prune_generations` relies on."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    return generations / f"{stamp}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:8]}"
+
+
+def current_generation(link: Path) -> Path | None:
+    """The generation `link` points to, or None when nothing is published."""
+    if not link.is_symlink():
+        return None
+    return link.parent / link.readlink()
+
+
+def publish_generation(generation: Path, link: Path) -> None:
+    """Make a complete generation the current one in one step: everything in it is fsynced,
+    then `link` is replaced by a symlink to it (a rename over the old link), then fsynced."""
+    fsync_tree(generation)
+    fsync_dir(generation.parent)
+    tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
+    tmp.symlink_to(os.path.relpath(generation, link.parent), target_is_directory=True)
+    try:
+        tmp.replace(link)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(link.parent)
+
+
+def prune_generations(generations: Path, link: Path) -> list[Path]:
+    """Remove every generation but the current one and the one it replaced (a reader that
+    resolved that one, a training run that started before the build, keeps its files until
+    the next build). Newer than the current means never published: a crashed build's."""
+    current = current_generation(link)
+    if not generations.is_dir():
+        return []
+    names = sorted(p.name for p in generations.iterdir() if not p.name.startswith("."))
+    keep: set[str] = set()
+    if current is not None and current.name in names:
+        at = names.index(current.name)
+        keep = {current.name, *names[max(0, at - 1) : at]}
+    removed = [generations / n for n in names if n not in keep]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 class StagedTable:
@@ -149,7 +317,7 @@ class StagedTable:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.staging = root.parent / f"{STAGING_PREFIX}{root.name}-{uuid.uuid4().hex[:12]}"
+        self.staging = staging_for(root)
         self._parts: dict[str | None, int] = {}
 
     def write(self, frame: pd.DataFrame, partition: str | None = None) -> Path:

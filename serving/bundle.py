@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from pipelines.errors import ModelRefusedError
 from pipelines.spec import sha256_of
+from pipelines.storage import fsync_dir, fsync_tree
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 ONNX_FILE = "model.onnx"
 CONTRACT = "contract"
 BUNDLE_FILE = "bundle.json"
+STAGING_SUFFIX = ".staging"  # `.<version>.<uuid>.staging`: a download in progress, or a crash's
 
 
 class ModelRejectedError(ModelRefusedError):
@@ -102,7 +104,7 @@ def verify(bundle: Bundle) -> None:
     for name, entry in spec.get("lookups", {}).items():
         if lookups.get(name) != entry["sha256"]:
             raise ModelRejectedError(f"lookup {name}: the spec and the model metadata disagree")
-        # lookups paths are relative to the data folder: data/lookups/x -> contract/lookups/x
+        # lookups paths are relative to the feature build: <build>/lookups/x -> contract/lookups/x
         expected[bundle.folder / CONTRACT / entry["path"]] = entry["sha256"]
     for path, digest in expected.items():
         if not path.is_file():
@@ -138,28 +140,47 @@ def download_version(client: MlflowClient, name: str, version: str, cache: Path)
     Safe for any number of threads and processes sharing `cache` (the workers of one server):
     one downloads under a file lock while the others wait, then find it complete. A version's
     folder appears by one rename of a complete staging folder, so its presence means complete;
-    a folder left by a crash is a staging one, removed by the next download.
+    a folder left by a crash is a staging one, removed by the next download of any version.
 
     Everything goes through `client`, whose tracking and registry URIs the caller chose: never
     MLflow's process-global URI (which resolved `models:/` URIs against a stray ./mlflow.db).
     """
     version = str(version)
     target = cache / name / version
-    if (target / BUNDLE_FILE).is_file():
-        return read_bundle(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.parent / f".{version}.lock"):
-        if not (target / BUNDLE_FILE).is_file():
-            for leftover in target.parent.glob(f".{version}.*.staging"):  # a crashed download
-                shutil.rmtree(leftover, ignore_errors=True)
-            staging = target.parent / f".{version}.{uuid.uuid4().hex}.staging"
-            try:
-                _download(client, name, version, staging)
-                shutil.rmtree(target, ignore_errors=True)  # not ours: no bundle.json in it
-                staging.rename(target)
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
+    if not (target / BUNDLE_FILE).is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(target.parent / f".{version}.lock"):
+            if not (target / BUNDLE_FILE).is_file():
+                _remove_leftovers(target.parent, version)  # ours to remove: we hold its lock
+                staging = target.parent / f".{version}.{uuid.uuid4().hex}{STAGING_SUFFIX}"
+                try:
+                    _download(client, name, version, staging)
+                    fsync_tree(staging)  # durable before the rename that makes it "complete"
+                    shutil.rmtree(target, ignore_errors=True)  # not ours: no bundle.json in it
+                    staging.rename(target)
+                    fsync_dir(target.parent)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+    _remove_crashed_downloads(target.parent)
     return read_bundle(target)
+
+
+def _remove_leftovers(folder: Path, version: str) -> None:
+    """Staging folders of `version` that crashed downloads left (call with its lock held)."""
+    for leftover in folder.glob(f".{version}.*{STAGING_SUFFIX}"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _remove_crashed_downloads(folder: Path) -> None:
+    """Staging folders of any version whose lock is free: crashed downloads, which no later
+    download of that version may come to clean. A version whose lock is held is being
+    downloaded now, and its staging is left alone."""
+    for version in sorted({p.name.split(".")[1] for p in folder.glob(f".*{STAGING_SUFFIX}")}):
+        try:
+            with FileLock(folder / f".{version}.lock", timeout=0):
+                _remove_leftovers(folder, version)
+        except Timeout:
+            continue
 
 
 def discard(bundle: Bundle) -> None:

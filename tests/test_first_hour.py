@@ -78,10 +78,11 @@ def test_the_first_hour_from_a_fresh_clone(tmp_path: Path) -> None:
     output = mlops(work, "run", "--trials", "2", "--tune-epochs", "1", "--epochs", "1")
     state = work / ".mlops"
     data = state / "data"
-    assert (data / "feature_spec.json").exists()
+    build = data / "current"  # the published feature build
+    assert (build / "feature_spec.json").exists()
     for split in ("train", "valid", "test"):
-        assert any((data / "features" / split).glob("*.parquet"))
-    assert any((data / "lookups" / "flight_events").glob("*.npz"))
+        assert any((build / "features" / split).glob("*.parquet"))
+    assert any((build / "lookups" / "flight_events").glob("*.npz"))
     flat = output.replace("\n", "")
     assert str(data.resolve()) in flat or ".mlops/data" in flat
     assert "flight-delay v1 (champion)" in flat

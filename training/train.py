@@ -81,6 +81,7 @@ def train(
     `retrain 2013-12:`) and described by its model card. Under torchrun only rank 0 tracks,
     exports and returns a result; the others help fit.
     """
+    layout = layout.pinned()  # a build published meanwhile must not mix into this run's reads
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
     device = pick_device()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import uuid
 from pathlib import Path
 
 from mlops.configs import mlflow_client, tracking_of
 from mlops.settings import Settings
 from pipelines.errors import NoDataError
+from pipelines.storage import recover_target, staging_for, swap_in
 from serving.bundle import Bundle, download_version, verify
 
 
@@ -38,14 +38,15 @@ def registered_bundle(settings: Settings, version: str | None = None) -> Bundle:
 
 
 def export_model(settings: Settings, output: Path, version: str | None = None) -> Bundle:
-    """The model folder `mlops serve --model-dir` takes; it replaces `output` whole."""
+    """The model folder `mlops serve --model-dir` takes. It replaces `output` whole: a crash
+    leaves the old folder or the new one (or, between two renames where the OS cannot
+    exchange folders, none), and this export's own leftovers are cleaned by the next."""
     bundle = registered_bundle(settings, version)
-    staging = output.with_name(f".{output.name}.{uuid.uuid4().hex}")
-    shutil.copytree(bundle.folder, staging)
+    recover_target(output)
+    staging = staging_for(output)
     try:
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
+        shutil.copytree(bundle.folder, staging)
+        swap_in(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return bundle

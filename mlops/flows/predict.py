@@ -9,7 +9,6 @@ partition has succeeded.
 from __future__ import annotations
 
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from mlops.flows.progress import Progress
 from mlops.settings import Settings
 from pipelines.errors import SourceError
 from pipelines.sources import source_files
-from pipelines.storage import swap_in, write_parquet
+from pipelines.storage import recover_target, staging_for, swap_in, write_parquet
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,8 @@ def _score_partition(frame: pd.DataFrame, model_folder: str, index: int, staging
 def predict_table(source: Path, output: Path, model_folder: Path) -> PredictReport:
     """Score every row of `source` (needs a Dask client); the output appears whole or not."""
     frame = _read(source)
-    staging = output.with_name(f".{output.name}.{uuid.uuid4().hex}")
+    recover_target(output)  # what a killed run left beside it
+    staging = staging_for(output)
     staging.mkdir(parents=True)
     try:
         tasks = [

@@ -110,7 +110,7 @@ def test_lookups_are_recorded_with_their_sha256_and_rebuild_the_features(built) 
     spec = FeatureSpec.load(layout.spec)
     assert {"weather.npz", "planes.npz", "airports.npz"} <= set(spec.lookups)
     for entry in spec.lookups.values():
-        assert sha256_of(layout.root / entry.path) == entry.sha256
+        assert sha256_of(layout.build / entry.path) == entry.sha256
     lookups = load_lookups(layout.lookups)
     test = _tables(layout)["test"]
     rows = test.sample(2_000, random_state=0).reset_index(drop=True)

@@ -3,16 +3,26 @@ tables' `.npz` format."""
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
+from pipelines.layout import DataLayout
 from pipelines.storage import (
+    TMP_SUFFIX,
     StagedTable,
+    exchange,
+    new_generation,
+    prune_generations,
+    publish_generation,
     read_npz_table,
     recover,
+    swap_in,
+    write_bytes_atomic,
     write_npz_table,
     write_parquet_atomic,
 )
@@ -66,3 +76,44 @@ def test_npz_tables_round_trip_without_pickle_and_byte_for_byte(tmp_path: Path) 
         back["time_hour"].to_numpy("datetime64[ns]"), frame["time_hour"].to_numpy("datetime64[ns]")
     )
     assert back["cancelled"].tolist() == [True, False, True]
+
+
+def test_a_killed_atomic_write_leaves_a_tmp_file_that_recover_removes(tmp_path: Path) -> None:
+    target = tmp_path / "data" / "quarantine" / "flights" / "month=2013-01.parquet"
+    write_parquet_atomic(pd.DataFrame({"a": [1]}), target)
+    leftover = target.with_name(f".{target.name}.{'0' * 32}{TMP_SUFFIX}")
+    leftover.write_bytes(b"half a parquet file")  # what a kill -9 inside `write` leaves
+    recover(tmp_path / "data")
+    assert not leftover.exists() and target.exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux's")
+def test_a_folder_is_exchanged_in_one_step_and_the_old_one_deleted(tmp_path: Path) -> None:
+    final, staged = tmp_path / "month=2013-01", tmp_path / ".staging-month=2013-01-x"
+    write_parquet_atomic(pd.DataFrame({"a": [1]}), final / "part-00000.parquet")
+    write_parquet_atomic(pd.DataFrame({"a": [2]}), staged / "part-00000.parquet")
+    assert exchange(staged, final)
+    assert pd.read_parquet(final)["a"].tolist() == [2]
+    assert pd.read_parquet(staged)["a"].tolist() == [1]
+    write_parquet_atomic(pd.DataFrame({"a": [3]}), tmp_path / "next" / "part-00000.parquet")
+    swap_in(tmp_path / "next", final)
+    assert pd.read_parquet(final)["a"].tolist() == [3]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [staged.name, final.name]
+
+
+def test_a_generation_is_published_by_one_link_and_old_ones_pruned(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    made = []
+    for number in range(4):
+        generation = new_generation(layout.generations)
+        write_bytes_atomic(str(number).encode(), generation / "feature_spec.json")
+        made.append(generation)
+        if number < 3:  # the last one is a build killed before its publication
+            publish_generation(generation, layout.current)
+    assert layout.spec.read_text() == "2"
+    assert layout.pinned().generation == made[2].name
+    assert prune_generations(layout.generations, layout.current) == [made[0], made[3]]
+    assert sorted(p.name for p in layout.generations.iterdir()) == [made[1].name, made[2].name]
+    pinned = layout.pinned()
+    publish_generation(made[1], layout.current)  # a reader pinned before keeps its build
+    assert pinned.spec.read_text() == "2" and layout.spec.read_text() == "1"

@@ -74,3 +74,16 @@ def test_a_file_the_registry_did_not_record_is_refused(bundle: Bundle) -> None:
     (bundle.folder / "contract" / "notes.txt").write_text("anything")
     with pytest.raises(ModelRejectedError, match=r"notes\.txt is not recorded"):
         verify(bundle)
+
+
+def test_crashed_downloads_are_removed_but_not_one_in_progress(tmp_path: Path) -> None:
+    from filelock import FileLock
+
+    from serving.bundle import _remove_crashed_downloads
+
+    crashed, live = tmp_path / ".3.aaaa.staging", tmp_path / ".4.bbbb.staging"
+    for folder in (crashed, live):
+        (folder / "contract").mkdir(parents=True)
+    with FileLock(tmp_path / ".4.lock"):  # version 4 is being downloaded by another process
+        _remove_crashed_downloads(tmp_path)
+    assert not crashed.exists() and live.exists()
