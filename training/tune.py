@@ -210,7 +210,7 @@ def _work(
 
     if threads:
         torch.set_num_threads(threads)
-    layout = DataLayout(layout_home)
+    layout = DataLayout(layout_home).pinned()  # one build for the spec and the splits
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
     device = pick_device()

@@ -23,7 +23,7 @@ from serving.metrics import ServingMetrics
 from serving.middleware import BodyLimit, RequestMetrics
 from serving.schemas import ModelInfo, PredictResponse
 
-from .conftest import as_requests, ready_client
+from .conftest import as_requests, eventually, ready_client
 
 CONFIG = ServeConfig(poll_interval_s=0, admin_token="s3cret", max_body_bytes=64_000)
 FLIGHT = {
@@ -151,6 +151,10 @@ def test_responses_have_the_shape_of_their_models(
 def test_every_route_that_needs_a_model_says_when_to_retry(tmp_path: Path) -> None:
     app = create_app(ServeConfig(poll_interval_s=0), FolderSource(tmp_path))
     with TestClient(app) as client:
+        # the first poll runs off the event loop: until it has looked, the answer is "loading"
+        eventually(
+            lambda: "nothing at" in client.get("/model").json()["detail"], 30, "the first poll"
+        )
         for method, path, body in [
             ("POST", "/predict", {"flights": [FLIGHT]}),
             ("POST", "/invocations", {"dataframe_records": [FLIGHT]}),
