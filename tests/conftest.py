@@ -99,3 +99,14 @@ def restartable_postgres(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(f"needs {missing} to run a PostgreSQL cluster of the test's own")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_environment_leaks() -> Iterator[None]:
+    """Each test starts from the environment the session started with: an in-process CLI call
+    exports its settings (MLflow's client reads its credentials from the environment), and a
+    later test's subprocesses (torchrun ranks, tuning workers) inherited a dead server's URI."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
