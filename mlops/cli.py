@@ -17,7 +17,7 @@ from mlops.console import console
 from mlops.errors import EPILOG, MappedErrors
 from mlops.logs import configure_batch, configure_service
 from mlops.settings import Settings, secrets_from_files
-from training.config import redact
+from pipelines.redact import redact
 
 SERVICES = ("serve", "schedule")  # long-running: they log to stderr, not to a file
 

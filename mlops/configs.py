@@ -15,8 +15,9 @@ from mlops.settings import Settings
 from pipelines.cluster import ClusterConfig
 from pipelines.errors import RegistryUnavailableError
 from pipelines.layout import DataLayout
+from pipelines.redact import redact
 from pipelines.splits import SplitPlan
-from training.config import TrackingConfig, TuneConfig, redact
+from training.config import TrackingConfig, TuneConfig
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -23,7 +23,7 @@ from pipelines.errors import (
     SourceError,
     WriterBusyError,
 )
-from training.config import redact
+from pipelines.redact import redact
 
 # Most specific first: the first class an error is an instance of decides its code.
 EXIT_CODES: dict[type[MlopsError], tuple[int, str]] = {

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from pipelines.errors import LockLostError, LockUnavailableError, WriterBusyError
+from pipelines.redact import redact
 
 if TYPE_CHECKING:
     from mlops.settings import Settings
@@ -154,10 +155,8 @@ class PostgresWriterLock(WriterLock):
     RETAKE_S = 0.2
 
     def __init__(self, purpose: str, url: str) -> None:
-        from sqlalchemy.engine import make_url
-
         self.dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
-        where = make_url(url).render_as_string(hide_password=True)
+        where = redact(url)
         super().__init__(purpose, where)
         self._name = f"mlops {purpose} pid {os.getpid()}"[:63]  # PostgreSQL's NAMEDATALEN
         self._connection: Any = None

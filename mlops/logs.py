@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from rich.console import Console
 
-from training.config import redact
+from pipelines.redact import redact
 
 LogFormat = Literal["text", "json"]
 TEXT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"

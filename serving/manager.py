@@ -33,11 +33,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pipelines.errors import ModelRefusedError
+from pipelines.redact import redact
 from serving.batcher import ModelSlot
 from serving.bundle import Bundle, discard, download_version, read_bundle
 from serving.metrics import ServingMetrics
 from serving.runtime import LoadedModel
-from training.config import redact
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

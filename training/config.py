@@ -11,7 +11,6 @@ The model and fit defaults are the best trial of a 12-trial study on the bundled
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -117,15 +116,3 @@ class TrackingConfig:
         if not self.uri:
             self.home.mkdir(parents=True, exist_ok=True)
         return MlflowClient(tracking_uri=self.resolved_uri, registry_uri=self.resolved_registry_uri)
-
-
-# A URL's password (scheme://user:password@host) and a connection string's password=...,
-# wherever they appear in a text: an error message quotes the URL it failed on.
-_URL_PASSWORD = re.compile(r"(?P<user>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#@\s]*):[^@\s]*@")
-_KEY_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?:'[^']*'|\"[^\"]*\"|[^\s&;]+)", re.I)
-
-
-def redact(text: str) -> str:
-    """`text` with every password in it masked: the one way a URI is shown (console, logs,
-    errors, /model). Here because every package may import it, the serving image included."""
-    return _KEY_PASSWORD.sub(r"\g<key>***", _URL_PASSWORD.sub(r"\g<user>:***@", text))

@@ -12,7 +12,7 @@ from mlops.console import Bars, console, decision_line, show_features, show_inge
 from mlops.flows.run import run
 from mlops.flows.training import has_champion
 from mlops.settings import Settings
-from training.config import redact
+from pipelines.redact import redact
 
 
 def run_command(

@@ -11,7 +11,7 @@ from mlops.configs import tracking_of, tune_of
 from mlops.console import Bars, console, decision_line, show_metrics
 from mlops.flows import training
 from mlops.settings import Settings
-from training.config import redact
+from pipelines.redact import redact
 
 RunOption = Annotated[str | None, typer.Option(help="the run (default: the latest)")]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pipelines.redact import redact
 from tests.processes import clean_env, mlops_serve
-from training.config import redact
 
 PASSWORD = "s3cretpassw0rd"  # a test value, looked for in every output
 # Nothing listens on port 1: each store fails fast with its URI in the error
