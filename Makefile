@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # 2.13.0 is what CI runs: a CPU wheel on this project's machines, found on local disk.
 TORCH ?= torch==2.13.0
 
-.PHONY: run test lint format bench figures clean
+.PHONY: run test test-all lint format bench figures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,15 @@ test: $(STAMP)  ## set up, lint and run the test suite (MLOPS_TEST_ALL=1: the lo
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(SLOW) --durations=15
 
+test-all:  ## the fast suite and the long variants, as CI runs them
+	$(MAKE) test MLOPS_TEST_ALL=1
+
 lint: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
 bench: $(STAMP)  ## the benchmarks (tens of minutes; writes benchmarks/results/)
-	$(BIN)/python -m pip install --quiet 'lightgbm>=4' 'aiohttp>=3.9'
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/bench_training.py
 	$(BIN)/python benchmarks/serving.py

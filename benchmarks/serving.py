@@ -256,7 +256,7 @@ def onnx_latency(model: LoadedModel, sample: pd.DataFrame) -> dict:
         out[f"batch_{size}_ms"] = statistics.median(times) * 1000
     out["rows_per_s_at_4096"] = 4096 / (out["batch_4096_ms"] / 1000)
     started = time.perf_counter()
-    model.score(rows.head(1000))
+    model.score_frame(rows.head(1000))
     out["score_1000_rows_ms"] = (time.perf_counter() - started) * 1000
     return out
 

@@ -32,7 +32,7 @@ def layout_of(settings: Settings) -> DataLayout:
 
 
 def cluster_of(settings: Settings) -> ClusterConfig:
-    return replace(settings.dask, scheduler=settings.dask_scheduler or settings.dask.scheduler)
+    return replace(settings.dask, scheduler=settings.dask_scheduler)
 
 
 def plan_of(settings: Settings) -> SplitPlan:
@@ -42,7 +42,7 @@ def plan_of(settings: Settings) -> SplitPlan:
 def tune_of(settings: Settings, **overrides: object) -> TuneConfig:
     """The study's config: MLOPS_OPTUNA_STORAGE, then the options a command was given."""
     given = {name: value for name, value in overrides.items() if value is not None}
-    return replace(settings.tune, storage=settings.optuna_storage or settings.tune.storage, **given)
+    return replace(settings.tune, storage=settings.optuna_storage, **given)
 
 
 def tracking_of(settings: Settings) -> TrackingConfig:

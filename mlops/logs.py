@@ -29,8 +29,14 @@ def _formatter(fmt: LogFormat) -> dict[str, Any]:
     if fmt == "json":
         return {
             "()": "pythonjsonlogger.json.JsonFormatter",
-            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
-            "rename_fields": {"levelname": "level", "name": "logger", "asctime": "time"},
+            # the pid: each worker of `mlops serve --workers N` logs its own loads and refusals
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+            "rename_fields": {
+                "levelname": "level",
+                "name": "logger",
+                "asctime": "time",
+                "process": "pid",
+            },
         }
     return {"format": TEXT}
 
@@ -58,6 +64,10 @@ def route_library_output(home: Path) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # tqdm bars
     # matplotlib's font cache and onnxruntime's device id: under MLOPS_HOME, not ~/.cache
     os.environ.setdefault("XDG_CACHE_HOME", str((home / "cache").resolve()))
+    # torch's compile cache (the ONNX exporter's torch.export touches it): not the shared /tmp
+    os.environ.setdefault(
+        "TORCHINDUCTOR_CACHE_DIR", str((home / "cache" / "torchinductor").resolve())
+    )
 
 
 def adopt(*names: str) -> None:

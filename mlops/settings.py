@@ -115,6 +115,18 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _one_name_each(self) -> Settings:
+        """The scheduler's address and the study's storage are named by DESIGN.md's variables;
+        their sections' fields of the same meaning would be a second name for each."""
+        for variable, value, name in (
+            ("MLOPS_DASK__SCHEDULER", self.dask.scheduler, "MLOPS_DASK_SCHEDULER"),
+            ("MLOPS_TUNE__STORAGE", self.tune.storage, "MLOPS_OPTUNA_STORAGE"),
+        ):
+            if value:
+                raise ValueError(f"{variable} is not read: set {name} instead")
+        return self
+
+    @model_validator(mode="after")
     def _no_placeholder_secrets(self) -> Settings:
         """A copied example value is not a secret (full-stack-fastapi-template does the same)."""
         secrets = {

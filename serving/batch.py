@@ -2,8 +2,8 @@
 
 `score_table` is what each Dask partition runs (`mlops predict` wires the graph): rows are
 validated exactly as the API validates them, the valid ones are scored by the same
-`LoadedModel.score` the server calls, and the others come back with their reason so that the
-caller quarantines and counts them.
+`LoadedModel.score_rows` the server calls, and the others come back with their reason so that
+the caller quarantines and counts them.
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ import numpy as np
 
 from serving.config import ServeConfig
 from serving.runtime import LoadedModel, Scored
+from serving.slot import ModelSlot
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +71,6 @@ class _Pending:
     rows: list[dict]
     future: asyncio.Future[Answer] = field(repr=False)
     arrived: float  # time.monotonic()
-
-
-class ModelSlot:
-    """The served model: requests read `current` without a lock; a swap replaces it whole."""
-
-    def __init__(self) -> None:
-        self.current: LoadedModel | None = None
-
-    def swap(self, model: LoadedModel) -> None:
-        self.current = model
 
 
 # How often the loop's lag is sampled: 200 timers a second cost ~0.1% of a core.

@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from pipelines.errors import ModelRefusedError
 from pipelines.redact import redact
-from serving.batcher import ModelSlot
 from serving.bundle import Bundle, discard, download_version, read_bundle
 from serving.metrics import ServingMetrics
 from serving.runtime import LoadedModel
+from serving.slot import ModelSlot
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

@@ -119,7 +119,7 @@ class LoadedModel:
         """Raw flight columns -> the model's inputs: the shared transform and the spec."""
         return encode(feature_arrays(columns, self.lookups, rows), self.spec)
 
-    def score(self, flights: pd.DataFrame) -> Scored:
+    def score_frame(self, flights: pd.DataFrame) -> Scored:
         """A table of raw flights (RAW_INPUTS columns) -> probabilities."""
         return self.score_columns(table_columns(flights), len(flights))
 
@@ -192,7 +192,7 @@ class LoadedModel:
             for size in (1, rows):
                 _infer(session, encoded.categorical[:size], encoded.numerical[:size])
         for size in (1, rows):  # and the whole request path
-            self.score(flights.head(size))
+            self.score_frame(flights.head(size))
 
 
 # Lookups by the sha256s of their files: versions trained on one feature table (the trials of a

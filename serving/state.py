@@ -14,11 +14,12 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from serving.batcher import MicroBatcher, ModelSlot, NotReadyError
+from serving.batcher import MicroBatcher, NotReadyError
 from serving.config import ServeConfig
 from serving.manager import ModelManager, Source
 from serving.metrics import ServingMetrics
 from serving.runtime import LoadedModel
+from serving.slot import ModelSlot
 
 logger = logging.getLogger(__name__)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,3 +111,8 @@ def _no_environment_leaks() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+    tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    leaked = getattr(tracking, "_tracking_uri", None)
+    if leaked is not None:  # the test that leaked it fails here, not a later one elsewhere
+        tracking.set_tracking_uri(None)
+        pytest.fail(f"MLflow's global tracking URI was left set to {leaked}")

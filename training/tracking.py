@@ -15,7 +15,9 @@ from contextlib import contextmanager
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from training.config import TrackingConfig
 
@@ -60,19 +62,26 @@ def experiment_id(client: MlflowClient, config: TrackingConfig) -> str:
 def fluent_tracking(config: TrackingConfig) -> Iterator[str]:
     """MLflow's fluent API aimed at the store for one tracked run; yields the experiment id.
 
-    Whatever global URI was set before (usually none) is restored afterwards, the exported
-    MLFLOW_TRACKING_URI included, so settings read later are not fed our own value back.
-    The registry is never reached this way (registering goes through `TrackingConfig.client`),
-    so its global URI is left alone.
+    `mlflow.set_tracking_uri` sets a module global and exports MLFLOW_TRACKING_URI; both are put
+    back exactly as they were, each on its own: restoring the global from `get_tracking_uri()`
+    would turn a URI the environment named into a global that outlives the environment, and
+    whatever runs later in this process (another store's run, a spawned tuning worker or
+    torchrun rank) would be aimed at it. The registry is never reached this way (registering
+    goes through `TrackingConfig.client`), so its global URI is left alone.
     """
     client = config.client()
     found = experiment_id(client, config)
-    previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    global_before = tracking_utils._tracking_uri  # MLflow has no public getter for the raw value
+    exported_before = MLFLOW_TRACKING_URI.get_raw()
     mlflow.set_tracking_uri(config.resolved_uri)
     try:
         yield found
     finally:
-        mlflow.set_tracking_uri(previous)  # None unsets it, the environment variable too
+        mlflow.set_tracking_uri(global_before)  # None unsets the global and the export
+        if exported_before is None:
+            MLFLOW_TRACKING_URI.unset()
+        else:
+            MLFLOW_TRACKING_URI.set(exported_before)
 
 
 def _tag_experiment(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> None:

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 ALL = Path("/secrets/all")  # the init service's own copy of every secret
 SERVICE_UID = 10001  # the `mlops` user of both images (infra/Dockerfile.*)
 AUTH_DB = "sqlite:////mlartifacts/basic_auth.db"  # as infra/mlflow/basic_auth.ini says
+# Copied example values, not secrets: refused (the same set as mlops.settings refuses at each
+# service's startup; this script runs where the project is not installed, a test keeps both equal)
+PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret", "password"})
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,11 @@ def resolve_secrets(environ: dict[str, str]) -> tuple[dict[str, str], dict[str, 
         path = ALL / secret.name
         kept = path.read_text().strip() if path.exists() else ""
         given = environ.get(secret.variable, "").strip() if secret.variable else ""
+        if given.lower() in PLACEHOLDER_SECRETS:
+            raise SystemExit(
+                f"[init] {secret.variable} is {given!r}, a placeholder: set a real secret in "
+                ".env (openssl rand -hex 32) or remove the line to have one generated"
+            )
         value = given or kept
         if not value:
             value = secrets.token_urlsafe(24)  # 32 URL-safe characters: no quoting anywhere

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -15,6 +16,8 @@ from mlops.flows.export import export_model
 from mlops.flows.predict import predict
 from mlops.logs import service_config
 from mlops.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 ModelDirOption = Annotated[
     Path | None, typer.Option(help="a local model folder instead of the registry's champion")
@@ -48,9 +51,11 @@ def serve_command(
     # would end this process with 143 after a clean stop; the handler it restores exits 0
     signal.signal(signal.SIGTERM, _exit_cleanly)
     source = model_dir or model_source(settings).describe()
-    console.print(
-        f"serving {source} on http://{host or serve.host}:{port or serve.port} (docs at /docs)"
-    )
+    where = f"serving {source} on http://{host or serve.host}:{port or serve.port} (docs at /docs)"
+    if settings.log_format == "json":  # one JSON object per line, this line included
+        logger.info(where)  # configured by the CLI callback, as every service's
+    else:
+        console.print(where)
     uvicorn.run(
         "mlops.serve_app:create",
         factory=True,

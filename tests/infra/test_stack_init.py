@@ -11,6 +11,8 @@ from types import ModuleType
 
 import pytest
 
+from mlops.settings import PLACEHOLDER_SECRETS
+
 SCRIPT = Path(__file__).resolve().parents[2] / "infra" / "init" / "stack_init.py"
 
 
@@ -61,3 +63,10 @@ def test_each_service_gets_only_its_own(init: ModuleType, tmp_path: Path) -> Non
     assert seen["dashboard"]["optuna_storage"].startswith("postgresql+psycopg://dashboard:")
     superuser = values["postgres_password"]
     assert all(superuser not in v for s in services[1:] for v in seen[s].values())
+
+
+@pytest.mark.parametrize("placeholder", ["change-me", "CHANGEME", "password"])
+def test_a_placeholder_from_env_is_refused(init: ModuleType, placeholder: str) -> None:
+    with pytest.raises(SystemExit, match=r"MLFLOW_FLASK_SERVER_SECRET_KEY is .* a placeholder"):
+        init.resolve_secrets({"MLFLOW_FLASK_SERVER_SECRET_KEY": placeholder})
+    assert init.PLACEHOLDER_SECRETS == PLACEHOLDER_SECRETS  # what every service refuses too

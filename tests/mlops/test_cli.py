@@ -79,3 +79,16 @@ def test_settings_read_the_environment_at_the_edge(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("MLOPS_DASK_SCHEDULER", "not-an-address")
     with pytest.raises(ValueError, match="tcp://host:8786"):
         Settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("second", "first"),
+    [
+        ("MLOPS_DASK__SCHEDULER", "MLOPS_DASK_SCHEDULER"),
+        ("MLOPS_TUNE__STORAGE", "MLOPS_OPTUNA_STORAGE"),
+    ],
+)
+def test_a_setting_has_one_name(monkeypatch: pytest.MonkeyPatch, second: str, first: str) -> None:
+    monkeypatch.setenv(second, "tcp://elsewhere:8786")
+    with pytest.raises(ValueError, match=f"{second} is not read: set {first} instead"):
+        Settings(_env_file=None)

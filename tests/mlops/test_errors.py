@@ -82,10 +82,11 @@ def test_a_model_folder_whose_checksum_is_wrong_is_refused(tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
-def test_a_placeholder_secret_is_refused_at_startup(tmp_path: Path) -> None:
-    done = mlops("--home", str(tmp_path), "serve", env={"MLOPS_SERVE__ADMIN_TOKEN": "change-me"})
+@pytest.mark.parametrize("variable", ["MLOPS_SERVE__ADMIN_TOKEN", "MLFLOW_TRACKING_PASSWORD"])
+def test_a_placeholder_secret_is_refused_at_startup(tmp_path: Path, variable: str) -> None:
+    done = mlops("--home", str(tmp_path), "serve", env={variable: "change-me"})
     assert done.returncode == 2, done.stderr
-    assert "MLOPS_SERVE__ADMIN_TOKEN" in done.stderr and "placeholder" in done.stderr
+    assert variable in done.stderr and "placeholder" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -18,7 +18,6 @@ from serving.batcher import (
     ARRIVED,
     Answer,
     MicroBatcher,
-    ModelSlot,
     NotReadyError,
     OverloadedError,
     ScoringError,
@@ -27,6 +26,7 @@ from serving.bundle import Bundle
 from serving.metrics import ServingMetrics
 from serving.protocols import validate_flights
 from serving.runtime import LoadedModel, Scored
+from serving.slot import ModelSlot
 
 from .conftest import as_requests
 

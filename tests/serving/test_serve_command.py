@@ -1,7 +1,13 @@
-"""`mlops serve` as a user starts it: two uvicorn workers on a local model folder."""
+"""`mlops serve` as a user starts it (two uvicorn workers on a local model folder), and the
+serving image's uvicorn factory: both answer, stop cleanly and log one JSON object per line."""
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -9,7 +15,7 @@ import pandas as pd
 import pytest
 
 from serving.bundle import Bundle
-from tests.processes import mlops_serve
+from tests.processes import clean_env, free_port, mlops_serve
 
 from .conftest import as_requests
 
@@ -19,7 +25,9 @@ def test_mlops_serve_with_two_workers_answers_and_stops_cleanly(
     model_folder: Bundle, december: pd.DataFrame, tmp_path: Path
 ) -> None:
     args = ("--model-dir", str(model_folder.folder), "--workers", "2")
-    with mlops_serve(*args, options=("--home", str(tmp_path)), ready_within_s=120) as served:
+    options = ("--home", str(tmp_path))
+    env = clean_env(MLOPS_LOG_FORMAT="json")
+    with mlops_serve(*args, options=options, env=env, ready_within_s=120) as served:
         body = {"flights": as_requests(december.head(2))}
         answers = [httpx.post(f"{served.base}/predict", json=body) for _ in range(6)]
         assert {a.status_code for a in answers} == {200}
@@ -27,3 +35,58 @@ def test_mlops_serve_with_two_workers_answers_and_stops_cleanly(
         docs = httpx.get(f"{served.base}/openapi.json").json()
         assert "/predict" in docs["paths"] and "/v2/models/{name}/infer" in docs["paths"]
     assert served.returncode == 0, served.output
+    records = _json_records(served.output)  # the parent's lines, uvicorn's, each worker's
+    loads = {r["pid"] for r in records if r["message"].startswith("loaded ")}
+    assert len(loads) == 2, served.output  # each worker loaded the model, and said so
+    assert any(r["message"].startswith("serving ") for r in records)
+
+
+def _json_records(output: str) -> list[dict]:
+    """Every line a JSON object (a container's log collector reads one per line)."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            pytest.fail(f"not a JSON line: {line!r}\nin:\n{output[-3000:]}")
+    return records
+
+
+def test_the_serving_images_factory_logs_its_model_load_as_json(
+    model_folder: Bundle, tmp_path: Path
+) -> None:
+    """What the serving image runs (`uvicorn mlops.serve_app:create --factory`): no CLI
+    callback configures its logging, the factory does."""
+    port = free_port()
+    env = clean_env(
+        MLOPS_HOME=str(tmp_path),
+        MLOPS_SERVE__MODEL_DIR=str(model_folder.folder),
+        MLOPS_LOG_FORMAT="json",
+    )
+    command = [sys.executable, "-m", "uvicorn", "mlops.serve_app:create", "--factory"]
+    server = subprocess.Popen(
+        [*command, "--port", str(port), "--log-level", "warning"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.communicate()[0]
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").is_success:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "not ready in 120 s"
+            time.sleep(0.3)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        output, _ = server.communicate(timeout=60)
+    loads = [r for r in _json_records(output) if r["message"].startswith("loaded ")]
+    assert len(loads) == 1, output
+    assert loads[0]["logger"] == "serving.runtime" and loads[0]["pid"] == server.pid
+    assert f"v{model_folder.version}" in loads[0]["message"]

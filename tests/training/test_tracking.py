@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import mlflow
+import pytest
 from mlflow import MlflowClient
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from pipelines.spec import FeatureSpec
 from pipelines.storage import read_parquet_folder
@@ -18,6 +22,7 @@ from training.tracking import (
     MODEL_TRAINING,
     experiment_id,
     experiment_page,
+    fluent_tracking,
 )
 from training.train import train
 
@@ -72,3 +77,20 @@ def test_the_ui_address_opens_the_model_training_view() -> None:
     assert experiment_page("http://127.0.0.1:5000/", "3") == (
         "http://127.0.0.1:5000/#/experiments/3?workflowType=machine_learning"
     )
+
+
+@pytest.mark.parametrize("exported", [None, "sqlite:////elsewhere/mlflow.db"])
+def test_a_tracked_run_leaves_mlflows_global_and_environment_as_it_found_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exported: str | None
+) -> None:
+    # A URI the environment names must not outlive it as MLflow's module global: later runs in
+    # the process, and the workers and ranks it spawns, would be aimed at a store long gone.
+    if exported is None:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", exported)
+    tracking = TrackingConfig(tmp_path)
+    with fluent_tracking(tracking):
+        assert mlflow.get_tracking_uri() == tracking.resolved_uri
+    assert tracking_utils._tracking_uri is None
+    assert os.environ.get("MLFLOW_TRACKING_URI") == exported
