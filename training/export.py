@@ -59,7 +59,9 @@ def export_onnx(model: nn.Module, sample: Tensors, path: Path) -> Path:
         example,
         input_names=list(INPUTS),
         output_names=[OUTPUT],
-        dynamic_shapes={"categorical": {0: batch}, "numerical": {0: batch}},
+        # The model ties the two batch axes together, so the exporter finds them one symbol:
+        # named once (naming both `batch` has torch warn that the second name goes unused)
+        dynamic_shapes={"categorical": {0: batch}, "numerical": {0: torch.export.Dim.AUTO}},
         dynamo=True,
         external_data=False,
         optimize=True,

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow import MlflowClient
@@ -20,6 +22,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from training.config import TrackingConfig
+
+if TYPE_CHECKING:
+    from mlflow.data.dataset_source import DatasetSource
 
 # MLflow 3's UI shows an experiment either for model training (runs, models) or for GenAI
 # (an overview of traces). The experiment's kind is this tag, with the value the UI's own kind
@@ -82,6 +87,17 @@ def fluent_tracking(config: TrackingConfig) -> Iterator[str]:
             MLFLOW_TRACKING_URI.unset()
         else:
             MLFLOW_TRACKING_URI.set(exported_before)
+
+
+def local_dataset_source(path: Path) -> DatasetSource:
+    """A folder as a dataset's source. MLflow registers its local-file source twice (for paths
+    and for file:// URIs, one class each) and warns, for every dataset given a path, that it
+    "can be interpreted in multiple ways"; resolving among one of the two gives the same
+    source without the ambiguity."""
+    from mlflow.data.dataset_source_registry import get_registered_sources, resolve_dataset_source
+
+    local = [s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource"]
+    return resolve_dataset_source(str(path), candidate_sources=local[:1])
 
 
 def _tag_experiment(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> None:

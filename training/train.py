@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+from pandas.api.types import is_integer_dtype
 
 from pipelines.layout import SPLITS, DataLayout
 from pipelines.spec import LABEL, FeatureSpec
@@ -23,7 +24,7 @@ from training.metrics import log_loss, roc_auc, sigmoid
 from training.model import TabularNet
 from training.model_card import model_card, run_name
 from training.tensors import Tensors, pick_device, to_tensors
-from training.tracking import DESCRIPTION_TAG, fluent_tracking
+from training.tracking import DESCRIPTION_TAG, fluent_tracking, local_dataset_source
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,10 @@ def train(
         )
         for split, table in tables.items():
             dataset = mlflow.data.from_pandas(
-                table, source=str(layout.split(split)), targets=LABEL, name=f"flights-{split}"
+                _integers_as_floats(table),
+                source=local_dataset_source(layout.split(split)),
+                targets=LABEL,
+                name=f"flights-{split}",
             )
             mlflow.log_input(
                 dataset, context={"train": "training", "valid": "validation"}.get(split, split)
@@ -158,3 +162,10 @@ def train(
         mlflow.set_tag(DESCRIPTION_TAG, model_card(logged_run.params, logged_run.metrics))
         logger.info("run %s: %s", run.info.run_id, metrics)
     return TrainResult(run.info.run_id, run.info.experiment_id, result, metrics, logged)
+
+
+def _integers_as_floats(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as its MLflow dataset records it: MLflow warns, for any integer column, that a
+    missing value would break the schema it infers (the flight number, the label)."""
+    integers = [name for name, dtype in table.dtypes.items() if is_integer_dtype(dtype)]
+    return table.astype(dict.fromkeys(integers, "float64"))
