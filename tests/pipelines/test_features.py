@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -136,3 +138,32 @@ def test_encode_uses_the_oov_bucket_and_the_training_defaults(built) -> None:
     assert encoded.numerical[1, temp] == np.float32(spec.numerical[temp].default)
     assert encoded.defaults_used[1, temp] and not encoded.defaults_used[0, temp]
     assert encoded.numerical.dtype == np.float32 and not np.isnan(encoded.numerical).any()
+
+
+# The content of the feature build on the bundled data, pinned: a change to the data pipeline
+# that alters one value of the table, the spec (its statistics, vocabularies and the sha256 of
+# every lookup file) or the splits fails here. When a change is meant to alter the features,
+# say so in its commit and pin the new digests (`build_digest(DataLayout(home))`).
+BUNDLED_BUILD = {
+    "spec": "0eadb1449c08a8d8d3c91d14beb258a077f02bb3e4e16840f01a5cb787412aed",
+    "train": "624582201122b299c7cf7bd71d5e8ea4ec5ae2b7542347a34cea22a12ac5226a",
+    "valid": "8d09c35957ad1babf39c0a418489b92ffa3f0198990a0e087e433c4d4ab8dfcc",
+    "test": "0b872f9a38db2dce58dd6186ea9febbb3097f16dd8c331e046ecf4e8e05ba3ef",
+}
+
+
+def build_digest(layout: DataLayout) -> dict[str, str]:
+    """sha256 of the spec (less its creation time) and of each split's columns, types and
+    values: the content, not the Parquet bytes, which carry the writer's version."""
+    spec = json.loads(layout.spec.read_text())
+    spec.pop("created_at")
+    digests = {"spec": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()}
+    for split, table in _tables(layout).items():
+        digest = hashlib.sha256(repr([(c, str(t)) for c, t in table.dtypes.items()]).encode())
+        digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+        digests[split] = digest.hexdigest()
+    return digests
+
+
+def test_the_bundled_build_is_the_pinned_one(featured_home: Path) -> None:
+    assert build_digest(DataLayout(featured_home)) == BUNDLED_BUILD
