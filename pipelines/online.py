@@ -38,7 +38,7 @@ from pipelines.events import (
     to_minutes,
 )
 from pipelines.lookups import WEATHER_COLUMNS, KeyedRows, Lookups
-from pipelines.schemas import MAX_DELAY_MIN
+from pipelines.rules import MAX_DELAY_MIN
 from pipelines.transform import LOOKBACK_H
 
 HOUR = 60

@@ -2,10 +2,8 @@
 
 Parsing is done here, column by column, so that one bad value costs one row and not the file;
 pandera then checks ranges, known codes and times that exist. Every rejected row carries the
-reason for each rule it broke.
-
-The delay bounds matter beyond hygiene: the feature graph partitions by time and relies on
-them to know how far an event can be observed from its flight's scheduled time.
+reason for each rule it broke. The rules themselves are `pipelines.rules`, which the online
+events are checked against too.
 """
 
 from __future__ import annotations
@@ -17,10 +15,16 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-MAX_DELAY_MIN = 24 * 60  # a departure or arrival later than a day is a data error here
-MIN_DELAY_MIN = -180  # nothing leaves or lands more than 3 hours early
-CODE = r"^[A-Z0-9]{2,4}$"
-TAILNUM = r"^[A-Z0-9]{2,7}$"
+from pipelines.rules import (
+    AIR_TIME_MIN,
+    CODE,
+    DELAY,
+    DISTANCE_MILES,
+    FLIGHT_NUMBER,
+    TAILNUM,
+    WEATHER,
+    YEAR,
+)
 
 Kind = str  # "int" | "float" | "str"
 
@@ -59,10 +63,10 @@ def _known(codes: frozenset[str]) -> list[pa.Check]:
 
 
 def _flights_schema(carriers: frozenset[str], airports: frozenset[str]) -> pa.DataFrameSchema:
-    delay = pa.Check.in_range(MIN_DELAY_MIN, MAX_DELAY_MIN)
+    delay = pa.Check.in_range(*DELAY)
     return pa.DataFrameSchema(
         {
-            "year": pa.Column(checks=pa.Check.in_range(1900, 2100)),
+            "year": pa.Column(checks=pa.Check.in_range(*YEAR)),
             "month": pa.Column(checks=pa.Check.in_range(1, 12)),
             "day": pa.Column(checks=pa.Check.in_range(1, 31)),
             "dep_time": pa.Column(checks=_hhmm(True), nullable=True),
@@ -72,12 +76,12 @@ def _flights_schema(carriers: frozenset[str], airports: frozenset[str]) -> pa.Da
             "sched_arr_time": pa.Column(checks=_hhmm(False)),
             "arr_delay": pa.Column(checks=delay, nullable=True),
             "carrier": pa.Column(checks=[pa.Check.str_matches(CODE), *_known(carriers)]),
-            "flight": pa.Column(checks=pa.Check.in_range(1, 99_999)),
+            "flight": pa.Column(checks=pa.Check.in_range(*FLIGHT_NUMBER)),
             "tailnum": pa.Column(checks=pa.Check.str_matches(TAILNUM), nullable=True),
             "origin": pa.Column(checks=[pa.Check.str_matches(CODE), *_known(airports)]),
             "dest": pa.Column(checks=pa.Check.str_matches(CODE)),
-            "air_time": pa.Column(checks=pa.Check.in_range(1, 1_200), nullable=True),
-            "distance": pa.Column(checks=pa.Check.in_range(1, 12_000)),
+            "air_time": pa.Column(checks=pa.Check.in_range(*AIR_TIME_MIN), nullable=True),
+            "distance": pa.Column(checks=pa.Check.in_range(*DISTANCE_MILES)),
         },
         checks=[
             pa.Check(_date_exists, name="date_exists", error="year-month-day is not a date"),
@@ -99,19 +103,14 @@ def _weather_schema(_: frozenset[str], airports: frozenset[str]) -> pa.DataFrame
     return pa.DataFrameSchema(
         {
             "origin": pa.Column(checks=[pa.Check.str_matches(CODE), *_known(airports)]),
-            "year": pa.Column(checks=pa.Check.in_range(1900, 2100)),
+            "year": pa.Column(checks=pa.Check.in_range(*YEAR)),
             "month": pa.Column(checks=pa.Check.in_range(1, 12)),
             "day": pa.Column(checks=pa.Check.in_range(1, 31)),
             "hour": pa.Column(checks=pa.Check.in_range(0, 23)),
-            "temp": pa.Column(checks=pa.Check.in_range(-60, 140), nullable=True),
-            "dewp": pa.Column(checks=pa.Check.in_range(-80, 100), nullable=True),
-            "humid": pa.Column(checks=pa.Check.in_range(0, 100), nullable=True),
-            "wind_dir": pa.Column(checks=pa.Check.in_range(0, 360), nullable=True),
-            "wind_speed": pa.Column(checks=pa.Check.in_range(0, 200), nullable=True),
-            "wind_gust": pa.Column(checks=pa.Check.in_range(0, 250), nullable=True),
-            "precip": pa.Column(checks=pa.Check.in_range(0, 20), nullable=True),
-            "pressure": pa.Column(checks=pa.Check.in_range(850, 1100), nullable=True),
-            "visib": pa.Column(checks=pa.Check.in_range(0, 100), nullable=True),
+            **{
+                name: pa.Column(checks=pa.Check.in_range(*bounds), nullable=True)
+                for name, bounds in WEATHER.items()
+            },
         },
         checks=[pa.Check(_date_exists, name="date_exists", error="year-month-day is not a date")],
         unique=["origin", "year", "month", "day", "hour"],
@@ -123,7 +122,7 @@ def _planes_schema(*_: frozenset[str]) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(
         {
             "tailnum": pa.Column(checks=pa.Check.str_matches(TAILNUM), unique=True),
-            "year": pa.Column(checks=pa.Check.in_range(1900, 2100), nullable=True),
+            "year": pa.Column(checks=pa.Check.in_range(*YEAR), nullable=True),
             "type": pa.Column(nullable=True),
             "manufacturer": pa.Column(nullable=True),
             "model": pa.Column(nullable=True),
