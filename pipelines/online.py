@@ -38,7 +38,7 @@ from pipelines.events import (
     to_minutes,
 )
 from pipelines.lookups import WEATHER_COLUMNS, KeyedRows, Lookups
-from pipelines.rules import MAX_DELAY_MIN
+from pipelines.rules import DELAY, MAX_DELAY_MIN
 from pipelines.transform import LOOKBACK_H
 
 HOUR = 60
@@ -268,8 +268,11 @@ class OnlineStore:
             return ("scheduled", "no such flight scheduled: send its `scheduled` event first")
         if kind == "departed":
             row[6], row[7] = event["at"], event["at"] - row[5]
-        elif kind == "arrived":
-            row[8], row[9] = event["at"], event["at"] - row[10]
+        elif kind == "arrived":  # the delay needs the schedule, so it is checked here
+            delay = event["at"] - row[10]
+            if not DELAY[0] <= delay <= DELAY[1]:  # NaN (no scheduled arrival) too
+                return ("at", f"an arrival delay of {delay:.0f} min is outside {DELAY}")
+            row[8], row[9] = event["at"], delay
         return None  # cancelled, diverted: nothing a feature reads changes
 
     def _trim(self) -> None:
