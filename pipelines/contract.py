@@ -10,7 +10,9 @@ install lacks, is imported by the one function that uses it).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 
@@ -34,6 +36,20 @@ def session_options(threads: int) -> ort.SessionOptions:
     # loop and the other workers between micro-batches.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+YEARS = (1990, 2060)  # the holiday calendar's span (pipelines.lookups.holiday_days)
+
+
+def new_york_local(moment: datetime) -> datetime:
+    """A time a client sent -> naive New York local time (what every feature is computed on):
+    one with an offset is converted, one without already is; ValueError outside YEARS."""
+    if not YEARS[0] <= moment.year <= YEARS[1]:  # first: converting year 1 would overflow
+        raise ValueError(f"must be between {YEARS[0]} and {YEARS[1]} (the holiday calendar's span)")
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(NEW_YORK).replace(tzinfo=None)
+    return moment
 
 
 def clock_parts(hhmm: pd.Series) -> tuple[pd.Series, pd.Series]:

@@ -21,16 +21,14 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from pipelines.contract import new_york_local
 from pipelines.online import EVENT_FIELDS, KINDS
 from pipelines.rules import CODE, DELAY, DISTANCE_MILES, FLIGHT_NUMBER, TAILNUM, WEATHER
 
-NEW_YORK = ZoneInfo("America/New_York")
 EPOCH = datetime(1970, 1, 1)
-YEARS = (1990, 2060)  # the holiday calendar's span, as /predict takes scheduled departures
 MAX_ID_CHARS = 128
 FLIGHT_KEY_FIELDS = ("carrier", "flight", "origin", "scheduled_departure")
 REQUIRED = {
@@ -43,10 +41,13 @@ REQUIRED = {
 }
 # a scheduled arrival is unknown where the destination's time zone is (no arrival delay then)
 OPTIONAL = {"scheduled": ("tailnum", "scheduled_arrival", "distance"), "weather": tuple(WEATHER)}
-FIELDS = frozenset(
-    {"id", "kind", "observed"}
-    | {f for names in (*REQUIRED.values(), *OPTIONAL.values()) for f in names}
-)
+ALLOWED = {  # the fields an event of each kind may carry
+    kind: frozenset({"id", "kind", "observed", *required, *OPTIONAL.get(kind, ())})
+    for kind, required in REQUIRED.items()
+}
+FIELDS = frozenset().union(*ALLOWED.values())
+TIMES = frozenset({"observed", "scheduled_departure", "scheduled_arrival", "at", "time_hour"})
+SENT_AS = {"scheduled": "scheduled_departure"}  # a typed field's name in the events sent
 _CODE, _TAILNUM = re.compile(CODE), re.compile(TAILNUM)
 
 
@@ -97,8 +98,7 @@ def _typed(record: Any, airports: frozenset[str], carriers: frozenset[str]) -> d
     kind = record.get("kind")
     if kind not in REQUIRED:
         raise RefusedEventError("kind", f"one of {', '.join(KINDS)}")
-    allowed = {"id", "kind", "observed", *REQUIRED[kind], *OPTIONAL.get(kind, ())}
-    extra = sorted(name for name in set(record) - allowed if record[name] is not None)
+    extra = sorted(name for name in set(record) - ALLOWED[kind] if record[name] is not None)
     if extra:
         raise RefusedEventError(extra[0], f"not a field of a {kind} event")
     for name in REQUIRED[kind]:
@@ -186,10 +186,10 @@ def _minutes(record: dict, name: str) -> float:
         moment = datetime.fromisoformat(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         raise RefusedEventError(name, "an ISO 8601 time") from None
-    if not YEARS[0] <= moment.year <= YEARS[1]:
-        raise RefusedEventError(name, f"between {YEARS[0]} and {YEARS[1]}")
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(NEW_YORK).replace(tzinfo=None)
+    try:
+        moment = new_york_local(moment)
+    except ValueError as error:
+        raise RefusedEventError(name, str(error)) from None
     return float((moment - EPOCH).total_seconds() // 60)
 
 
@@ -198,28 +198,16 @@ def as_records(events: pd.DataFrame) -> list[dict[str, Any]]:
     what a replay publishes."""
     records = []
     for event in events.reindex(columns=EVENT_FIELDS).to_dict("records"):
-        kind = event["kind"]
-        names = {"id", "kind", "observed", *REQUIRED[kind], *OPTIONAL.get(kind, ())}
+        sent = ALLOWED[event["kind"]]
         record: dict[str, Any] = {}
-        for name in EVENT_FIELDS if kind != "weather" else ("id", "kind", "observed", "origin"):
-            out = "scheduled_departure" if name == "scheduled" else name
-            value = event[name]
-            if out not in names or value is None or value != value:  # NaN
+        for name, value in event.items():
+            name = SENT_AS.get(name, name)
+            if name not in sent or value is None or value != value:  # NaN: not sent
                 continue
-            if out in TIMES:
-                value = _iso(value)
-            elif out == "flight":
+            if name in TIMES:
+                value = (EPOCH + timedelta(minutes=float(value))).isoformat()
+            elif name == "flight":
                 value = int(value)
-            record[out] = value
-        if kind == "weather":
-            record["time_hour"] = _iso(event["time_hour"])
-            record |= {n: event[n] for n in WEATHER if event[n] == event[n]}
+            record[name] = value
         records.append(record)
     return records
-
-
-TIMES = frozenset({"observed", "scheduled_departure", "scheduled_arrival", "at", "time_hour"})
-
-
-def _iso(minutes: float) -> str:
-    return (EPOCH + timedelta(minutes=float(minutes))).isoformat()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from typing import Annotated
-from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-NEW_YORK = ZoneInfo("America/New_York")
+from pipelines.contract import new_york_local
+
 Code = Annotated[str, Field(min_length=1, max_length=8, pattern=r"^[A-Za-z0-9]+$")]
 # A real December flight: the documentation's example, and the tests' and benchmarks' request.
 EXAMPLE_FLIGHT = {
@@ -46,11 +46,7 @@ class Flight(BaseModel):
     @field_validator("scheduled_departure")
     @classmethod
     def _new_york_time(cls, value: datetime) -> datetime:
-        if not 1990 <= value.year <= 2060:  # checked first: converting year 1 would overflow
-            raise ValueError("must be between 1990 and 2060 (the holiday calendar's span)")
-        if value.tzinfo is not None:
-            value = value.astimezone(NEW_YORK).replace(tzinfo=None)
-        return value
+        return new_york_local(value)
 
     @field_validator("distance")
     @classmethod

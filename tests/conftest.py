@@ -111,8 +111,9 @@ def _no_environment_leaks() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(saved)
+    # Read only: a test that left MLflow's global URI set fails here, not a later one that
+    # inherited it (the suite never sets MLflow's global state itself, to clear it or else)
     tracking = sys.modules.get("mlflow.tracking._tracking_service.utils")
     leaked = getattr(tracking, "_tracking_uri", None)
-    if leaked is not None:  # the test that leaked it fails here, not a later one elsewhere
-        tracking.set_tracking_uri(None)
+    if leaked is not None:
         pytest.fail(f"MLflow's global tracking URI was left set to {leaked}")

@@ -62,20 +62,31 @@ def mlops_serve(
     at the end unless the test stopped it, then `output` and `returncode` are filled in (a
     server still running a minute after SIGTERM is killed, and says so in `output`)."""
     port = free_port()
+    command = [sys.executable, "-m", "mlops", *options, "serve", "--port", str(port), *args]
+    with serving_process(command, port, cwd, env, ready_within_s, until) as served:
+        yield served
+
+
+@contextmanager
+def serving_process(
+    command: list[str],
+    port: int,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    ready_within_s: float = 180,
+    until: Literal["ready", "live"] = "ready",
+) -> Iterator[Served]:
+    """Any command that serves the API on `port` (`mlops serve`, the serving image's uvicorn
+    factory), as `mlops_serve` describes."""
     started = time.monotonic()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlops", *options, "serve", "--port", str(port), *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     served = Served(f"http://127.0.0.1:{port}", server)
     try:
         deadline = time.monotonic() + ready_within_s
         while True:
-            assert server.poll() is None, f"mlops serve exited:\n{server.stdout.read()}"
+            assert server.poll() is None, f"the server exited:\n{server.stdout.read()}"
             try:
                 if httpx.get(f"{served.base}/v2/health/live").status_code == 200:
                     served.live_after_s = served.live_after_s or (time.monotonic() - started)
@@ -83,7 +94,7 @@ def mlops_serve(
                     break
             except httpx.TransportError:
                 pass
-            assert time.monotonic() < deadline, f"mlops serve was not {until} in {ready_within_s} s"
+            assert time.monotonic() < deadline, f"the server was not {until} in {ready_within_s} s"
             time.sleep(0.05 if until == "live" else 0.5)
         yield served
     finally:

@@ -4,10 +4,7 @@ serving image's uvicorn factory: both answer, stop cleanly and log one JSON obje
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,7 +12,7 @@ import pandas as pd
 import pytest
 
 from serving.bundle import Bundle
-from tests.processes import clean_env, free_port, mlops_serve
+from tests.processes import clean_env, free_port, mlops_serve, serving_process
 
 from .conftest import as_requests
 
@@ -65,28 +62,11 @@ def test_the_serving_images_factory_logs_its_model_load_as_json(
         MLOPS_LOG_FORMAT="json",
     )
     command = [sys.executable, "-m", "uvicorn", "mlops.serve_app:create", "--factory"]
-    server = subprocess.Popen(
-        [*command, "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, server.communicate()[0]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").is_success:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "not ready in 120 s"
-            time.sleep(0.3)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        output, _ = server.communicate(timeout=60)
+    command += ["--port", str(port), "--log-level", "warning"]
+    with serving_process(command, port, env=env, ready_within_s=120) as served:
+        pass
+    output = served.output
     loads = [r for r in _json_records(output) if r["message"].startswith("loaded ")]
     assert len(loads) == 1, output
-    assert loads[0]["logger"] == "serving.runtime" and loads[0]["pid"] == server.pid
+    assert loads[0]["logger"] == "serving.runtime" and loads[0]["pid"] == served.process.pid
     assert f"v{model_folder.version}" in loads[0]["message"]
