@@ -90,9 +90,11 @@ def model_source(settings: Settings) -> Source:
 
     if settings.serve.model_dir is not None:
         return FolderSource(settings.serve.model_dir)
+    tracking = tracking_of(settings)
     return RegistrySource(
         settings.gate.model_name,
         settings.gate.alias,
-        tracking_of(settings).client(),
+        tracking.resolved_uri,
+        tracking.resolved_registry_uri,
         settings.home / "serving" / "models",
     )

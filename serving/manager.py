@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import gc
 import hashlib
 import logging
@@ -63,15 +64,25 @@ class ReloadResult:
 
 @dataclass(frozen=True)
 class RegistrySource:
-    """`models:/<name>@<alias>` in the MLflow registry `client` is bound to."""
+    """`models:/<name>@<alias>` in the MLflow store at `tracking_uri` (and `registry_uri`).
+
+    The client, and MLflow with it (most of a second to import), is made by the first poll,
+    on the reload thread: the server is live before MLflow is imported or asked anything."""
 
     name: str
     alias: str
-    client: MlflowClient
+    tracking_uri: str
+    registry_uri: str
     cache: Path
 
+    @functools.cached_property
+    def client(self) -> MlflowClient:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
+
     def describe(self) -> str:
-        return f"models:/{self.name}@{self.alias} at {redact(self.client.tracking_uri)}"
+        return f"models:/{self.name}@{self.alias} at {redact(self.tracking_uri)}"
 
     def latest(self) -> str | None:
         """The version the alias points at, None when it points nowhere yet; raises when the

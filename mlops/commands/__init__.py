@@ -1,5 +1,7 @@
 """The `mlops` commands: options in, a flow called, its result rendered. `mlops.cli` registers
-them; none imports the app, so the package has no import cycle."""
+them; none imports the app, so the package has no import cycle. A command that needs Dask,
+pandera or MLflow imports its flow when it runs: `mlops serve` must be live in a second or two
+(it starts without them), and `mlops --help` answers at once."""
 
 from __future__ import annotations
 

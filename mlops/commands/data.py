@@ -10,8 +10,6 @@ import typer
 from mlops.commands import PathOption, given_sources, month_option
 from mlops.configs import layout_of
 from mlops.console import Bars, console, show_features, show_ingest
-from mlops.flows import data
-from pipelines.ingest import MonthWindow
 
 MonthOption = Annotated[str | None, typer.Option(help="YYYY-MM (inclusive)", callback=month_option)]
 
@@ -27,6 +25,9 @@ def ingest_command(
     until: MonthOption = None,
 ) -> None:
     """Validate the sources into bronze Parquet by month; rejected rows go to quarantine."""
+    from mlops.flows import data
+    from pipelines.ingest import MonthWindow
+
     sources = given_sources(
         flights=flights, weather=weather, planes=planes, airports=airports, airlines=airlines
     )
@@ -37,6 +38,8 @@ def ingest_command(
 
 def features_command(ctx: typer.Context) -> None:
     """Build the point-in-time feature table, its spec and the online lookups on Dask."""
+    from mlops.flows import data
+
     show_features(data.build_features(ctx.obj, Bars()))
 
 
@@ -49,6 +52,8 @@ def synth_command(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Flights-like data at any scale, resampled from the real flights; ingest it with --flights."""
+    from mlops.flows import data
+
     with console.status(f"writing {rows:,} synthetic flights"):
         target, parts = data.synthesize(ctx.obj, rows, out, seed)
     console.print(f"{rows:,} flights in {parts} parts: {target}")

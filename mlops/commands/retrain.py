@@ -8,7 +8,6 @@ import typer
 
 from mlops.commands import PathOption, given_sources
 from mlops.console import Bars, console
-from mlops.flows.retrain import retrain, scheduled_retrain
 from mlops.settings import Settings
 
 
@@ -21,6 +20,8 @@ def retrain_command(
     airlines: PathOption = None,
 ) -> None:
     """Take in the next month, report drift, train a challenger, promote it only if better."""
+    from mlops.flows.retrain import retrain
+
     sources = given_sources(
         flights=flights, weather=weather, planes=planes, airports=airports, airlines=airlines
     )
@@ -50,6 +51,8 @@ def schedule_command(
     once: Annotated[bool, typer.Option(help="run one tick now and exit")] = False,
 ) -> None:
     """Run `mlops retrain` on a cron (APScheduler); one retrain at a time across schedulers."""
+    from mlops.flows.retrain import scheduled_retrain
+
     settings: Settings = ctx.obj
     if once:
         console.print(f"tick: {scheduled_retrain(settings)}")

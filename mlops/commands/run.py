@@ -9,8 +9,6 @@ import typer
 from mlops.commands import month_option
 from mlops.configs import layout_of, tracking_of, tune_of
 from mlops.console import Bars, console, decision_line, show_features, show_ingest, show_metrics
-from mlops.flows.run import run
-from mlops.flows.training import has_champion
 from mlops.settings import Settings
 from pipelines.redact import redact
 
@@ -34,6 +32,9 @@ def run_command(
     ] = False,
 ) -> None:
     """Everything on embedded defaults: data, tune, train the best, export, register, promote."""
+    from mlops.flows.run import run
+    from mlops.flows.training import has_champion
+
     settings: Settings = ctx.obj
     gate = settings.gate
     if skip_if_champion and has_champion(settings):

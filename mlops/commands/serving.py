@@ -12,8 +12,6 @@ import typer
 
 from mlops.configs import model_source
 from mlops.console import Bars, console
-from mlops.flows.export import export_model
-from mlops.flows.predict import predict
 from mlops.logs import service_config
 from mlops.settings import Settings
 
@@ -80,6 +78,8 @@ def export_command(
     version: Annotated[str | None, typer.Option(help="default: the champion")] = None,
 ) -> None:
     """Write a registered model (ONNX, metadata, feature contract) as a local model folder."""
+    from mlops.flows.export import export_model
+
     bundle = export_model(ctx.obj, output, version)
     console.print(f"{bundle.name} v{bundle.version} -> {output} (serve it with --model-dir)")
 
@@ -91,6 +91,8 @@ def predict_command(
     model_dir: ModelDirOption = None,
 ) -> None:
     """Batch scoring with Dask through the served model and transform (the offline path)."""
+    from mlops.flows.predict import predict
+
     report = predict(ctx.obj, Bars(), input_path, output, model_dir)
     console.print(
         f"{report.scored:,} flights scored, {report.rejected:,} rejected (with their reason "

@@ -9,7 +9,6 @@ import typer
 
 from mlops.configs import tracking_of, tune_of
 from mlops.console import Bars, console, decision_line, show_metrics
-from mlops.flows import training
 from mlops.settings import Settings
 from pipelines.redact import redact
 
@@ -27,6 +26,7 @@ def train_command(
 
     Data-parallel on N GPUs or processes: `torchrun --nproc_per_node N -m mlops train`.
     """
+    from mlops.flows import training
     from training.distributed import process_group
 
     settings: Settings = ctx.obj
@@ -68,6 +68,8 @@ def tune_command(
 
     Several `mlops tune` processes share one study through MLOPS_OPTUNA_STORAGE=postgresql://...
     """
+    from mlops.flows import training
+
     config = tune_of(
         ctx.obj, trials=trials, epochs=epochs, workers=workers, pruner=pruner, study=study
     )
@@ -81,6 +83,8 @@ def tune_command(
 
 def evaluate_command(ctx: typer.Context, run_id: RunOption = None) -> None:
     """Score a run's model and the champion on the newest holdout; changes nothing."""
+    from mlops.flows import training
+
     found = training.evaluate(ctx.obj, run_id)
     console.print(
         f"run {found.run_id}: ROC-AUC {found.auc:.4f}, log loss {found.log_loss:.4f} "
@@ -106,5 +110,7 @@ def promote_command(
     ] = False,
 ) -> None:
     """Register the model and move `champion` to it only if it beats the champion on the holdout."""
+    from mlops.flows import training
+
     decision = training.promote(ctx.obj, run_id, min_auc_gain, require_promotion)
     console.print(decision_line(decision))

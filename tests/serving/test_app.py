@@ -13,7 +13,6 @@ from serving.app import create_app
 from serving.bundle import Bundle
 from serving.config import ServeConfig
 from serving.manager import FolderSource, RegistrySource
-from training.config import TrackingConfig
 
 from .conftest import Champion, as_requests, ready_client
 
@@ -190,8 +189,8 @@ def test_admin_reload_needs_the_token(client: TestClient) -> None:
 
 
 def test_without_a_model_the_server_is_live_but_not_ready(champion: Champion, tmp_path) -> None:
-    client = TrackingConfig(champion.home).client()
-    source = RegistrySource("no-such-model", "champion", client, tmp_path)
+    uri = champion.tracking_uri
+    source = RegistrySource("no-such-model", "champion", uri, uri, tmp_path)
     with TestClient(create_app(ServeConfig(poll_interval_s=0), source)) as client:
         assert client.get("/v2/health/live").status_code == 200
         assert client.get("/v2/health/ready").status_code == 503

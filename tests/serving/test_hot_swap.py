@@ -183,7 +183,8 @@ def test_the_server_follows_the_alias_by_itself(champion: Champion, tmp_path: Pa
         return version
 
     first = register()
-    source = RegistrySource(name, "champion", client, tmp_path)
+    uri = champion.tracking_uri
+    source = RegistrySource(name, "champion", uri, uri, tmp_path)
     with ready_client(create_app(ServeConfig(poll_interval_s=0.2), source)) as api:
         assert api.get("/model").json()["version"] == first
         second = register()

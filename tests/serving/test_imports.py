@@ -44,3 +44,23 @@ print(float(model.score_rows([row]).probabilities[0]))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 0.0 < float(done.stdout.strip().splitlines()[-1]) < 1.0
+
+
+def test_mlops_serve_binds_before_mlflow_dask_or_pandera_is_imported(tmp_path) -> None:
+    """What `mlops serve` runs before its socket is bound: the CLI, the source's description and
+    the app. MLflow (most of a second to import), Dask and pandera would all come before the
+    server is live; MLflow is imported by the first poll, off the way to liveness."""
+    from tests.processes import clean_env
+
+    code = (
+        "import sys; import mlops.cli; from mlops.configs import model_source;"
+        "from mlops.serve_app import create; from mlops.settings import Settings;"
+        "model_source(Settings()).describe(); create();"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'mlflow', 'dask', 'pandera'}))"
+    )
+    env = clean_env(MLOPS_HOME=str(tmp_path), MLFLOW_TRACKING_URI="http://127.0.0.1:1")
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -19,7 +19,6 @@ from serving.app import create_app
 from serving.bundle import Bundle
 from serving.config import ServeConfig
 from serving.manager import FolderSource, RegistrySource
-from training.config import TrackingConfig
 
 from .conftest import Champion, eventually
 
@@ -124,8 +123,8 @@ def test_a_full_disk_fails_the_download_and_the_retry_loads_it_once_there_is_roo
     champion: Champion, small_disk: Path
 ) -> None:
     """ENOSPC is not a defect of the version: it was refused for good until a restart."""
-    client = TrackingConfig(champion.home).client()
-    source = RegistrySource(champion.name, "champion", client, small_disk)
+    uri = champion.tracking_uri
+    source = RegistrySource(champion.name, "champion", uri, uri, small_disk)
     app = create_app(ServeConfig(poll_interval_s=300), source)
     with TestClient(app) as api:
         eventually(lambda: "ENOSPC" in api.get("/model").text, 60, "ENOSPC not reported")
