@@ -25,4 +25,4 @@ def create() -> FastAPI:
     settings = Settings()
     configure_service(settings.home, settings.log_format, settings.log_level)
     os.environ.update(settings.serve.mlflow_environment())  # this process serves, only
-    return create_app(settings.serve, model_source(settings))
+    return create_app(settings.serve, model_source(settings), settings.home / "events")

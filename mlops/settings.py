@@ -31,6 +31,7 @@ SECRET_VARIABLES = (
     "MLOPS_OPTUNA_STORAGE",
     "MLOPS_LOCK_URL",
     "MLOPS_SERVE__ADMIN_TOKEN",
+    "MLOPS_SERVE__EVENTS_TOKEN",
 )
 
 
@@ -131,6 +132,7 @@ class Settings(BaseSettings):
         """A copied example value is not a secret (full-stack-fastapi-template does the same)."""
         secrets = {
             "MLOPS_SERVE__ADMIN_TOKEN": self.serve.admin_token,
+            "MLOPS_SERVE__EVENTS_TOKEN": self.serve.events_token,
             "MLFLOW_TRACKING_PASSWORD": self.mlflow_tracking_password.get_secret_value(),
         }
         for variable, value in secrets.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -17,7 +18,7 @@ from serving.admission import Admission
 from serving.config import CONFIG_STATE_KEY, ServeConfig
 from serving.manager import Source
 from serving.middleware import BodyLimit, RequestMetrics
-from serving.routes import admin, invocations, metrics, predict, v2
+from serving.routes import admin, events, invocations, metrics, predict, v2
 from serving.routes.openapi import with_components
 from serving.routes.responses import EXCEPTION_HANDLERS
 from serving.schemas import V2InferRequest, predict_request
@@ -30,13 +31,16 @@ DESCRIPTION = (
 )
 
 
-def create_app(config: ServeConfig, source: Source) -> FastAPI:
-    state = ServingState.build(config, source)
+def create_app(config: ServeConfig, source: Source, events_dir: Path | None = None) -> FastAPI:
+    """`events_dir`: where accepted events are logged (and replayed at start) and refused ones
+    quarantined; None keeps them in memory."""
+    state = ServingState.build(config, source, events_dir)
     request_model = predict_request(config.max_request_rows)
     routers = [
         predict.router(request_model),
         invocations.router,
         admin.router,
+        events.router(config.max_request_rows),
         metrics.router,
         v2.router,
     ]

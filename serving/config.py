@@ -50,6 +50,9 @@ class ServeConfig:
     threads: Annotated[int, Field(ge=0)] = 0  # onnxruntime threads a worker; 0: cores / workers
     poll_interval_s: Annotated[float, Field(ge=0)] = 30.0  # 0: reload on /admin/reload only
     admin_token: str = field(default="", repr=False)  # empty: admin endpoints are disabled
+    # the bearer token of POST /v1/events (events change what every client is answered);
+    # empty: the endpoint is disabled. One worker only, until a shared stream backs them.
+    events_token: str = field(default="", repr=False)
     drift_window_rows: Annotated[int, Field(ge=100)] = 10_000
     # each MLflow call of the server: seconds without an answer, and retries (MLflow's own
     # defaults, 120 s and 7 retries with backoff, held a restart for minutes in an outage);

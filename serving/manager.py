@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from pipelines.errors import ModelRefusedError
 from pipelines.redact import redact
 from serving.bundle import Bundle, discard, download_version, read_bundle
+from serving.live import LiveFeatures
 from serving.metrics import ServingMetrics
 from serving.runtime import LoadedModel
 from serving.slot import ModelSlot
@@ -157,8 +158,10 @@ class ModelManager:
         threads: int,
         drift_window_rows: int = 10_000,
         poll_interval_s: float = 0.0,
+        live: LiveFeatures | None = None,
     ) -> None:
         self.source = source
+        self.live = live  # the online store: started from the first model's lookups
         self.slot = slot
         self.metrics = metrics
         self.threads = threads
@@ -255,6 +258,9 @@ class ModelManager:
         try:
             bundle = self.source.fetch(key)
             model = LoadedModel.load(bundle, self.threads, drift_rows=self.drift_window_rows)
+            if self.live is not None:
+                self.live.start(bundle.lookups, model.vocabulary("carrier"))
+                model.live = self.live
         except ModelRefusedError as error:  # a defect of the version: no retry changes it
             self.refused[key] = str(error)
             if bundle is not None:

@@ -11,6 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from serving.drift import DriftMonitor
 
 if TYPE_CHECKING:
+    from serving.live import EventsReport
     from serving.runtime import Scored
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -75,6 +76,20 @@ class ServingMetrics:
             "they arrived (before the app, so not in mlops_requests), deadline when taken off "
             "the queue",
             ["reason"],
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "mlops_events",
+            "Events sent to POST /v1/events: accepted, duplicate (an id already applied) or "
+            "refused (quarantined with its reason)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.events_newest = Gauge(
+            "mlops_events_newest_minutes",
+            "The observed time of each source's newest event, minutes since the epoch on New "
+            "York's clock (how fresh the online features are)",
+            ["source"],
             registry=self.registry,
         )
         reasons = ("queue_full", "loop_lag", "deadline")
@@ -143,6 +158,13 @@ class ServingMetrics:
         self.batch_seconds.observe(seconds)
         self.rows_scored.inc(rows)
         scored.model.drift.update(scored.numerical, scored.missing)
+
+    def observe_events(self, report: EventsReport, newest: dict[str, float]) -> None:
+        self.events.labels("accepted").inc(report.accepted)
+        self.events.labels("duplicate").inc(report.duplicates)
+        self.events.labels("refused").inc(len(report.refused))
+        for source, minutes in newest.items():
+            self.events_newest.labels(source).set(minutes)
 
     def served(self, name: str, version: str) -> None:
         self.model_info.clear()

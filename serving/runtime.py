@@ -26,6 +26,7 @@ from pipelines.spec import Encoded, FeatureSpec, encode
 from pipelines.transform import RAW_INPUTS, feature_arrays
 from serving.bundle import Bundle, ModelRejectedError, verify
 from serving.drift import DriftMonitor
+from serving.live import LiveFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class LoadedModel:
         # the served inputs against this model's training distribution: swapped with it, so a
         # batch scored by one model never updates the monitor of another (of another width)
         self.drift = DriftMonitor(spec, drift_rows)
+        self.live: LiveFeatures | None = None  # the online store, when the server has one
 
     @property
     def name(self) -> str:
@@ -117,7 +119,13 @@ class LoadedModel:
 
     def encode(self, columns: Mapping[str, np.ndarray], rows: int) -> Encoded:
         """Raw flight columns -> the model's inputs: the shared transform and the spec."""
+        if self.live is not None:
+            return encode(self.live.features(columns, rows, self.lookups), self.spec)
         return encode(feature_arrays(columns, self.lookups, rows), self.spec)
+
+    def vocabulary(self, name: str) -> list[str]:
+        """The values of a categorical feature the model was trained with."""
+        return next(f.vocabulary for f in self.spec.categorical if f.name == name)
 
     def score_frame(self, flights: pd.DataFrame) -> Scored:
         """A table of raw flights (RAW_INPUTS columns) -> probabilities."""

@@ -21,6 +21,19 @@ EXAMPLE_FLIGHT = {
     "scheduled_departure": "2013-12-01T05:15:00",
     "distance": 1400.0,
 }
+EXAMPLE_EVENT = {
+    "id": "ua1545-2014-01-02-sched",
+    "kind": "scheduled",
+    "observed": "2014-01-01T05:15:00",
+    "carrier": "UA",
+    "flight": 1545,
+    "tailnum": "N14228",
+    "origin": "EWR",
+    "dest": "IAH",
+    "scheduled_departure": "2014-01-02T05:15:00",
+    "scheduled_arrival": "2014-01-02T08:30:00",
+    "distance": 1400.0,
+}
 
 
 class Flight(BaseModel):
@@ -92,6 +105,40 @@ class ModelRef(BaseModel):
 class PredictResponse(BaseModel):
     predictions: list[Prediction]
     model: ModelRef
+
+
+EventValue = str | int | float | bool | None
+
+
+def events_request(max_events: int) -> type[BaseModel]:
+    """The /v1/events body. Each event is an object of scalars, checked one by one
+    (`pipelines.event_validation`): a bad event is refused alone, with its index."""
+    return create_model(
+        "EventsRequest",
+        events=(
+            list[dict[str, EventValue]],
+            Field(
+                min_length=1,
+                max_length=max_events,
+                fail_fast=True,
+                description="flights scheduled, departed, arrived, cancelled or diverted, "
+                "and hourly weather, each with an id (a re-sent id is applied once)",
+                examples=[[EXAMPLE_EVENT]],
+            ),
+        ),
+    )
+
+
+class RefusedEvent(BaseModel):
+    index: int = Field(description="its position in the batch sent")
+    field: str
+    reason: str
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    duplicates: int = Field(description="ids already applied: nothing changed")
+    refused: list[RefusedEvent] = Field(description="quarantined, with their reason")
 
 
 class ReloadRequest(BaseModel):

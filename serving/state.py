@@ -13,9 +13,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from serving.batcher import MicroBatcher, NotReadyError
 from serving.config import ServeConfig
+from serving.live import LiveFeatures
 from serving.manager import ModelManager, Source
 from serving.metrics import ServingMetrics
 from serving.runtime import LoadedModel
@@ -31,10 +33,14 @@ class ServingState:
     batcher: MicroBatcher
     manager: ModelManager
     metrics: ServingMetrics
+    live: LiveFeatures | None  # the online store: one worker, events enabled
 
     @classmethod
-    def build(cls, config: ServeConfig, source: Source) -> ServingState:
+    def build(
+        cls, config: ServeConfig, source: Source, events_dir: Path | None = None
+    ) -> ServingState:
         slot = ModelSlot()
+        live = LiveFeatures(events_dir) if config.events_token and config.workers == 1 else None
         metrics = ServingMetrics(drift=lambda: None if slot.current is None else slot.current.drift)
         manager = ModelManager(
             source,
@@ -43,6 +49,7 @@ class ServingState:
             config.threads,
             config.drift_window_rows,
             config.poll_interval_s,
+            live,
         )
         batcher = MicroBatcher(
             slot,
@@ -57,7 +64,7 @@ class ServingState:
         )
         metrics.queued_rows.set_function(lambda: batcher.queued_rows)  # read when scraped
         metrics.queued_requests.set_function(lambda: batcher.queued_requests)
-        return cls(config, slot, batcher, manager, metrics)
+        return cls(config, slot, batcher, manager, metrics, live)
 
     def model(self) -> LoadedModel:
         """The served model; NotReadyError (a 503) until the first one is loaded."""

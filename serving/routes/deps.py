@@ -32,14 +32,11 @@ async def served_model(name: str, state: StateDep) -> LoadedModel:
 ServedModelDep = Annotated[LoadedModel, Depends(served_model)]
 
 
-async def require_admin(
-    state: StateDep, authorization: Annotated[str | None, Header()] = None
-) -> None:
+def _check_bearer(expected: str, authorization: str | None, what: str) -> None:
     """`Authorization: Bearer <token>` (the scheme is case-insensitive, RFC 9110); with no token
-    configured the admin routes are off. Anything else, a bare token included, is a 401."""
-    expected = state.config.admin_token
+    configured the routes are off (403). Anything else, a bare token included, is a 401."""
     if not expected:
-        raise HTTPException(403, "admin endpoints are disabled: no token is set")
+        raise HTTPException(403, f"{what} disabled: no token is set")
     scheme, _, token = (authorization or "").partition(" ")
     valid = scheme.lower() == "bearer" and hmac.compare_digest(
         token.strip().encode(errors="replace"), expected.encode()
@@ -50,3 +47,17 @@ async def require_admin(
             "authorization: a valid bearer token is required",
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+async def require_admin(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """The admin token (MLOPS_SERVE__ADMIN_TOKEN)."""
+    _check_bearer(state.config.admin_token, authorization, "admin endpoints are")
+
+
+async def require_events(
+    state: StateDep, authorization: Annotated[str | None, Header()] = None
+) -> None:
+    """The events token (MLOPS_SERVE__EVENTS_TOKEN): events change every client's answers."""
+    _check_bearer(state.config.events_token, authorization, "events are")

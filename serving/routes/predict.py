@@ -38,7 +38,7 @@ def predictions_of(answer: Answer) -> PredictResponse:
     )
 
 
-def _in_body(error: ValidationError) -> list[dict[str, Any]]:
+def in_body(error: ValidationError) -> list[dict[str, Any]]:
     """pydantic's errors as FastAPI reports a body's: located under `body` (the 422 handler,
     `responses.invalid_request`, cuts their inputs short)."""
     return [{**e, "loc": ["body", *e["loc"]]} for e in error.errors(include_url=False)]
@@ -62,7 +62,7 @@ def router(request_model: type[BaseModel]) -> APIRouter:
         try:
             body = request_model.model_validate_json(await request.body())
         except ValidationError as error:
-            raise RequestValidationError(_in_body(error)) from None
+            raise RequestValidationError(in_body(error)) from None
         flights = body.flights  # type: ignore[attr-defined]
         rows = [{name: getattr(flight, name) for name in RAW_INPUTS} for flight in flights]
         answer = await state.batcher.score(rows)

@@ -1,0 +1,62 @@
+"""POST /v1/events: the facts features are made of, as they become observable.
+
+Behind the events token (`require_events`: 403 when none is set, 401 without it). Each event
+is checked alone: the batch's answer counts what was applied and what was already in (a
+re-sent id), and names each refused event's index, field and reason (it is quarantined). The
+answer comes once the accepted events are on disk (`serving.live`). 503 until the first model
+is loaded (the store starts from its lookups); 501 with several workers, which would each
+hold a store of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from serving.routes.deps import require_events, serving_state
+from serving.routes.openapi import BODY_ERRORS, VALIDATION_ERROR, json_body, schema_of
+from serving.routes.predict import in_body
+from serving.routes.responses import ModelResponse
+from serving.schemas import ErrorResponse, EventsResponse, RefusedEvent, events_request
+
+EVENTS_ERRORS = {
+    401: {"model": ErrorResponse, "description": "no or wrong token"},
+    403: {"model": ErrorResponse, "description": "events are disabled: no token is set"},
+    501: {"model": ErrorResponse, "description": "several workers: one store each"},
+}
+
+
+def router(max_events: int) -> APIRouter:
+    request_model = events_request(max_events)
+    routes = APIRouter(dependencies=[Depends(require_events)])
+
+    @routes.post(
+        "/v1/events",
+        response_model=EventsResponse,
+        responses={422: VALIDATION_ERROR, **EVENTS_ERRORS, **BODY_ERRORS},
+        openapi_extra=json_body(schema_of(request_model)),
+    )
+    async def post_events(request: Request) -> ModelResponse:
+        """Apply events to the online store (Authorization: Bearer <events token>)."""
+        state = await serving_state(request)
+        if state.live is None:
+            raise HTTPException(
+                501, "events need one worker (MLOPS_SERVE__WORKERS=1): each would hold a store"
+            )
+        try:
+            body = request_model.model_validate_json(await request.body())
+        except ValidationError as error:
+            raise RequestValidationError(in_body(error)) from None
+        state.model()  # 503 until the first model is loaded: the store starts from it
+        # validation, the store and the fsync'd log: off the event loop, one batch at a time
+        report = await asyncio.to_thread(state.live.ingest, body.events)  # type: ignore[attr-defined]
+        state.metrics.observe_events(report, state.live.newest())
+        refused = [RefusedEvent(index=i, field=f, reason=r) for i, f, r in report.refused]
+        return ModelResponse(
+            EventsResponse(accepted=report.accepted, duplicates=report.duplicates, refused=refused)
+        )
+
+    return routes

@@ -1,0 +1,183 @@
+"""POST /v1/events against the real `mlops serve`: a flight after the model's data gets its
+features from the events it was sent (the same as the library's online store gives, which
+`tests/pipelines/test_online.py` proves equal to the offline table), a flight inside the data
+is answered as before, bad events are refused alone and quarantined, a re-sent id is applied
+once, and a restart replays what was acknowledged."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from serving.bundle import Bundle
+from serving.live import LiveFeatures
+from serving.runtime import LoadedModel
+from serving.schemas import EXAMPLE_FLIGHT
+from tests.processes import clean_env, mlops_serve
+
+TOKEN = "events-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DAY = datetime(2014, 1, 2)  # after the bundled data: only events can tell the server about it
+LIVE_FLIGHT = {**EXAMPLE_FLIGHT, "scheduled_departure": (DAY + timedelta(hours=18)).isoformat()}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()
+
+
+def day_of_events() -> list[dict]:
+    """Twelve EWR departures in the hours before the live flight (each scheduled a day ahead,
+    then departed late), the live flight's own schedule, and the weather at its hour."""
+    events: list[dict] = []
+    for i in range(12):
+        scheduled = DAY + timedelta(hours=12, minutes=30 * i)
+        key = {
+            "carrier": "B6",
+            "flight": 100 + i,
+            "origin": "EWR",
+            "scheduled_departure": _iso(scheduled),
+        }
+        events.append(
+            {
+                "id": f"sched-{i}",
+                "kind": "scheduled",
+                "observed": _iso(scheduled - timedelta(days=1)),
+                "dest": "BOS",
+                "tailnum": f"N{500 + i}JB",
+                "scheduled_arrival": _iso(scheduled + timedelta(hours=1)),
+                "distance": 200.0,
+                **key,
+            }
+        )
+        events.append(
+            {
+                "id": f"dep-{i}",
+                "kind": "departed",
+                "at": _iso(scheduled + timedelta(minutes=20 + 5 * i)),
+                **key,
+            }
+        )
+    events.append(
+        {
+            "id": "sched-live",
+            "kind": "scheduled",
+            "observed": _iso(DAY),
+            "carrier": LIVE_FLIGHT["carrier"],
+            "flight": LIVE_FLIGHT["flight"],
+            "origin": LIVE_FLIGHT["origin"],
+            "dest": LIVE_FLIGHT["dest"],
+            "tailnum": LIVE_FLIGHT["tailnum"],
+            "scheduled_departure": LIVE_FLIGHT["scheduled_departure"],
+            "scheduled_arrival": _iso(DAY + timedelta(hours=21, minutes=30)),
+            "distance": LIVE_FLIGHT["distance"],
+        }
+    )
+    weather = {"temp": 28.0, "dewp": 15.1, "humid": 57.0, "wind_dir": 300.0, "wind_speed": 17.3}
+    weather |= {"precip": 0.0, "pressure": 1021.5, "visib": 10.0}
+    events.append(
+        {
+            "id": "wx-ewr-18",
+            "kind": "weather",
+            "origin": "EWR",
+            "time_hour": _iso(DAY + timedelta(hours=18)),
+            **weather,
+        }
+    )
+    return events
+
+
+def _predict(base: str, *flights: dict) -> list[dict]:
+    response = httpx.post(f"{base}/predict", json={"flights": list(flights)}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["predictions"]
+
+
+def _post(base: str, events: list, headers: dict | None = AUTH) -> httpx.Response:
+    return httpx.post(f"{base}/v1/events", json={"events": events}, headers=headers, timeout=30)
+
+
+def _defaults(prediction: dict) -> set[str]:
+    return set(prediction["defaults_used"])
+
+
+def test_events_move_a_live_flights_features_and_survive_a_restart(
+    model_folder: Bundle, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    env = clean_env(MLOPS_HOME=str(home), MLOPS_SERVE__EVENTS_TOKEN=TOKEN)
+    events = day_of_events()
+    bad = [
+        {**events[0], "id": "bad-origin", "origin": "ZZZ"},  # no such airport
+        {"id": "bad-kind", "kind": "landed"},
+    ]
+    with mlops_serve("--model-dir", str(model_folder.folder), env=env) as served:
+        history, live_before = _predict(served.base, EXAMPLE_FLIGHT, LIVE_FLIGHT)
+        assert _post(served.base, events[:2], headers=None).status_code == 401
+        # an event that is not an object of scalars is a malformed body: 422, nothing applied
+        malformed = _post(served.base, [events[0], "not an object"])
+        assert malformed.status_code == 422
+        assert malformed.json()["detail"][0]["loc"] == ["body", "events", 1]
+        sent = [*events[:5], bad[0], *events[5:], bad[1]]
+        answer = _post(served.base, sent)
+        assert answer.status_code == 200, answer.text
+        report = answer.json()
+        assert report["accepted"] == len(events) and report["duplicates"] == 0
+        refused = {r["index"]: (r["field"], r["reason"]) for r in report["refused"]}
+        assert sorted(refused) == [5, len(sent) - 1], refused
+        assert refused[5][0] == "origin"
+        assert refused[len(sent) - 1][0] == "kind"
+        again = _post(served.base, events).json()
+        assert (again["accepted"], again["duplicates"], again["refused"]) == (0, len(events), [])
+        history_after, live_after = _predict(served.base, EXAMPLE_FLIGHT, LIVE_FLIGHT)
+        metrics = httpx.get(f"{served.base}/metrics").text
+
+    assert history_after == history  # inside the model's data: answered as before
+    # after it: the weather and the origin's recent departures now come from the events
+    before, after = _defaults(live_before), _defaults(live_after)
+    assert after < before, (before, after)
+    assert not {"temp", "origin_dep_delay_mean_0_1h"} & after
+    assert {"temp", "origin_dep_delay_mean_0_1h"} <= before
+    # the same as the library's online store gives for the same events
+    expected = LoadedModel.load(model_folder)
+    expected.live = LiveFeatures(None)
+    expected.live.start(model_folder.lookups, expected.vocabulary("carrier"))
+    expected.live.ingest(events)
+    row = {
+        **LIVE_FLIGHT,
+        "scheduled_departure": datetime.fromisoformat(LIVE_FLIGHT["scheduled_departure"]),
+    }
+    scored = expected.score_rows([row])
+    assert np.isclose(live_after["delay_probability"], scored.probabilities[0], atol=1e-6)
+    assert set(scored.defaults_used[0]) == after
+    assert 'mlops_events_total{outcome="accepted"} 26.0' in metrics
+    assert 'mlops_events_total{outcome="duplicate"} 26.0' in metrics
+    assert 'mlops_events_total{outcome="refused"} 2.0' in metrics
+
+    quarantined = [json.loads(line) for line in (home / "events" / "quarantine.jsonl").open()]
+    assert [q["field"] for q in quarantined] == ["origin", "kind"]
+    assert quarantined[0]["event"]["id"] == "bad-origin"
+
+    # a restart replays the log: the same answer without sending anything again
+    with mlops_serve("--model-dir", str(model_folder.folder), env=env) as served:
+        (replayed,) = _predict(served.base, LIVE_FLIGHT)
+        assert _post(served.base, events[:3]).json()["duplicates"] == 3
+    assert replayed == live_after
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_events_are_off_without_a_token_and_with_several_workers(
+    model_folder: Bundle, tmp_path: Path, workers: str
+) -> None:
+    token = {"MLOPS_SERVE__EVENTS_TOKEN": TOKEN} if workers == "2" else {}
+    env = clean_env(MLOPS_HOME=str(tmp_path), **token)
+    with mlops_serve(
+        "--model-dir", str(model_folder.folder), "--workers", workers, env=env
+    ) as served:
+        response = _post(served.base, day_of_events()[:1])
+    assert response.status_code == (501 if workers == "2" else 403), response.text
+    assert not (tmp_path / "events").exists()
