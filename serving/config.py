@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -53,6 +54,10 @@ class ServeConfig:
     # the bearer token of POST /v1/events (events change what every client is answered);
     # empty: the endpoint is disabled. One worker only, until a shared stream backs them.
     events_token: str = field(default="", repr=False)
+    # where the online store takes over from the model's lookups (New York local time);
+    # default: the feature build's last observed moment. Earlier replays months of its data
+    # through the events (the store starts from what the build knew by then).
+    events_since: datetime | None = None
     drift_window_rows: Annotated[int, Field(ge=100)] = 10_000
     # each MLflow call of the server: seconds without an answer, and retries (MLflow's own
     # defaults, 120 s and 7 retries with backoff, held a restart for minutes in an outage);

@@ -48,8 +48,9 @@ class EventsReport:
 
 
 class LiveFeatures:
-    def __init__(self, folder: Path | None) -> None:
+    def __init__(self, folder: Path | None, since: datetime | None = None) -> None:
         self.folder = folder  # None: in memory only (tests of the app)
+        self.wanted_since = since  # None: the build's last observed moment
         self.store: OnlineStore | None = None
         self.since = np.inf  # flights scheduled after this are answered from the store
         self.lookups: Lookups | None = None  # the store's, published after each change
@@ -83,6 +84,8 @@ class LiveFeatures:
                     ]
                 )
             )
+            if self.wanted_since is not None:
+                until = min(until, float(to_minutes(np.array([self.wanted_since]))[0]))
             # what the build knew of each flight's scheduled arrival: its arrival less its delay
             arrivals = (flights["arrived_at"] - flights["arr_delay"]).to_numpy("float64")
             store.load_snapshot(flights, weather, until, arrivals)

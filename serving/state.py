@@ -40,7 +40,9 @@ class ServingState:
         cls, config: ServeConfig, source: Source, events_dir: Path | None = None
     ) -> ServingState:
         slot = ModelSlot()
-        live = LiveFeatures(events_dir) if config.events_token and config.workers == 1 else None
+        live = None
+        if config.events_token and config.workers == 1:
+            live = LiveFeatures(events_dir, config.events_since)
         metrics = ServingMetrics(drift=lambda: None if slot.current is None else slot.current.drift)
         manager = ModelManager(
             source,

@@ -12,13 +12,22 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
+from pipelines.event_validation import as_records
+from pipelines.events import to_minutes
+from pipelines.layout import DataLayout
+from pipelines.online import events_from_bronze
+from pipelines.storage import read_parquet_folder
+from pipelines.transform import RAW_INPUTS
 from serving.bundle import Bundle
 from serving.live import LiveFeatures
 from serving.runtime import LoadedModel
 from serving.schemas import EXAMPLE_FLIGHT
 from tests.processes import clean_env, mlops_serve
+
+from .conftest import Champion, as_requests
 
 TOKEN = "events-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -181,3 +190,62 @@ def test_events_are_off_without_a_token_and_with_several_workers(
         response = _post(served.base, day_of_events()[:1])
     assert response.status_code == (501 if workers == "2" else 403), response.text
     assert not (tmp_path / "events").exists()
+
+
+def test_two_days_replayed_through_the_server_give_the_offline_predictions(
+    champion: Champion, model_folder: Bundle, tmp_path: Path
+) -> None:
+    """The store takes over at 2013-11-01 (`MLOPS_SERVE__EVENTS_SINCE`): two days of bronze
+    become events (`events_from_bronze`: each observed when it happened, schedules a day
+    ahead), posted in batches of 2,000, and every labelled flight of the second day, predicted
+    through the store, gets the probability the model's offline lookups give it (the feature
+    table's, `tests/serving/test_skew.py`) within 1e-6, and no feature falls back to a default
+    that the offline table had."""
+    start, end = pd.Timestamp("2013-11-01"), pd.Timestamp("2013-11-03")
+    layout = DataLayout(champion.home)
+    flights = read_parquet_folder(layout.bronze("flights"))
+    when = flights["scheduled_departure"]
+    flights = flights[(when >= start - pd.Timedelta(days=2)) & (when < end)].reset_index(drop=True)
+    weather = read_parquet_folder(layout.bronze("weather"))
+    weather = weather[(weather["time_hour"] > start) & (weather["time_hour"] < end)]
+    airports = read_parquet_folder(layout.bronze("airports"))
+    events = events_from_bronze(flights, weather.reset_index(drop=True), airports)
+    since = float(to_minutes(pd.Series([start]))[0])
+    records = as_records(events[events["observed"] > since])
+    table = read_parquet_folder(layout.split("test"))
+    day = table[(table["scheduled_departure"] >= end - pd.Timedelta(days=1))]
+    day = day[day["scheduled_departure"] < end]
+    flights_sent = as_requests(day)
+
+    env = clean_env(
+        MLOPS_HOME=str(tmp_path),
+        MLOPS_SERVE__EVENTS_TOKEN=TOKEN,
+        MLOPS_SERVE__EVENTS_SINCE=start.isoformat(),
+    )
+    with mlops_serve("--model-dir", str(model_folder.folder), env=env) as served:
+        # before the events, the store knows only what the build knew by 2013-11-01
+        before = _predict(served.base, *flights_sent[:200])
+        reports = [
+            _post(served.base, records[i : i + 2000]).json() for i in range(0, len(records), 2000)
+        ]
+        got = []
+        for i in range(0, len(flights_sent), 1000):
+            got += _predict(served.base, *flights_sent[i : i + 1000])
+    refused = [r for report in reports for r in report["refused"]]
+    # a flight the snapshot already held as scheduled (a day ahead of 2013-11-01) is not
+    # scheduled twice; nothing else is refused
+    assert {(r["field"], r["reason"].split(" (")[0]) for r in refused} <= {
+        ("scheduled", "this flight is already scheduled")
+    }
+    assert sum(report["accepted"] for report in reports) == len(records) - len(refused)
+    expected = LoadedModel.load(model_folder).score_frame(day[RAW_INPUTS])
+    probabilities = np.array([p["delay_probability"] for p in got])
+    assert len(got) == len(day) > 500
+    np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-6, rtol=0)
+    assert [tuple(p["defaults_used"]) for p in got] == [tuple(d) for d in expected.defaults_used]
+    # and the answers did come from the store: without the events they fell back
+    blind = sum(
+        len(b["defaults_used"]) > len(d)
+        for b, d in zip(before, expected.defaults_used[:200], strict=True)
+    )
+    assert blind > 150, blind
