@@ -64,6 +64,8 @@ class Answer:
     delayed: np.ndarray
     defaults_used: list[tuple[str, ...]]
     model: LoadedModel
+    as_of: np.ndarray
+    stale: list[tuple[str, ...]]
 
 
 @dataclass
@@ -285,6 +287,8 @@ class MicroBatcher:
                         scored.delayed[start:end],
                         scored.defaults_used[start:end],
                         model,
+                        scored.as_of[start:end],
+                        scored.stale[start:end],
                     )
                 )
             start = end

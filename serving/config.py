@@ -22,6 +22,18 @@ OptionalFolder = Annotated[Path | None, BeforeValidator(lambda v: None if v == "
 
 
 @dataclass(frozen=True)
+class MaxAges:
+    """Minutes: a source whose newest event is older than this at a prediction's as-of time
+    is stale (`MLOPS_SERVE__EVENTS_MAX_AGE_MIN__WEATHER=30`). Departures and arrivals come
+    every few minutes at a New York airport, weather hourly, schedules a day ahead."""
+
+    departures: Annotated[float, Field(gt=0)] = 60.0
+    arrivals: Annotated[float, Field(gt=0)] = 120.0
+    schedules: Annotated[float, Field(gt=0)] = 24 * 60.0
+    weather: Annotated[float, Field(gt=0)] = 120.0
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"  # published beyond this machine only when the user opts in
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
@@ -58,6 +70,9 @@ class ServeConfig:
     # default: the feature build's last observed moment. Earlier replays months of its data
     # through the events (the store starts from what the build knew by then).
     events_since: datetime | None = None
+    # minutes: a source (departures, arrivals, schedules, weather) whose newest event is
+    # older than this at a prediction's as-of time is listed in its `stale`
+    events_max_age_min: MaxAges = field(default_factory=lambda: MaxAges())
     drift_window_rows: Annotated[int, Field(ge=100)] = 10_000
     # each MLflow call of the server: seconds without an answer, and retries (MLflow's own
     # defaults, 120 s and 7 retries with backoff, held a restart for minutes in an outage);

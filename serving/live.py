@@ -15,6 +15,7 @@ threads only read `lookups`, a reference swapped whole after each batch.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from pipelines.lookups import LOOKUP_FILES, Lookups
 from pipelines.online import OnlineStore
 from pipelines.storage import read_npz_folder, read_npz_table
 from pipelines.transform import feature_arrays
+from serving.config import MaxAges
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +50,14 @@ class EventsReport:
 
 
 class LiveFeatures:
-    def __init__(self, folder: Path | None, since: datetime | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path | None,
+        since: datetime | None = None,
+        max_age_min: MaxAges | None = None,
+    ) -> None:
         self.folder = folder  # None: in memory only (tests of the app)
+        self.max_age_min = dataclasses.asdict(max_age_min or MaxAges())
         self.wanted_since = since  # None: the build's last observed moment
         self.store: OnlineStore | None = None
         self.since = np.inf  # flights scheduled after this are answered from the store
@@ -163,6 +171,29 @@ class LiveFeatures:
     def newest(self) -> dict[str, float]:
         """Each source's newest observed time (minutes on New York's clock)."""
         return {} if self.store is None else dict(self.store.newest)
+
+    def context(
+        self, columns: dict[str, np.ndarray], rows: int
+    ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        """Per flight: the time its features knew up to (the scheduled departure, or the
+        store's newest event if earlier), and the sources older than their maximum age then."""
+        t = to_minutes(columns["scheduled_departure"])
+        store = self.store
+        if store is None or self.lookups is None:
+            return t, [()] * rows
+        after = t > self.since
+        as_of = np.where(after, np.minimum(t, store.clock), t)
+        stale: list[tuple[str, ...]] = [()] * rows
+        newest = dict(store.newest)
+        for i in np.flatnonzero(after):
+            old = tuple(
+                source
+                for source, age in self.max_age_min.items()
+                if as_of[i] - newest.get(source, -np.inf) > age
+            )
+            if old:
+                stale[i] = old
+        return as_of, stale
 
     def features(
         self, columns: dict[str, np.ndarray], rows: int, history: Lookups

@@ -21,6 +21,7 @@ import onnxruntime as ort
 import pandas as pd
 
 from pipelines.contract import INPUTS, OUTPUT, PARITY_ATOL, session_options
+from pipelines.events import to_minutes
 from pipelines.lookups import Lookups, load_lookups
 from pipelines.spec import Encoded, FeatureSpec, encode
 from pipelines.transform import RAW_INPUTS, feature_arrays
@@ -47,6 +48,8 @@ class Scored:
     numerical: np.ndarray  # the encoded numerical inputs, for drift monitoring
     missing: np.ndarray  # bool, where `numerical` holds a default instead of a value
     model: LoadedModel
+    as_of: np.ndarray  # float64 minutes (New York): what each prediction knew up to
+    stale: list[tuple[str, ...]]  # per row, the event sources older than their maximum age
 
 
 def providers(prefer_gpu: bool = True) -> list[str]:
@@ -140,6 +143,10 @@ class LoadedModel:
         encoded = self.encode(columns, rows)
         probabilities = self.run(encoded.categorical, encoded.numerical)
         defaults = [self._default_names(row) for row in encoded.defaults_used]
+        if self.live is None:
+            as_of, stale = to_minutes(columns["scheduled_departure"]), [()] * rows
+        else:
+            as_of, stale = self.live.context(columns, rows)
         return Scored(
             probabilities,
             probabilities >= self.threshold,
@@ -147,6 +154,8 @@ class LoadedModel:
             encoded.numerical,
             encoded.defaults_used,
             self,
+            as_of,
+            stale,
         )
 
     def _default_names(self, row: np.ndarray) -> tuple[str, ...]:

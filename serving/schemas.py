@@ -95,6 +95,17 @@ class Prediction(BaseModel):
     defaults_used: list[str] = Field(
         description="features that were unknown and fell back to their training default"
     )
+    as_of: str = Field(
+        description="what the features knew up to (New York local time): the scheduled "
+        "departure, or for a flight the online store answers, the earlier of it and the "
+        "store's newest event"
+    )
+    stale: list[str] = Field(
+        default_factory=list,
+        description="event sources (departures, arrivals, schedules, weather) whose newest "
+        "event is older than its maximum age at `as_of`: the features made from them may be "
+        "out of date",
+    )
 
 
 class ModelRef(BaseModel):

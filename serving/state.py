@@ -42,7 +42,7 @@ class ServingState:
         slot = ModelSlot()
         live = None
         if config.events_token and config.workers == 1:
-            live = LiveFeatures(events_dir, config.events_since)
+            live = LiveFeatures(events_dir, config.events_since, config.events_max_age_min)
         metrics = ServingMetrics(drift=lambda: None if slot.current is None else slot.current.drift)
         manager = ModelManager(
             source,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -24,13 +25,16 @@ from serving.schemas import ModelInfo, ModelRef, Prediction, PredictResponse, Re
 
 def predictions_of(answer: Answer) -> PredictResponse:
     """The batcher's answer as /predict (and MLflow's /invocations) return it."""
+    as_of = np.datetime_as_string(answer.as_of.astype("int64").astype("datetime64[m]"))
     return PredictResponse(
         predictions=[
-            Prediction(delay_probability=p, delayed=d, defaults_used=u)
-            for p, d, u in zip(
+            Prediction(delay_probability=p, delayed=d, defaults_used=u, as_of=a, stale=s)
+            for p, d, u, a, s in zip(
                 answer.probabilities.tolist(),
                 answer.delayed.tolist(),
                 answer.defaults_used,
+                as_of.tolist(),
+                answer.stale,
                 strict=True,
             )
         ],

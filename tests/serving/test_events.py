@@ -146,6 +146,9 @@ def test_events_move_a_live_flights_features_and_survive_a_restart(
         metrics = httpx.get(f"{served.base}/metrics").text
 
     assert history_after == history  # inside the model's data: answered as before
+    assert (history["as_of"], history["stale"]) == ("2013-12-01T05:15", [])
+    # known up to its departure; no arrival was sent since the model's data ended
+    assert (live_after["as_of"], live_after["stale"]) == ("2014-01-02T18:00", ["arrivals"])
     # after it: the weather and the origin's recent departures now come from the events
     before, after = _defaults(live_before), _defaults(live_after)
     assert after < before, (before, after)
