@@ -4,7 +4,7 @@
 
 MODEL: a model folder (`mlops export`); HOME: an MLOPS_HOME whose bronze holds the bundled
 data (`mlops data ingest`). One `mlops serve --model-dir MODEL` with the store taking over at
-2013-11-01 (`MLOPS_SERVE__EVENTS_SINCE`), then:
+2013-11-01 (`MLOPS_EVENTS__SINCE`), then:
 
 - ingest: a week of November's bronze as events (`events_from_bronze`), posted in batches of
   1,000 by one client, one after another: events/s accepted; beside it, the same events
@@ -46,6 +46,7 @@ from pipelines.online import events_from_bronze
 from pipelines.storage import read_parquet_folder
 from pipelines.transform import feature_arrays
 from serving.bundle import read_bundle
+from serving.config import EventsConfig
 from serving.live import LiveFeatures
 from serving.runtime import LoadedModel, rows_to_columns
 from serving.schemas import EXAMPLE_FLIGHT
@@ -91,7 +92,7 @@ def ingest_over_http(base: str, records: list[dict]) -> tuple[float, int]:
 def ingest_in_process(model_dir: Path, records: list[dict]) -> tuple[float, LiveFeatures]:
     bundle = read_bundle(model_dir)
     model = LoadedModel.load(bundle)
-    live = LiveFeatures(None, START.to_pydatetime())
+    live = LiveFeatures(EventsConfig(since=START.to_pydatetime()))
     live.start(bundle.lookups, model.vocabulary("carrier"))
     started = time.perf_counter()
     for i in range(0, len(records), BATCH):
@@ -168,8 +169,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as home:
         env = clean_env(
             MLOPS_HOME=home,
-            MLOPS_SERVE__EVENTS_TOKEN=TOKEN,
-            MLOPS_SERVE__EVENTS_SINCE=START.isoformat(),
+            MLOPS_EVENTS__TOKEN=TOKEN,
+            MLOPS_EVENTS__SINCE=START.isoformat(),
             PYTHONPATH=str(ROOT),
         )
         with mlops_serve("--model-dir", str(args.model_dir), env=env) as served:

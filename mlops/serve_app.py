@@ -8,6 +8,7 @@ Imports the settings and `serving` only: no CLI, no Dask, no torch.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from mlops.configs import model_source
@@ -25,4 +26,7 @@ def create() -> FastAPI:
     settings = Settings()
     configure_service(settings.home, settings.log_format, settings.log_level)
     os.environ.update(settings.serve.mlflow_environment())  # this process serves, only
-    return create_app(settings.serve, model_source(settings), settings.home / "events")
+    events = settings.events
+    if events.folder is None:
+        events = replace(events, folder=settings.home / "events")
+    return create_app(settings.serve, model_source(settings), events)

@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pipelines.cluster import ClusterConfig
 from pipelines.spec import MIN_CATEGORY_COUNT
 from pipelines.splits import SplitPlan
-from serving.config import ServeConfig
+from serving.config import EventsConfig, ServeConfig
 from training.config import FitConfig, GateConfig, ModelConfig, TuneConfig
 
 # Values that are placeholders, not secrets: refused at startup rather than served with.
@@ -31,7 +31,8 @@ SECRET_VARIABLES = (
     "MLOPS_OPTUNA_STORAGE",
     "MLOPS_LOCK_URL",
     "MLOPS_SERVE__ADMIN_TOKEN",
-    "MLOPS_SERVE__EVENTS_TOKEN",
+    "MLOPS_EVENTS__TOKEN",
+    "MLOPS_EVENTS__STREAM_URL",
 )
 
 
@@ -72,6 +73,7 @@ class Settings(BaseSettings):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    events: EventsConfig = Field(default_factory=EventsConfig)
     optuna_storage: str = Field(
         "", description="an SQLAlchemy URL (postgresql://...); empty: MLOPS_HOME/optuna.db"
     )
@@ -132,7 +134,7 @@ class Settings(BaseSettings):
         """A copied example value is not a secret (full-stack-fastapi-template does the same)."""
         secrets = {
             "MLOPS_SERVE__ADMIN_TOKEN": self.serve.admin_token,
-            "MLOPS_SERVE__EVENTS_TOKEN": self.serve.events_token,
+            "MLOPS_EVENTS__TOKEN": self.events.token,
             "MLFLOW_TRACKING_PASSWORD": self.mlflow_tracking_password.get_secret_value(),
         }
         for variable, value in secrets.items():

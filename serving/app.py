@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 from fastapi import FastAPI
 
 from serving.admission import Admission
-from serving.config import CONFIG_STATE_KEY, ServeConfig
+from serving.config import CONFIG_STATE_KEY, EventsConfig, ServeConfig
 from serving.manager import Source
 from serving.middleware import BodyLimit, RequestMetrics
-from serving.routes import admin, events, invocations, metrics, predict, v2
+from serving.routes import admin, invocations, metrics, predict, v2
+from serving.routes import events as event_routes
 from serving.routes.openapi import with_components
 from serving.routes.responses import EXCEPTION_HANDLERS
 from serving.schemas import V2InferRequest, predict_request
@@ -31,16 +31,15 @@ DESCRIPTION = (
 )
 
 
-def create_app(config: ServeConfig, source: Source, events_dir: Path | None = None) -> FastAPI:
-    """`events_dir`: where accepted events are logged (and replayed at start) and refused ones
-    quarantined; None keeps them in memory."""
-    state = ServingState.build(config, source, events_dir)
+def create_app(config: ServeConfig, source: Source, events: EventsConfig | None = None) -> FastAPI:
+    """`events`: the online store's (off without a token; in memory without a folder)."""
+    state = ServingState.build(config, source, events or EventsConfig())
     request_model = predict_request(config.max_request_rows)
     routers = [
         predict.router(request_model),
         invocations.router,
         admin.router,
-        events.router(config.max_request_rows),
+        event_routes.router(config.max_request_rows),
         metrics.router,
         v2.router,
     ]

@@ -24,13 +24,33 @@ OptionalFolder = Annotated[Path | None, BeforeValidator(lambda v: None if v == "
 @dataclass(frozen=True)
 class MaxAges:
     """Minutes: a source whose newest event is older than this at a prediction's as-of time
-    is stale (`MLOPS_SERVE__EVENTS_MAX_AGE_MIN__WEATHER=30`). Departures and arrivals come
+    is stale (`MLOPS_EVENTS__MAX_AGE_MIN__WEATHER=30`). Departures and arrivals come
     every few minutes at a New York airport, weather hourly, schedules a day ahead."""
 
     departures: Annotated[float, Field(gt=0)] = 60.0
     arrivals: Annotated[float, Field(gt=0)] = 120.0
     schedules: Annotated[float, Field(gt=0)] = 24 * 60.0
     weather: Annotated[float, Field(gt=0)] = 120.0
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """The online store's events (`serving.live`): `MLOPS_EVENTS__TOKEN=...` fills it."""
+
+    # the bearer token of POST /v1/events (events change what every client is answered);
+    # empty: the endpoint is disabled
+    token: str = field(default="", repr=False)
+    # where the online store takes over from the model's lookups (New York local time);
+    # default: the feature build's last observed moment. Earlier replays months of its data
+    # through the events (the store starts from what the build knew by then).
+    since: datetime | None = None
+    max_age_min: MaxAges = field(default_factory=lambda: MaxAges())
+    # redis://host:6379/0: accepted events go to a Redis stream that every worker (of every
+    # replica) reads whole, from its start at each start; empty: one worker, and a local log
+    stream_url: str = field(default="", repr=False)
+    stream_key: str = "mlops:events"
+    # the local log and the quarantine; the app factory sets MLOPS_HOME/events
+    folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -63,16 +83,6 @@ class ServeConfig:
     threads: Annotated[int, Field(ge=0)] = 0  # onnxruntime threads a worker; 0: cores / workers
     poll_interval_s: Annotated[float, Field(ge=0)] = 30.0  # 0: reload on /admin/reload only
     admin_token: str = field(default="", repr=False)  # empty: admin endpoints are disabled
-    # the bearer token of POST /v1/events (events change what every client is answered);
-    # empty: the endpoint is disabled. One worker only, until a shared stream backs them.
-    events_token: str = field(default="", repr=False)
-    # where the online store takes over from the model's lookups (New York local time);
-    # default: the feature build's last observed moment. Earlier replays months of its data
-    # through the events (the store starts from what the build knew by then).
-    events_since: datetime | None = None
-    # minutes: a source (departures, arrivals, schedules, weather) whose newest event is
-    # older than this at a prediction's as-of time is listed in its `stale`
-    events_max_age_min: MaxAges = field(default_factory=lambda: MaxAges())
     drift_window_rows: Annotated[int, Field(ge=100)] = 10_000
     # each MLflow call of the server: seconds without an answer, and retries (MLflow's own
     # defaults, 120 s and 7 retries with backoff, held a restart for minutes in an outage);

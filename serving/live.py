@@ -33,7 +33,7 @@ from pipelines.lookups import LOOKUP_FILES, Lookups
 from pipelines.online import OnlineStore
 from pipelines.storage import read_npz_folder, read_npz_table
 from pipelines.transform import feature_arrays
-from serving.config import MaxAges
+from serving.config import EventsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,15 +50,11 @@ class EventsReport:
 
 
 class LiveFeatures:
-    def __init__(
-        self,
-        folder: Path | None,
-        since: datetime | None = None,
-        max_age_min: MaxAges | None = None,
-    ) -> None:
-        self.folder = folder  # None: in memory only (tests of the app)
-        self.max_age_min = dataclasses.asdict(max_age_min or MaxAges())
-        self.wanted_since = since  # None: the build's last observed moment
+    def __init__(self, config: EventsConfig) -> None:
+        self.config = config
+        self.folder = config.folder  # None: in memory only (tests of the app)
+        self.max_age_min = dataclasses.asdict(config.max_age_min)
+        self.wanted_since = config.since  # None: the build's last observed moment
         self.store: OnlineStore | None = None
         self.since = np.inf  # flights scheduled after this are answered from the store
         self.lookups: Lookups | None = None  # the store's, published after each change
@@ -100,8 +96,8 @@ class LiveFeatures:
             self.store, self.since = store, until
             self.airports = frozenset(airports["faa"].dropna())
             self.carriers = frozenset(carriers)
-            self.replayed = self._replay()
             self.lookups = store.lookups()
+            self.replayed = self._replay()
             logger.info(
                 "online store from the model's lookups as of %s: %d flights held, %d logged "
                 "events replayed (%d no longer applicable)",
@@ -112,9 +108,10 @@ class LiveFeatures:
             )
 
     def _replay(self) -> EventsReport:
+        """The local log (no stream): what was acknowledged before a restart."""
         path = None if self.folder is None else self.folder / LOG
-        if path is None or not path.exists():
-            return EventsReport()
+        if self.config.stream_url or path is None or not path.exists():
+            return EventsReport()  # a stream is read from its start by `serving.stream`
         records = []
         with path.open(encoding="utf-8") as lines:
             for line in lines:
@@ -122,41 +119,64 @@ class LiveFeatures:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
                     break  # a line cut by a crash mid-write was never acknowledged
-        return self._apply(records, persist=False)
+        return self._apply(records)
+
+    def check(self, records: list[Any]) -> tuple[list[dict], list[int], EventsReport]:
+        """The rules alone (what a stream carries is checked before it is added): the valid
+        events as records, their indices in the batch, and the refusals (quarantined)."""
+        self._require_started()
+        checked = validate_events(records, self.airports, self.carriers)
+        self.quarantine(records, checked.refused)
+        return as_records(checked.events), checked.indices, EventsReport(refused=checked.refused)
 
     def ingest(self, records: list[Any]) -> EventsReport:
-        """Validate, apply, log what was accepted and quarantine what was refused."""
+        """Without a stream: validate, apply, log what was accepted (fsync'd), quarantine what
+        was refused."""
         with self._lock:
-            if self.store is None:
-                raise RuntimeError("the online store starts with the first model")
-            report = self._apply(records, persist=True)
-            self.lookups = self.store.lookups()
+            self._require_started()
+            report = self._apply(records, log=True)
+            self.quarantine(records, report.refused)
             return report
 
-    def _apply(self, records: list[Any], persist: bool) -> EventsReport:
+    def apply_checked(self, records: list[dict]) -> EventsReport:
+        """Events already checked (a stream's entry): applied, nothing written."""
+        with self._lock:
+            self._require_started()
+            return self._apply(records)
+
+    def _require_started(self) -> None:
+        if self.store is None:
+            raise RuntimeError("the online store starts with the first model")
+
+    def _apply(self, records: list[Any], log: bool = False) -> EventsReport:
         assert self.store is not None
         checked = validate_events(records, self.airports, self.carriers)
         applied = self.store.apply(checked.events)
         refused = list(checked.refused)
         refused += [(checked.indices[i], name, reason) for i, name, reason in applied.refused]
         refused.sort()
-        report = EventsReport(applied.applied, applied.duplicates, refused)
-        if persist and self.folder is not None:
+        if applied.applied:
+            self.lookups = self.store.lookups()  # swapped whole: readers never see it change
+        if log and self.folder is not None:
             out = {i for i, _, _ in applied.refused}
             accepted = checked.events.drop(index=list(out))  # duplicates too: harmless
             self._append(LOG, [json.dumps(r) for r in as_records(accepted)])
-            now = datetime.now(UTC).isoformat()
-            self._append(
-                QUARANTINE,
-                [
-                    json.dumps(
-                        {"event": records[i], "field": name, "reason": reason, "received": now},
-                        default=str,
-                    )
-                    for i, name, reason in refused
-                ],
-            )
-        return report
+        return EventsReport(applied.applied, applied.duplicates, refused)
+
+    def quarantine(self, records: list[Any], refused: list[tuple[int, str, str]]) -> None:
+        if self.folder is None or not refused:
+            return
+        now = datetime.now(UTC).isoformat()
+        self._append(
+            QUARANTINE,
+            [
+                json.dumps(
+                    {"event": records[i], "field": name, "reason": reason, "received": now},
+                    default=str,
+                )
+                for i, name, reason in refused
+            ],
+        )
 
     def _append(self, name: str, lines: list[str]) -> None:
         if not lines:

@@ -85,6 +85,8 @@ class ServingMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        for outcome in ("accepted", "duplicate", "refused"):
+            self.events.labels(outcome)  # 0 until the first event: a rate() from the start
         self.events_newest = Gauge(
             "mlops_events_newest_minutes",
             "The observed time of each source's newest event, minutes since the epoch on New "

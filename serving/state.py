@@ -13,15 +13,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from serving.batcher import MicroBatcher, NotReadyError
-from serving.config import ServeConfig
+from serving.config import EventsConfig, ServeConfig
 from serving.live import LiveFeatures
 from serving.manager import ModelManager, Source
 from serving.metrics import ServingMetrics
 from serving.runtime import LoadedModel
 from serving.slot import ModelSlot
+from serving.stream import EventStream
 
 logger = logging.getLogger(__name__)
 
@@ -33,16 +33,16 @@ class ServingState:
     batcher: MicroBatcher
     manager: ModelManager
     metrics: ServingMetrics
-    live: LiveFeatures | None  # the online store: one worker, events enabled
+    events: EventsConfig
+    live: LiveFeatures | None  # the online store: events enabled, one worker or a stream
+    stream: EventStream | None  # the events' Redis stream, when one is configured
 
     @classmethod
-    def build(
-        cls, config: ServeConfig, source: Source, events_dir: Path | None = None
-    ) -> ServingState:
+    def build(cls, config: ServeConfig, source: Source, events: EventsConfig) -> ServingState:
         slot = ModelSlot()
         live = None
-        if config.events_token and config.workers == 1:
-            live = LiveFeatures(events_dir, config.events_since, config.events_max_age_min)
+        if events.token and (config.workers == 1 or events.stream_url):
+            live = LiveFeatures(events)
         metrics = ServingMetrics(drift=lambda: None if slot.current is None else slot.current.drift)
         manager = ModelManager(
             source,
@@ -66,7 +66,10 @@ class ServingState:
         )
         metrics.queued_rows.set_function(lambda: batcher.queued_rows)  # read when scraped
         metrics.queued_requests.set_function(lambda: batcher.queued_requests)
-        return cls(config, slot, batcher, manager, metrics, live)
+        stream = None
+        if live is not None and events.stream_url:
+            stream = EventStream(events.stream_url, events.stream_key, live)
+        return cls(config, slot, batcher, manager, metrics, events, live, stream)
 
     def model(self) -> LoadedModel:
         """The served model; NotReadyError (a 503) until the first one is loaded."""
@@ -81,11 +84,16 @@ class ServingState:
         first model once the server is up, so it is live at once (before MLflow answers, if
         it ever does) and ready when a model loads."""
         self.batcher.start()
-        poller = asyncio.create_task(self.manager.poll(), name="model-poller")
+        tasks = [asyncio.create_task(self.manager.poll(), name="model-poller")]
+        if self.stream is not None:
+            tasks.append(asyncio.create_task(self.stream.follow(), name="event-stream"))
         try:
             yield
         finally:
-            poller.cancel()  # a load in flight is left to its daemon thread
-            with contextlib.suppress(asyncio.CancelledError):
-                await poller
+            for task in tasks:
+                task.cancel()  # a load in flight is left to its daemon thread
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.stream is not None:
+                await self.stream.close()
             await self.batcher.stop()  # uvicorn has drained the connections; finish queued work

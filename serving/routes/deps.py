@@ -59,5 +59,5 @@ async def require_admin(
 async def require_events(
     state: StateDep, authorization: Annotated[str | None, Header()] = None
 ) -> None:
-    """The events token (MLOPS_SERVE__EVENTS_TOKEN): events change every client's answers."""
-    _check_bearer(state.config.events_token, authorization, "events are")
+    """The events token (MLOPS_EVENTS__TOKEN): events change every client's answers."""
+    _check_bearer(state.events.token, authorization, "events are")

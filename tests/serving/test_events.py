@@ -13,7 +13,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
-import pytest
 
 from pipelines.event_validation import as_records
 from pipelines.events import to_minutes
@@ -22,6 +21,7 @@ from pipelines.online import events_from_bronze
 from pipelines.storage import read_parquet_folder
 from pipelines.transform import RAW_INPUTS
 from serving.bundle import Bundle
+from serving.config import EventsConfig
 from serving.live import LiveFeatures
 from serving.runtime import LoadedModel
 from serving.schemas import EXAMPLE_FLIGHT
@@ -118,7 +118,7 @@ def test_events_move_a_live_flights_features_and_survive_a_restart(
     model_folder: Bundle, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
-    env = clean_env(MLOPS_HOME=str(home), MLOPS_SERVE__EVENTS_TOKEN=TOKEN)
+    env = clean_env(MLOPS_HOME=str(home), MLOPS_EVENTS__TOKEN=TOKEN)
     events = day_of_events()
     bad = [
         {**events[0], "id": "bad-origin", "origin": "ZZZ"},  # no such airport
@@ -156,7 +156,7 @@ def test_events_move_a_live_flights_features_and_survive_a_restart(
     assert {"temp", "origin_dep_delay_mean_0_1h"} <= before
     # the same as the library's online store gives for the same events
     expected = LoadedModel.load(model_folder)
-    expected.live = LiveFeatures(None)
+    expected.live = LiveFeatures(EventsConfig())
     expected.live.start(model_folder.lookups, expected.vocabulary("carrier"))
     expected.live.ingest(events)
     row = {
@@ -181,24 +181,18 @@ def test_events_move_a_live_flights_features_and_survive_a_restart(
     assert replayed == live_after
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_events_are_off_without_a_token_and_with_several_workers(
-    model_folder: Bundle, tmp_path: Path, workers: str
-) -> None:
-    token = {"MLOPS_SERVE__EVENTS_TOKEN": TOKEN} if workers == "2" else {}
-    env = clean_env(MLOPS_HOME=str(tmp_path), **token)
-    with mlops_serve(
-        "--model-dir", str(model_folder.folder), "--workers", workers, env=env
-    ) as served:
+def test_events_are_off_without_a_token(model_folder: Bundle, tmp_path: Path) -> None:
+    env = clean_env(MLOPS_HOME=str(tmp_path))
+    with mlops_serve("--model-dir", str(model_folder.folder), env=env) as served:
         response = _post(served.base, day_of_events()[:1])
-    assert response.status_code == (501 if workers == "2" else 403), response.text
+    assert response.status_code == 403, response.text
     assert not (tmp_path / "events").exists()
 
 
 def test_two_days_replayed_through_the_server_give_the_offline_predictions(
     champion: Champion, model_folder: Bundle, tmp_path: Path
 ) -> None:
-    """The store takes over at 2013-11-01 (`MLOPS_SERVE__EVENTS_SINCE`): two days of bronze
+    """The store takes over at 2013-11-01 (`MLOPS_EVENTS__SINCE`): two days of bronze
     become events (`events_from_bronze`: each observed when it happened, schedules a day
     ahead), posted in batches of 2,000, and every labelled flight of the second day, predicted
     through the store, gets the probability the model's offline lookups give it (the feature
@@ -222,8 +216,8 @@ def test_two_days_replayed_through_the_server_give_the_offline_predictions(
 
     env = clean_env(
         MLOPS_HOME=str(tmp_path),
-        MLOPS_SERVE__EVENTS_TOKEN=TOKEN,
-        MLOPS_SERVE__EVENTS_SINCE=start.isoformat(),
+        MLOPS_EVENTS__TOKEN=TOKEN,
+        MLOPS_EVENTS__SINCE=start.isoformat(),
     )
     with mlops_serve("--model-dir", str(model_folder.folder), env=env) as served:
         # before the events, the store knows only what the build knew by 2013-11-01

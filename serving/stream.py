@@ -1,0 +1,119 @@
+"""The events as a Redis stream: how several workers (and replicas) hold one online store.
+
+POST /v1/events checks a batch against the rules (`LiveFeatures.check`), adds the valid
+events to the stream as one entry (XADD), and answers once its own worker has applied that
+entry: every worker reads the whole stream in order (XREAD, not a consumer group: each needs
+every event), from its first entry at each start, on the same snapshot, so each holds the
+same store and the answer of one is the answer of all. A restart, or a kill -9, replays the
+stream: nothing acknowledged is lost, and a re-sent id is still applied once.
+
+Redis down: the server keeps serving what its store holds (each prediction's `stale` says
+which sources have fallen behind), POST /v1/events answers 503 with Retry-After, and the
+reader reconnects with backoff and catches up from the last entry it applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from pipelines.redact import redact
+from serving.live import EventsReport, LiveFeatures
+
+logger = logging.getLogger(__name__)
+
+READ_BLOCK_MS = 1000
+READ_COUNT = 100  # entries per XREAD (each a batch of up to max_request_rows events)
+FIRST_RETRY_S, MAX_RETRY_S = 0.5, 10.0
+KEPT_REPORTS = 1024  # entries applied before their POST asked for the outcome
+
+
+class StreamUnavailableError(Exception):
+    """The stream cannot be written: the events were not accepted (a 503)."""
+
+
+class EventStream:
+    def __init__(self, url: str, key: str, live: LiveFeatures) -> None:
+        import redis.asyncio as redis
+
+        self.url, self.key, self.live = url, key, live
+        self.redis = redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        self.last_id = "0"  # the last entry applied: a start reads the stream from its start
+        self.problem: str | None = None
+        self._waiting: dict[str, asyncio.Future[EventsReport]] = {}
+        self._reports: OrderedDict[str, EventsReport] = OrderedDict()
+
+    def describe(self) -> str:
+        return f"{redact(self.url)} {self.key}"
+
+    async def publish(self, records: list[Any]) -> EventsReport:
+        """Check, add, and wait for this worker to apply the entry: the batch's report, its
+        indices those of the batch as sent."""
+        from redis.exceptions import RedisError
+
+        valid, indices, report = await asyncio.to_thread(self.live.check, records)
+        if not valid:
+            return report
+        entry = {"events": json.dumps(valid), "indices": json.dumps(indices)}
+        try:
+            entry_id = (await self.redis.xadd(self.key, entry)).decode()
+        except (RedisError, OSError) as error:
+            raise StreamUnavailableError(f"the event stream {self.describe()}: {error}") from None
+        applied = self._reports.pop(entry_id, None)
+        if applied is None:
+            future = asyncio.get_running_loop().create_future()
+            self._waiting[entry_id] = future
+            try:
+                applied = await future
+            finally:
+                self._waiting.pop(entry_id, None)
+        refused = sorted([*report.refused, *applied.refused])
+        self.live.quarantine(records, applied.refused)
+        return EventsReport(applied.accepted, applied.duplicates, refused)
+
+    async def follow(self) -> None:
+        """Read and apply every entry, in order, for as long as the server runs."""
+        from redis.exceptions import RedisError
+
+        while not self.live.started:  # the store starts from the first model's lookups
+            await asyncio.sleep(0.1)
+        retry_s = FIRST_RETRY_S
+        while True:
+            try:
+                found = await self.redis.xread(
+                    {self.key: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                )
+            except (RedisError, OSError) as error:
+                if self.problem is None:
+                    logger.warning("event stream %s unreachable: %s", self.describe(), error)
+                self.problem = f"the event stream {self.describe()} is unreachable: {error}"
+                await asyncio.sleep(retry_s)
+                retry_s = min(2 * retry_s, MAX_RETRY_S)
+                continue
+            if self.problem is not None:
+                logger.info("event stream %s back; reading from %s", self.describe(), self.last_id)
+                self.problem, retry_s = None, FIRST_RETRY_S
+            for _, entries in found:
+                for raw_id, fields in entries:
+                    await self._apply(raw_id.decode(), fields)
+
+    async def _apply(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        records = json.loads(fields[b"events"])
+        indices = json.loads(fields[b"indices"])
+        report = await asyncio.to_thread(self.live.apply_checked, records)
+        # the entry's positions back to the batch's as sent
+        report.refused = [(indices[i], name, reason) for i, name, reason in report.refused]
+        self.last_id = entry_id
+        waiting = self._waiting.get(entry_id)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(report)
+        else:  # applied before its POST asked (or another worker's POST): kept a while
+            self._reports[entry_id] = report
+            while len(self._reports) > KEPT_REPORTS:
+                self._reports.popitem(last=False)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
