@@ -104,6 +104,7 @@ def _by_worker(base: str, rounds: int = 40) -> dict[int, set[float]]:
     return seen
 
 
+@pytest.mark.slow
 def test_two_workers_one_store_across_a_kill_and_a_redis_outage(
     model_folder: Bundle, redis_server: Redis, tmp_path: Path
 ) -> None:

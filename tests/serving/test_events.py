@@ -189,6 +189,7 @@ def test_events_are_off_without_a_token(model_folder: Bundle, tmp_path: Path) ->
     assert not (tmp_path / "events").exists()
 
 
+@pytest.mark.slow
 def test_two_days_replayed_through_the_server_give_the_offline_predictions(
     champion: Champion, model_folder: Bundle, tmp_path: Path
 ) -> None:
