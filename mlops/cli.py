@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from mlops.commands import data, retrain, run, serving, training
+from mlops.commands import data, events, retrain, run, serving, training
 from mlops.console import console
 from mlops.errors import EPILOG, MappedErrors
 from mlops.logs import configure_batch, configure_service
@@ -46,6 +46,7 @@ app.command("schedule")(retrain.schedule_command)
 app.command("serve")(serving.serve_command)
 app.command("export")(serving.export_command)
 app.command("predict")(serving.predict_command)
+app.command("replay")(events.replay_command)
 
 
 @app.callback()

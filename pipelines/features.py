@@ -28,6 +28,7 @@ from pipelines.partitions import (
     read_partition,
     sample_sizes,
 )
+from pipelines.rules import DELAYED_MIN
 from pipelines.spec import (
     LABEL,
     MIN_CATEGORY_COUNT,
@@ -90,7 +91,7 @@ def feature_table(flights: pd.DataFrame, lookups: Lookups) -> tuple[pd.DataFrame
     table = raw.join(features.drop(columns=[c for c in features if c in raw]))
     arr_delay = flights["arr_delay"].to_numpy("float64", na_value=np.nan)
     labelled = ~np.isnan(arr_delay)
-    table[LABEL] = (arr_delay > 15).astype("int8")
+    table[LABEL] = (arr_delay > DELAYED_MIN).astype("int8")
     return table.loc[labelled, TABLE_COLUMNS].reset_index(drop=True), int((~labelled).sum())
 
 

@@ -10,6 +10,7 @@ them to know how far an event can be observed from its flight's scheduled time.
 
 from __future__ import annotations
 
+DELAYED_MIN = 15  # the label: an arrival more than this late (the DOT's on-time definition)
 MAX_DELAY_MIN = 24 * 60  # a departure or arrival later than a day is a data error here
 MIN_DELAY_MIN = -180  # nothing leaves or lands more than 3 hours early
 DELAY = (MIN_DELAY_MIN, MAX_DELAY_MIN)

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipelines.event_validation import as_records
 from pipelines.events import to_minutes
