@@ -164,5 +164,5 @@ def test_mlflow_down_cut_stalled_and_restarted(
         mlflow.start()
         eventually(lambda: api.get("/model").json()["problem"] is None, 30, "recovered")
         metrics = api.get("/metrics").text
-    assert 'outcome="refused"' not in metrics
+    assert 'mlops_model_reloads_total{outcome="refused"}' not in metrics
     assert served.live_after_s < 5, served.live_after_s  # the interpreter's start included
