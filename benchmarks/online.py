@@ -90,10 +90,8 @@ def ingest_over_http(base: str, records: list[dict]) -> tuple[float, int]:
 
 
 def ingest_in_process(model_dir: Path, records: list[dict]) -> tuple[float, LiveFeatures]:
-    bundle = read_bundle(model_dir)
-    model = LoadedModel.load(bundle)
     live = LiveFeatures(EventsConfig(since=START.to_pydatetime()))
-    live.start(bundle.lookups, model.vocabulary("carrier"))
+    live.attach(LoadedModel.load(read_bundle(model_dir)))
     started = time.perf_counter()
     for i in range(0, len(records), BATCH):
         live.ingest(records[i : i + BATCH])

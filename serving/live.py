@@ -20,52 +20,52 @@ import json
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from pipelines.event_validation import as_records, validate_events
 from pipelines.events import to_minutes
 from pipelines.lookups import LOOKUP_FILES, Lookups
-from pipelines.online import OnlineStore
+from pipelines.online import EVENT_FIELDS, Applied, OnlineStore
 from pipelines.storage import read_npz_folder, read_npz_table
 from pipelines.transform import feature_arrays
 from serving.config import EventsConfig
+
+if TYPE_CHECKING:
+    from serving.runtime import LoadedModel
 
 logger = logging.getLogger(__name__)
 
 LOG, QUARANTINE = "log.jsonl", "quarantine.jsonl"
 
 
-@dataclass
-class EventsReport:
-    """What a batch did: counts, and each refused event's index (as sent), field and reason."""
-
-    accepted: int = 0
-    duplicates: int = 0
-    refused: list[tuple[int, str, str]] = field(default_factory=list)
-
-
 class LiveFeatures:
     def __init__(self, config: EventsConfig) -> None:
         self.config = config
         self.folder = config.folder  # None: in memory only (tests of the app)
-        self.max_age_min = dataclasses.asdict(config.max_age_min)
-        self.wanted_since = config.since  # None: the build's last observed moment
+        self._max_age = dataclasses.asdict(config.max_age_min)  # source -> minutes
+        self._max_age_array = np.array(list(self._max_age.values()))
         self.store: OnlineStore | None = None
         self.since = np.inf  # flights scheduled after this are answered from the store
         self.lookups: Lookups | None = None  # the store's, published after each change
         self.airports: frozenset[str] = frozenset()
         self.carriers: frozenset[str] = frozenset()
-        self.replayed = EventsReport()
+        self.replayed = Applied()
         self._lock = threading.Lock()
 
     @property
     def started(self) -> bool:
         return self.store is not None
+
+    def attach(self, model: LoadedModel) -> None:
+        """Serve `model`'s predictions through this store, started from its lookups if it is
+        the first."""
+        self.start(model.bundle.lookups, model.vocabulary("carrier"))
+        model.live = self
 
     def start(self, lookups_folder: Path, carriers: list[str]) -> None:
         """Once, from the first served model's lookup files (already checked against its
@@ -88,8 +88,8 @@ class LiveFeatures:
                     ]
                 )
             )
-            if self.wanted_since is not None:
-                until = min(until, float(to_minutes(np.array([self.wanted_since]))[0]))
+            if self.config.since is not None:  # None: the build's last observed moment
+                until = min(until, float(to_minutes(np.array([self.config.since]))[0]))
             # what the build knew of each flight's scheduled arrival: its arrival less its delay
             arrivals = (flights["arrived_at"] - flights["arr_delay"]).to_numpy("float64")
             store.load_snapshot(flights, weather, until, arrivals)
@@ -103,15 +103,15 @@ class LiveFeatures:
                 "events replayed (%d no longer applicable)",
                 _iso(until),
                 len(store),
-                self.replayed.accepted,
+                self.replayed.applied,
                 len(self.replayed.refused),
             )
 
-    def _replay(self) -> EventsReport:
+    def _replay(self) -> Applied:
         """The local log (no stream): what was acknowledged before a restart."""
         path = None if self.folder is None else self.folder / LOG
         if self.config.stream_url or path is None or not path.exists():
-            return EventsReport()  # a stream is read from its start by `serving.stream`
+            return Applied()  # a stream is read from its start by `serving.stream`
         records = []
         with path.open(encoding="utf-8") as lines:
             for line in lines:
@@ -121,15 +121,16 @@ class LiveFeatures:
                     break  # a line cut by a crash mid-write was never acknowledged
         return self._apply(records)
 
-    def check(self, records: list[Any]) -> tuple[list[dict], list[int], EventsReport]:
-        """The rules alone (what a stream carries is checked before it is added): the valid
-        events as records, their indices in the batch, and the refusals (quarantined)."""
+    def check(self, records: list[Any]) -> tuple[list[dict], list[int], Applied]:
+        """The rules alone (what a stream carries is checked before it is added): the typed
+        events (`EVENT_FIELDS`), their indices in the batch, and the refusals (quarantined)."""
         self._require_started()
         checked = validate_events(records, self.airports, self.carriers)
         self.quarantine(records, checked.refused)
-        return as_records(checked.events), checked.indices, EventsReport(refused=checked.refused)
+        typed = checked.events.to_dict("records")
+        return typed, checked.indices, Applied(refused=checked.refused)
 
-    def ingest(self, records: list[Any]) -> EventsReport:
+    def ingest(self, records: list[Any]) -> Applied:
         """Without a stream: validate, apply, log what was accepted (fsync'd), quarantine what
         was refused."""
         with self._lock:
@@ -138,30 +139,33 @@ class LiveFeatures:
             self.quarantine(records, report.refused)
             return report
 
-    def apply_checked(self, records: list[dict]) -> EventsReport:
-        """Events already checked (a stream's entry): applied, nothing written."""
+    def apply_typed(self, events: list[dict]) -> Applied:
+        """Events `check` typed (a stream's entry): applied, not checked again, nothing
+        written; refusals indexed in `events`."""
         with self._lock:
             self._require_started()
-            return self._apply(records)
+            return self._apply_typed(pd.DataFrame(events, columns=EVENT_FIELDS))
 
     def _require_started(self) -> None:
         if self.store is None:
             raise RuntimeError("the online store starts with the first model")
 
-    def _apply(self, records: list[Any], log: bool = False) -> EventsReport:
-        assert self.store is not None
+    def _apply(self, records: list[Any], log: bool = False) -> Applied:
         checked = validate_events(records, self.airports, self.carriers)
-        applied = self.store.apply(checked.events)
-        refused = list(checked.refused)
-        refused += [(checked.indices[i], name, reason) for i, name, reason in applied.refused]
-        refused.sort()
+        applied = self._apply_typed(checked.events)
+        refused = [(checked.indices[i], name, reason) for i, name, reason in applied.refused]
+        if log and self.folder is not None:
+            out = [i for i, _, _ in applied.refused]
+            accepted = checked.events.drop(index=out)  # duplicates too: harmless
+            self._append(LOG, [json.dumps(r) for r in as_records(accepted)])
+        return Applied(applied.applied, applied.duplicates, sorted([*checked.refused, *refused]))
+
+    def _apply_typed(self, events: pd.DataFrame) -> Applied:
+        assert self.store is not None
+        applied = self.store.apply(events)
         if applied.applied:
             self.lookups = self.store.lookups()  # swapped whole: readers never see it change
-        if log and self.folder is not None:
-            out = {i for i, _, _ in applied.refused}
-            accepted = checked.events.drop(index=list(out))  # duplicates too: harmless
-            self._append(LOG, [json.dumps(r) for r in as_records(accepted)])
-        return EventsReport(applied.applied, applied.duplicates, refused)
+        return applied
 
     def quarantine(self, records: list[Any], refused: list[tuple[int, str, str]]) -> None:
         if self.folder is None or not refused:
@@ -203,16 +207,12 @@ class LiveFeatures:
             return t, [()] * rows
         after = t > self.since
         as_of = np.where(after, np.minimum(t, store.clock), t)
+        sources = list(self._max_age)
+        newest = np.array([store.newest.get(source, -np.inf) for source in sources])
+        old = (as_of[:, None] - newest > self._max_age_array) & after[:, None]
         stale: list[tuple[str, ...]] = [()] * rows
-        newest = dict(store.newest)
-        for i in np.flatnonzero(after):
-            old = tuple(
-                source
-                for source, age in self.max_age_min.items()
-                if as_of[i] - newest.get(source, -np.inf) > age
-            )
-            if old:
-                stale[i] = old
+        for i in np.flatnonzero(old.any(axis=1)):
+            stale[i] = tuple(source for source, o in zip(sources, old[i], strict=True) if o)
         return as_of, stale
 
     def features(

@@ -259,8 +259,7 @@ class ModelManager:
             bundle = self.source.fetch(key)
             model = LoadedModel.load(bundle, self.threads, drift_rows=self.drift_window_rows)
             if self.live is not None:
-                self.live.start(bundle.lookups, model.vocabulary("carrier"))
-                model.live = self.live
+                self.live.attach(model)
         except ModelRefusedError as error:  # a defect of the version: no retry changes it
             self.refused[key] = str(error)
             if bundle is not None:

@@ -11,7 +11,7 @@ from prometheus_client.core import GaugeMetricFamily
 from serving.drift import DriftMonitor
 
 if TYPE_CHECKING:
-    from serving.live import EventsReport
+    from pipelines.online import Applied
     from serving.runtime import Scored
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -161,8 +161,8 @@ class ServingMetrics:
         self.rows_scored.inc(rows)
         scored.model.drift.update(scored.numerical, scored.missing)
 
-    def observe_events(self, report: EventsReport, newest: dict[str, float]) -> None:
-        self.events.labels("accepted").inc(report.accepted)
+    def observe_events(self, report: Applied, newest: dict[str, float]) -> None:
+        self.events.labels("accepted").inc(report.applied)
         self.events.labels("duplicate").inc(report.duplicates)
         self.events.labels("refused").inc(len(report.refused))
         for source, minutes in newest.items():

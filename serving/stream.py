@@ -20,8 +20,9 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+from pipelines.online import Applied
 from pipelines.redact import redact
-from serving.live import EventsReport, LiveFeatures
+from serving.live import LiveFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -43,21 +44,22 @@ class EventStream:
         self.redis = redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.last_id = "0"  # the last entry applied: a start reads the stream from its start
         self.problem: str | None = None
-        self._waiting: dict[str, asyncio.Future[EventsReport]] = {}
-        self._reports: OrderedDict[str, EventsReport] = OrderedDict()
+        self._waiting: dict[str, asyncio.Future[Applied]] = {}
+        self._reports: OrderedDict[str, Applied] = OrderedDict()
 
     def describe(self) -> str:
         return f"{redact(self.url)} {self.key}"
 
-    async def publish(self, records: list[Any]) -> EventsReport:
+    async def publish(self, records: list[Any]) -> Applied:
         """Check, add, and wait for this worker to apply the entry: the batch's report, its
         indices those of the batch as sent."""
         from redis.exceptions import RedisError
 
-        valid, indices, report = await asyncio.to_thread(self.live.check, records)
-        if not valid:
+        typed, indices, report = await asyncio.to_thread(self.live.check, records)
+        if not typed:
             return report
-        entry = {"events": json.dumps(valid), "indices": json.dumps(indices)}
+        # typed, so that no worker checks them again (NaN for a field not sent: Python's JSON)
+        entry = {"events": json.dumps(typed), "indices": json.dumps(indices)}
         try:
             entry_id = (await self.redis.xadd(self.key, entry)).decode()
         except (RedisError, OSError) as error:
@@ -70,9 +72,9 @@ class EventStream:
                 applied = await future
             finally:
                 self._waiting.pop(entry_id, None)
+        await asyncio.to_thread(self.live.quarantine, records, applied.refused)  # fsync'd
         refused = sorted([*report.refused, *applied.refused])
-        self.live.quarantine(records, applied.refused)
-        return EventsReport(applied.accepted, applied.duplicates, refused)
+        return Applied(applied.applied, applied.duplicates, refused)
 
     async def follow(self) -> None:
         """Read and apply every entry, in order, for as long as the server runs."""
@@ -103,7 +105,7 @@ class EventStream:
     async def _apply(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         records = json.loads(fields[b"events"])
         indices = json.loads(fields[b"indices"])
-        report = await asyncio.to_thread(self.live.apply_checked, records)
+        report = await asyncio.to_thread(self.live.apply_typed, records)
         # the entry's positions back to the batch's as sent
         report.refused = [(indices[i], name, reason) for i, name, reason in report.refused]
         self.last_id = entry_id

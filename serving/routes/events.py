@@ -65,7 +65,7 @@ def router(max_events: int) -> APIRouter:
         state.metrics.observe_events(report, state.live.newest())
         refused = [RefusedEvent(index=i, field=f, reason=r) for i, f, r in report.refused]
         return ModelResponse(
-            EventsResponse(accepted=report.accepted, duplicates=report.duplicates, refused=refused)
+            EventsResponse(accepted=report.applied, duplicates=report.duplicates, refused=refused)
         )
 
     return routes

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -18,13 +17,18 @@ import numpy as np
 import pytest
 
 from serving.bundle import Bundle
-from serving.config import EventsConfig
-from serving.live import LiveFeatures
-from serving.runtime import LoadedModel
 from tests.processes import clean_env, free_port, mlops_serve
 
 from .conftest import eventually
-from .test_events import AUTH, LIVE_FLIGHT, TOKEN, _post, _predict, day_of_events
+from .test_events import (
+    AUTH,
+    LIVE_FLIGHT,
+    TOKEN,
+    _post,
+    _predict,
+    day_of_events,
+    scored_in_process,
+)
 
 
 class Redis:
@@ -82,18 +86,6 @@ def redis_server(tmp_path: Path) -> Iterator[Redis]:
     server.stop()
 
 
-def _expected(model_folder: Bundle, events: list[dict]) -> float:
-    model = LoadedModel.load(model_folder)
-    model.live = LiveFeatures(EventsConfig())
-    model.live.start(model_folder.lookups, model.vocabulary("carrier"))
-    model.live.ingest(events)
-    row = {
-        **LIVE_FLIGHT,
-        "scheduled_departure": datetime.fromisoformat(LIVE_FLIGHT["scheduled_departure"]),
-    }
-    return float(model.score_rows([row]).probabilities[0])
-
-
 def _by_worker(base: str, rounds: int = 40) -> dict[int, set[float]]:
     """The live flight's probability from each worker (a new connection each time)."""
     seen: dict[int, set[float]] = {}
@@ -116,7 +108,7 @@ def test_two_workers_one_store_across_a_kill_and_a_redis_outage(
         MLOPS_SERVE__POLL_INTERVAL_S="0",
     )
     serve = ("--model-dir", str(model_folder.folder), "--workers", "2")
-    expected = round(_expected(model_folder, events), 7)
+    expected = round(float(scored_in_process(model_folder, events).probabilities[0]), 7)
     with mlops_serve(*serve, env=env) as served:
         before = _by_worker(served.base)
         first, rest = events[:10], events[10:]

@@ -24,7 +24,7 @@ from pipelines.transform import RAW_INPUTS
 from serving.bundle import Bundle
 from serving.config import EventsConfig
 from serving.live import LiveFeatures
-from serving.runtime import LoadedModel
+from serving.runtime import LoadedModel, Scored
 from serving.schemas import EXAMPLE_FLIGHT
 from tests.processes import clean_env, mlops_serve
 
@@ -101,6 +101,16 @@ def day_of_events() -> list[dict]:
     return events
 
 
+def scored_in_process(model_folder: Bundle, events: list[dict]) -> Scored:
+    """The live flight scored by the model through an in-memory store given `events`."""
+    model = LoadedModel.load(model_folder)
+    live = LiveFeatures(EventsConfig())
+    live.attach(model)
+    live.ingest(events)
+    departure = datetime.fromisoformat(LIVE_FLIGHT["scheduled_departure"])
+    return model.score_rows([{**LIVE_FLIGHT, "scheduled_departure": departure}])
+
+
 def _predict(base: str, *flights: dict) -> list[dict]:
     response = httpx.post(f"{base}/predict", json={"flights": list(flights)}, timeout=30)
     assert response.status_code == 200, response.text
@@ -156,15 +166,7 @@ def test_events_move_a_live_flights_features_and_survive_a_restart(
     assert not {"temp", "origin_dep_delay_mean_0_1h"} & after
     assert {"temp", "origin_dep_delay_mean_0_1h"} <= before
     # the same as the library's online store gives for the same events
-    expected = LoadedModel.load(model_folder)
-    expected.live = LiveFeatures(EventsConfig())
-    expected.live.start(model_folder.lookups, expected.vocabulary("carrier"))
-    expected.live.ingest(events)
-    row = {
-        **LIVE_FLIGHT,
-        "scheduled_departure": datetime.fromisoformat(LIVE_FLIGHT["scheduled_departure"]),
-    }
-    scored = expected.score_rows([row])
+    scored = scored_in_process(model_folder, events)
     assert np.isclose(live_after["delay_probability"], scored.probabilities[0], atol=1e-6)
     assert set(scored.defaults_used[0]) == after
     assert 'mlops_events_total{outcome="accepted"} 26.0' in metrics
