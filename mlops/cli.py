@@ -47,6 +47,7 @@ app.command("serve")(serving.serve_command)
 app.command("export")(serving.export_command)
 app.command("predict")(serving.predict_command)
 app.command("replay")(events.replay_command)
+app.command("sink")(events.sink_command)
 
 
 @app.callback()

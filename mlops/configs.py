@@ -17,6 +17,7 @@ from pipelines.errors import RegistryUnavailableError
 from pipelines.layout import DataLayout
 from pipelines.redact import redact
 from pipelines.splits import SplitPlan
+from serving.config import EventsConfig
 from training.config import TrackingConfig, TuneConfig
 
 if TYPE_CHECKING:
@@ -29,6 +30,12 @@ REACHABLE_TIMEOUT_S = 5.0
 
 def layout_of(settings: Settings) -> DataLayout:
     return DataLayout(settings.home)
+
+
+def events_of(settings: Settings) -> EventsConfig:
+    """The events' settings, their folder (the local log, the quarantine) under MLOPS_HOME."""
+    events = settings.events
+    return events if events.folder else replace(events, folder=settings.home / "events")
 
 
 def cluster_of(settings: Settings) -> ClusterConfig:

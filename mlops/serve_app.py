@@ -8,10 +8,9 @@ Imports the settings and `serving` only: no CLI, no Dask, no torch.
 from __future__ import annotations
 
 import os
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from mlops.configs import model_source
+from mlops.configs import events_of, model_source
 from mlops.logs import configure_service
 from mlops.settings import Settings, secrets_from_files
 
@@ -26,7 +25,4 @@ def create() -> FastAPI:
     settings = Settings()
     configure_service(settings.home, settings.log_format, settings.log_level)
     os.environ.update(settings.serve.mlflow_environment())  # this process serves, only
-    events = settings.events
-    if events.folder is None:
-        events = replace(events, folder=settings.home / "events")
-    return create_app(settings.serve, model_source(settings), events)
+    return create_app(settings.serve, model_source(settings), events_of(settings))

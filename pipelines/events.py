@@ -36,7 +36,7 @@ def to_minutes(times: pd.Series | np.ndarray) -> np.ndarray:
     return minutes
 
 
-def _zone_of(airports: pd.DataFrame) -> pd.Series:
+def zone_of(airports: pd.DataFrame) -> pd.Series:
     """IANA zone per airport code; a fixed offset where only `tz` (hours from UTC) is known."""
     fixed = airports["tz"].map(lambda h: f"Etc/GMT{-int(h):+d}" if pd.notna(h) else None)
     zone = airports["tzone"].where(airports["tzone"].notna(), fixed)
@@ -87,7 +87,7 @@ def flight_identity(carrier: np.ndarray, flight: np.ndarray, origin: np.ndarray)
 
 def scheduled_arrivals(flights: pd.DataFrame, airports: pd.DataFrame) -> np.ndarray:
     """Each flight's scheduled arrival on New York's clock (NaN where its zone is unknown)."""
-    return _scheduled_arrival_ny(flights, _zone_of(airports))
+    return _scheduled_arrival_ny(flights, zone_of(airports))
 
 
 def flight_events(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:

@@ -73,7 +73,7 @@ def month_keys(year: pd.Series, month: pd.Series) -> pd.Series:
     return (y + "-" + m).where(ok, UNDATED)
 
 
-def _enrich(table: str, kept: pd.DataFrame) -> pd.DataFrame:
+def enrich(table: str, kept: pd.DataFrame) -> pd.DataFrame:
     """Add the derived time columns every later stage keys on."""
     if table == "flights":
         return kept.assign(scheduled_departure=local_time(kept, kept["sched_dep_time"]))
@@ -116,7 +116,7 @@ def _ingest_table(
             report.out_of_window += int((~in_kept).sum() + (~in_bad).sum())
             kept, kept_month = kept[in_kept], kept_month[in_kept]
             bad, bad_month = bad[in_bad], bad_month[in_bad]
-            kept = _enrich(schema.name, kept)
+            kept = enrich(schema.name, kept)
             if schema.name == "flights":  # sorted parts let readers skip row groups by time
                 kept = kept.sort_values("scheduled_departure", kind="stable")
             for month, rows in kept.groupby(kept_month, sort=True):
@@ -125,7 +125,7 @@ def _ingest_table(
                 quarantine.setdefault(str(month), []).append(rows.assign(source=str(chunk.path)))
             months = set(kept_month) | set(bad_month)
         else:
-            staged.write(_enrich(schema.name, kept).reset_index(drop=True))
+            staged.write(enrich(schema.name, kept).reset_index(drop=True))
             if len(bad):
                 quarantine.setdefault(ALL, []).append(bad.assign(source=str(chunk.path)))
             months = {ALL}
@@ -137,7 +137,7 @@ def _ingest_table(
         report.months = sorted(set(report.months) | months)
         for month in months:
             quarantine.setdefault(month, [])
-    empty = _enrich(schema.name, result.kept.iloc[:0])
+    empty = enrich(schema.name, result.kept.iloc[:0])
     written = set(staged.partitions)
     for month in report.months if schema.time_partitioned else []:
         if f"month={month}" not in written and month != UNDATED:

@@ -42,3 +42,33 @@ def replay_command(
         f"realized on {report.labelled:,} arrivals: ROC-AUC {report.auc:.4f}, "
         f"log loss {report.log_loss:.4f}"
     )
+
+
+def sink_command(
+    ctx: typer.Context,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="keep writing new events until stopped")
+    ] = False,
+    batch: Annotated[int, typer.Option(min=1, help="events per batch, at most")] = 20_000,
+) -> None:
+    """Write the events the server accepted to bronze, as ingest would have written them: from
+    its Redis stream (MLOPS_EVENTS__STREAM_URL) or its local log (MLOPS_HOME/events/log.jsonl).
+
+    A flight becomes a bronze row once its outcome is in (arrived, cancelled, diverted); a
+    weather hour at once. Each event is written once, across restarts and kill -9; the stream
+    is trimmed behind what is written and what a restarting server still needs."""
+    from mlops.flows.sink import sink
+    from pipelines.sink import SinkCounts
+
+    def report(counts: SinkCounts, totals: SinkCounts) -> None:
+        console.print(
+            f"{counts.events:,} events: {counts.flights:,} flights and {counts.weather:,} "
+            f"weather hours to bronze, {counts.quarantined:,} quarantined, "
+            f"{counts.duplicates:,} already in; {totals.waiting:,} flights wait for an outcome"
+        )
+
+    done = sink(ctx.obj, follow, batch, on_batch=report)
+    console.print(
+        f"sink: {done.events:,} events read, {done.flights:,} flights and {done.weather:,} "
+        f"weather hours written, {done.quarantined:,} quarantined, {done.duplicates:,} already in"
+    )

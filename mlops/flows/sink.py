@@ -1,0 +1,223 @@
+"""`mlops sink`: the events the server accepted, from its Redis stream (MLOPS_EVENTS__STREAM_URL)
+or its local log (`MLOPS_HOME/events/log.jsonl`), into bronze (`pipelines.sink`), batch by
+batch under the data lock; then the stream is trimmed behind what is safe.
+
+An entry of the stream may go once the sink has committed it and nothing in it can matter
+to a server that starts again from the stream: every event in it is older than the online
+store's horizon, and a schedule's flight has had the time to leave and land since. The local
+log is the server's to replay, and is not trimmed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Protocol
+
+import pandas as pd
+
+from mlops.configs import events_of, layout_of
+from mlops.locks import writer_lock
+from mlops.settings import Settings
+from pipelines.errors import SourceError, WriterBusyError
+from pipelines.event_validation import validate_events
+from pipelines.online import EVENT_FIELDS, RETENTION_MIN
+from pipelines.redact import redact
+from pipelines.rules import MAX_DELAY_MIN
+from pipelines.sink import EventSink, SinkCounts
+from serving.live import LOG
+
+logger = logging.getLogger(__name__)
+
+BATCH_EVENTS = 20_000  # at most, per batch (by default)
+IDLE_S = 1.0  # a following sink's wait when there is nothing new
+MAX_RETRY_S = 30.0  # its longest wait for a source that is down
+# a scheduled flight can matter this long after its departure: a day late, a day in the air
+FLIGHT_LIFETIME_MIN = 2 * MAX_DELAY_MIN
+
+
+def needed_until(events: pd.DataFrame) -> float:
+    """The last moment the events can matter to a store replaying them (New York minutes)."""
+    if events.empty:
+        return float("-inf")
+    flights = events["kind"] == "scheduled"
+    lifetime = events["scheduled"].where(flights) + FLIGHT_LIFETIME_MIN
+    return float(pd.concat([events["observed"], lifetime]).max())
+
+
+class Source(Protocol):
+    def describe(self) -> str: ...
+
+    def read(
+        self, position: str, wait: bool
+    ) -> tuple[pd.DataFrame, str, list[tuple[str, float]], list[tuple[dict, str]]]:
+        """From `position`: the typed events, the position after them, the entries read with
+        the moment each stops mattering, and what could not be read (with the reason)."""
+        ...
+
+    def trim(self, entries: list[tuple[str, float]], clock: float) -> int:
+        """Trim the committed `entries` that no longer matter; returns how many went."""
+        ...
+
+
+class LogSource:
+    """The local log: JSON lines, as the server wrote them (a line cut by a crash is not one)."""
+
+    def __init__(self, path: Path, sink: EventSink, batch: int) -> None:
+        self.path, self.sink, self.batch = path, sink, batch
+
+    def describe(self) -> str:
+        return str(self.path)
+
+    def read(
+        self, position: str, wait: bool
+    ) -> tuple[pd.DataFrame, str, list[tuple[str, float]], list[tuple[dict, str]]]:
+        offset = int(position or 0)
+        records, bad = [], []
+        if self.path.exists():
+            with self.path.open("rb") as log:
+                log.seek(offset)
+                for line in log:
+                    if not line.endswith(b"\n") or len(records) >= self.batch:
+                        break
+                    offset += len(line)
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError as error:
+                        bad.append(({"line": line.decode(errors="replace")}, f"not JSON: {error}"))
+        checked = validate_events(records, self.sink.airports, self.sink.carriers)
+        bad += [(records[index], f"{name}: {reason}") for index, name, reason in checked.refused]
+        if not records and wait:
+            time.sleep(IDLE_S)
+        return checked.events, str(offset), [], bad
+
+    def trim(self, entries: list[tuple[str, float]], clock: float) -> int:
+        return 0
+
+
+class StreamSource:
+    """The server's Redis stream: entries of typed events, read in order (XREAD)."""
+
+    def __init__(self, url: str, key: str, batch: int) -> None:
+        import redis
+
+        self.url, self.key, self.batch = url, key, batch
+        self.redis = redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+
+    def describe(self) -> str:
+        return f"{redact(self.url)} {self.key}"
+
+    def read(
+        self, position: str, wait: bool
+    ) -> tuple[pd.DataFrame, str, list[tuple[str, float]], list[tuple[dict, str]]]:
+        from redis.exceptions import RedisError
+
+        frames, entries = [], []
+        count = 0
+        try:
+            found = self.redis.xread(
+                {self.key: position or "0"}, count=100, block=int(IDLE_S * 1000) if wait else None
+            )
+        except RedisError as error:
+            raise ConnectionError(str(error)) from None
+        for _, read in found or []:
+            for raw_id, fields in read:
+                events = pd.DataFrame(json.loads(fields[b"events"]), columns=EVENT_FIELDS)
+                position = raw_id.decode()
+                frames.append(events)
+                entries.append((position, needed_until(events)))
+                count += len(events)
+                if count >= self.batch:
+                    break
+        events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return events.reindex(columns=EVENT_FIELDS), position, entries, []
+
+    def trim(self, entries: list[tuple[str, float]], clock: float) -> int:
+        old = 0
+        while old < len(entries) and entries[old][1] < clock - RETENTION_MIN:
+            old += 1
+        if old:
+            from redis.exceptions import RedisError
+
+            millis, sequence = entries[old - 1][0].split("-")
+            try:
+                self.redis.xtrim(self.key, minid=f"{millis}-{int(sequence) + 1}", approximate=False)
+            except RedisError as error:  # trimmed at the next batch
+                logger.warning("could not trim %s: %s", self.describe(), error)
+                return 0
+        return old
+
+
+@contextmanager
+def _only_sink(folder: Path) -> Iterator[None]:
+    """One sink per MLOPS_HOME (a second would write the same batches)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle: IO[str] = (folder / "sink.lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise WriterBusyError(f"another `mlops sink` runs on {folder}") from None
+    try:
+        yield
+    finally:
+        handle.close()
+
+
+def sink(
+    settings: Settings,
+    follow: bool = False,
+    batch: int = BATCH_EVENTS,
+    on_batch: Callable[[SinkCounts, SinkCounts], None] | None = None,
+) -> SinkCounts:
+    """Write what the source holds after the committed position to bronze; `follow`: keep
+    doing it until stopped. Returns what this run did."""
+    layout = layout_of(settings)
+    done = SinkCounts()
+    with _only_sink(layout.root / "sink"):
+        with writer_lock(settings, "mlops sink"):
+            store = EventSink(layout)  # removes an uncommitted batch's parts
+        config = events_of(settings)
+        source: Source
+        if config.stream_url:
+            source = StreamSource(config.stream_url, config.stream_key, batch)
+        else:
+            assert config.folder is not None
+            source = LogSource(config.folder / LOG, store, batch)
+        logger.info("sink from %s at %r", source.describe(), store.state.position)
+        retry_s = IDLE_S
+        while True:
+            try:
+                events, position, entries, bad = source.read(store.state.position, follow)
+            except OSError as error:
+                problem = f"the event source {source.describe()}: {error}"
+                if not follow:
+                    raise SourceError(problem) from None
+                logger.warning("%s; trying again in %.0f s", problem, retry_s)
+                time.sleep(retry_s)
+                retry_s = min(2 * retry_s, MAX_RETRY_S)
+                continue
+            retry_s = IDLE_S
+            if position != store.state.position:
+                try:
+                    with writer_lock(settings, "mlops sink", wait_s=None if not follow else 0):
+                        counts = store.write(events, position, entries, bad)
+                except WriterBusyError as busy:
+                    if not follow:
+                        raise
+                    logger.info("%s; trying again", busy)
+                    time.sleep(IDLE_S)
+                    continue
+                done.add(counts)
+                trimmed = source.trim(store.state.entries, store.state.clock)
+                if trimmed:
+                    store.trimmed(trimmed)
+                if on_batch is not None:
+                    on_batch(counts, store.state.totals)
+            elif not follow:
+                return done
