@@ -32,6 +32,16 @@ FIRST_RETRY_S, MAX_RETRY_S = 0.5, 10.0
 KEPT_REPORTS = 1024  # entries applied before their POST asked for the outcome
 
 
+def as_entry(typed: list[dict[str, Any]], indices: list[int]) -> dict[str, str]:
+    """A stream entry: a batch's typed events (`EVENT_FIELDS`; NaN for a field not sent, as
+    Python's JSON writes it), so no reader checks them again, and their indices in the batch."""
+    return {"events": json.dumps(typed), "indices": json.dumps(indices)}
+
+
+def from_entry(fields: dict[bytes, bytes]) -> tuple[list[dict[str, Any]], list[int]]:
+    return json.loads(fields[b"events"]), json.loads(fields[b"indices"])
+
+
 class StreamUnavailableError(Exception):
     """The stream cannot be written: the events were not accepted (a 503)."""
 
@@ -58,10 +68,8 @@ class EventStream:
         typed, indices, report = await asyncio.to_thread(self.live.check, records)
         if not typed:
             return report
-        # typed, so that no worker checks them again (NaN for a field not sent: Python's JSON)
-        entry = {"events": json.dumps(typed), "indices": json.dumps(indices)}
         try:
-            entry_id = (await self.redis.xadd(self.key, entry)).decode()
+            entry_id = (await self.redis.xadd(self.key, as_entry(typed, indices))).decode()
         except (RedisError, OSError) as error:
             raise StreamUnavailableError(f"the event stream {self.describe()}: {error}") from None
         applied = self._reports.pop(entry_id, None)
@@ -103,8 +111,7 @@ class EventStream:
                     await self._apply(raw_id.decode(), fields)
 
     async def _apply(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
-        records = json.loads(fields[b"events"])
-        indices = json.loads(fields[b"indices"])
+        records, indices = from_entry(fields)
         report = await asyncio.to_thread(self.live.apply_typed, records)
         # the entry's positions back to the batch's as sent
         report.refused = [(indices[i], name, reason) for i, name, reason in report.refused]

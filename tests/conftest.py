@@ -19,6 +19,8 @@ from pipelines.schemas import SCHEMAS, validate
 from pipelines.sources import bundled_source, read_chunks
 from pipelines.splits import SplitPlan
 
+from .processes import Redis
+
 
 def load_bundled(table: str) -> pd.DataFrame:
     """A bundled table, parsed and validated the way ingest does it (in memory)."""
@@ -117,3 +119,14 @@ def _no_environment_leaks() -> Iterator[None]:
     leaked = getattr(tracking, "_tracking_uri", None)
     if leaked is not None:
         pytest.fail(f"MLflow's global tracking URI was left set to {leaked}")
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[Redis]:
+    """A redis-server of the test's own, on a free port: stopping it is real."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        pytest.skip("needs redis-server and redis-cli (Debian: apt install redis-server)")
+    server = Redis(tmp_path)
+    server.start()
+    yield server
+    server.stop()

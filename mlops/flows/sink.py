@@ -31,6 +31,7 @@ from pipelines.redact import redact
 from pipelines.rules import MAX_DELAY_MIN
 from pipelines.sink import EventSink, SinkCounts
 from serving.live import LOG
+from serving.stream import from_entry
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class StreamSource:
             raise ConnectionError(str(error)) from None
         for _, read in found or []:
             for raw_id, fields in read:
-                events = pd.DataFrame(json.loads(fields[b"events"]), columns=EVENT_FIELDS)
+                events = pd.DataFrame(from_entry(fields)[0], columns=EVENT_FIELDS)
                 position = raw_id.decode()
                 frames.append(events)
                 entries.append((position, needed_until(events)))

@@ -6,10 +6,6 @@ is back. Each test runs its own `redis-server` on a free port, so stopping it is
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +13,7 @@ import numpy as np
 import pytest
 
 from serving.bundle import Bundle
-from tests.processes import clean_env, free_port, mlops_serve
+from tests.processes import Redis, clean_env, mlops_serve
 
 from .conftest import eventually
 from .test_events import (
@@ -29,61 +25,6 @@ from .test_events import (
     day_of_events,
     scored_in_process,
 )
-
-
-class Redis:
-    def __init__(self, folder: Path) -> None:
-        self.folder, self.port = folder, free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 20
-        while (
-            subprocess.run(
-                ["redis-cli", "-p", str(self.port), "ping"], capture_output=True, text=True
-            ).stdout.strip()
-            != "PONG"
-        ):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(20)
-            self.process = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Redis]:
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.skip("needs redis-server and redis-cli (Debian: apt install redis-server)")
-    server = Redis(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 def _by_worker(base: str, rounds: int = 40) -> dict[int, set[float]]:
