@@ -15,7 +15,7 @@ MLFLOW=${MLFLOW:-http://127.0.0.1:${MLFLOW_PORT:-5000}}
 PROJECT=${COMPOSE_PROJECT_NAME:-mlops-flights}
 compose() { docker compose "$@"; }
 say() { printf '[smoke %4ds] %s\n' "$((SECONDS - start))" "$*"; }
-fail() { say "FAILED: $*"; compose ps; compose logs --tail 40 trainer api scheduler mlflow || true; exit 1; }
+fail() { say "FAILED: $*"; compose ps; compose logs --tail 40 trainer api scheduler mlflow sink redis || true; exit 1; }
 wait_for() {  # wait_for <seconds> <command...>
   local limit=$1; shift
   local until=$((SECONDS + limit))
@@ -54,6 +54,16 @@ curl -sf "$API/v2/models/flight-delay/infer" -H 'Content-Type: application/json'
   {"name": "scheduled_departure", "shape": [1], "datatype": "BYTES", "data": ["2013-12-01T05:15:00"]}]}' \
   | json 'd["outputs"][0]["data"]' >/dev/null || fail "V2 infer"
 say "V2 infer answers"
+# an event through the API, the Redis stream and the sink into bronze
+printf 'Authorization: Bearer %s\n' "$(secret events_token)" > "$netrc_dir/events"
+event='{"events": [{"id": "smoke-wx-ewr-2014010218", "kind": "weather", "origin": "EWR",
+  "time_hour": "2014-01-02T18:00:00", "temp": 28.0, "visib": 10.0}]}'
+accepted=$(curl -sf "$API/v1/events" -H @"$netrc_dir/events" -H 'Content-Type: application/json' \
+  -d "$event" | json 'd["accepted"]') || fail "/v1/events"
+[ "$accepted" = 1 ] || fail "/v1/events accepted $accepted of 1"
+sink_wrote() { compose logs sink | grep -q '1 weather hours to bronze'; }
+wait_for 120 sink_wrote || fail "the sink never wrote the event to bronze"
+say "an event: accepted by the API, through Redis, written to bronze by the sink"
 
 say "closed by default:"
 [ ! -e .env ] || say "  (a .env exists here: its settings apply)"
@@ -63,7 +73,8 @@ for service in api mlflow; do
   bound=$(compose port "$service" "$([ $service = api ] && echo 8000 || echo 5000)")
   [ "${bound%:*}" = 127.0.0.1 ] || fail "$service is published on $bound"
 done
-say "  ports on 127.0.0.1 only"
+! compose port redis 6379 >/dev/null 2>&1 || fail "Redis is published"
+say "  ports on 127.0.0.1 only (Redis not at all)"
 anonymous=$(curl -s -o /dev/null -w '%{http_code}' "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1")
 [ "$anonymous" = 401 ] || fail "MLflow answered $anonymous to an anonymous call"
 [ "$(as_api "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1")" = 200 ] \
@@ -88,7 +99,7 @@ say "  PostgreSQL: the lock's and Optuna's roles are refused outside their own"
 say "  MLflow: anonymous 401; user api reads (200), may not delete the experiment (403) nor move the alias (403)"
 secrets_now=()
 for name in postgres_password mlflow_admin_password mlflow_trainer_password mlflow_api_password \
-    admin_token db_mlflow_password db_optuna_password db_lock_password; do
+    admin_token events_token redis_password db_mlflow_password db_optuna_password db_lock_password; do
   secrets_now+=("$(secret "$name")")
 done
 containers=$(compose ps -aq)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ("", "distributed", "gpu", "dashboard")  # "": the default services alone
+PROFILES = ("", "distributed", "gpu", "dashboard", "replay")  # "": the default services alone
 # What a user may set in .env to choose a secret (the init service generates the rest)
 USER_SECRETS = (
     "POSTGRES_PASSWORD",
@@ -26,6 +26,7 @@ USER_SECRETS = (
     "MLFLOW_API_PASSWORD",
     "MLFLOW_FLASK_SERVER_SECRET_KEY",
     "MLOPS_SERVE__ADMIN_TOKEN",
+    "MLOPS_EVENTS__TOKEN",
 )
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|_KEY$|STORAGE$|_URL$|BACKEND_STORE_URI$")
 CREDENTIALS_IN_URL = re.compile(r"://[^/@\s:]+:[^/@\s]+@")

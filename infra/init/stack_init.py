@@ -52,6 +52,8 @@ SECRETS = (
     Secret("mlflow_trainer_password", "MLFLOW_TRAINER_PASSWORD", "MLflow user `trainer`"),
     Secret("mlflow_api_password", "MLFLOW_API_PASSWORD", "MLflow user `api` (read only)"),
     Secret("admin_token", "MLOPS_SERVE__ADMIN_TOKEN", "the API's /admin bearer token"),
+    Secret("events_token", "MLOPS_EVENTS__TOKEN", "the API's /v1/events bearer token"),
+    Secret("redis_password", None, "Redis (the events' stream)"),
     Secret("postgres_password", "POSTGRES_PASSWORD", "PostgreSQL superuser (init only)"),
     Secret("mlflow_flask_secret_key", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLflow's Flask key"),
     Secret("db_mlflow_password", None, "PostgreSQL role `mlflow`"),
@@ -108,6 +110,10 @@ def postgres_url(user: str, password: str, database: str, driver: str = "+psycop
     return f"postgresql{driver}://{user}:{quote(password, safe='')}@postgres:5432/{database}"
 
 
+def redis_url(password: str) -> str:
+    return f"redis://:{quote(password, safe='')}@redis:6379/0"
+
+
 def hand_out(values: dict[str, str], environ: dict[str, str]) -> None:
     """Each service's volume gets only what that service reads."""
     lock_db = environ.get("POSTGRES_DB") or "mlops"
@@ -126,7 +132,16 @@ def hand_out(values: dict[str, str], environ: dict[str, str]) -> None:
         "api": {
             "mlflow_password": values["mlflow_api_password"],
             "admin_token": values["admin_token"],
+            "events_token": values["events_token"],
+            "events_stream_url": redis_url(values["redis_password"]),
         },
+        "redis": {"redis_password": values["redis_password"]},
+        # the sink: the stream, and the data lock (it writes bronze)
+        "sink": {
+            "events_stream_url": redis_url(values["redis_password"]),
+            "lock_url": postgres_url("retrain_lock", values["db_lock_password"], lock_db, ""),
+        },
+        "replay": {"events_token": values["events_token"]},
         "dashboard": {
             "optuna_storage": postgres_url("dashboard", values["db_dashboard_password"], "optuna"),
         },
@@ -135,8 +150,8 @@ def hand_out(values: dict[str, str], environ: dict[str, str]) -> None:
         folder = Path("/secrets") / service
         if not folder.is_dir():  # a volume this run of the stack does not mount
             continue
-        # the postgres entrypoint reads it as root; the others run as the images' `mlops`
-        uid = 0 if service == "postgres" else SERVICE_UID
+        # the postgres and redis entrypoints read theirs as root; the others run as `mlops`
+        uid = 0 if service in ("postgres", "redis") else SERVICE_UID
         if os.geteuid() == 0:
             os.chown(folder, uid, uid)
         folder.chmod(0o700)

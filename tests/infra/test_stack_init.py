@@ -46,7 +46,7 @@ def test_secrets_are_generated_once_then_kept_and_a_given_one_wins(init: ModuleT
 
 def test_each_service_gets_only_its_own(init: ModuleType, tmp_path: Path) -> None:
     values, _, _ = init.resolve_secrets({})
-    services = ("postgres", "mlflow", "trainer", "api", "dashboard")
+    services = ("postgres", "mlflow", "trainer", "api", "dashboard", "redis", "sink", "replay")
     for service in services:
         (tmp_path / "secrets" / service).mkdir(parents=True)
     init.hand_out(values, {"POSTGRES_DB": "mlops"})
@@ -55,10 +55,19 @@ def test_each_service_gets_only_its_own(init: ModuleType, tmp_path: Path) -> Non
         for service in services
     }
     assert seen["postgres"] == {"postgres_password": values["postgres_password"]}
+    stream_url = f"redis://:{values['redis_password']}@redis:6379/0"
     assert seen["api"] == {
         "mlflow_password": values["mlflow_api_password"],
         "admin_token": values["admin_token"],
+        "events_token": values["events_token"],
+        "events_stream_url": stream_url,
     }
+    assert seen["redis"] == {"redis_password": values["redis_password"]}
+    assert seen["sink"] == {
+        "events_stream_url": stream_url,
+        "lock_url": seen["trainer"]["lock_url"],
+    }
+    assert seen["replay"] == {"events_token": values["events_token"]}
     assert seen["trainer"]["lock_url"].startswith("postgresql://retrain_lock:")
     assert seen["dashboard"]["optuna_storage"].startswith("postgresql+psycopg://dashboard:")
     superuser = values["postgres_password"]
