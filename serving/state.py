@@ -13,8 +13,9 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
-from serving.batcher import MicroBatcher, NotReadyError
+from serving.batcher import Answer, MicroBatcher, NotReadyError
 from serving.config import EventsConfig, ServeConfig
 from serving.live import LiveFeatures
 from serving.manager import ModelManager, Source
@@ -72,11 +73,19 @@ class ServingState:
         return cls(config, slot, batcher, manager, metrics, events, live, stream)
 
     def model(self) -> LoadedModel:
-        """The served model; NotReadyError (a 503) until the first one is loaded."""
+        """The served model; NotReadyError (a 503) until the first one is loaded and, with an
+        event stream, the entries it held at the start are applied."""
         model = self.slot.current
         if model is None:
             raise NotReadyError("no model is loaded yet")
+        if self.stream is not None and not self.stream.caught_up:
+            raise NotReadyError(self.stream.progress())
         return model
+
+    async def score(self, rows: list[dict[str, Any]]) -> Answer:
+        """Score through the batcher, once ready (a 503 before, as `model` says)."""
+        self.model()
+        return await self.batcher.score(rows)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -42,6 +42,11 @@ def from_entry(fields: dict[bytes, bytes]) -> tuple[list[dict[str, Any]], list[i
     return json.loads(fields[b"events"]), json.loads(fields[b"indices"])
 
 
+def _entry_id(text: str) -> tuple[int, int]:
+    millis, _, sequence = text.partition("-")
+    return int(millis), int(sequence or 0)
+
+
 class StreamUnavailableError(Exception):
     """The stream cannot be written: the events were not accepted (a 503)."""
 
@@ -54,6 +59,10 @@ class EventStream:
         self.redis = redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         self.last_id = "0"  # the last entry applied: a start reads the stream from its start
         self.problem: str | None = None
+        # not ready before the entries there were at the start are applied: until then a
+        # worker would answer from a store behind every other one's
+        self.caught_up = False
+        self._start_id: tuple[int, int] | None = None  # the newest entry at the start
         self._waiting: dict[str, asyncio.Future[Applied]] = {}
         self._reports: OrderedDict[str, Applied] = OrderedDict()
 
@@ -106,6 +115,13 @@ class EventStream:
             if self.problem is not None:
                 logger.info("event stream %s back; reading from %s", self.describe(), self.last_id)
                 self.problem, retry_s = None, FIRST_RETRY_S
+            if self._start_id is None:
+                try:
+                    newest = await self.redis.xrevrange(self.key, count=1)
+                except (RedisError, OSError):
+                    continue  # the next XREAD says what is wrong
+                self._start_id = _entry_id(newest[0][0].decode()) if newest else (0, 0)
+                self._check_caught_up()
             for _, entries in found:
                 for raw_id, fields in entries:
                     await self._apply(raw_id.decode(), fields)
@@ -116,6 +132,7 @@ class EventStream:
         # the entry's positions back to the batch's as sent
         report.refused = [(indices[i], name, reason) for i, name, reason in report.refused]
         self.last_id = entry_id
+        self._check_caught_up()
         waiting = self._waiting.get(entry_id)
         if waiting is not None and not waiting.done():
             waiting.set_result(report)
@@ -123,6 +140,20 @@ class EventStream:
             self._reports[entry_id] = report
             while len(self._reports) > KEPT_REPORTS:
                 self._reports.popitem(last=False)
+
+    def _check_caught_up(self) -> None:
+        if self.caught_up or self._start_id is None:
+            return
+        if _entry_id(self.last_id) >= self._start_id:
+            self.caught_up = False
+            logger.info("event stream %s: caught up at %s", self.describe(), self.last_id)
+
+    def progress(self) -> str:
+        """Why this worker is not ready yet."""
+        if self.problem is not None:
+            return self.problem
+        target = "?" if self._start_id is None else "-".join(map(str, self._start_id))
+        return f"catching up with the event stream {self.describe()}: at {self.last_id} of {target}"
 
     async def close(self) -> None:
         await self.redis.aclose()

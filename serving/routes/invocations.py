@@ -46,5 +46,5 @@ async def invocations(request: Request, state: StateDep) -> ModelResponse:
         rows = from_invocations(body, state.config.max_request_rows)
     except InvalidInputError as error:
         return _bad_request(str(error))
-    answer = await state.batcher.score(rows)
+    answer = await state.score(rows)
     return ModelResponse(predictions_of(answer))

@@ -69,7 +69,7 @@ def router(request_model: type[BaseModel]) -> APIRouter:
             raise RequestValidationError(in_body(error)) from None
         flights = body.flights  # type: ignore[attr-defined]
         rows = [{name: getattr(flight, name) for name in RAW_INPUTS} for flight in flights]
-        answer = await state.batcher.score(rows)
+        answer = await state.score(rows)
         return ModelResponse(predictions_of(answer))
 
     @routes.get("/model", response_model=None, responses=UNAVAILABLE)

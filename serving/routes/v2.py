@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from pipelines.contract import OUTPUT
+from serving.batcher import NotReadyError
 from serving.protocols import V2_INPUTS, InvalidInputError, from_v2, parse_v2
 from serving.routes.deps import ServedModelDep, StateDep, served_model
 from serving.routes.openapi import BODY_ERRORS, UNAVAILABLE, json_body, schema_of
@@ -52,11 +53,14 @@ async def v2_live() -> ModelResponse:
 @router.get(
     "/v2/health/ready",
     response_model=None,
-    responses={503: {"description": "not ready: no model loaded yet"}},
+    responses={503: {"description": "not ready: no model loaded yet, or behind the event stream"}},
 )
 async def v2_ready(state: StateDep) -> ModelResponse:
-    ready = state.slot.current is not None
-    return ModelResponse(V2ServerReady(ready=ready), 200 if ready else 503)
+    try:
+        state.model()
+    except NotReadyError:
+        return ModelResponse(V2ServerReady(ready=False), 503)
+    return ModelResponse(V2ServerReady(ready=True))
 
 
 @router.get("/v2/models/{name}", response_model=dict, responses={**UNKNOWN, **UNAVAILABLE})
@@ -94,7 +98,7 @@ async def v2_infer(request: Request, state: StateDep) -> ModelResponse:
         rows = from_v2(body, state.config.max_request_rows)
     except InvalidInputError as error:
         return ModelResponse(V2Error(error=str(error)), 400)
-    answer = await state.batcher.score(rows)
+    answer = await state.score(rows)
     output = V2Tensor(
         name=OUTPUT,
         shape=[len(answer.probabilities)],

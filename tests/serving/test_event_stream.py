@@ -6,16 +6,25 @@ is back. Each test runs its own `redis-server` on a free port, so stopping it is
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
+from pipelines.event_validation import as_records, validate_events
+from pipelines.events import to_minutes
+from pipelines.layout import DataLayout
+from pipelines.online import events_from_bronze
+from pipelines.storage import read_parquet_folder
 from serving.bundle import Bundle
+from serving.stream import as_entry
 from tests.processes import Redis, clean_env, mlops_serve
 
-from .conftest import eventually
+from .conftest import Champion, eventually
 from .test_events import (
     AUTH,
     LIVE_FLIGHT,
@@ -87,6 +96,52 @@ def test_two_workers_one_store_across_a_kill_and_a_redis_outage(
         metrics = httpx.get(f"{served.base}/metrics").text
     assert 'mlops_events_total{outcome="accepted"}' in metrics
     assert np.isfinite(expected)
+
+
+@pytest.mark.slow
+def test_a_worker_is_ready_once_it_has_applied_the_stream_it_found(
+    model_folder: Bundle, champion: Champion, redis_server: Redis, tmp_path: Path
+) -> None:
+    """Ready means caught up: a worker that starts on a long stream answers 503 (saying so)
+    until it has applied every entry there was, and its first answer is the whole stream's."""
+    import redis
+
+    layout = DataLayout(champion.home)
+    flights = read_parquet_folder(layout.bronze("flights"))
+    weather = read_parquet_folder(layout.bronze("weather"))
+    november = flights[flights["scheduled_departure"].between("2013-11-01", "2013-11-11")]
+    hours = weather[weather["time_hour"].between("2013-11-01", "2013-11-11")]
+    airports = read_parquet_folder(layout.bronze("airports"))
+    typed = events_from_bronze(november, hours, airports)
+    typed = typed[typed["observed"] > to_minutes(pd.Series([pd.Timestamp("2013-11-01")]))[0]]
+    client = redis.from_url(redis_server.url)
+    for start in range(0, len(typed), 300):  # many entries: each one a rebuild of the lookups
+        part = typed.iloc[start : start + 300].to_dict("records")
+        client.xadd("mlops:events", as_entry(part, list(range(len(part)))))
+    day = day_of_events()
+    checked = validate_events(day, frozenset(airports["faa"]))
+    part = checked.events.to_dict("records")
+    client.xadd("mlops:events", as_entry(part, list(range(len(part)))))
+    since = datetime(2013, 11, 1)
+    expected = scored_in_process(model_folder, [*as_records(typed), *day], since)
+    env = clean_env(
+        MLOPS_HOME=str(tmp_path / "home"),
+        MLOPS_EVENTS__TOKEN=TOKEN,
+        MLOPS_EVENTS__STREAM_URL=redis_server.url,
+        MLOPS_EVENTS__SINCE=since.isoformat(),
+    )
+    with mlops_serve("--model-dir", str(model_folder.folder), env=env, until="live") as served:
+        behind, seen = [], []
+        while (ready := httpx.get(f"{served.base}/v2/health/ready")).status_code != 200:
+            answer = httpx.post(f"{served.base}/predict", json={"flights": [LIVE_FLIGHT]})
+            seen.append(answer.text[:200])
+            if answer.status_code == 503 and "catching up" in answer.text:
+                behind.append(answer.json()["detail"])
+            time.sleep(0.01)
+        (first,) = _predict(served.base, LIVE_FLIGHT)
+    assert ready.json() == {"ready": True}
+    assert behind, f"never seen behind the stream: make the stream longer {seen[-5:]}"
+    assert first["delay_probability"] == pytest.approx(float(expected.probabilities[0]), abs=1e-6)
 
 
 def test_without_a_stream_several_workers_refuse_events(

@@ -101,10 +101,12 @@ def day_of_events() -> list[dict]:
     return events
 
 
-def scored_in_process(model_folder: Bundle, events: list[dict]) -> Scored:
+def scored_in_process(
+    model_folder: Bundle, events: list[dict], since: datetime | None = None
+) -> Scored:
     """The live flight scored by the model through an in-memory store given `events`."""
     model = LoadedModel.load(model_folder)
-    live = LiveFeatures(EventsConfig())
+    live = LiveFeatures(EventsConfig(since=since))
     live.attach(model)
     live.ingest(events)
     departure = datetime.fromisoformat(LIVE_FLIGHT["scheduled_departure"])
