@@ -145,7 +145,7 @@ class EventStream:
         if self.caught_up or self._start_id is None:
             return
         if _entry_id(self.last_id) >= self._start_id:
-            self.caught_up = False
+            self.caught_up = True
             logger.info("event stream %s: caught up at %s", self.describe(), self.last_id)
 
     def progress(self) -> str:
