@@ -92,9 +92,9 @@ class WriterLock:
 class FileWriterLock(WriterLock):
     """`flock` on a file under MLOPS_HOME; the holder's description is the file's content."""
 
-    def __init__(self, purpose: str, home: Path) -> None:
+    def __init__(self, purpose: str, home: Path, name: str = LOCK_FILE) -> None:
         home.mkdir(parents=True, exist_ok=True)
-        self.path = home / LOCK_FILE
+        self.path = home / name
         super().__init__(purpose, str(self.path))
         self._handle: IO[str] | None = None
 

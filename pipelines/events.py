@@ -90,6 +90,41 @@ def scheduled_arrivals(flights: pd.DataFrame, airports: pd.DataFrame) -> np.ndar
     return _scheduled_arrival_ny(flights, zone_of(airports))
 
 
+def local_hhmm(minutes: pd.Series, dest: pd.Series, zone: pd.Series) -> pd.Series:
+    """New York minutes -> HHMM on the clock of `dest` (NaN where its zone is unknown or the
+    New York time is ambiguous); `zone` is `zone_of(airports)`."""
+    out = pd.Series(np.nan, index=minutes.index)
+    times = pd.to_datetime(minutes, unit="m")
+    for name, rows in minutes.groupby(dest.map(zone), sort=False).groups.items():
+        local = (
+            times[rows]
+            .dt.tz_localize(NEW_YORK, ambiguous="NaT", nonexistent="NaT")
+            .dt.tz_convert(name)
+        )
+        out[rows] = (local.dt.hour * 100 + local.dt.minute).astype("float64")
+    return out
+
+
+def sched_arr_hhmm(
+    scheduled: pd.Series, scheduled_arrival: pd.Series, dest: pd.Series, airports: pd.DataFrame
+) -> pd.Series:
+    """The inverse of `scheduled_arrivals`: the HHMM it reads back as this scheduled arrival
+    (New York minutes), on the departure's day or, earlier than the departure, the next, so
+    a DST night round-trips; NaN where none does."""
+    zone = zone_of(airports)
+    out = pd.Series(np.nan, index=scheduled.index)
+    departure = pd.to_datetime(scheduled, unit="m")
+    for days in (0, 1):
+        clock = local_hhmm(scheduled_arrival - days * 24 * 60, dest, zone)
+        rows = pd.DataFrame(
+            {"scheduled_departure": departure, "sched_arr_time": clock.fillna(0), "dest": dest}
+        )
+        back = _scheduled_arrival_ny(rows, zone)
+        found = out.isna() & clock.notna() & (back == scheduled_arrival.to_numpy())
+        out[found] = clock[found]
+    return out
+
+
 def flight_events(flights: pd.DataFrame, airports: pd.DataFrame) -> pd.DataFrame:
     """One row per flight: its scheduled departure and when its outcomes became observable."""
     scheduled = to_minutes(flights["scheduled_departure"])

@@ -44,6 +44,7 @@ from pipelines.transform import LOOKBACK_H
 HOUR = 60
 SCHEDULE_AHEAD_H = 24  # a replay publishes each schedule this long before its departure
 RETENTION_MIN = LOOKBACK_H * HOUR
+TOO_OLD = f"older than the retention horizon ({LOOKBACK_H} h)"  # the store's and the sink's
 KINDS = ("scheduled", "departed", "arrived", "cancelled", "diverted", "weather")
 SOURCES = {  # the freshness of each source is the time of its newest event
     "scheduled": "schedules",
@@ -225,7 +226,7 @@ class OnlineStore:
         if observed != observed:  # NaN
             return ("observed", "missing")
         if observed < self.clock - self.retention_min:
-            return ("observed", f"older than the retention horizon ({LOOKBACK_H} h)")
+            return ("observed", TOO_OLD)
         if kind == "weather":
             key = (event["origin"], event["time_hour"])
             if key in self.weather:

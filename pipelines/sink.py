@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +35,14 @@ import numpy as np
 import pandas as pd
 
 from pipelines.errors import SourceError
-from pipelines.events import NEW_YORK, scheduled_arrivals, zone_of
+from pipelines.events import local_hhmm, sched_arr_hhmm, zone_of
 from pipelines.ingest import enrich, month_keys
 from pipelines.layout import DataLayout
-from pipelines.online import EVENT_FIELDS, RETENTION_MIN
+from pipelines.online import EVENT_FIELDS, RETENTION_MIN, TOO_OLD
 from pipelines.schemas import SCHEMAS, validate
 from pipelines.storage import read_parquet_folder, write_bytes_atomic, write_parquet_atomic
 
 PART = "events-{batch:08d}.parquet"
-OUTCOMES = ("arrived", "cancelled", "diverted")
 EXPIRE_MIN = RETENTION_MIN  # a flight with no outcome this long after its schedule
 TABLES = ("flights", "weather")
 
@@ -60,9 +59,21 @@ class SinkCounts:
     waiting: int = 0  # flights scheduled, outcome not yet known (the state's, not a sum)
 
     def add(self, other: SinkCounts) -> None:
-        for name in ("events", "duplicates", "flights", "weather", "quarantined"):
+        for name in (f.name for f in fields(self) if f.name != "waiting"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.waiting = other.waiting
+
+
+@dataclass
+class Read:
+    """What a source gave from a position: the typed events, the position after them, the
+    entries they came in with the moment each stops mattering (a stream), and what could not
+    be read as events (with the reason)."""
+
+    events: pd.DataFrame
+    position: str
+    entries: list[tuple[str, float]] = field(default_factory=list)
+    unreadable: list[tuple[dict, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -71,7 +82,9 @@ class SinkState:
     position: str = ""  # where the source resumes (a stream entry id, a log's byte offset)
     clock: float = -math.inf  # the newest observed time
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> the flight
-    written: dict[str, float] = field(default_factory=dict)  # key -> scheduled departure
+    # what is in bronze, within the horizon: flight key -> its scheduled departure, and
+    # `airport@hour` -> the weather hour
+    written: dict[str, float] = field(default_factory=dict)
     seen: dict[str, float] = field(default_factory=dict)  # event id -> observed
     # the source's entries not yet trimmed, with the newest time each carries (the stream)
     entries: list[tuple[str, float]] = field(default_factory=list)
@@ -87,6 +100,10 @@ class SinkState:
         data["entries"] = [tuple(e) for e in data["entries"]]
         data["totals"] = SinkCounts(**data["totals"])
         return cls(**data)
+
+
+def _date_parts(times: pd.Series) -> dict[str, pd.Series]:
+    return {"year": times.dt.year, "month": times.dt.month, "day": times.dt.day}
 
 
 def _key(event: Mapping[str, Any]) -> str:
@@ -109,7 +126,7 @@ class EventSink:
             )
         self.airports = frozenset(airports["faa"].dropna())
         self.carriers = frozenset(airlines["carrier"].dropna())
-        self._airports = airports
+        self._airport_table = airports
         self._zones = zone_of(airports)
         self._remove_uncommitted()
 
@@ -132,36 +149,28 @@ class EventSink:
 
     # a batch
 
-    def write(
-        self,
-        events: pd.DataFrame,
-        position: str,
-        entries: list[tuple[str, float]] | None = None,
-        unreadable: list[tuple[dict[str, Any], str]] | None = None,
-    ) -> SinkCounts:
-        """Fold typed events (`EVENT_FIELDS`, in the order the server applied them) into the
-        state, write the rows they complete and commit `position` with them; `entries`: the
-        source's entries they came in (to trim later), `unreadable`: what the source could not
-        read as events, with the reason (quarantined)."""
+    def write(self, read: Read) -> SinkCounts:
+        """Fold the typed events (`EVENT_FIELDS`, in the order the server applied them) into
+        the state, write the rows they complete, quarantine what cannot be placed (and what
+        could not be read), and commit the position after them."""
         state = self.state
         batch = state.batch + 1
-        refused: list[tuple[dict[str, Any], str]] = list(unreadable or [])
-        counts = SinkCounts(events=len(events) + len(refused))
+        refused: list[tuple[dict[str, Any], str]] = list(read.unreadable)
+        counts = SinkCounts(events=len(read.events) + len(refused))
         flights: list[dict[str, Any]] = []
         weather: list[dict[str, Any]] = []
-        for event in events.reindex(columns=EVENT_FIELDS).to_dict("records"):
+        for event in read.events.reindex(columns=EVENT_FIELDS).to_dict("records"):
             problem = self._fold(event, flights, weather)
             if problem == "duplicate":
                 counts.duplicates += 1
             elif problem is not None:
                 refused.append((event, problem))
         self._expire(refused)
-        parts = {
-            "flights": self._flight_rows(flights),
-            "weather": self._weather_rows(weather),
-        }
-        for table, raw in parts.items():
-            kept, bad = self._validated(table, raw)
+        rows = {"flights": (self._flight_rows, flights), "weather": (self._weather_rows, weather)}
+        for table, (build, records) in rows.items():
+            if not records:
+                continue
+            kept, bad = self._validated(table, build(records))
             counts.quarantined += len(bad)
             setattr(counts, table, len(kept))
             for month, rows in kept.groupby(month_keys(kept["year"], kept["month"])):
@@ -183,8 +192,8 @@ class EventSink:
             path = self.layout.quarantine("events") / PART.format(batch=batch)
             write_parquet_atomic(rows, path)
         counts.waiting = len(state.pending)
-        state.batch, state.position = batch, position
-        state.entries = [*state.entries, *(entries or [])]
+        state.batch, state.position = batch, read.position
+        state.entries = [*state.entries, *read.entries]
         state.totals.add(counts)
         self._commit()
         return counts
@@ -207,7 +216,7 @@ class EventSink:
             return "duplicate"
         observed = event["observed"]
         if observed < state.clock - RETENTION_MIN:
-            return f"older than the retention horizon ({RETENTION_MIN // 60} h)"
+            return TOO_OLD
         kind = event["kind"]
         if kind == "weather":
             key = f"{event['origin']}@{event['time_hour']:.0f}"
@@ -251,57 +260,21 @@ class EventSink:
 
     # rows as the sources write them
 
-    def _local_clock(self, minutes: pd.Series, dest: pd.Series) -> pd.Series:
-        """New York minutes -> HHMM on the destination's clock (NaN where unknown)."""
-        out = pd.Series(np.nan, index=minutes.index)
-        times = pd.to_datetime(minutes, unit="m")
-        zones = dest.map(self._zones)
-        for zone, rows in minutes.groupby(zones, sort=False).groups.items():
-            local = (
-                times[rows]
-                .dt.tz_localize(NEW_YORK, ambiguous="NaT", nonexistent="NaT")
-                .dt.tz_convert(zone)
-            )
-            out[rows] = (local.dt.hour * 100 + local.dt.minute).astype("float64")
-        return out
-
-    def _scheduled_arrival_clock(self, f: pd.DataFrame) -> pd.Series:
-        """The HHMM that `pipelines.events.scheduled_arrivals` reads back as the flight's
-        scheduled arrival: that clock time on the departure's day, or on the next (where it
-        is earlier than the departure), so a DST night round-trips as ingest reads it."""
-        out = pd.Series(np.nan, index=f.index)
-        departure = pd.to_datetime(f["scheduled"], unit="m")
-        for days in (0, 1):
-            clock = self._local_clock(f["scheduled_arrival"] - days * 24 * 60, f["dest"])
-            rows = pd.DataFrame(
-                {"scheduled_departure": departure, "sched_arr_time": clock.fillna(0)}
-                | {"dest": f["dest"]}
-            )
-            back = scheduled_arrivals(rows, self._airports)
-            found = out.isna() & clock.notna() & (back == f["scheduled_arrival"].to_numpy())
-            out[found] = clock[found]
-        return out
-
     def _flight_rows(self, flights: list[dict[str, Any]]) -> pd.DataFrame:
-        columns = SCHEMAS["flights"].columns
-        if not flights:
-            return pd.DataFrame(columns=columns)
         f = pd.DataFrame(flights)
         scheduled = pd.to_datetime(f["scheduled"], unit="m")
         departed = pd.to_datetime(f["departed_at"], unit="m")
-        dep_delay = f["departed_at"] - f["scheduled"]
-        arr_delay = f["arrived_at"] - f["scheduled_arrival"]
         rows = pd.DataFrame(
             {
-                "year": scheduled.dt.year,
-                "month": scheduled.dt.month,
-                "day": scheduled.dt.day,
+                **_date_parts(scheduled),
                 "dep_time": (departed.dt.hour * 100 + departed.dt.minute).astype("float64"),
                 "sched_dep_time": scheduled.dt.hour * 100 + scheduled.dt.minute,
-                "dep_delay": dep_delay,
-                "arr_time": self._local_clock(f["arrived_at"], f["dest"]),
-                "sched_arr_time": self._scheduled_arrival_clock(f),
-                "arr_delay": arr_delay,
+                "dep_delay": f["departed_at"] - f["scheduled"],
+                "arr_time": local_hhmm(f["arrived_at"], f["dest"], self._zones),
+                "sched_arr_time": sched_arr_hhmm(
+                    f["scheduled"], f["scheduled_arrival"], f["dest"], self._airport_table
+                ),
+                "arr_delay": f["arrived_at"] - f["scheduled_arrival"],
                 "carrier": f["carrier"],
                 "flight": f["flight"],
                 "tailnum": f["tailnum"],
@@ -311,16 +284,12 @@ class EventSink:
                 "distance": f["distance"],
             }
         )
-        return rows[columns]
+        return rows[SCHEMAS["flights"].columns]
 
     def _weather_rows(self, weather: list[dict[str, Any]]) -> pd.DataFrame:
-        columns = SCHEMAS["weather"].columns
-        if not weather:
-            return pd.DataFrame(columns=columns)
         w = pd.DataFrame(weather)
         hour = pd.to_datetime(w["time_hour"], unit="m")
-        w = w.assign(year=hour.dt.year, month=hour.dt.month, day=hour.dt.day, hour=hour.dt.hour)
-        return w[columns]
+        return w.assign(**_date_parts(hour), hour=hour.dt.hour)[SCHEMAS["weather"].columns]
 
     def _validated(self, table: str, raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         result = validate(SCHEMAS[table], raw, self.carriers, self.airports)

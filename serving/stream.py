@@ -102,6 +102,10 @@ class EventStream:
         retry_s = FIRST_RETRY_S
         while True:
             try:
+                if self._start_id is None:  # where "caught up" is: the newest entry now
+                    newest = await self.redis.xrevrange(self.key, count=1)
+                    self._start_id = _entry_id(newest[0][0].decode()) if newest else (0, 0)
+                    self._check_caught_up()
                 found = await self.redis.xread(
                     {self.key: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS
                 )
@@ -115,13 +119,6 @@ class EventStream:
             if self.problem is not None:
                 logger.info("event stream %s back; reading from %s", self.describe(), self.last_id)
                 self.problem, retry_s = None, FIRST_RETRY_S
-            if self._start_id is None:
-                try:
-                    newest = await self.redis.xrevrange(self.key, count=1)
-                except (RedisError, OSError):
-                    continue  # the next XREAD says what is wrong
-                self._start_id = _entry_id(newest[0][0].decode()) if newest else (0, 0)
-                self._check_caught_up()
             for _, entries in found:
                 for raw_id, fields in entries:
                     await self._apply(raw_id.decode(), fields)

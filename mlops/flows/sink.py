@@ -10,26 +10,25 @@ log is the server's to replay, and is not trimmed.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 import pandas as pd
 
 from mlops.configs import events_of, layout_of
-from mlops.locks import writer_lock
+from mlops.locks import FileWriterLock, writer_lock
 from mlops.settings import Settings
 from pipelines.errors import SourceError, WriterBusyError
 from pipelines.event_validation import validate_events
 from pipelines.online import EVENT_FIELDS, RETENTION_MIN
 from pipelines.redact import redact
 from pipelines.rules import MAX_DELAY_MIN
-from pipelines.sink import EventSink, SinkCounts
+from pipelines.sink import EventSink, Read, SinkCounts
 from serving.live import LOG
 from serving.stream import from_entry
 
@@ -54,12 +53,7 @@ def needed_until(events: pd.DataFrame) -> float:
 class Source(Protocol):
     def describe(self) -> str: ...
 
-    def read(
-        self, position: str, wait: bool
-    ) -> tuple[pd.DataFrame, str, list[tuple[str, float]], list[tuple[dict, str]]]:
-        """From `position`: the typed events, the position after them, the entries read with
-        the moment each stops mattering, and what could not be read (with the reason)."""
-        ...
+    def read(self, position: str, wait: bool) -> Read: ...
 
     def trim(self, entries: list[tuple[str, float]], clock: float) -> int:
         """Trim the committed `entries` that no longer matter; returns how many went."""
@@ -69,15 +63,15 @@ class Source(Protocol):
 class LogSource:
     """The local log: JSON lines, as the server wrote them (a line cut by a crash is not one)."""
 
-    def __init__(self, path: Path, sink: EventSink, batch: int) -> None:
-        self.path, self.sink, self.batch = path, sink, batch
+    def __init__(
+        self, path: Path, airports: frozenset[str], carriers: frozenset[str], batch: int
+    ) -> None:
+        self.path, self.airports, self.carriers, self.batch = path, airports, carriers, batch
 
     def describe(self) -> str:
         return str(self.path)
 
-    def read(
-        self, position: str, wait: bool
-    ) -> tuple[pd.DataFrame, str, list[tuple[str, float]], list[tuple[dict, str]]]:
+    def read(self, position: str, wait: bool) -> Read:
         offset = int(position or 0)
         records, bad = [], []
         if self.path.exists():
@@ -91,11 +85,11 @@ class LogSource:
                         records.append(json.loads(line))
                     except json.JSONDecodeError as error:
                         bad.append(({"line": line.decode(errors="replace")}, f"not JSON: {error}"))
-        checked = validate_events(records, self.sink.airports, self.sink.carriers)
+        checked = validate_events(records, self.airports, self.carriers)
         bad += [(records[index], f"{name}: {reason}") for index, name, reason in checked.refused]
         if not records and wait:
             time.sleep(IDLE_S)
-        return checked.events, str(offset), [], bad
+        return Read(checked.events, str(offset), unreadable=bad)
 
     def trim(self, entries: list[tuple[str, float]], clock: float) -> int:
         return 0
@@ -113,9 +107,7 @@ class StreamSource:
     def describe(self) -> str:
         return f"{redact(self.url)} {self.key}"
 
-    def read(
-        self, position: str, wait: bool
-    ) -> tuple[pd.DataFrame, str, list[tuple[str, float]], list[tuple[dict, str]]]:
+    def read(self, position: str, wait: bool) -> Read:
         from redis.exceptions import RedisError
 
         frames, entries = [], []
@@ -136,7 +128,7 @@ class StreamSource:
                 if count >= self.batch:
                     break
         events = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-        return events.reindex(columns=EVENT_FIELDS), position, entries, []
+        return Read(events.reindex(columns=EVENT_FIELDS), position, entries)
 
     def trim(self, entries: list[tuple[str, float]], clock: float) -> int:
         old = 0
@@ -157,17 +149,16 @@ class StreamSource:
 @contextmanager
 def _only_sink(folder: Path) -> Iterator[None]:
     """One sink per MLOPS_HOME (a second would write the same batches)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    handle: IO[str] = (folder / "sink.lock").open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise WriterBusyError(f"another `mlops sink` runs on {folder}") from None
+    lock = FileWriterLock("mlops sink", folder, "sink.lock")
+    if not lock.try_acquire():
+        holder = lock.held_by_other() or {}
+        raise WriterBusyError(
+            f"another `mlops sink` (pid {holder.get('pid', '?')}) runs on {folder}"
+        )
     try:
         yield
     finally:
-        handle.close()
+        lock.release()
 
 
 def sink(
@@ -189,12 +180,12 @@ def sink(
             source = StreamSource(config.stream_url, config.stream_key, batch)
         else:
             assert config.folder is not None
-            source = LogSource(config.folder / LOG, store, batch)
+            source = LogSource(config.folder / LOG, store.airports, store.carriers, batch)
         logger.info("sink from %s at %r", source.describe(), store.state.position)
         retry_s = IDLE_S
         while True:
             try:
-                events, position, entries, bad = source.read(store.state.position, follow)
+                read = source.read(store.state.position, follow)
             except OSError as error:
                 problem = f"the event source {source.describe()}: {error}"
                 if not follow:
@@ -204,10 +195,10 @@ def sink(
                 retry_s = min(2 * retry_s, MAX_RETRY_S)
                 continue
             retry_s = IDLE_S
-            if position != store.state.position:
+            if read.position != store.state.position:
                 try:
-                    with writer_lock(settings, "mlops sink", wait_s=None if not follow else 0):
-                        counts = store.write(events, position, entries, bad)
+                    with writer_lock(settings, "mlops sink", wait_s=0 if follow else None):
+                        counts = store.write(read)
                 except WriterBusyError as busy:
                     if not follow:
                         raise
