@@ -53,7 +53,7 @@ def router(max_events: int) -> APIRouter:
             body = request_model.model_validate_json(await request.body())
         except ValidationError as error:
             raise RequestValidationError(in_body(error)) from None
-        state.model()  # 503 until the first model is loaded: the store starts from it
+        state.model()  # 503 until a model is loaded (the store starts from it) and caught up
         events = body.events  # type: ignore[attr-defined]
         if state.stream is not None:  # every worker applies it; this one answers
             try:
