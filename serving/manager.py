@@ -95,8 +95,23 @@ class RegistrySource:
         except MlflowException as error:
             if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None  # no such model or alias (yet): a file store says the latter
+            # MLflow's basic auth (3.17) answers 403 for the alias of a model that does not
+            # exist yet (to a user who is not an admin); reading the model itself says 404
+            if error.error_code == "PERMISSION_DENIED" and not self._registered():
+                return None
             raise
         return str(found.version)
+
+    def _registered(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return False
+            raise
+        return True
 
     def fetch(self, version: str) -> Bundle:
         return download_version(self.client, self.name, version, self.cache)

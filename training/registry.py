@@ -93,7 +93,21 @@ def champion_of(client: MlflowClient, gate: GateConfig):
     except MlflowException as error:
         if error.error_code in NO_CHAMPION:
             return None
+        # MLflow's basic auth (3.17) answers a user who is not an admin 403 for the alias of
+        # a model that does not exist yet, where reading the model itself says 404
+        if error.error_code == "PERMISSION_DENIED" and not _registered(client, gate.model_name):
+            return None
         raise
+
+
+def _registered(client: MlflowClient, name: str) -> bool:
+    try:
+        client.get_registered_model(name)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
+    return True
 
 
 def _model_card(run, decision: Decision, holdout: pd.DataFrame) -> str:
