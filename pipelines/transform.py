@@ -26,6 +26,9 @@ from pipelines.lookups import (
 HOUR = 60
 # The raw fields of a flight, as the API takes them (distance is optional there).
 RAW_INPUTS = ["carrier", "flight", "tailnum", "origin", "dest", "scheduled_departure", "distance"]
+# Optional: the moment the features know up to (what is observed strictly before it counts);
+# absent or later, the scheduled departure, the offline table's point in time
+AS_OF = "as_of"
 
 # (name, key, index, start hours before, end hours before): the mean and count of the values of
 # events observed in [t - start, t - end), the flight's own event excluded. OWN_EVENT names the
@@ -160,10 +163,25 @@ def build_features(flights: pd.DataFrame, lookups: Lookups) -> pd.DataFrame:
     return pd.DataFrame({name: out[name] for name in FEATURES}, index=flights.index)
 
 
+def known_until(columns: Columns) -> np.ndarray:
+    """Per flight, minutes: the earlier of its `as_of` (when given) and its departure."""
+    t = to_minutes(columns["scheduled_departure"])
+    if AS_OF not in columns:
+        return t
+    as_of = to_minutes(columns[AS_OF])
+    return np.where(as_of < t, as_of, t)  # NaN (not given): the departure
+
+
 def feature_arrays(columns: Columns, lookups: Lookups, rows: int) -> dict[str, np.ndarray]:
     """The transform on plain arrays: what the server runs per micro-batch, with no pandas
-    objects on the way, and what `build_features` wraps for the offline table."""
+    objects on the way, and what `build_features` wraps for the offline table.
+
+    Each flight's features are at its scheduled departure `t`, from what was observed
+    strictly before `known_until` (t itself unless an earlier `as_of` is given): the windows
+    end there at the latest, the hour's weather is known from its hour on, the aircraft's
+    previous leg counts as departed only if it left before then."""
     t = to_minutes(columns["scheduled_departure"]).astype("int64")
+    known = known_until(columns).astype("int64")
     carrier, origin, dest, tail = (
         _text(columns, c, rows) for c in ("carrier", "origin", "dest", "tailnum")
     )
@@ -188,6 +206,7 @@ def feature_arrays(columns: Columns, lookups: Lookups, rows: int) -> dict[str, n
 
     hour_start = t - t % HOUR
     weather = lookups.weather.at(origin, hour_start)
+    weather[hour_start > known] = np.nan  # not observed yet at the as-of time
     for i, name in enumerate(lookups.weather.columns):
         out[name] = weather[:, i]
 
@@ -209,7 +228,7 @@ def feature_arrays(columns: Columns, lookups: Lookups, rows: int) -> dict[str, n
     own = dict(zip(own_events.columns, own_values.T, strict=True))
     for group in WINDOW_GROUPS:  # one search per index for all of its windows
         lo = t[:, None] - group.starts
-        hi = t[:, None] - group.ends
+        hi = np.maximum(lo, np.minimum(t[:, None] - group.ends, known[:, None]))
         count, total = getattr(lookups, group.index).windows(keys[group.key], lo, hi)
         at, value = (own[c][:, None] for c in group.own)
         mine = (at >= lo) & (at < hi) & ~np.isnan(value) & (count > 0)
@@ -225,7 +244,7 @@ def feature_arrays(columns: Columns, lookups: Lookups, rows: int) -> dict[str, n
     since = t - prev_sched
     recent = since <= TAIL_LOOKBACK_H * HOUR  # False for NaN
     # Known only if it left strictly before t; "left early" never makes the flight its own past.
-    departed = recent & (prev_departed_at < t)
+    departed = recent & (prev_departed_at < known)
     out["tail_prev_hours_since"] = np.where(recent, since / HOUR, np.nan)
     out["tail_prev_departed"] = np.where(recent, departed.astype("float64"), np.nan)
     out["tail_prev_dep_delay"] = np.where(departed, prev_delay, np.nan)

@@ -32,7 +32,7 @@ from pipelines.events import to_minutes
 from pipelines.lookups import LOOKUP_FILES, Lookups
 from pipelines.online import EVENT_FIELDS, Applied, OnlineStore
 from pipelines.storage import read_npz_folder, read_npz_table
-from pipelines.transform import feature_arrays
+from pipelines.transform import feature_arrays, known_until
 from serving.config import EventsConfig
 
 if TYPE_CHECKING:
@@ -199,14 +199,16 @@ class LiveFeatures:
     def context(
         self, columns: dict[str, np.ndarray], rows: int
     ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
-        """Per flight: the time its features knew up to (the scheduled departure, or the
-        store's newest event if earlier), and the sources older than their maximum age then."""
+        """Per flight: the time its features knew up to (the scheduled departure or an earlier
+        `as_of`, and for a flight the store answers, the store's newest event if earlier
+        still), and the sources older than their maximum age then."""
         t = to_minutes(columns["scheduled_departure"])
+        known = known_until(columns)
         store = self.store
         if store is None or self.lookups is None:
-            return t, [()] * rows
+            return known, [()] * rows
         after = t > self.since
-        as_of = np.where(after, np.minimum(t, store.clock), t)
+        as_of = np.where(after, np.minimum(known, store.clock), known)
         sources = list(self._max_age)
         newest = np.array([store.newest.get(source, -np.inf) for source in sources])
         old = (as_of[:, None] - newest > self._max_age_array) & after[:, None]

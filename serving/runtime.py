@@ -21,10 +21,9 @@ import onnxruntime as ort
 import pandas as pd
 
 from pipelines.contract import INPUTS, OUTPUT, PARITY_ATOL, session_options
-from pipelines.events import to_minutes
 from pipelines.lookups import Lookups, load_lookups
 from pipelines.spec import Encoded, FeatureSpec, encode
-from pipelines.transform import RAW_INPUTS, feature_arrays
+from pipelines.transform import AS_OF, RAW_INPUTS, feature_arrays, known_until
 from serving.bundle import Bundle, ModelRejectedError, verify
 from serving.drift import DriftMonitor
 from serving.live import LiveFeatures
@@ -144,7 +143,7 @@ class LoadedModel:
         probabilities = self.run(encoded.categorical, encoded.numerical)
         defaults = [self._default_names(row) for row in encoded.defaults_used]
         if self.live is None:
-            as_of, stale = to_minutes(columns["scheduled_departure"]), [()] * rows
+            as_of, stale = known_until(columns), [()] * rows
         else:
             as_of, stale = self.live.context(columns, rows)
         return Scored(
@@ -264,6 +263,8 @@ def rows_to_columns(rows: list[dict]) -> dict[str, np.ndarray]:
             columns[name] = np.array([np.nan if v is None else v for v in values], dtype="float64")
         else:
             columns[name] = np.array(values, dtype=object)
+    if any(AS_OF in row for row in rows):
+        columns[AS_OF] = _to_datetime64([row.get(AS_OF) for row in rows])
     return columns
 
 

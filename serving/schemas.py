@@ -55,11 +55,17 @@ class Flight(BaseModel):
         description="ISO 8601; without an offset it is New York local time"
     )
     distance: float | None = Field(None, ge=0, le=20_000, description="miles")
+    as_of: datetime | None = Field(
+        None,
+        description="ISO 8601 (New York local time without an offset): predict from what was "
+        "known by then; default and at most the scheduled departure (what the live store has "
+        "been told by now, for a flight ahead)",
+    )
 
-    @field_validator("scheduled_departure")
+    @field_validator("scheduled_departure", "as_of")
     @classmethod
-    def _new_york_time(cls, value: datetime) -> datetime:
-        return new_york_local(value)
+    def _new_york_time(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else new_york_local(value)
 
     @field_validator("distance")
     @classmethod

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from pipelines.transform import RAW_INPUTS
+from pipelines.transform import AS_OF, RAW_INPUTS
 from serving.batcher import Answer
 from serving.routes.deps import StateDep, serving_state
 from serving.routes.openapi import BODY_ERRORS, UNAVAILABLE, VALIDATION_ERROR, json_body, schema_of
@@ -69,6 +69,9 @@ def router(request_model: type[BaseModel]) -> APIRouter:
             raise RequestValidationError(in_body(error)) from None
         flights = body.flights  # type: ignore[attr-defined]
         rows = [{name: getattr(flight, name) for name in RAW_INPUTS} for flight in flights]
+        for row, flight in zip(rows, flights, strict=True):
+            if flight.as_of is not None:  # only then: the transform's default is cheaper
+                row[AS_OF] = flight.as_of
         answer = await state.score(rows)
         return ModelResponse(predictions_of(answer))
 

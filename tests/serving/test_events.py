@@ -127,6 +127,54 @@ def _defaults(prediction: dict) -> set[str]:
     return set(prediction["defaults_used"])
 
 
+def _late_departures(after: datetime) -> list[dict]:
+    """EWR departures in the live flight's windows, all told to the server after `after`
+    (their schedules too), each two hours late."""
+    events = []
+    for i in range(6):
+        scheduled = after + timedelta(minutes=30 + 25 * i)
+        key = {"carrier": "EV", "flight": 900 + i, "origin": "EWR"}
+        key["scheduled_departure"] = _iso(scheduled)
+        events += [
+            {
+                "id": f"late-sched-{i}",
+                "kind": "scheduled",
+                "observed": _iso(after + timedelta(minutes=10)),
+                "dest": "BOS",
+                "scheduled_arrival": _iso(scheduled + timedelta(hours=1)),
+                **key,
+            },
+            {
+                "id": f"late-dep-{i}",
+                "kind": "departed",
+                "at": _iso(scheduled + timedelta(hours=2)),
+                **key,
+            },
+        ]
+    return events
+
+
+def test_an_event_observed_after_the_as_of_time_never_changes_the_prediction(
+    model_folder: Bundle, tmp_path: Path
+) -> None:
+    """The online perturbation test: what is told to the server after a request's `as_of`
+    leaves that request's answer as it was, and moves the one without `as_of`."""
+    env = clean_env(MLOPS_HOME=str(tmp_path / "home"), MLOPS_EVENTS__TOKEN=TOKEN)
+    as_of = DAY + timedelta(hours=14, minutes=30)
+    then = {**LIVE_FLIGHT, "as_of": _iso(as_of)}
+    with mlops_serve("--model-dir", str(model_folder.folder), env=env) as served:
+        assert _post(served.base, day_of_events()).json()["accepted"] == len(day_of_events())
+        before, now = _predict(served.base, then, LIVE_FLIGHT)
+        assert _post(served.base, _late_departures(as_of)).json()["accepted"] == 12
+        after, moved = _predict(served.base, then, LIVE_FLIGHT)
+    assert after == before, "an event observed after as_of changed the answer"
+    assert moved["delay_probability"] != now["delay_probability"], "the perturbation is no-op"
+    assert before["as_of"] == "2014-01-02T14:30" and now["as_of"] == "2014-01-02T18:00"
+    # the hour's weather (18:00) and the departures after 14:30 were not known at 14:30
+    assert "temp" in _defaults(before) and "temp" not in _defaults(now)
+    assert before["delay_probability"] != now["delay_probability"]
+
+
 def test_events_move_a_live_flights_features_and_survive_a_restart(
     model_folder: Bundle, tmp_path: Path
 ) -> None:
