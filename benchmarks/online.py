@@ -1,6 +1,7 @@
 """Benchmark: the online path, POST /v1/events into the store and /predict out of it.
 
-    PYTHONPATH=. python benchmarks/online.py --model-dir MODEL --home HOME
+    PYTHONPATH=. python benchmarks/online.py --model-dir MODEL --home HOME \
+        [--stream-url redis://127.0.0.1:6379/0]
 
 MODEL: a model folder (`mlops export`); HOME: an MLOPS_HOME whose bronze holds the bundled
 data (`mlops data ingest`). One `mlops serve --model-dir MODEL` with the store taking over at
@@ -17,16 +18,32 @@ data (`mlops data ingest`). One `mlops serve --model-dir MODEL` with the store t
 - assembly: the transform for one flight, in process, on the store's lookups against the
   model's own (the offline path's), p50 / p99.
 
+With `--stream-url redis://...` (a fresh stream key each run, deleted after), also:
+
+- through the stream: two servers on one stream (two API containers; `--workers 2` is the
+  same, each worker reads the whole stream, but a client cannot pick the worker it asks):
+  the week posted to the first (each POST answers once that server applied it), until the
+  second has applied all of it; and freshness, posted to the first and asked of the second
+  until its prediction reflects it;
+- serving under events: /predict at concurrency 32 on a server of a stream, in interleaved
+  rounds, quiet and while 1,000 events/s are posted to it (November, in order): the ratio of
+  the throughputs.
+
 Writes benchmarks/results/online.json and prints the rows for benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
+import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -47,7 +64,7 @@ from pipelines.storage import read_parquet_folder
 from pipelines.transform import feature_arrays
 from serving.bundle import read_bundle
 from serving.config import EventsConfig
-from serving.live import LiveFeatures
+from serving.live import LiveFeatures, ModelView
 from serving.runtime import LoadedModel, rows_to_columns
 from serving.schemas import EXAMPLE_FLIGHT
 from tests.processes import clean_env, mlops_serve
@@ -58,9 +75,10 @@ START, DAYS = pd.Timestamp("2013-11-01"), 7
 BATCH = 1000
 
 
-def week_of_events(home: Path) -> list[dict]:
+def events_of(home: Path, days: int = DAYS) -> list[dict]:
+    """The first `days` of November's bronze as events, in observed-time order."""
     layout = DataLayout(home)
-    end = START + pd.Timedelta(days=DAYS)
+    end = START + pd.Timedelta(days=days)
     flights = read_parquet_folder(layout.bronze("flights"))
     when = flights["scheduled_departure"]
     flights = flights[(when >= START - pd.Timedelta(days=2)) & (when < end)]
@@ -89,20 +107,28 @@ def ingest_over_http(base: str, records: list[dict]) -> tuple[float, int]:
     return time.perf_counter() - started, accepted
 
 
-def ingest_in_process(model_dir: Path, records: list[dict]) -> tuple[float, LiveFeatures]:
+def ingest_in_process(model_dir: Path, records: list[dict]) -> tuple[float, ModelView]:
+    """The events applied in process; the model's view of the store they filled."""
     live = LiveFeatures(EventsConfig(since=START.to_pydatetime()))
-    live.attach(LoadedModel.load(read_bundle(model_dir)))
+    model = LoadedModel.load(read_bundle(model_dir))
+    live.attach(model)
     started = time.perf_counter()
     for i in range(0, len(records), BATCH):
         live.ingest(records[i : i + BATCH])
-    return time.perf_counter() - started, live
+    assert model.live is not None
+    return time.perf_counter() - started, model.live
 
 
-def freshness(base: str, rounds: int) -> dict[str, float]:
-    """One new hour's weather at EWR, then a flight at EWR in that hour."""
+def freshness(base: str, rounds: int, seen_at: str | None = None) -> dict[str, float]:
+    """One new hour's weather at EWR posted to `base`, then a flight at EWR in that hour asked
+    of `seen_at` (default: the same server, which must answer from the event at once; another
+    server on the same stream is asked until it does)."""
     first = datetime(2013, 11, 1) + timedelta(days=DAYS, hours=2)
     post_s, seen_s = [], []
-    with httpx.Client(base_url=base, timeout=30) as client:
+    with (
+        httpx.Client(base_url=base, timeout=30) as client,
+        httpx.Client(base_url=seen_at or base, timeout=30) as other,
+    ):
         for k in range(rounds):
             hour = first + timedelta(hours=k)
             event = {
@@ -120,10 +146,13 @@ def freshness(base: str, rounds: int) -> dict[str, float]:
             started = time.perf_counter()
             posted = client.post("/v1/events", json={"events": [event]}, headers=AUTH)
             posted_at = time.perf_counter()
-            answer = client.post("/predict", json={"flights": [flight]})
-            done = time.perf_counter()
             assert posted.json()["accepted"] == 1, posted.text
-            assert "temp" not in answer.json()["predictions"][0]["defaults_used"], answer.text
+            while True:
+                answer = other.post("/predict", json={"flights": [flight]})
+                done = time.perf_counter()
+                if "temp" not in answer.json()["predictions"][0]["defaults_used"]:
+                    break
+                assert seen_at is not None and done - started < 10, answer.text
             post_s.append(posted_at - started)
             seen_s.append(done - started)
     return {
@@ -134,7 +163,153 @@ def freshness(base: str, rounds: int) -> dict[str, float]:
     }
 
 
-def assembly(live: LiveFeatures, model_dir: Path, rounds: int) -> dict[str, float]:
+def visible_at(base: str, event_id: str, hour: datetime, within_s: float = 600) -> None:
+    """Post nothing; wait until `base` answers a flight at EWR in `hour` from its weather (the
+    sentinel `event_id` another server published last)."""
+    flight = {**EXAMPLE_FLIGHT, "scheduled_departure": (hour + timedelta(minutes=5)).isoformat()}
+    deadline = time.perf_counter() + within_s
+    with httpx.Client(base_url=base, timeout=30) as client:
+        while True:
+            answer = client.post("/predict", json={"flights": [flight]}).json()
+            if "temp" not in answer["predictions"][0]["defaults_used"]:
+                return
+            assert time.perf_counter() < deadline, f"{event_id} never reached {base}"
+            time.sleep(0.005)
+
+
+def sentinel(hour: datetime) -> dict:
+    return {
+        "id": f"sentinel-{hour:%Y%m%d%H}",
+        "kind": "weather",
+        "origin": "EWR",
+        "time_hour": hour.isoformat(),
+        "temp": 50.0,
+    }
+
+
+@contextmanager
+def stream_servers(model_dir: Path, url: str, count: int) -> Iterator[list[str]]:
+    """The base URLs of `count` servers on one fresh Redis stream (each its own MLOPS_HOME):
+    several API containers, or `--workers N`, each of which reads the whole stream."""
+    key = f"mlops:bench:{uuid.uuid4().hex[:8]}"
+    with ExitStack() as stack:
+        stack.callback(_delete_stream, url, key)
+        bases = []
+        for _ in range(count):
+            home = stack.enter_context(tempfile.TemporaryDirectory())
+            env = clean_env(
+                MLOPS_HOME=home,
+                MLOPS_EVENTS__TOKEN=TOKEN,
+                MLOPS_EVENTS__SINCE=START.isoformat(),
+                MLOPS_EVENTS__STREAM_URL=url,
+                MLOPS_EVENTS__STREAM_KEY=key,
+                PYTHONPATH=str(ROOT),
+            )
+            bases.append(
+                stack.enter_context(mlops_serve("--model-dir", str(model_dir), env=env)).base
+            )
+        yield bases
+
+
+def _delete_stream(url: str, key: str) -> None:
+    import redis
+
+    redis.from_url(url).delete(key)
+
+
+def through_the_stream(model_dir: Path, url: str, records: list[dict], rounds: int) -> dict:
+    """Two servers on one stream: the week posted to the first (each POST returns once the
+    first applied it), until the second has applied all of it; then freshness, posted to
+    the first and seen in a prediction of the second."""
+    with stream_servers(model_dir, url, 2) as (first, second):
+        last = datetime(2013, 11, 1) + timedelta(days=DAYS, hours=1)  # the week's end
+        started = time.perf_counter()
+        posted_s, accepted = ingest_over_http(first, [*records, sentinel(last)])
+        visible_at(second, sentinel(last)["id"], last)
+        both_s = time.perf_counter() - started
+        fresh = freshness(first, rounds, seen_at=second)
+    return {
+        "servers": 2,
+        "accepted": accepted - 1,
+        "posted_events_per_s": round(len(records) / posted_s),
+        "applied_by_both_events_per_s": round(len(records) / both_s),
+        "freshness_to_the_other_server": fresh,
+    }
+
+
+def serving_under_events(
+    model_dir: Path, url: str, feed: list[dict], seconds: float, rounds: int
+) -> dict:
+    """/predict at concurrency 32 (one flight a request, the aiohttp client of
+    `benchmarks/serving.py` in its own process) on a server of a stream, in interleaved
+    rounds: quiet, and while `feed` is posted to it at 1,000 events/s (100 every 100 ms)."""
+    bench = _bench_serving()
+    flight = {**EXAMPLE_FLIGHT, "scheduled_departure": "2013-11-30T17:15:00"}
+    body = json.dumps({"flights": [flight]}).encode()
+    figures: dict[str, list[dict]] = {"quiet": [], "events": []}
+    fed = 0
+    with (
+        stream_servers(model_dir, url, 1) as (base,),
+        httpx.Client(base_url=base, headers=AUTH, timeout=30) as client,
+    ):
+        for _ in range(rounds):
+            for name in figures:
+                stop, sent = threading.Event(), []
+                feeder = threading.Thread(target=_feed, args=(client, feed[fed:], stop, sent))
+                if name == "events":
+                    feeder.start()
+                figures[name].append(bench.load(f"{base}/predict", body, 32, seconds, "aiohttp"))
+                stop.set()
+                if name == "events":
+                    feeder.join()
+                    assert sent, "the feed failed: see the thread's error above"
+                    fed += sent[0]
+                    figures[name][-1]["events_per_s"] = round(sent[0] / seconds)
+    quiet = float(np.median([f["requests_per_s"] for f in figures["quiet"]]))
+    busy = float(np.median([f["requests_per_s"] for f in figures["events"]]))
+    return {
+        "concurrency": 32,
+        "quiet_requests_per_s": round(quiet),
+        "with_events_requests_per_s": round(busy),
+        "ratio": round(busy / quiet, 2),
+        "failures": {
+            name: sum(f["failures"] for f in rounds_) for name, rounds_ in figures.items()
+        },
+        "p99_ms": {
+            name: round(float(np.median([f["p99_ms"] for f in each])), 1)
+            for name, each in figures.items()
+        },
+        "rounds": figures,
+    }
+
+
+def _feed(client: httpx.Client, records: list[dict], stop: threading.Event, sent: list) -> None:
+    """Post `records` in order, 100 every 100 ms, until `stop`; `sent` gets how many."""
+    due, count = time.perf_counter(), 0
+    while not stop.is_set():
+        batch = records[count : count + 100]
+        if not batch:
+            raise RuntimeError("the feed ran out of events before the round ended")
+        client.post("/v1/events", json={"events": batch}).raise_for_status()
+        count += len(batch)
+        due += 0.1
+        time.sleep(max(0.0, due - time.perf_counter()))
+    sent.append(count)
+
+
+def _bench_serving():
+    """benchmarks/serving.py (its name is the package's): its load generator."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_serving", ROOT / "benchmarks" / "serving.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    Path("/tmp/mlops-bench").mkdir(exist_ok=True)
+    return module
+
+
+def assembly(live: ModelView, model_dir: Path, rounds: int) -> dict[str, float]:
     history = LoadedModel.load(read_bundle(model_dir)).lookups
     inside = {**EXAMPLE_FLIGHT, "scheduled_departure": datetime(2013, 10, 15, 17, 15)}
     after = {
@@ -161,8 +336,13 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, required=True)
     parser.add_argument("--home", type=Path, required=True, help="an MLOPS_HOME with bronze")
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument(
+        "--stream-url", default="", help="redis://...: the stream's figures too (a fresh key)"
+    )
+    parser.add_argument("--load-seconds", type=float, default=15.0)
+    parser.add_argument("--load-rounds", type=int, default=3)
     args = parser.parse_args()
-    records = week_of_events(args.home)
+    records = events_of(args.home)
     in_process_s, live = ingest_in_process(args.model_dir, records)
     with tempfile.TemporaryDirectory() as home:
         env = clean_env(
@@ -183,6 +363,12 @@ def main() -> None:
         "freshness": fresh,
         "assembly": assembly(live, args.model_dir, args.rounds * 5),
     }
+    if args.stream_url:
+        result["stream"] = through_the_stream(args.model_dir, args.stream_url, records, args.rounds)
+        feed = events_of(args.home, days=30)
+        result["serving_under_events"] = serving_under_events(
+            args.model_dir, args.stream_url, feed, args.load_seconds, args.load_rounds
+        )
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "online.json").write_text(json.dumps(result, indent=2))

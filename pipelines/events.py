@@ -36,6 +36,11 @@ def to_minutes(times: pd.Series | np.ndarray) -> np.ndarray:
     return minutes
 
 
+def minutes_iso(minutes: float) -> str:
+    """Minutes since the epoch -> ISO 8601 to the minute (`to_minutes`' inverse, for people)."""
+    return str(np.datetime64(int(minutes), "m"))
+
+
 def zone_of(airports: pd.DataFrame) -> pd.Series:
     """IANA zone per airport code; a fixed offset where only `tz` (hours from UTC) is known."""
     fixed = airports["tz"].map(lambda h: f"Etc/GMT{-int(h):+d}" if pd.notna(h) else None)

@@ -195,6 +195,29 @@ class OnlineStore:
         self.newest = dict.fromkeys(set(SOURCES.values()), until)
         self._trim()
 
+    def absorb(self, other: OnlineStore) -> None:
+        """Take in what `other`, the store this snapshot replaces, learned that the snapshot
+        does not hold: its flights, the outcomes and scheduled arrivals this one lacks, its
+        weather hours, the ids it applied (a re-sent event stays a duplicate) and its clock.
+        What both hold is kept as the snapshot has it (the newer build's data)."""
+        for key, row in other.flights.items():
+            mine = self.flights.get(key)
+            if mine is None:
+                self.flights[key] = list(row)
+                continue
+            for at in (6, 8):  # departed_at, arrived_at, each with its delay after it
+                if mine[at] != mine[at] and row[at] == row[at]:  # NaN here, known there
+                    mine[at], mine[at + 1] = row[at], row[at + 1]
+            if mine[10] != mine[10]:
+                mine[10] = row[10]
+        for key, values in other.weather.items():
+            self.weather.setdefault(key, list(values))
+        self.seen.update(other.seen)
+        self.clock = max(self.clock, other.clock)
+        for source, newest in other.newest.items():
+            self.newest[source] = max(self.newest.get(source, -np.inf), newest)
+        self._trim()
+
     # events
 
     def apply(self, events: pd.DataFrame) -> Applied:

@@ -6,6 +6,8 @@ the same tables as of the build's last observed moment (`since`), and every even
 after that moves it on; a flight scheduled after `since` is answered from the store, one
 before it from the model's own lookups, exactly as before events existed. The store equals the
 offline point-in-time table for the events it was given (`tests/pipelines/test_online.py`).
+A hot swap starts a store from the new model's build and gives it what the old store learned
+since, so the new version answers as a restart on it with the same events would.
 
 Accepted events are appended to `<folder>/log.jsonl` (fsync'd before the answer) and replayed
 at the next start, so a restart loses nothing it acknowledged; refused ones go to
@@ -20,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.event_validation import as_records, validate_events
-from pipelines.events import to_minutes
+from pipelines.events import minutes_iso, to_minutes
 from pipelines.lookups import LOOKUP_FILES, Lookups
 from pipelines.online import EVENT_FIELDS, Applied, OnlineStore
 from pipelines.storage import read_npz_folder, read_npz_table
@@ -50,7 +53,6 @@ class LiveFeatures:
         self._max_age = dataclasses.asdict(config.max_age_min)  # source -> minutes
         self._max_age_array = np.array(list(self._max_age.values()))
         self.store: OnlineStore | None = None
-        self.since = np.inf  # flights scheduled after this are answered from the store
         self.lookups: Lookups | None = None  # the store's, published after each change
         self.airports: frozenset[str] = frozenset()
         self.carriers: frozenset[str] = frozenset()
@@ -62,50 +64,60 @@ class LiveFeatures:
         return self.store is not None
 
     def attach(self, model: LoadedModel) -> None:
-        """Serve `model`'s predictions through this store, started from its lookups if it is
-        the first."""
-        self.start(model.bundle.lookups, model.vocabulary("carrier"))
-        model.live = self
-
-    def start(self, lookups_folder: Path, carriers: list[str]) -> None:
-        """Once, from the first served model's lookup files (already checked against its
-        spec), then the event log replayed. Later models keep this store: its planes and
-        airports are the dimension tables every build of this data shares."""
+        """Serve `model`'s predictions through the store. The first model's lookups start it
+        (then the event log is replayed); a later model's start a new one, which takes in
+        what the store it replaces learned since (`OnlineStore.absorb`), so a hot swap gains
+        the new build's snapshot and loses no event: what a restart on that model with the
+        same events gives."""
+        store, until, airports = self._snapshot(model.bundle.lookups)
         with self._lock:
-            if self.store is not None:
-                return
-            flights = read_npz_folder(lookups_folder / LOOKUP_FILES["flight_events"])
-            weather = read_npz_table(lookups_folder / LOOKUP_FILES["weather"])
-            airports = read_npz_table(lookups_folder / LOOKUP_FILES["airports"])
-            store = OnlineStore(read_npz_table(lookups_folder / LOOKUP_FILES["planes"]), airports)
-            hours = to_minutes(weather["time_hour"])
-            until = float(
-                np.nanmax(
-                    [
-                        np.nanmax(flights["departed_at"]),
-                        np.nanmax(flights["arrived_at"]),
-                        np.max(hours) if len(hours) else -np.inf,
-                    ]
-                )
-            )
-            if self.config.since is not None:  # None: the build's last observed moment
-                until = min(until, float(to_minutes(np.array([self.config.since]))[0]))
-            # what the build knew of each flight's scheduled arrival: its arrival less its delay
-            arrivals = (flights["arrived_at"] - flights["arr_delay"]).to_numpy("float64")
-            store.load_snapshot(flights, weather, until, arrivals)
-            self.store, self.since = store, until
-            self.airports = frozenset(airports["faa"].dropna())
-            self.carriers = frozenset(carriers)
+            previous = self.store
+            if previous is not None:
+                store.absorb(previous)
+            self.store = store
+            self.airports = airports
+            self.carriers = frozenset(model.vocabulary("carrier"))
             self.lookups = store.lookups()
-            self.replayed = self._replay()
+            if previous is None:
+                self.replayed = self._replay()
+            model.live = ModelView(self, until)
             logger.info(
-                "online store from the model's lookups as of %s: %d flights held, %d logged "
-                "events replayed (%d no longer applicable)",
-                _iso(until),
-                len(store),
-                self.replayed.applied,
-                len(self.replayed.refused),
+                "online store for %s v%s from its lookups as of %s%s: %d flights held%s",
+                model.name,
+                model.version,
+                minutes_iso(until),
+                "" if previous is None else " and the store it replaces",
+                len(self.store),
+                ""
+                if previous is not None
+                else f", {self.replayed.applied} logged events replayed "
+                f"({len(self.replayed.refused)} no longer applicable)",
             )
+
+    def _snapshot(self, lookups_folder: Path) -> tuple[OnlineStore, float, frozenset[str]]:
+        """A store of what a build knew (its lookup files, already checked against its spec)
+        as of its last observed moment, or `config.since` if earlier; that moment; and the
+        build's airports (what an event may name)."""
+        flights = read_npz_folder(lookups_folder / LOOKUP_FILES["flight_events"])
+        weather = read_npz_table(lookups_folder / LOOKUP_FILES["weather"])
+        airports = read_npz_table(lookups_folder / LOOKUP_FILES["airports"])
+        store = OnlineStore(read_npz_table(lookups_folder / LOOKUP_FILES["planes"]), airports)
+        hours = to_minutes(weather["time_hour"])
+        until = float(
+            np.nanmax(
+                [
+                    np.nanmax(flights["departed_at"]),
+                    np.nanmax(flights["arrived_at"]),
+                    np.max(hours) if len(hours) else -np.inf,
+                ]
+            )
+        )
+        if self.config.since is not None:  # None: the build's last observed moment
+            until = min(until, float(to_minutes(np.array([self.config.since]))[0]))
+        # what the build knew of each flight's scheduled arrival: its arrival less its delay
+        arrivals = (flights["arrived_at"] - flights["arr_delay"]).to_numpy("float64")
+        store.load_snapshot(flights, weather, until, arrivals)
+        return store, until, frozenset(airports["faa"].dropna())
 
     def _replay(self) -> Applied:
         """The local log (no stream): what was acknowledged before a restart."""
@@ -197,7 +209,7 @@ class LiveFeatures:
         return {} if self.store is None else dict(self.store.newest)
 
     def context(
-        self, columns: dict[str, np.ndarray], rows: int
+        self, columns: dict[str, np.ndarray], rows: int, since: float
     ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
         """Per flight: the time its features knew up to (the scheduled departure or an earlier
         `as_of`, and for a flight the store answers, the store's newest event if earlier
@@ -207,7 +219,7 @@ class LiveFeatures:
         store = self.store
         if store is None or self.lookups is None:
             return known, [()] * rows
-        after = t > self.since
+        after = t > since
         as_of = np.where(after, np.minimum(known, store.clock), known)
         sources = list(self._max_age)
         newest = np.array([store.newest.get(source, -np.inf) for source in sources])
@@ -218,14 +230,14 @@ class LiveFeatures:
         return as_of, stale
 
     def features(
-        self, columns: dict[str, np.ndarray], rows: int, history: Lookups
+        self, columns: dict[str, np.ndarray], rows: int, history: Lookups, since: float
     ) -> dict[str, np.ndarray]:
         """The transform, each flight on the lookups that know its time: the store's after
-        `since`, the model's own before."""
+        `since`, the model's own (`history`) before."""
         live = self.lookups
         if live is None:
             return feature_arrays(columns, history, rows)
-        after = to_minutes(columns["scheduled_departure"]) > self.since
+        after = to_minutes(columns["scheduled_departure"]) > since
         if not after.any():
             return feature_arrays(columns, history, rows)
         if after.all():
@@ -243,5 +255,22 @@ class LiveFeatures:
         return out
 
 
-def _iso(minutes: float) -> str:
-    return str(np.datetime64(int(minutes), "m"))
+@dataclass(frozen=True)
+class ModelView:
+    """One served model's view of the store: a flight scheduled after `since` (the model's
+    build's last observed moment) is answered from the store, one before from the model's own
+    lookups, exactly as before events existed. Per model, so a request still scored by the
+    model a swap replaces keeps its own cut."""
+
+    live: LiveFeatures
+    since: float
+
+    def features(
+        self, columns: dict[str, np.ndarray], rows: int, history: Lookups
+    ) -> dict[str, np.ndarray]:
+        return self.live.features(columns, rows, history, self.since)
+
+    def context(
+        self, columns: dict[str, np.ndarray], rows: int
+    ) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+        return self.live.context(columns, rows, self.since)

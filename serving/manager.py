@@ -176,7 +176,7 @@ class ModelManager:
         live: LiveFeatures | None = None,
     ) -> None:
         self.source = source
-        self.live = live  # the online store: started from the first model's lookups
+        self.live = live  # the online store: each model served brings its build's snapshot
         self.slot = slot
         self.metrics = metrics
         self.threads = threads

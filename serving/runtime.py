@@ -26,7 +26,7 @@ from pipelines.spec import Encoded, FeatureSpec, encode
 from pipelines.transform import AS_OF, RAW_INPUTS, feature_arrays, known_until
 from serving.bundle import Bundle, ModelRejectedError, verify
 from serving.drift import DriftMonitor
-from serving.live import LiveFeatures
+from serving.live import ModelView
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class LoadedModel:
         # the served inputs against this model's training distribution: swapped with it, so a
         # batch scored by one model never updates the monitor of another (of another width)
         self.drift = DriftMonitor(spec, drift_rows)
-        self.live: LiveFeatures | None = None  # the online store, when the server has one
+        self.live: ModelView | None = None  # its view of the online store, if the server has one
 
     @property
     def name(self) -> str:

@@ -172,6 +172,17 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+class EventsInfo(BaseModel):
+    """This worker's online store (`serving.live`): each worker has its own."""
+
+    clock: str | None  # the newest observed time applied (New York local time)
+    flights: int  # flights held within the retention horizon
+    stream: str | None  # the Redis stream read (password masked); None: the local log
+    position: str | None  # the last stream entry this worker applied
+    caught_up: bool  # applied every entry the stream held when this worker started
+    problem: str | None  # the stream unreachable, in words
+
+
 class ModelInfo(BaseModel):
     """GET /model: what is served, where it came from, and the last reload."""
 
@@ -189,6 +200,7 @@ class ModelInfo(BaseModel):
     # what keeps a newer version from being served, in words (MLflow unreachable since ...)
     problem: str | None = None
     pid: int  # the worker process that answered: with several workers, each has its own
+    events: EventsInfo | None = None  # with events on
 
 
 class MlflowError(BaseModel):

@@ -15,12 +15,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from pipelines.events import minutes_iso
 from serving.batcher import Answer, MicroBatcher, NotReadyError
 from serving.config import EventsConfig, ServeConfig
 from serving.live import LiveFeatures
 from serving.manager import ModelManager, Source
 from serving.metrics import ServingMetrics
 from serving.runtime import LoadedModel
+from serving.schemas import EventsInfo
 from serving.slot import ModelSlot
 from serving.stream import EventStream
 
@@ -81,6 +85,20 @@ class ServingState:
         if self.stream is not None and not self.stream.caught_up:
             raise NotReadyError(self.stream.progress())
         return model
+
+    def events_info(self) -> EventsInfo | None:
+        """Where this worker's store stands (GET /model), or None with events off."""
+        if self.live is None or self.live.store is None:
+            return None
+        store, stream = self.live.store, self.stream
+        return EventsInfo(
+            clock=None if not np.isfinite(store.clock) else minutes_iso(store.clock),
+            flights=len(store),
+            stream=None if stream is None else stream.describe(),
+            position=None if stream is None or stream.last_id == "0" else stream.last_id,
+            caught_up=stream is None or stream.caught_up,
+            problem=None if stream is None else stream.problem,
+        )
 
     async def score(self, rows: list[dict[str, Any]]) -> Answer:
         """Score through the batcher, once ready (a 503 before, as `model` says)."""

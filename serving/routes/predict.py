@@ -96,6 +96,7 @@ def router(request_model: type[BaseModel]) -> APIRouter:
             ),
             problem=None if state.manager.problem is None else state.manager.status(),
             pid=os.getpid(),
+            events=state.events_info(),
         )
         return ModelResponse(info)
 

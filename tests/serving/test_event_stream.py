@@ -24,15 +24,19 @@ from serving.bundle import Bundle
 from serving.stream import as_entry
 from tests.processes import Redis, clean_env, mlops_serve
 
-from .conftest import Champion, eventually
+from .conftest import Champion, as_requests, eventually
 from .test_events import (
     AUTH,
     LIVE_FLIGHT,
+    PARITY_START,
     TOKEN,
     _post,
     _predict,
+    assert_offline,
     day_of_events,
+    post_in_batches,
     scored_in_process,
+    two_days_of_events,
 )
 
 
@@ -158,3 +162,43 @@ def test_without_a_stream_several_workers_refuse_events(
             f"{served.base}/v1/events", json={"events": day_of_events()[:1]}, headers=AUTH
         )
     assert response.status_code == 501 and "MLOPS_EVENTS__STREAM_URL" in response.text
+
+
+@pytest.mark.slow
+def test_two_days_through_the_stream_on_two_workers_give_the_offline_predictions(
+    champion: Champion, model_folder: Bundle, redis_server: Redis, tmp_path: Path
+) -> None:
+    """The parity test through Redis Streams with `mlops serve --workers 2`: the two days
+    posted in batches (each POST answered once the worker that took it applied it), then,
+    once each worker's /model says it applied the stream's last entry, every labelled flight
+    of the second day asked in requests of 50 on new connections (so of both workers): the
+    offline predictions."""
+    import redis
+
+    records, day = two_days_of_events(champion.home)
+    env = clean_env(
+        MLOPS_HOME=str(tmp_path / "home"),
+        MLOPS_EVENTS__TOKEN=TOKEN,
+        MLOPS_EVENTS__STREAM_URL=redis_server.url,
+        MLOPS_EVENTS__SINCE=PARITY_START.isoformat(),
+        MLOPS_SERVE__POLL_INTERVAL_S="0",
+    )
+    serve = ("--model-dir", str(model_folder.folder), "--workers", "2")
+    with mlops_serve(*serve, env=env) as served:
+        post_in_batches(served.base, records)
+        (newest,) = redis.from_url(redis_server.url).xrevrange("mlops:events", count=1)
+        last = newest[0].decode()
+        positions: dict[int, str] = {}
+
+        def both_applied() -> bool:
+            info = httpx.get(f"{served.base}/model").json()
+            positions[info["pid"]] = info["events"]["position"]
+            return len(positions) == 2 and set(positions.values()) == {last}
+
+        eventually(both_applied, 60, f"both workers at the stream's last entry {last}")
+        got = []
+        for start in range(0, len(day), 50):
+            got += _predict(served.base, *as_requests(day.iloc[start : start + 50]))
+        info = httpx.get(f"{served.base}/model").json()
+    assert info["events"]["caught_up"] and info["events"]["stream"].endswith("mlops:events")
+    assert_offline(got, day, model_folder)

@@ -7,6 +7,7 @@ once, and a restart replays what was acknowledged."""
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -17,18 +18,22 @@ import pytest
 
 from pipelines.event_validation import as_records
 from pipelines.events import to_minutes
+from pipelines.features import build_features_pandas
 from pipelines.layout import DataLayout
 from pipelines.online import events_from_bronze
+from pipelines.splits import SplitPlan
 from pipelines.storage import read_parquet_folder
 from pipelines.transform import RAW_INPUTS
-from serving.bundle import Bundle
+from serving.bundle import Bundle, download_version
 from serving.config import EventsConfig
 from serving.live import LiveFeatures
 from serving.runtime import LoadedModel, Scored
 from serving.schemas import EXAMPLE_FLIGHT
 from tests.processes import clean_env, mlops_serve
+from training.config import TrackingConfig
+from training.registry import GateConfig
 
-from .conftest import Champion, as_requests
+from .conftest import Champion, as_requests, eventually, train_and_promote
 
 TOKEN = "events-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -242,18 +247,15 @@ def test_events_are_off_without_a_token(model_folder: Bundle, tmp_path: Path) ->
     assert not (tmp_path / "events").exists()
 
 
-@pytest.mark.slow
-def test_two_days_replayed_through_the_server_give_the_offline_predictions(
-    champion: Champion, model_folder: Bundle, tmp_path: Path
-) -> None:
-    """The store takes over at 2013-11-01 (`MLOPS_EVENTS__SINCE`): two days of bronze
-    become events (`events_from_bronze`: each observed when it happened, schedules a day
-    ahead), posted in batches of 2,000, and every labelled flight of the second day, predicted
-    through the store, gets the probability the model's offline lookups give it (the feature
-    table's, `tests/serving/test_skew.py`) within 1e-6, and no feature falls back to a default
-    that the offline table had."""
-    start, end = pd.Timestamp("2013-11-01"), pd.Timestamp("2013-11-03")
-    layout = DataLayout(champion.home)
+PARITY_START, PARITY_END = pd.Timestamp("2013-11-01"), pd.Timestamp("2013-11-03")
+
+
+def two_days_of_events(home: Path) -> tuple[list[dict], pd.DataFrame]:
+    """Two days of bronze after `PARITY_START` as events (`events_from_bronze`: each observed
+    when it happened, schedules a day ahead), and the second day's labelled flights of the
+    feature table (what the offline path scores)."""
+    start, end = PARITY_START, PARITY_END
+    layout = DataLayout(home)
     flights = read_parquet_folder(layout.bronze("flights"))
     when = flights["scheduled_departure"]
     flights = flights[(when >= start - pd.Timedelta(days=2)) & (when < end)].reset_index(drop=True)
@@ -262,41 +264,126 @@ def test_two_days_replayed_through_the_server_give_the_offline_predictions(
     airports = read_parquet_folder(layout.bronze("airports"))
     events = events_from_bronze(flights, weather.reset_index(drop=True), airports)
     since = float(to_minutes(pd.Series([start]))[0])
-    records = as_records(events[events["observed"] > since])
     table = read_parquet_folder(layout.split("test"))
     day = table[(table["scheduled_departure"] >= end - pd.Timedelta(days=1))]
-    day = day[day["scheduled_departure"] < end]
-    flights_sent = as_requests(day)
+    return as_records(events[events["observed"] > since]), day[day["scheduled_departure"] < end]
 
-    env = clean_env(
-        MLOPS_HOME=str(tmp_path),
-        MLOPS_EVENTS__TOKEN=TOKEN,
-        MLOPS_EVENTS__SINCE=start.isoformat(),
-    )
-    with mlops_serve("--model-dir", str(model_folder.folder), env=env) as served:
-        # before the events, the store knows only what the build knew by 2013-11-01
-        before = _predict(served.base, *flights_sent[:200])
-        reports = [
-            _post(served.base, records[i : i + 2000]).json() for i in range(0, len(records), 2000)
-        ]
-        got = []
-        for i in range(0, len(flights_sent), 1000):
-            got += _predict(served.base, *flights_sent[i : i + 1000])
+
+def post_in_batches(base: str, records: list[dict], size: int = 2000) -> list[dict]:
+    """Each batch's report; nothing refused but a flight the snapshot already held as
+    scheduled (a day ahead of `PARITY_START`), and the rest accepted."""
+    reports = [_post(base, records[i : i + size]).json() for i in range(0, len(records), size)]
     refused = [r for report in reports for r in report["refused"]]
-    # a flight the snapshot already held as scheduled (a day ahead of 2013-11-01) is not
-    # scheduled twice; nothing else is refused
     assert {(r["field"], r["reason"].split(" (")[0]) for r in refused} <= {
         ("scheduled", "this flight is already scheduled")
     }
     assert sum(report["accepted"] for report in reports) == len(records) - len(refused)
+    return reports
+
+
+def predicted(base: str, flights: list[dict]) -> list[dict]:
+    got = []
+    for i in range(0, len(flights), 1000):
+        got += _predict(base, *flights[i : i + 1000])
+    return got
+
+
+def assert_offline(got: list[dict], day: pd.DataFrame, model_folder: Bundle) -> None:
+    """The probabilities the model's offline lookups give (the feature table's,
+    `tests/serving/test_skew.py`) within 1e-6, and the same features fell back to defaults."""
     expected = LoadedModel.load(model_folder).score_frame(day[RAW_INPUTS])
     probabilities = np.array([p["delay_probability"] for p in got])
     assert len(got) == len(day) > 500
     np.testing.assert_allclose(probabilities, expected.probabilities, atol=1e-6, rtol=0)
     assert [tuple(p["defaults_used"]) for p in got] == [tuple(d) for d in expected.defaults_used]
+
+
+@pytest.mark.slow
+def test_two_days_replayed_through_the_server_give_the_offline_predictions(
+    champion: Champion, model_folder: Bundle, tmp_path: Path
+) -> None:
+    """The store takes over at 2013-11-01 (`MLOPS_EVENTS__SINCE`): two days of bronze
+    become events, posted in batches of 2,000, and every labelled flight of the second day,
+    predicted through the store, gets what the offline path gives it."""
+    records, day = two_days_of_events(champion.home)
+    flights_sent = as_requests(day)
+    env = clean_env(
+        MLOPS_HOME=str(tmp_path),
+        MLOPS_EVENTS__TOKEN=TOKEN,
+        MLOPS_EVENTS__SINCE=PARITY_START.isoformat(),
+    )
+    with mlops_serve("--model-dir", str(model_folder.folder), env=env) as served:
+        # before the events, the store knows only what the build knew by 2013-11-01
+        before = _predict(served.base, *flights_sent[:200])
+        post_in_batches(served.base, records)
+        got = predicted(served.base, flights_sent)
+    assert_offline(got, day, model_folder)
     # and the answers did come from the store: without the events they fell back
+    expected = LoadedModel.load(model_folder).score_frame(day[RAW_INPUTS].head(200))
     blind = sum(
         len(b["defaults_used"]) > len(d)
-        for b, d in zip(before, expected.defaults_used[:200], strict=True)
+        for b, d in zip(before, expected.defaults_used, strict=True)
     )
     assert blind > 150, blind
+
+
+@pytest.fixture(scope="module")
+def earlier_build(ingested_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """A real model of a build that ends a month before the champion's (no December): what
+    was served before the retrain that took December in. Its training and validation months
+    are the champion's, so the network is the same; its lookups end on 2013-12-01."""
+    home = tmp_path_factory.mktemp("without-december")
+    shutil.copytree(
+        ingested_home / "data" / "bronze",
+        home / "data" / "bronze",
+        ignore=lambda _, names: [n for n in names if n == "month=2013-12"],
+    )
+    build_features_pandas(DataLayout(home), SplitPlan())
+    _, version = train_and_promote(home, GateConfig())
+    client = TrackingConfig(home).client()
+    return download_version(client, "flight-delay", version, tmp_path_factory.mktemp("models"))
+
+
+@pytest.mark.slow
+def test_a_hot_swap_takes_the_new_builds_snapshot_and_keeps_the_events(
+    earlier_build: Bundle, model_folder: Bundle, tmp_path: Path
+) -> None:
+    """A server on a build that ends in November takes January's events, then its folder
+    becomes the champion's build (December in): it answers as a restart on that build with
+    the same events does. A flight on the morning of January 1st knows its aircraft's last
+    leg, the night before (the new snapshot), the live flight the events (not a reset to the
+    snapshot); a re-sent event stays a duplicate."""
+    home, served = tmp_path / "home", tmp_path / "model"
+    shutil.copytree(earlier_build.folder, served)
+    env = clean_env(
+        MLOPS_HOME=str(home), MLOPS_EVENTS__TOKEN=TOKEN, MLOPS_SERVE__POLL_INTERVAL_S="1"
+    )
+    events = day_of_events()
+    first, second = events[:12], events[12:]
+    # N374JB left JFK for PWM 101 min late at 00:26 on January 1st, the new build's last day
+    early = {"carrier": "B6", "flight": 107, "tailnum": "N374JB", "origin": "JFK"}
+    early |= {"dest": "PWM", "scheduled_departure": "2014-01-01T08:00:00", "distance": 273.0}
+    with mlops_serve("--model-dir", str(served), env=env) as server:
+        assert _post(server.base, first).json()["accepted"] == len(first)
+        before = _predict(server.base, early, LIVE_FLIGHT)
+        loaded = httpx.get(f"{server.base}/model").json()["loaded_at"]
+        shutil.copytree(model_folder.folder, tmp_path / "next")
+        served.rename(tmp_path / "previous")
+        (tmp_path / "next").rename(served)
+        eventually(
+            lambda: httpx.get(f"{server.base}/model").json().get("loaded_at") != loaded,
+            within_s=60,
+            what="the server serving the new build",
+        )
+        assert _post(server.base, second).json()["accepted"] == len(second)
+        assert _post(server.base, first).json()["duplicates"] == len(first)
+        swapped = _predict(server.base, early, LIVE_FLIGHT)
+    with mlops_serve("--model-dir", str(served), env=env) as server:  # the log replayed
+        restarted = _predict(server.base, early, LIVE_FLIGHT)
+
+    assert swapped == restarted
+    # December's end came with the new build: the aircraft's previous leg is known
+    tail = {"tail_prev_hours_since", "tail_prev_dep_delay"}
+    assert tail <= _defaults(before[0]) and not tail & _defaults(swapped[0]), swapped[0]
+    # and January's events stayed: the live flight's weather and departures are theirs
+    assert not {"temp", "origin_dep_delay_mean_0_1h"} & _defaults(swapped[1])
