@@ -60,13 +60,15 @@ from pipelines.event_validation import as_records
 from pipelines.events import to_minutes
 from pipelines.layout import DataLayout
 from pipelines.online import events_from_bronze
+from pipelines.spec import LABEL
 from pipelines.storage import read_parquet_folder
-from pipelines.transform import feature_arrays
+from pipelines.transform import RAW_INPUTS, feature_arrays
 from serving.bundle import read_bundle
 from serving.config import EventsConfig
 from serving.live import LiveFeatures, ModelView
 from serving.runtime import LoadedModel, rows_to_columns
 from serving.schemas import EXAMPLE_FLIGHT
+from tests.load import rss_bytes
 from tests.processes import clean_env, mlops_serve
 
 TOKEN = "online-benchmark"
@@ -309,6 +311,64 @@ def _bench_serving():
     return module
 
 
+def replay_months(model_dir: Path, home: Path, since: str, until: str) -> dict:
+    """`mlops replay`'s flow (as fast as the server answers) against one server whose store
+    takes over at `since`, the server's resident memory sampled every second; and the
+    model's offline ROC-AUC on the same months (its feature table's test split) beside the
+    replay's realized one."""
+    from mlops.flows.progress import NoProgress
+    from mlops.flows.replay import replay
+    from mlops.settings import Settings
+    from training.metrics import roc_auc
+
+    samples: list[tuple[float, int]] = []
+    with tempfile.TemporaryDirectory() as served_home:
+        env = clean_env(
+            MLOPS_HOME=served_home,
+            MLOPS_EVENTS__TOKEN=TOKEN,
+            MLOPS_EVENTS__SINCE=f"{since}-01",
+            PYTHONPATH=str(ROOT),
+        )
+        with mlops_serve("--model-dir", str(model_dir), env=env) as served:
+            stop = threading.Event()
+            started = time.perf_counter()
+
+            def sample() -> None:
+                while not stop.wait(1.0):
+                    samples.append((time.perf_counter() - started, rss_bytes(served.pid)))
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            try:
+                settings = Settings(home=home, events=EventsConfig(token=TOKEN))
+                report = replay(settings, NoProgress(), served.base, since, until)
+            finally:
+                stop.set()
+                sampler.join()
+    model = LoadedModel.load(read_bundle(model_dir))
+    table = read_parquet_folder(DataLayout(home).split("test"))
+    offline = roc_auc(table[LABEL].to_numpy(), model.score_frame(table[RAW_INPUTS]).probabilities)
+    mib = np.array([rss for _, rss in samples]) / 2**20
+    # the horizon (72 h of event time) is full after a few percent of the run: past the
+    # first fifth, memory should stay flat
+    settled = mib[len(mib) // 5 :]
+    return {
+        "months": f"{since}..{until}",
+        "events": report.events,
+        "accepted": report.accepted,
+        "refused": report.refused,
+        "predicted": report.predicted,
+        "seconds": round(report.seconds, 1),
+        "events_per_s": round(report.events / report.seconds),
+        "realized_auc": round(report.auc, 4),
+        "offline_auc_test_split": round(float(offline), 4),
+        "rss_mib_at_20pct": round(float(settled[0]), 1),
+        "rss_mib_settled_min_max": [round(float(settled.min()), 1), round(float(settled.max()), 1)],
+        "rss_settled_spread": round(float(settled.max() / settled.min() - 1), 3),
+        "rss_mib_series_every_10s": [round(float(v), 1) for v in mib[::10]],
+    }
+
+
 def assembly(live: ModelView, model_dir: Path, rounds: int) -> dict[str, float]:
     history = LoadedModel.load(read_bundle(model_dir)).lookups
     inside = {**EXAMPLE_FLIGHT, "scheduled_departure": datetime(2013, 10, 15, 17, 15)}
@@ -341,7 +401,14 @@ def main() -> None:
     )
     parser.add_argument("--load-seconds", type=float, default=15.0)
     parser.add_argument("--load-rounds", type=int, default=3)
+    parser.add_argument(
+        "--replay", action="store_true", help="only November-December through `mlops replay`"
+    )
     args = parser.parse_args()
+    if args.replay:
+        result = {"replay": replay_months(args.model_dir, args.home, "2013-11", "2013-12")}
+        _write("online-replay.json", result)
+        return
     records = events_of(args.home)
     in_process_s, live = ingest_in_process(args.model_dir, records)
     with tempfile.TemporaryDirectory() as home:
@@ -369,9 +436,13 @@ def main() -> None:
         result["serving_under_events"] = serving_under_events(
             args.model_dir, args.stream_url, feed, args.load_seconds, args.load_rounds
         )
+    _write("online.json", result)
+
+
+def _write(name: str, result: dict) -> None:
     out = ROOT / "benchmarks" / "results"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "online.json").write_text(json.dumps(result, indent=2))
+    (out / name).write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipelines.event_validation import as_records, validate_events
+from pipelines.event_validation import validate_events
 from pipelines.events import minutes_iso, to_minutes
 from pipelines.lookups import LOOKUP_FILES, Lookups
 from pipelines.online import EVENT_FIELDS, Applied, OnlineStore
@@ -166,10 +166,10 @@ class LiveFeatures:
         checked = validate_events(records, self.airports, self.carriers)
         applied = self._apply_typed(checked.events)
         refused = [(checked.indices[i], name, reason) for i, name, reason in applied.refused]
-        if log and self.folder is not None:
-            out = [i for i, _, _ in applied.refused]
-            accepted = checked.events.drop(index=out)  # duplicates too: harmless
-            self._append(LOG, [json.dumps(r) for r in as_records(accepted)])
+        if log and self.folder is not None:  # the events as sent: replayed, checked again
+            out = {i for i, _, _ in applied.refused}
+            accepted = [k for i, k in enumerate(checked.indices) if i not in out]  # duplicates too
+            self._append(LOG, [json.dumps(records[k]) for k in accepted])
         return Applied(applied.applied, applied.duplicates, sorted([*checked.refused, *refused]))
 
     def _apply_typed(self, events: pd.DataFrame) -> Applied:
