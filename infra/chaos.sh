@@ -94,7 +94,9 @@ want postgres && for phase in retrain study promotion; do
     *) first="exit $code" ;;
   esac
   again="not needed"
-  if { [ "$phase" = retrain ] && [ "$first" = failed ]; } || { [ "$phase" != retrain ] && [ "$code" != 0 ]; }; then
+  # a retrain that did not reach its gate ("failed", "lock lost") is retried by the next tick
+  if { [ "$phase" = retrain ] && [ "$first" != promoted ] && [ "$first" != "kept the champion" ]; } \
+    || { [ "$phase" != retrain ] && [ "$code" != 0 ]; }; then
     case $phase in
       retrain) again=$(tick "$work/$phase-again.log") ;;
       study) compose exec -T scheduler mlops tune --trials "${CHAOS_TRIALS:-3}" >"$work/$phase-again.log" 2>&1 \

@@ -192,11 +192,11 @@ class KeyedTimeTable:
 
     @classmethod
     def build(
-        cls, keys: np.ndarray, times: np.ndarray, frame: pd.DataFrame, columns: list[str]
+        cls, keys: np.ndarray, times: np.ndarray, values: np.ndarray, columns: list[str]
     ) -> KeyedTimeTable:
+        """`values`: float64 [rows, columns], one row per (key, time)."""
         codes = Codebook(keys)
         stamps = _stamps(codes.encode(keys), np.nan_to_num(times))
-        values = frame[columns].to_numpy("float64", na_value=np.nan)
         # Ties broken by the values so that any subset holding the same rows sorts the same.
         ties = [np.nan_to_num(values[:, j], nan=np.inf) for j in range(values.shape[1])]
         order = np.lexsort([*ties[::-1], stamps])
@@ -245,51 +245,72 @@ class Lookups:
         events: pd.DataFrame,
     ) -> Lookups:
         return cls.assemble(
-            weather, KeyedRows.build(planes, "tailnum"), KeyedRows.build(airports, "faa"), events
+            weather_arrays(weather),
+            KeyedRows.build(planes, "tailnum"),
+            KeyedRows.build(airports, "faa"),
+            event_arrays(events),
         )
 
     @classmethod
     def assemble(
-        cls, weather: pd.DataFrame, planes: KeyedRows, airports: KeyedRows, events: pd.DataFrame
+        cls, weather: Arrays, planes: KeyedRows, airports: KeyedRows, events: Arrays
     ) -> Lookups:
-        """`build` with the dimension tables already keyed: the online store rebuilds the
-        event structures as events arrive, and the planes and airports never change."""
-
-        def col(name: str) -> np.ndarray:
-            return events[name].to_numpy("float64", na_value=np.nan)
-
-        def key(name: str) -> np.ndarray:
-            return events[name].to_numpy(object)
-
-        ones = np.ones(len(events))
+        """`build` from columns already arrays (`weather_arrays`, `event_arrays`) and the
+        dimension tables already keyed: the online store rebuilds the event structures as
+        events arrive (from its own rows, without a DataFrame), and the planes and airports
+        never change. `events` may carry each flight's `identity` (`flight_identity`)."""
+        ones = np.ones(len(events["scheduled"]))
+        identity = events.get("identity")
+        if identity is None:
+            identity = flight_identity(events["carrier"], events["flight"], events["origin"])
+        own = np.column_stack([events[name] for name in OWN_EVENT_COLUMNS])
         return cls(
             weather=KeyedTimeTable.build(
-                weather["origin"].to_numpy(object),
-                to_minutes(weather["time_hour"]),
-                weather,
-                WEATHER_COLUMNS,
+                weather["origin"], weather["time_hour"], weather["values"], WEATHER_COLUMNS
             ),
             planes=planes,
             airports=airports,
             origin_departures=WindowIndex.build(
-                key("origin"), col("departed_at"), col("dep_delay")
+                events["origin"], events["departed_at"], events["dep_delay"]
             ),
             carrier_departures=WindowIndex.build(
-                key("carrier"), col("departed_at"), col("dep_delay")
+                events["carrier"], events["departed_at"], events["dep_delay"]
             ),
-            dest_arrivals=WindowIndex.build(key("dest"), col("arrived_at"), col("arr_delay")),
-            origin_schedule=WindowIndex.build(key("origin"), col("scheduled"), ones),
+            dest_arrivals=WindowIndex.build(
+                events["dest"], events["arrived_at"], events["arr_delay"]
+            ),
+            origin_schedule=WindowIndex.build(events["origin"], events["scheduled"], ones),
             tail_schedule=PreviousIndex.build(
-                key("tailnum"), col("scheduled"), col("departed_at"), col("dep_delay")
+                events["tailnum"], events["scheduled"], events["departed_at"], events["dep_delay"]
             ),
             own_events=KeyedTimeTable.build(
-                flight_identity(key("carrier"), col("flight"), key("origin")),
-                col("scheduled"),
-                events,
-                ["departed_at", "dep_delay", "arrived_at", "arr_delay"],
+                identity, events["scheduled"], own.reshape(len(ones), -1), OWN_EVENT_COLUMNS
             ),
             holidays=holiday_days(),
         )
+
+
+Arrays = dict[str, np.ndarray]
+EVENT_KEYS = ["origin", "dest", "carrier", "tailnum"]  # text (object arrays)
+EVENT_VALUES = ["flight", "scheduled", "departed_at", "dep_delay", "arrived_at", "arr_delay"]
+OWN_EVENT_COLUMNS = ["departed_at", "dep_delay", "arrived_at", "arr_delay"]
+
+
+def event_arrays(events: pd.DataFrame) -> Arrays:
+    """The columns of `flight_events` rows the lookups read, as arrays (object for keys,
+    float64 with NaN for the rest)."""
+    out = {name: events[name].to_numpy(object) for name in EVENT_KEYS}
+    return out | {name: events[name].to_numpy("float64", na_value=np.nan) for name in EVENT_VALUES}
+
+
+def weather_arrays(weather: pd.DataFrame) -> Arrays:
+    """Hourly weather as arrays: `origin`, `time_hour` (minutes) and `values`, float64
+    [rows, WEATHER_COLUMNS]."""
+    return {
+        "origin": weather["origin"].to_numpy(object),
+        "time_hour": to_minutes(weather["time_hour"]),
+        "values": weather[WEATHER_COLUMNS].to_numpy("float64", na_value=np.nan),
+    }
 
 
 LOOKUP_FILES = {

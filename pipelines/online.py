@@ -37,7 +37,7 @@ from pipelines.events import (
     scheduled_arrivals,
     to_minutes,
 )
-from pipelines.lookups import WEATHER_COLUMNS, KeyedRows, Lookups
+from pipelines.lookups import EVENT_KEYS, EVENT_VALUES, WEATHER_COLUMNS, KeyedRows, Lookups
 from pipelines.rules import DELAY, MAX_DELAY_MIN
 from pipelines.transform import LOOKBACK_H
 
@@ -68,7 +68,8 @@ EVENT_FIELDS = [
     "time_hour",  # weather
     *WEATHER_COLUMNS,
 ]
-_STATE = [*EVENT_COLUMNS, "scheduled_arrival"]  # a flight's row in the store
+# a flight's row in the store; its identity (`flight_identity`) computed once, for the lookups
+_STATE = [*EVENT_COLUMNS, "scheduled_arrival", "identity"]
 
 
 @dataclass
@@ -180,6 +181,8 @@ class OnlineStore:
         late_arr = ~(rows["arrived_at"] <= until)
         rows.loc[late_arr, ["arrived_at", "arr_delay"]] = np.nan
         rows["scheduled_arrival"] = arrival
+        carrier, origin = rows["carrier"].to_numpy(object), rows["origin"].to_numpy(object)
+        rows["identity"] = flight_identity(carrier, rows["flight"].to_numpy(), origin)
         for row in rows[_STATE].itertuples(index=False):
             self.flights[(row.carrier, row.flight, row.origin, row.scheduled)] = list(row)
         hours = to_minutes(weather["time_hour"])
@@ -285,6 +288,11 @@ class OnlineStore:
                 np.nan,
                 np.nan,
                 event["scheduled_arrival"],
+                flight_identity(
+                    np.array([event["carrier"]], dtype=object),
+                    np.array([event["flight"]]),
+                    np.array([event["origin"]], dtype=object),
+                )[0],
             ]
             return None
         row = self.flights.get(key)
@@ -314,14 +322,22 @@ class OnlineStore:
     # reads
 
     def lookups(self) -> Lookups:
-        """The lookups of what the store holds now (built once per change)."""
+        """The lookups of what the store holds now (built once per change, from the rows as
+        arrays: a DataFrame would cost more than the structures themselves)."""
         if self._lookups is None:
-            events = pd.DataFrame(list(self.flights.values()), columns=_STATE)
-            weather = pd.DataFrame(
-                [[origin, hour, *values] for (origin, hour), values in self.weather.items()],
-                columns=["origin", "time_hour", *WEATHER_COLUMNS],
-            )
-            weather["time_hour"] = pd.to_datetime(weather["time_hour"].astype("int64"), unit="m")
+            rows = list(self.flights.values())
+            columns = dict(zip(_STATE, zip(*rows, strict=True), strict=True)) if rows else {}
+            events = {
+                name: np.array(columns.get(name, ()), dtype=object) for name in EVENT_KEYS
+            } | {name: np.array(columns.get(name, ()), dtype="float64") for name in EVENT_VALUES}
+            events["identity"] = np.array(columns.get("identity", ()), dtype=object)
+            weather = {
+                "origin": np.array([origin for origin, _ in self.weather], dtype=object),
+                "time_hour": np.array([hour for _, hour in self.weather], dtype="float64"),
+                "values": np.array(list(self.weather.values()), dtype="float64").reshape(
+                    len(self.weather), len(WEATHER_COLUMNS)
+                ),
+            }
             self._lookups = Lookups.assemble(weather, self.planes, self.airports, events)
         return self._lookups
 
