@@ -284,7 +284,10 @@ class Lookups:
                 events["tailnum"], events["scheduled"], events["departed_at"], events["dep_delay"]
             ),
             own_events=KeyedTimeTable.build(
-                identity, events["scheduled"], own.reshape(len(ones), -1), OWN_EVENT_COLUMNS
+                identity,
+                events["scheduled"],
+                own.reshape(len(ones), len(OWN_EVENT_COLUMNS)),
+                OWN_EVENT_COLUMNS,
             ),
             holidays=holiday_days(),
         )

@@ -120,3 +120,26 @@ def test_a_re_sent_event_is_applied_once_and_an_old_one_is_refused(featured_home
     old = batch.iloc[:1].assign(id="new-id", observed=replay.start - 80 * HOUR)
     refused = replay.store.apply(old).refused
     assert refused == [(0, "observed", "older than the retention horizon (72 h)")]
+
+
+def test_a_store_whose_flights_all_aged_out_still_answers(featured_home: Path) -> None:
+    """Only weather told for four days: every flight leaves the horizon, and the store's
+    lookups (no flight at all) still give features, the weather's hour among them."""
+    replay = Replay(featured_home, "2013-12-01", "2013-12-02")
+    hours = pd.date_range("2013-12-01 01:00", periods=100, freq="h")
+    weather = pd.DataFrame(
+        {
+            "id": [f"wx-{i}" for i in range(len(hours))],
+            "kind": "weather",
+            "observed": to_minutes(hours),
+            "origin": "EWR",
+            "time_hour": to_minutes(hours),
+            "temp": 40.0,
+        }
+    )
+    assert replay.store.apply(weather).applied == len(hours)
+    assert len(replay.store) == 0
+    flight = replay.table[replay.table["origin"] == "EWR"].head(1)[RAW_INPUTS]
+    flight = flight.assign(scheduled_departure=hours[-1] + pd.Timedelta(minutes=5))
+    features = build_features(flight, replay.store.lookups())
+    assert features["temp"].tolist() == [40.0]
