@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -102,6 +103,22 @@ def restartable_postgres(tmp_path_factory: pytest.TempPathFactory):
         pytest.skip(f"needs {missing} to run a PostgreSQL cluster of the test's own")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# CI's clock (`.ci/run` sets it): past this many seconds of the session, a long variant
+# (`slow`) that has not started is skipped, saying so, rather than CI running out of its time
+# on a slower machine; the fast tests always run
+BUDGET_S = float(os.environ.get("MLOPS_TEST_BUDGET_S", "0") or 0)
+SESSION_START = time.monotonic()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    elapsed = time.monotonic() - SESSION_START
+    if BUDGET_S and item.get_closest_marker("slow") is not None and elapsed > BUDGET_S:
+        pytest.skip(
+            f"CI's time budget is spent ({elapsed:.0f} s of MLOPS_TEST_BUDGET_S={BUDGET_S:.0f}):"
+            " `MLOPS_TEST_ALL=1 make test` runs it"
+        )
 
 
 @pytest.fixture(autouse=True)
