@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -272,13 +273,25 @@ def two_days_of_events(home: Path) -> tuple[list[dict], pd.DataFrame]:
 def post_in_batches(base: str, records: list[dict], size: int = 2000) -> list[dict]:
     """Each batch's report; nothing refused but a flight the snapshot already held as
     scheduled (a day ahead of `PARITY_START`), and the rest accepted."""
-    reports = [_post(base, records[i : i + size]).json() for i in range(0, len(records), size)]
+    reports = [_taken(base, records[i : i + size]) for i in range(0, len(records), size)]
     refused = [r for report in reports for r in report["refused"]]
     assert {(r["field"], r["reason"].split(" (")[0]) for r in refused} <= {
         ("scheduled", "this flight is already scheduled")
     }
     assert sum(report["accepted"] for report in reports) == len(records) - len(refused)
     return reports
+
+
+def _taken(base: str, events: list[dict]) -> dict:
+    """The report of a POST, as a client honouring the server's backpressure gets it: a 503
+    (nothing applied; it says when to come back) is sent again after its Retry-After."""
+    for _ in range(10):
+        answer = _post(base, events)
+        if answer.status_code != 503:
+            break
+        time.sleep(min(float(answer.headers.get("Retry-After", "1")), 5.0))
+    assert answer.status_code == 200, answer.text
+    return answer.json()
 
 
 def predicted(base: str, flights: list[dict]) -> list[dict]:
