@@ -122,6 +122,25 @@ def ingest_in_process(model_dir: Path, records: list[dict]) -> tuple[float, Mode
     return time.perf_counter() - started, model.live
 
 
+def weather_at_ewr(event_id: str, hour: datetime, temp: float) -> dict:
+    """One hour's weather observation at EWR: the event the probes below look for."""
+    return {
+        "id": event_id,
+        "kind": "weather",
+        "origin": "EWR",
+        "time_hour": hour.isoformat(),
+        "temp": temp,
+        "visib": 10.0,
+    }
+
+
+def knows_weather(client: httpx.Client, hour: datetime) -> bool:
+    """Whether the server answers a flight at EWR in `hour` from that hour's weather."""
+    flight = {**EXAMPLE_FLIGHT, "scheduled_departure": (hour + timedelta(minutes=5)).isoformat()}
+    answer = client.post("/predict", json={"flights": [flight]})
+    return "temp" not in answer.json()["predictions"][0]["defaults_used"]
+
+
 def freshness(base: str, rounds: int, seen_at: str | None = None) -> dict[str, float]:
     """One new hour's weather at EWR posted to `base`, then a flight at EWR in that hour asked
     of `seen_at` (default: the same server, which must answer from the event at once; another
@@ -134,30 +153,16 @@ def freshness(base: str, rounds: int, seen_at: str | None = None) -> dict[str, f
     ):
         for k in range(rounds):
             hour = first + timedelta(hours=k)
-            event = {
-                "id": f"fresh-{k}",
-                "kind": "weather",
-                "origin": "EWR",
-                "time_hour": hour.isoformat(),
-                "temp": 40.0 + k % 10,
-                "visib": 10.0,
-            }
-            flight = {
-                **EXAMPLE_FLIGHT,
-                "scheduled_departure": (hour + timedelta(minutes=5)).isoformat(),
-            }
+            event = weather_at_ewr(f"fresh-{k}", hour, 40.0 + k % 10)
             started = time.perf_counter()
             posted = client.post("/v1/events", json={"events": [event]}, headers=AUTH)
             posted_at = time.perf_counter()
             assert posted.json()["accepted"] == 1, posted.text
-            while True:
-                answer = other.post("/predict", json={"flights": [flight]})
-                done = time.perf_counter()
-                if "temp" not in answer.json()["predictions"][0]["defaults_used"]:
-                    break
-                assert seen_at is not None and done - started < 10, answer.text
+            while not knows_weather(other, hour):
+                assert seen_at is not None, f"{base} did not answer from the event it took"
+                assert time.perf_counter() - started < 10, f"{event['id']} never seen"
+            seen_s.append(time.perf_counter() - started)
             post_s.append(posted_at - started)
-            seen_s.append(done - started)
     return {
         "post_p50_ms": ms(post_s, 0.5),
         "post_p99_ms": ms(post_s, 0.99),
@@ -166,28 +171,14 @@ def freshness(base: str, rounds: int, seen_at: str | None = None) -> dict[str, f
     }
 
 
-def visible_at(base: str, event_id: str, hour: datetime, within_s: float = 600) -> None:
+def visible_at(base: str, hour: datetime, within_s: float = 600) -> None:
     """Post nothing; wait until `base` answers a flight at EWR in `hour` from its weather (the
-    sentinel `event_id` another server published last)."""
-    flight = {**EXAMPLE_FLIGHT, "scheduled_departure": (hour + timedelta(minutes=5)).isoformat()}
+    sentinel another server published last)."""
     deadline = time.perf_counter() + within_s
     with httpx.Client(base_url=base, timeout=30) as client:
-        while True:
-            answer = client.post("/predict", json={"flights": [flight]}).json()
-            if "temp" not in answer["predictions"][0]["defaults_used"]:
-                return
-            assert time.perf_counter() < deadline, f"{event_id} never reached {base}"
+        while not knows_weather(client, hour):
+            assert time.perf_counter() < deadline, f"the sentinel at {hour} never reached {base}"
             time.sleep(0.005)
-
-
-def sentinel(hour: datetime) -> dict:
-    return {
-        "id": f"sentinel-{hour:%Y%m%d%H}",
-        "kind": "weather",
-        "origin": "EWR",
-        "time_hour": hour.isoformat(),
-        "temp": 50.0,
-    }
 
 
 @contextmanager
@@ -227,8 +218,9 @@ def through_the_stream(model_dir: Path, url: str, records: list[dict], rounds: i
     with stream_servers(model_dir, url, 2) as (first, second):
         last = datetime(2013, 11, 1) + timedelta(days=DAYS, hours=1)  # the week's end
         started = time.perf_counter()
-        posted_s, accepted = ingest_over_http(first, [*records, sentinel(last)])
-        visible_at(second, sentinel(last)["id"], last)
+        sentinel = weather_at_ewr(f"sentinel-{last:%Y%m%d%H}", last, 50.0)
+        posted_s, accepted = ingest_over_http(first, [*records, sentinel])
+        visible_at(second, last)
         both_s = time.perf_counter() - started
         fresh = freshness(first, rounds, seen_at=second)
     return {

@@ -78,21 +78,22 @@ class LiveFeatures:
             self.airports = airports
             self.carriers = frozenset(model.vocabulary("carrier"))
             self.lookups = store.lookups()
-            if previous is None:
-                self.replayed = self._replay()
             model.live = ModelView(self, until)
             logger.info(
-                "online store for %s v%s from its lookups as of %s%s: %d flights held%s",
+                "online store for %s v%s from its lookups as of %s%s: %d flights held",
                 model.name,
                 model.version,
                 minutes_iso(until),
                 "" if previous is None else " and the store it replaces",
-                len(self.store),
-                ""
-                if previous is not None
-                else f", {self.replayed.applied} logged events replayed "
-                f"({len(self.replayed.refused)} no longer applicable)",
+                len(store),
             )
+            if previous is None:
+                self.replayed = self._replay()
+                logger.info(
+                    "%d logged events replayed (%d no longer applicable)",
+                    self.replayed.applied,
+                    len(self.replayed.refused),
+                )
 
     def _snapshot(self, lookups_folder: Path) -> tuple[OnlineStore, float, frozenset[str]]:
         """A store of what a build knew (its lookup files, already checked against its spec)
