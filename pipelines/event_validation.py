@@ -60,12 +60,18 @@ class RefusedEventError(ValueError):
 
 @dataclass
 class ValidatedEvents:
-    """The typed events (`EVENT_FIELDS`, in the order sent) and each refused one's index (in
-    the batch as sent), field and reason."""
+    """The typed events, in the order sent (records with the fields of `EVENT_FIELDS` their
+    kind has: what the store applies), and each refused one's index (in the batch as sent),
+    field and reason."""
 
-    events: pd.DataFrame
+    records: list[dict[str, Any]]
     indices: list[int] = field(default_factory=list)  # of each kept event in the batch
     refused: list[tuple[int, str, str]] = field(default_factory=list)
+
+    @property
+    def events(self) -> pd.DataFrame:
+        """The typed events as a table of `EVENT_FIELDS` (NaN where a kind has no field)."""
+        return pd.DataFrame(self.records, columns=EVENT_FIELDS)
 
 
 def validate_events(
@@ -82,8 +88,7 @@ def validate_events(
             indices.append(index)
         except RefusedEventError as problem:
             refused.append((index, problem.field, problem.reason))
-    events = pd.DataFrame(kept, columns=EVENT_FIELDS)
-    return ValidatedEvents(events, indices, refused)
+    return ValidatedEvents(kept, indices, refused)
 
 
 def _typed(record: Any, airports: frozenset[str], carriers: frozenset[str]) -> dict[str, Any]:

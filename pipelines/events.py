@@ -77,15 +77,22 @@ def _flight_number(value: object) -> str:
     return "<NA>" if number != number else str(int(number))
 
 
-def flight_identity(carrier: np.ndarray, flight: np.ndarray, origin: np.ndarray) -> np.ndarray:
+def identity_of(carrier: object, flight: object, origin: object) -> str:
     """`carrier|flight|origin`: with the scheduled time, what makes a flight itself."""
+    return f"{carrier}|{_flight_number(flight)}|{origin}"
+
+
+def flight_identity(carrier: np.ndarray, flight: np.ndarray, origin: np.ndarray) -> np.ndarray:
+    """`identity_of` each flight."""
     return np.array(
-        [
-            f"{c}|{_flight_number(n)}|{o}"
-            for c, n, o in zip(
-                carrier.tolist(), np.asarray(flight).tolist(), origin.tolist(), strict=True
+        list(
+            map(
+                identity_of,
+                np.asarray(carrier).tolist(),
+                np.asarray(flight).tolist(),
+                np.asarray(origin).tolist(),
             )
-        ],
+        ),
         dtype=object,
     )
 

@@ -13,6 +13,7 @@ import functools
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -46,12 +47,31 @@ class Codebook:
 
     Large arrays (offline) go through pandas' hash index; the small batches of the request
     path through a plain dict of the same keys, which gives the same codes without pandas'
-    per-call overhead.
+    per-call overhead. A codebook may grow (`add`): the online store keeps one per key for its
+    life, so each flight's keys are coded once, when it arrives. A code added after a
+    structure was built matches none of its rows, which is what an unknown key does.
     """
 
-    def __init__(self, keys: np.ndarray | list[str]) -> None:
-        self.index = pd.Index(pd.unique(pd.Series(keys, dtype=object).dropna()), dtype=object)
-        self.codes = {key: code for code, key in enumerate(self.index)}
+    def __init__(self, keys: np.ndarray | list[str] = ()) -> None:
+        unique = pd.unique(pd.Series(keys, dtype=object).dropna())
+        self.codes: dict[str, int] = dict(zip(unique, range(len(unique)), strict=True))
+        self._index = pd.Index(unique, dtype=object)
+
+    @property
+    def index(self) -> pd.Index:
+        index = self._index
+        if len(index) != len(self.codes):  # grown since (dict order is code order)
+            index = self._index = pd.Index(list(self.codes), dtype=object)
+        return index
+
+    def add(self, key: object) -> int:
+        """`key`'s code, a new one if it has none; -1 for a missing key."""
+        if not isinstance(key, str):
+            return -1
+        code = self.codes.get(key)
+        if code is None:
+            code = self.codes[key] = len(self.codes)
+        return code
 
     def encode(self, values: np.ndarray) -> np.ndarray:
         if len(values) < SMALL_BATCH:
@@ -60,11 +80,23 @@ class Codebook:
         return self.index.get_indexer(pd.Index(values, dtype=object)).astype("int64")
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.codes)
 
 
 def _stamps(codes: np.ndarray, minutes: np.ndarray) -> np.ndarray:
     return (codes.astype("int64") << KEY_SHIFT) + minutes.astype("int64")
+
+
+def _order(stamps: np.ndarray, ties: np.ndarray) -> np.ndarray:
+    """The order that sorts `stamps`, equal stamps by the columns of `ties` (float64 [rows,
+    columns], first column first, NaN last). Stamps are nearly always distinct: the lexsort
+    of every column, the cost of most of a small rebuild, only runs when two are equal."""
+    order = np.argsort(stamps, kind="stable")
+    ordered = stamps[order]
+    if not (ordered[1:] == ordered[:-1]).any():
+        return order
+    tied = np.where(np.isnan(ties), np.inf, ties)
+    return np.lexsort((*tied.T[::-1], stamps))
 
 
 def _with_missing_row(values: np.ndarray) -> np.ndarray:
@@ -83,10 +115,12 @@ class WindowIndex:
     cumsum: np.ndarray  # float64, len(stamps) + 1
 
     @classmethod
-    def build(cls, keys: np.ndarray, times: np.ndarray, values: np.ndarray) -> WindowIndex:
-        keep = pd.notna(keys) & ~np.isnan(times) & ~np.isnan(values)
-        codes = Codebook(keys[keep])
-        stamps = _stamps(codes.encode(keys[keep]), times[keep])
+    def build(
+        cls, codes: Codebook, keys: np.ndarray, times: np.ndarray, values: np.ndarray
+    ) -> WindowIndex:
+        """`keys`: each event's code in `codes` (-1: no key, left out)."""
+        keep = (keys >= 0) & ~np.isnan(times) & ~np.isnan(values)
+        stamps = _stamps(keys[keep], times[keep])
         order = np.argsort(stamps, kind="stable")
         total = np.concatenate([[0.0], np.cumsum(values[keep][order], dtype="float64")])
         return cls(codes, stamps[order], total)
@@ -123,15 +157,19 @@ class PreviousIndex:
 
     @classmethod
     def build(
-        cls, keys: np.ndarray, scheduled: np.ndarray, departed_at: np.ndarray, delay: np.ndarray
+        cls,
+        codes: Codebook,
+        keys: np.ndarray,
+        scheduled: np.ndarray,
+        departed_at: np.ndarray,
+        delay: np.ndarray,
     ) -> PreviousIndex:
-        keep = pd.notna(keys) & ~np.isnan(scheduled)
-        codes = Codebook(keys[keep])
-        stamps = _stamps(codes.encode(keys[keep]), scheduled[keep])
+        """`keys`: each event's code in `codes` (-1: no key, left out)."""
+        keep = (keys >= 0) & ~np.isnan(scheduled)
+        stamps = _stamps(keys[keep], scheduled[keep])
         # Ties broken by the outcome so that any subset holding the same events sorts the same.
-        tiebreak = np.nan_to_num(departed_at[keep], nan=np.inf)
-        order = np.lexsort((np.nan_to_num(delay[keep], nan=np.inf), tiebreak, stamps))
         values = np.column_stack([scheduled[keep], departed_at[keep], delay[keep]])
+        order = _order(stamps, values[:, 1:])
         return cls(codes, stamps[order], _with_missing_row(values[order]))
 
     def previous(
@@ -192,14 +230,18 @@ class KeyedTimeTable:
 
     @classmethod
     def build(
-        cls, keys: np.ndarray, times: np.ndarray, values: np.ndarray, columns: list[str]
+        cls,
+        codes: Codebook,
+        keys: np.ndarray,
+        times: np.ndarray,
+        values: np.ndarray,
+        columns: list[str],
     ) -> KeyedTimeTable:
-        """`values`: float64 [rows, columns], one row per (key, time)."""
-        codes = Codebook(keys)
-        stamps = _stamps(codes.encode(keys), np.nan_to_num(times))
+        """`keys`: each row's code in `codes`; `values`: float64 [rows, columns], one row per
+        (key, time)."""
+        stamps = _stamps(keys, np.nan_to_num(times))
         # Ties broken by the values so that any subset holding the same rows sorts the same.
-        ties = [np.nan_to_num(values[:, j], nan=np.inf) for j in range(values.shape[1])]
-        order = np.lexsort([*ties[::-1], stamps])
+        order = _order(stamps, values)
         return cls(codes, stamps[order], _with_missing_row(values[order]), list(columns))
 
     def at(self, keys: np.ndarray, times: np.ndarray) -> np.ndarray:
@@ -244,66 +286,84 @@ class Lookups:
         airports: pd.DataFrame,
         events: pd.DataFrame,
     ) -> Lookups:
-        return cls.assemble(
-            weather_arrays(weather),
-            KeyedRows.build(planes, "tailnum"),
-            KeyedRows.build(airports, "faa"),
-            event_arrays(events),
+        """From a feature build's tables: hourly weather, the dimensions and the rows of
+        `flight_events`."""
+        hourly = weather_arrays(weather)
+        keys = {name: events[name].to_numpy(object) for name in EVENT_KEYS[:-1]}
+        keys["identity"] = flight_identity(
+            keys["carrier"], events["flight"].to_numpy(), keys["origin"]
         )
-
-    @classmethod
-    def assemble(
-        cls, weather: Arrays, planes: KeyedRows, airports: KeyedRows, events: Arrays
-    ) -> Lookups:
-        """`build` from columns already arrays (`weather_arrays`, `event_arrays`) and the
-        dimension tables already keyed: the online store rebuilds the event structures as
-        events arrive (from its own rows, without a DataFrame), and the planes and airports
-        never change. `events` may carry each flight's `identity` (`flight_identity`)."""
-        ones = np.ones(len(events["scheduled"]))
-        identity = events.get("identity")
-        if identity is None:
-            identity = flight_identity(events["carrier"], events["flight"], events["origin"])
-        own = np.column_stack([events[name] for name in OWN_EVENT_COLUMNS])
+        books = {name: Codebook(values) for name, values in keys.items()}
+        books["origin"] = Codebook(np.concatenate([keys["origin"], hourly["origin"]]))
+        coded = {name: books[name].encode(values) for name, values in keys.items()}
+        values = {name: events[name].to_numpy("float64", na_value=np.nan) for name in EVENT_VALUES}
+        hourly["origin"] = books["origin"].encode(hourly["origin"])
         return cls(
-            weather=KeyedTimeTable.build(
-                weather["origin"], weather["time_hour"], weather["values"], WEATHER_COLUMNS
-            ),
-            planes=planes,
-            airports=airports,
-            origin_departures=WindowIndex.build(
-                events["origin"], events["departed_at"], events["dep_delay"]
-            ),
-            carrier_departures=WindowIndex.build(
-                events["carrier"], events["departed_at"], events["dep_delay"]
-            ),
-            dest_arrivals=WindowIndex.build(
-                events["dest"], events["arrived_at"], events["arr_delay"]
-            ),
-            origin_schedule=WindowIndex.build(events["origin"], events["scheduled"], ones),
-            tail_schedule=PreviousIndex.build(
-                events["tailnum"], events["scheduled"], events["departed_at"], events["dep_delay"]
-            ),
-            own_events=KeyedTimeTable.build(
-                identity,
-                events["scheduled"],
-                own.reshape(len(ones), len(OWN_EVENT_COLUMNS)),
-                OWN_EVENT_COLUMNS,
-            ),
+            weather=weather_table(books, hourly),
+            planes=KeyedRows.build(planes, "tailnum"),
+            airports=KeyedRows.build(airports, "faa"),
             holidays=holiday_days(),
+            **event_indexes(books, coded | values),
         )
 
 
 Arrays = dict[str, np.ndarray]
-EVENT_KEYS = ["origin", "dest", "carrier", "tailnum"]  # text (object arrays)
-EVENT_VALUES = ["flight", "scheduled", "departed_at", "dep_delay", "arrived_at", "arr_delay"]
+Books = dict[str, Codebook]  # EVENT_KEYS -> its codebook; weather's airports are `origin`'s
+EVENT_KEYS = ["origin", "dest", "carrier", "tailnum", "identity"]  # coded (`Books`)
+EVENT_VALUES = ["scheduled", "departed_at", "dep_delay", "arrived_at", "arr_delay"]
 OWN_EVENT_COLUMNS = ["departed_at", "dep_delay", "arrived_at", "arr_delay"]
+EVENT_INDEXES = [  # the fields of `Lookups` built from flight events (`event_indexes`)
+    "origin_departures",
+    "carrier_departures",
+    "dest_arrivals",
+    "origin_schedule",
+    "tail_schedule",
+    "own_events",
+]
 
 
-def event_arrays(events: pd.DataFrame) -> Arrays:
-    """The columns of `flight_events` rows the lookups read, as arrays (object for keys,
-    float64 with NaN for the rest)."""
-    out = {name: events[name].to_numpy(object) for name in EVENT_KEYS}
-    return out | {name: events[name].to_numpy("float64", na_value=np.nan) for name in EVENT_VALUES}
+def event_indexes(books: Books, events: Arrays) -> dict[str, Any]:
+    """The structures of `Lookups` made of flight events (`EVENT_INDEXES`), from each event's
+    `EVENT_KEYS` as codes in `books` (an identity is `flight_identity`) and its `EVENT_VALUES`
+    (float64, NaN where unknown). The online store rebuilds these as events arrive, from
+    codes it computed once per flight, without a DataFrame or a string."""
+    ones = np.ones(len(events["scheduled"]))
+    own = np.column_stack([events[name] for name in OWN_EVENT_COLUMNS])
+    return {
+        "origin_departures": WindowIndex.build(
+            books["origin"], events["origin"], events["departed_at"], events["dep_delay"]
+        ),
+        "carrier_departures": WindowIndex.build(
+            books["carrier"], events["carrier"], events["departed_at"], events["dep_delay"]
+        ),
+        "dest_arrivals": WindowIndex.build(
+            books["dest"], events["dest"], events["arrived_at"], events["arr_delay"]
+        ),
+        "origin_schedule": WindowIndex.build(
+            books["origin"], events["origin"], events["scheduled"], ones
+        ),
+        "tail_schedule": PreviousIndex.build(
+            books["tailnum"],
+            events["tailnum"],
+            events["scheduled"],
+            events["departed_at"],
+            events["dep_delay"],
+        ),
+        "own_events": KeyedTimeTable.build(
+            books["identity"],
+            events["identity"],
+            events["scheduled"],
+            own.reshape(len(ones), len(OWN_EVENT_COLUMNS)),
+            OWN_EVENT_COLUMNS,
+        ),
+    }
+
+
+def weather_table(books: Books, weather: Arrays) -> KeyedTimeTable:
+    """Hourly weather (`weather_arrays`, its `origin` coded in `books["origin"]`)."""
+    return KeyedTimeTable.build(
+        books["origin"], weather["origin"], weather["time_hour"], weather["values"], WEATHER_COLUMNS
+    )
 
 
 def weather_arrays(weather: pd.DataFrame) -> Arrays:

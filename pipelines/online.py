@@ -24,6 +24,7 @@ the test months.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 
@@ -34,10 +35,22 @@ from pipelines.events import (
     EVENT_COLUMNS,
     flight_events,
     flight_identity,
+    identity_of,
     scheduled_arrivals,
     to_minutes,
 )
-from pipelines.lookups import EVENT_KEYS, EVENT_VALUES, WEATHER_COLUMNS, KeyedRows, Lookups
+from pipelines.lookups import (
+    EVENT_KEYS,
+    EVENT_VALUES,
+    WEATHER_COLUMNS,
+    Books,
+    Codebook,
+    KeyedRows,
+    Lookups,
+    event_indexes,
+    holiday_days,
+    weather_table,
+)
 from pipelines.rules import DELAY, MAX_DELAY_MIN
 from pipelines.transform import LOOKBACK_H
 
@@ -68,8 +81,12 @@ EVENT_FIELDS = [
     "time_hour",  # weather
     *WEATHER_COLUMNS,
 ]
-# a flight's row in the store; its identity (`flight_identity`) computed once, for the lookups
-_STATE = [*EVENT_COLUMNS, "scheduled_arrival", "identity"]
+# a flight's row in the store; its identity (`flight_identity`) and the codes of its keys in
+# the store's codebooks computed once, when it arrives, for the lookups
+_STATE = [*EVENT_COLUMNS, "scheduled_arrival", "identity", *(f"{k}_code" for k in EVENT_KEYS)]
+_KEYS = [_STATE.index(name) for name in EVENT_KEYS]  # the fields coded
+_FIRST_CODE = _STATE.index(f"{EVENT_KEYS[0]}_code")
+_ROW = {name: i for i, name in enumerate(_STATE)}
 
 
 @dataclass
@@ -158,7 +175,11 @@ class OnlineStore:
         self.seen: dict[str, float] = {}  # event id -> observed, within the horizon
         self.clock = -np.inf  # the newest observed time
         self.newest: dict[str, float] = {}  # source -> the time of its newest event
+        # keys -> codes for the store's life (weather's airports are `origin`'s): the keys of
+        # every flight it held, a bounded set (airports, carriers, aircraft, flight numbers)
+        self.books: Books = {name: Codebook() for name in EVENT_KEYS}
         self._lookups: Lookups | None = None
+        self._stale = {"flights", "weather"}  # what the next `lookups()` rebuilds
         self._trimmed_at = -np.inf
 
     # bootstrap
@@ -183,8 +204,8 @@ class OnlineStore:
         rows["scheduled_arrival"] = arrival
         carrier, origin = rows["carrier"].to_numpy(object), rows["origin"].to_numpy(object)
         rows["identity"] = flight_identity(carrier, rows["flight"].to_numpy(), origin)
-        for row in rows[_STATE].itertuples(index=False):
-            self.flights[(row.carrier, row.flight, row.origin, row.scheduled)] = list(row)
+        for row in rows[_STATE[:_FIRST_CODE]].itertuples(index=False):
+            self.flights[(row.carrier, row.flight, row.origin, row.scheduled)] = self._coded(row)
         hours = to_minutes(weather["time_hour"])
         seen = (hours <= until) & (hours >= until - self.retention_min)
         for origin, hour, values in zip(
@@ -206,7 +227,7 @@ class OnlineStore:
         for key, row in other.flights.items():
             mine = self.flights.get(key)
             if mine is None:
-                self.flights[key] = list(row)
+                self.flights[key] = self._coded(row)  # in this store's codebooks
                 continue
             for at in (6, 8):  # departed_at, arrived_at, each with its delay after it
                 if mine[at] != mine[at] and row[at] == row[at]:  # NaN here, known there
@@ -221,14 +242,25 @@ class OnlineStore:
             self.newest[source] = max(self.newest.get(source, -np.inf), newest)
         self._trim()
 
+    def _coded(self, row: list | tuple) -> list:
+        """A flight's row (`_STATE` up to the codes) and its keys' codes in this store's
+        codebooks."""
+        kept = list(row[:_FIRST_CODE])
+        codes = [self.books[name].add(kept[i]) for name, i in zip(EVENT_KEYS, _KEYS, strict=True)]
+        return kept + codes
+
     # events
 
-    def apply(self, events: pd.DataFrame) -> Applied:
-        """Apply typed events (`EVENT_FIELDS`) in order; refuse, with the field and the reason,
-        an event the store cannot place (older than the horizon, a flight it was never told
-        of)."""
+    def apply(self, events: pd.DataFrame | list[dict]) -> Applied:
+        """Apply typed events (`EVENT_FIELDS`; as records, each with the fields its kind
+        has, as `pipelines.event_validation` types them) in order; refuse, with the field and
+        the reason, an event the store cannot place (older than the horizon, a flight it was
+        never told of)."""
         report = Applied()
-        records = events.reindex(columns=EVENT_FIELDS).to_dict("records")
+        if isinstance(events, pd.DataFrame):
+            records = events.reindex(columns=EVENT_FIELDS).to_dict("records")
+        else:
+            records = events
         for index, event in enumerate(records):
             refused = self._apply_one(event)
             if refused is None:
@@ -237,10 +269,8 @@ class OnlineStore:
                 report.duplicates += 1
             else:
                 report.refused.append((index, *refused))
-        if report.applied:
-            self._lookups = None
-            if self.clock - self._trimmed_at >= HOUR:  # trim once per hour of event time
-                self._trim()
+        if report.applied and self.clock - self._trimmed_at >= HOUR:
+            self._trim()  # once per hour of event time
         return report
 
     def _apply_one(self, event: dict) -> tuple[str, str] | None:
@@ -258,6 +288,7 @@ class OnlineStore:
             if key in self.weather:
                 return ("time_hour", "this airport's observation for this hour is already in")
             self.weather[key] = [event[c] for c in WEATHER_COLUMNS]
+            self._stale.add("weather")
         else:
             problem = self._apply_flight(kind, event)
             if problem is not None:
@@ -276,24 +307,23 @@ class OnlineStore:
                     "scheduled",
                     "this flight is already scheduled (send a new id to change it)",
                 )
-            self.flights[key] = [
-                event["origin"],
-                event["dest"],
-                event["carrier"],
-                event["flight"],
-                event["tailnum"],
-                event["scheduled"],
-                np.nan,
-                np.nan,
-                np.nan,
-                np.nan,
-                event["scheduled_arrival"],
-                flight_identity(
-                    np.array([event["carrier"]], dtype=object),
-                    np.array([event["flight"]]),
-                    np.array([event["origin"]], dtype=object),
-                )[0],
-            ]
+            self.flights[key] = self._coded(
+                [
+                    event["origin"],
+                    event["dest"],
+                    event["carrier"],
+                    event["flight"],
+                    event["tailnum"],
+                    event["scheduled"],
+                    np.nan,
+                    np.nan,
+                    np.nan,
+                    np.nan,
+                    event["scheduled_arrival"],
+                    identity_of(event["carrier"], event["flight"], event["origin"]),
+                ]
+            )
+            self._stale.add("flights")
             return None
         row = self.flights.get(key)
         if row is None:
@@ -305,7 +335,10 @@ class OnlineStore:
             if not DELAY[0] <= delay <= DELAY[1]:  # NaN (no scheduled arrival) too
                 return ("at", f"an arrival delay of {delay:.0f} min is outside {DELAY}")
             row[8], row[9] = event["at"], delay
-        return None  # cancelled, diverted: nothing a feature reads changes
+        else:
+            return None  # cancelled, diverted: nothing a feature reads changes
+        self._stale.add("flights")
+        return None
 
     def _trim(self) -> None:
         horizon = self.clock - self.retention_min
@@ -317,28 +350,41 @@ class OnlineStore:
         self.weather = {k: v for k, v in self.weather.items() if k[1] >= horizon}
         self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
         self._trimmed_at = self.clock
-        self._lookups = None
+        self._stale = {"flights", "weather"}
 
     # reads
 
     def lookups(self) -> Lookups:
-        """The lookups of what the store holds now (built once per change, from the rows as
-        arrays: a DataFrame would cost more than the structures themselves)."""
-        if self._lookups is None:
+        """The lookups of what the store holds now, rebuilt where an event changed them (the
+        weather table, the flights' indexes, or both), from the rows' codes and values as
+        arrays: no DataFrame, no string."""
+        if self._lookups is not None and not self._stale:
+            return self._lookups
+        parts = {}
+        if "flights" in self._stale or self._lookups is None:
             rows = list(self.flights.values())
-            columns = dict(zip(_STATE, zip(*rows, strict=True), strict=True)) if rows else {}
+            columns = list(zip(*rows, strict=True)) if rows else [()] * len(_STATE)
             events = {
-                name: np.array(columns.get(name, ()), dtype=object) for name in EVENT_KEYS
-            } | {name: np.array(columns.get(name, ()), dtype="float64") for name in EVENT_VALUES}
-            events["identity"] = np.array(columns.get("identity", ()), dtype=object)
+                name: np.array(columns[_ROW[f"{name}_code"]], dtype="int64") for name in EVENT_KEYS
+            } | {name: np.array(columns[_ROW[name]], dtype="float64") for name in EVENT_VALUES}
+            parts |= event_indexes(self.books, events)
+        if "weather" in self._stale or self._lookups is None:
+            origin = self.books["origin"]
             weather = {
-                "origin": np.array([origin for origin, _ in self.weather], dtype=object),
+                "origin": np.array([origin.add(o) for o, _ in self.weather], dtype="int64"),
                 "time_hour": np.array([hour for _, hour in self.weather], dtype="float64"),
                 "values": np.array(list(self.weather.values()), dtype="float64").reshape(
                     len(self.weather), len(WEATHER_COLUMNS)
                 ),
             }
-            self._lookups = Lookups.assemble(weather, self.planes, self.airports, events)
+            parts["weather"] = weather_table(self.books, weather)
+        if self._lookups is None:
+            self._lookups = Lookups(
+                planes=self.planes, airports=self.airports, holidays=holiday_days(), **parts
+            )
+        else:
+            self._lookups = dataclasses.replace(self._lookups, **parts)
+        self._stale = set()
         return self._lookups
 
     def __len__(self) -> int:

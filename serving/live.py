@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from pipelines.event_validation import validate_events
 from pipelines.events import minutes_iso, to_minutes
 from pipelines.lookups import LOOKUP_FILES, Lookups
-from pipelines.online import EVENT_FIELDS, Applied, OnlineStore
+from pipelines.online import Applied, OnlineStore
 from pipelines.storage import read_npz_folder, read_npz_table
 from pipelines.transform import feature_arrays, known_until
 from serving.config import EventsConfig
@@ -140,8 +139,7 @@ class LiveFeatures:
         self._require_started()
         checked = validate_events(records, self.airports, self.carriers)
         self.quarantine(records, checked.refused)
-        typed = checked.events.to_dict("records")
-        return typed, checked.indices, Applied(refused=checked.refused)
+        return checked.records, checked.indices, Applied(refused=checked.refused)
 
     def ingest(self, records: list[Any]) -> Applied:
         """Without a stream: validate, apply, log what was accepted (fsync'd), quarantine what
@@ -157,7 +155,7 @@ class LiveFeatures:
         written; refusals indexed in `events`."""
         with self._lock:
             self._require_started()
-            return self._apply_typed(pd.DataFrame(events, columns=EVENT_FIELDS))
+            return self._apply_typed(events)
 
     def _require_started(self) -> None:
         if self.store is None:
@@ -165,7 +163,7 @@ class LiveFeatures:
 
     def _apply(self, records: list[Any], log: bool = False) -> Applied:
         checked = validate_events(records, self.airports, self.carriers)
-        applied = self._apply_typed(checked.events)
+        applied = self._apply_typed(checked.records)
         refused = [(checked.indices[i], name, reason) for i, name, reason in applied.refused]
         if log and self.folder is not None:  # the events as sent: replayed, checked again
             out = {i for i, _, _ in applied.refused}
@@ -173,7 +171,7 @@ class LiveFeatures:
             self._append(LOG, [json.dumps(records[k]) for k in accepted])
         return Applied(applied.applied, applied.duplicates, sorted([*checked.refused, *refused]))
 
-    def _apply_typed(self, events: pd.DataFrame) -> Applied:
+    def _apply_typed(self, events: list[dict]) -> Applied:
         assert self.store is not None
         applied = self.store.apply(events)
         if applied.applied:

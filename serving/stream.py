@@ -33,8 +33,9 @@ KEPT_REPORTS = 1024  # entries applied before their POST asked for the outcome
 
 
 def as_entry(typed: list[dict[str, Any]], indices: list[int]) -> dict[str, str]:
-    """A stream entry: a batch's typed events (`EVENT_FIELDS`; NaN for a field not sent, as
-    Python's JSON writes it), so no reader checks them again, and their indices in the batch."""
+    """A stream entry: a batch's typed events (the fields of `EVENT_FIELDS` each one's kind
+    has; NaN for an optional one not sent, as Python's JSON writes it), so no reader checks
+    them again, and their indices in the batch."""
     return {"events": json.dumps(typed), "indices": json.dumps(indices)}
 
 

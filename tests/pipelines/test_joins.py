@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from pipelines.events import flight_events
-from pipelines.lookups import WEATHER_COLUMNS, Lookups
+from pipelines.lookups import WEATHER_COLUMNS, Codebook, KeyedTimeTable, Lookups, PreviousIndex
 from pipelines.transform import build_features
 
 
@@ -100,3 +100,35 @@ def _empty_lookups() -> Lookups:
 
     flights = hand_made_flights()
     return Lookups.build(_weather(), PLANES, AIRPORTS, flight_events(flights, AIRPORTS))
+
+
+def test_equal_stamps_sort_by_their_values_whatever_order_they_came_in() -> None:
+    """Two legs of one aircraft at the same scheduled time, and two weather rows for one hour:
+    the lookups answer the same whichever row a table or a store holds first."""
+    book = Codebook(["N1", "EWR"])
+    scheduled = np.array([600.0, 600.0, 300.0])
+    departed = np.array([640.0, 610.0, 305.0])
+    delay = departed - scheduled
+    answers = []
+    for order in ([0, 1, 2], [1, 0, 2], [2, 1, 0]):
+        tail = PreviousIndex.build(
+            book, np.zeros(3, dtype="int64"), scheduled[order], departed[order], delay[order]
+        )
+        hour = KeyedTimeTable.build(
+            book,
+            np.ones(3, dtype="int64"),
+            np.array([60.0, 60.0, 120.0])[order],
+            np.array([[1.0, 2.0], [1.0, np.nan], [3.0, 4.0]])[order],
+            ["a", "b"],
+        )
+        before = np.array([700.0])
+        answers.append(
+            (
+                np.concatenate(tail.previous(np.array(["N1"], dtype=object), before)),
+                hour.at(np.array(["EWR"], dtype=object), np.array([60.0])),
+            )
+        )
+    for previous, weather in answers[1:]:
+        np.testing.assert_array_equal(previous, answers[0][0])
+        np.testing.assert_array_equal(weather, answers[0][1])
+    np.testing.assert_array_equal(answers[0][0], [600.0, 640.0, 40.0])  # the later one last

@@ -143,3 +143,25 @@ def test_a_store_whose_flights_all_aged_out_still_answers(featured_home: Path) -
     flight = flight.assign(scheduled_departure=hours[-1] + pd.Timedelta(minutes=5))
     features = build_features(flight, replay.store.lookups())
     assert features["temp"].tolist() == [40.0]
+
+
+def test_lookups_taken_before_events_answer_as_they_did(featured_home: Path) -> None:
+    """A request scoring on the lookups it took keeps their answers while the writer applies
+    events: the store's codebooks grow under it (a new aircraft, a new flight number get new
+    codes), and a key coded after the lookups were built is one they know nothing of."""
+    replay = Replay(featured_home, "2013-12-01", "2013-12-03")
+    replay.until(minutes("2013-12-01 12:00"))
+    before = replay.store.lookups()
+    known = set(replay.store.books["tailnum"].codes)
+    t = to_minutes(replay.table["scheduled_departure"])
+    day = replay.table[(t >= minutes("2013-12-02 00:00")) & (t < minutes("2013-12-03 00:00"))]
+    morning = (day["scheduled_departure"].dt.hour >= 6) & (day["scheduled_departure"].dt.hour < 9)
+    new_aircraft = ~day["tailnum"].isin(known)
+    assert new_aircraft.sum() > 50
+    flights = day[morning | new_aircraft][RAW_INPUTS].reset_index(drop=True)
+    asked = build_features(flights, before)
+    replay.until(minutes("2013-12-02 23:00"))  # their schedules, and a day of outcomes
+    assert set(day["tailnum"][new_aircraft].dropna()) <= set(replay.store.books["tailnum"].codes)
+    assert_same_features(build_features(flights, before), asked)
+    # and the lookups built now know them: their own schedules and the day's windows
+    assert not build_features(flights, replay.store.lookups()).equals(asked)
