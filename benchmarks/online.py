@@ -25,10 +25,12 @@ With `--stream-url redis://...` (a fresh stream key each run, deleted after), al
   the week posted to the first (each POST answers once that server applied it), until the
   second has applied all of it; and freshness, posted to the first and asked of the second
   until its prediction reflects it;
-- serving under events: /predict at concurrency 32 on a server of a stream, in interleaved
-  rounds, quiet and while 1,000 events/s are posted to it (November, in order), in batches
-  of 100 every 100 ms and of 1,000 every second: the ratio of the throughputs, and the rate
-  the feed reached (a POST is answered once the server applied it).
+- serving under events: /predict at concurrency 32 (wrk where installed, else the aiohttp
+  client; `--client`) on a server of a stream, in interleaved rounds, quiet and while 1,000
+  events/s are posted to it (November, in order), in batches of 100 every 100 ms and of
+  1,000 every second, and the same 100 events re-sent every 100 ms (all duplicates: the POST
+  and the stream without the store's work): the ratio of the throughputs, and the rate the
+  feed reached (a POST is answered once the server applied it).
 
 Writes benchmarks/results/online.json and prints the rows for benchmarks/RESULTS.md.
 """
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -232,16 +235,22 @@ def through_the_stream(model_dir: Path, url: str, records: list[dict], rounds: i
     }
 
 
-FEEDS = {"100 every 100 ms": (100, 0.1), "1,000 every second": (1000, 1.0)}  # 1,000/s each
+FEEDS = {  # size, every (s), re-sent: 1,000 events/s each
+    "100 every 100 ms": (100, 0.1, False),
+    "1,000 every second": (1000, 1.0, False),
+    # the same 100 events again and again: every one a duplicate, so the store and its
+    # lookups do not change; what is left is the POST, the stream and the checks
+    "100 every 100 ms, already in": (100, 0.1, True),
+}
 
 
 def serving_under_events(
-    model_dir: Path, url: str, feed: list[dict], seconds: float, rounds: int
+    model_dir: Path, url: str, feed: list[dict], seconds: float, rounds: int, load_client: str
 ) -> dict:
-    """/predict at concurrency 32 (one flight a request, the aiohttp client of
-    `benchmarks/serving.py` in its own process) on a server of a stream, in interleaved
+    """/predict at concurrency 32 (one flight a request, `benchmarks/serving.py`'s load
+    generator `load_client` in its own process) on a server of a stream, in interleaved
     rounds: quiet, and while `feed` is posted to it at 1,000 events/s in each of `FEEDS`'
-    batchings (each batch is one rebuild of the store's lookups)."""
+    batchings (each new batch is one rebuild of the store's lookups)."""
     bench = _bench_serving()
     flight = {**EXAMPLE_FLIGHT, "scheduled_departure": "2013-11-30T17:15:00"}
     body = json.dumps({"flights": [flight]}).encode()
@@ -254,18 +263,19 @@ def serving_under_events(
         for _ in range(rounds):
             for name in figures:
                 stop, sent = threading.Event(), []
-                size, every = FEEDS.get(name, (0, 0.0))
+                size, every, again = FEEDS.get(name, (0, 0.0, False))
+                records = feed[:size] if again else feed[fed:]  # (the first round's first)
                 feeder = threading.Thread(
-                    target=_feed, args=(client, feed[fed:], size, every, stop, sent)
+                    target=_feed, args=(client, records, size, every, stop, sent, again)
                 )
                 if size:
                     feeder.start()
-                figures[name].append(bench.load(f"{base}/predict", body, 32, seconds, "aiohttp"))
+                figures[name].append(bench.load(f"{base}/predict", body, 32, seconds, load_client))
                 stop.set()
                 if size:
                     feeder.join()
                     assert sent, "the feed failed: see the thread's error above"
-                    fed += sent[0]
+                    fed += 0 if again else sent[0]
                     figures[name][-1]["events_per_s"] = round(sent[0] / seconds)
     median = {
         name: float(np.median([f["requests_per_s"] for f in each]))
@@ -273,6 +283,7 @@ def serving_under_events(
     }
     return {
         "concurrency": 32,
+        "client": load_client,
         "requests_per_s": {name: round(value) for name, value in median.items()},
         "ratio": {name: round(median[name] / median["quiet"], 2) for name in FEEDS},
         "events_per_s": {
@@ -295,12 +306,13 @@ def _feed(
     every: float,
     stop: threading.Event,
     sent: list,
+    again: bool = False,
 ) -> None:
-    """Post `records` in order, `size` every `every` seconds (late posts are not made up
-    for), until `stop`; `sent` gets how many."""
+    """Post `records` in order (`again`: the first `size` of them each time), `size` every
+    `every` seconds (late posts are not made up for), until `stop`; `sent` gets how many."""
     due, count = time.perf_counter(), 0
     while not stop.is_set():
-        batch = records[count : count + size]
+        batch = records[:size] if again else records[count : count + size]
         if not batch:
             raise RuntimeError("the feed ran out of events before the round ended")
         client.post("/v1/events", json={"events": batch}).raise_for_status()
@@ -413,6 +425,12 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=15.0)
     parser.add_argument("--load-rounds", type=int, default=3)
     parser.add_argument(
+        "--client",
+        choices=["wrk", "aiohttp"],
+        default="wrk" if shutil.which("wrk") else "aiohttp",
+        help="the /predict load generator under events (wrk: less of the 2 cores)",
+    )
+    parser.add_argument(
         "--replay", action="store_true", help="only November-December through `mlops replay`"
     )
     args = parser.parse_args()
@@ -445,7 +463,7 @@ def main() -> None:
         result["stream"] = through_the_stream(args.model_dir, args.stream_url, records, args.rounds)
         feed = events_of(args.home, days=60)
         result["serving_under_events"] = serving_under_events(
-            args.model_dir, args.stream_url, feed, args.load_seconds, args.load_rounds
+            args.model_dir, args.stream_url, feed, args.load_seconds, args.load_rounds, args.client
         )
     _write("online.json", result)
 

@@ -6,11 +6,21 @@ labels).
 The server must take the events (`MLOPS_EVENTS__TOKEN`) and its store must take over before
 the first month (`MLOPS_EVENTS__SINCE`, at the replay's start or earlier): a flight inside
 the model's own data is answered from its lookups, which would not be a replay.
+
+Where the store starts (its clock, from `GET /model`) decides what is sent first. A store that
+takes over at the replay's start already holds, from its build, the flights scheduled around
+it: the events observed from the start are sent. A store behind the start (the stack's, from
+a build months older) knows nothing of them: every event of the last days before the start
+that the offline features at the start can read is sent too (the flights scheduled from the
+start less the retention horizon, a day of delay and a day of schedules ahead), so each
+flight's departure follows its schedule and the first predictions see what the offline
+table's do.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -23,12 +33,16 @@ from mlops.settings import Settings
 from pipelines.errors import NoDataError, SourceError
 from pipelines.event_validation import as_records
 from pipelines.events import to_minutes
-from pipelines.online import events_from_bronze
-from pipelines.rules import DELAYED_MIN
+from pipelines.online import HOUR, RETENTION_MIN, SCHEDULE_AHEAD_H, events_from_bronze
+from pipelines.rules import DELAYED_MIN, MAX_DELAY_MIN
 from pipelines.storage import read_parquet_folder
 from pipelines.transform import RAW_INPUTS
 
 BATCH = 1000  # events or flights per request
+# a store behind the replay's start is sent this much before it (minutes): what the features
+# at the start read (the retention horizon, events up to a day late) and the schedules of
+# those flights, published a day ahead
+LEAD_MIN = RETENTION_MIN + MAX_DELAY_MIN + SCHEDULE_AHEAD_H * HOUR
 
 
 @dataclass
@@ -57,10 +71,12 @@ def replay(
     `speed`: replay minutes per second of wall time (0: as fast as the server answers)."""
     from training.metrics import log_loss, roc_auc
 
-    events, flights = _bronze_as_events(settings, since, until)
     token = settings.events.token
     if not token:
         raise SourceError("MLOPS_EVENTS__TOKEN is not set: the server refuses events without it")
+    with httpx.Client(base_url=url, timeout=60) as client:
+        clock = _store_clock(client)
+    events, flights = _bronze_as_events(settings, since, until, clock)
     report = ReplayReport(events=len(events))
     records = as_records(events)
     observed = events["observed"].to_numpy()
@@ -117,9 +133,18 @@ def replay(
     return report
 
 
+def _store_clock(client: httpx.Client) -> float | None:
+    """The server's store's clock (New York minutes), or None where it says none."""
+    info = _get(client, "/model").json().get("events") or {}
+    clock = info.get("clock")
+    return None if clock is None else float(to_minutes(pd.Series([pd.Timestamp(clock)]))[0])
+
+
 def _bronze_as_events(
-    settings: Settings, since: str, until: str
+    settings: Settings, since: str, until: str, clock: float | None = None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The events to send, in observed order, and the flights to predict (those scheduled in
+    `since`..`until`); `clock`: the store's (None: it takes over at the start)."""
     layout = layout_of(settings)
     try:
         flights = read_parquet_folder(layout.bronze("flights"))
@@ -129,19 +154,31 @@ def _bronze_as_events(
         raise NoDataError(f"no bronze to replay ({error}): run `mlops data ingest` first") from None
     start = pd.Timestamp(f"{since}-01")
     end = pd.Timestamp(f"{until}-01") + pd.offsets.MonthBegin(1)
-    when = flights["scheduled_departure"]
-    # a day before: the first flights' schedules are published a day ahead
-    window = flights[(when >= start - pd.Timedelta(days=1)) & (when < end)].reset_index(drop=True)
-    hours = weather["time_hour"]
-    weather = weather[(hours > start) & (hours < end)].reset_index(drop=True)
-    events = events_from_bronze(window, weather, airports)
-    first = float(to_minutes(pd.Series([start]))[0])
+    begins = float(to_minutes(pd.Series([start]))[0])
+    ahead = SCHEDULE_AHEAD_H * HOUR
+    # the first moment sent: the start, or where a store behind it stands (at most what the
+    # features at the start can read: a retention horizon, a day's delay and a day's schedules)
+    first = begins if clock is None else min(begins, max(clock, begins - LEAD_MIN))
+    # its build holds the flights scheduled around `first` (a day late, one departs after it);
+    # or none of them: only flights whose every event is observed after `first` are sent
+    held = clock is None or clock >= first
+    scheduled_from = first - MAX_DELAY_MIN if held else first + ahead
+    when = to_minutes(flights["scheduled_departure"])
+    inside = (when >= scheduled_from) & (when < begins + _minutes(end - start))
+    window = flights[inside].reset_index(drop=True)
+    hours = to_minutes(weather["time_hour"])
+    weather = weather[(hours > first) & (hours < begins + _minutes(end - start))]
+    events = events_from_bronze(window, weather.reset_index(drop=True), airports)
     events = events[events["observed"] > first].reset_index(drop=True)
     inside = window["scheduled_departure"] >= start
     flights = window[inside].reset_index(drop=True)
     if flights.empty:
         raise NoDataError(f"bronze has no flights in {since}..{until}")
     return events, flights
+
+
+def _minutes(span: pd.Timedelta) -> float:
+    return span.total_seconds() / 60
 
 
 def _as_requests(flights: pd.DataFrame) -> list[dict]:
@@ -157,8 +194,16 @@ def _post(
     client: httpx.Client, path: str, body: dict, headers: dict | None = None
 ) -> httpx.Response:
     """A POST, waited on while the server sheds load (503 + Retry-After)."""
+    return _answered(lambda: client.post(path, json=body, headers=headers))
+
+
+def _get(client: httpx.Client, path: str) -> httpx.Response:
+    return _answered(lambda: client.get(path))
+
+
+def _answered(send: Callable[[], httpx.Response]) -> httpx.Response:
     while True:
-        answer = client.post(path, json=body, headers=headers)
+        answer = send()
         if answer.status_code != 503:
             answer.raise_for_status()
             return answer
