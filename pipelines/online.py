@@ -57,6 +57,9 @@ from pipelines.transform import LOOKBACK_H
 HOUR = 60
 SCHEDULE_AHEAD_H = 24  # a replay publishes each schedule this long before its departure
 RETENTION_MIN = LOOKBACK_H * HOUR
+# what left the horizon is dropped every this much event time (a scan of every row): the store
+# holds up to this much more than its horizon, which no feature reads
+TRIM_EVERY_MIN = 6 * HOUR
 TOO_OLD = f"older than the retention horizon ({LOOKBACK_H} h)"  # the store's and the sink's
 KINDS = ("scheduled", "departed", "arrived", "cancelled", "diverted", "weather")
 SOURCES = {  # the freshness of each source is the time of its newest event
@@ -269,8 +272,8 @@ class OnlineStore:
                 report.duplicates += 1
             else:
                 report.refused.append((index, *refused))
-        if report.applied and self.clock - self._trimmed_at >= HOUR:
-            self._trim()  # once per hour of event time
+        if report.applied and self.clock - self._trimmed_at >= TRIM_EVERY_MIN:
+            self._trim()
         return report
 
     def _apply_one(self, event: dict) -> tuple[str, str] | None:
@@ -342,15 +345,19 @@ class OnlineStore:
 
     def _trim(self) -> None:
         horizon = self.clock - self.retention_min
-        self.flights = {
+        flights = {
             k: row
             for k, row in self.flights.items()
             if row[5] >= horizon or row[6] >= horizon or row[8] >= horizon  # NaN: False
         }
-        self.weather = {k: v for k, v in self.weather.items() if k[1] >= horizon}
+        weather = {k: v for k, v in self.weather.items() if k[1] >= horizon}
+        if len(flights) < len(self.flights):
+            self._stale.add("flights")
+        if len(weather) < len(self.weather):
+            self._stale.add("weather")
+        self.flights, self.weather = flights, weather
         self.seen = {k: t for k, t in self.seen.items() if t >= horizon}
         self._trimmed_at = self.clock
-        self._stale = {"flights", "weather"}
 
     # reads
 

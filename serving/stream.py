@@ -90,7 +90,8 @@ class EventStream:
                 applied = await future
             finally:
                 self._waiting.pop(entry_id, None)
-        await asyncio.to_thread(self.live.quarantine, records, applied.refused)  # fsync'd
+        if applied.refused:
+            await asyncio.to_thread(self.live.quarantine, records, applied.refused)  # fsync'd
         refused = sorted([*report.refused, *applied.refused])
         return Applied(applied.applied, applied.duplicates, refused)
 
