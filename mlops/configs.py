@@ -17,7 +17,7 @@ from pipelines.errors import RegistryUnavailableError
 from pipelines.layout import DataLayout
 from pipelines.redact import redact
 from pipelines.splits import SplitPlan
-from serving.config import EventsConfig
+from serving.config import EventsConfig, PredictionLogConfig
 from training.config import TrackingConfig, TuneConfig
 
 if TYPE_CHECKING:
@@ -36,6 +36,12 @@ def events_of(settings: Settings) -> EventsConfig:
     """The events' settings, their folder (the local log, the quarantine) under MLOPS_HOME."""
     events = settings.events
     return events if events.folder else replace(events, folder=settings.home / "events")
+
+
+def predictions_of(settings: Settings) -> PredictionLogConfig:
+    """The prediction log's settings, its folder in the offline store under MLOPS_HOME."""
+    log = settings.predictions
+    return log if log.folder else replace(log, folder=layout_of(settings).predictions)
 
 
 def cluster_of(settings: Settings) -> ClusterConfig:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from mlops.configs import events_of, model_source
+from mlops.configs import events_of, model_source, predictions_of
 from mlops.logs import configure_service
 from mlops.settings import Settings, secrets_from_files
 
@@ -25,4 +25,6 @@ def create() -> FastAPI:
     settings = Settings()
     configure_service(settings.home, settings.log_format, settings.log_level)
     os.environ.update(settings.serve.mlflow_environment())  # this process serves, only
-    return create_app(settings.serve, model_source(settings), events_of(settings))
+    return create_app(
+        settings.serve, model_source(settings), events_of(settings), predictions_of(settings)
+    )

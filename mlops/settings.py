@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pipelines.cluster import ClusterConfig
 from pipelines.spec import MIN_CATEGORY_COUNT
 from pipelines.splits import SplitPlan
-from serving.config import EventsConfig, ServeConfig
+from serving.config import EventsConfig, PredictionLogConfig, ServeConfig
 from training.config import FitConfig, GateConfig, ModelConfig, TuneConfig
 
 # Values that are placeholders, not secrets: refused at startup rather than served with.
@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
+    predictions: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
     optuna_storage: str = Field(
         "", description="an SQLAlchemy URL (postgresql://...); empty: MLOPS_HOME/optuna.db"
     )

@@ -44,6 +44,11 @@ class DataLayout:
         return self.root / "quarantine" / table
 
     @property
+    def predictions(self) -> Path:
+        """The prediction log (`serving.prediction_log`): one folder per serving day."""
+        return self.root / "predictions"
+
+    @property
     def generations(self) -> Path:
         return self.root / "generations"
 

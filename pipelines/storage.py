@@ -22,7 +22,7 @@ must only run where no other writer of the same data is live (the data writer lo
 
 Bronze, quarantine and feature tables are Parquet (pyarrow, imported when used). The online
 lookup tables are `.npz` files of plain numpy arrays (`write_npz_table`): the server reads them
-with numpy alone and never with pickle, so the serving image needs no pyarrow.
+with numpy alone and never with pickle (it writes Parquet only for its prediction log).
 """
 
 from __future__ import annotations

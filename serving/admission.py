@@ -5,17 +5,21 @@ The outermost ASGI layer, so a refusal costs no body parsing, no routing, no val
 no scoring: one check and a pre-built 503 with Retry-After. uvicorn's parsing and the socket
 work still come first, about a fifth of what an answer costs (benchmarks/RESULTS.md), so the
 excess of an overload is cheap but not free. It also stamps each scoring request's arrival
-(`ARRIVED`), which the batcher's deadline counts from. Everything else (liveness, readiness,
-metrics, admin) passes untouched.
+(`ARRIVED`), which the batcher's deadline counts from, and its id (`REQUEST_ID`: the client's
+`X-Request-ID` when it is a short token, else a new one), which the answer carries in its
+`X-Request-ID` header and the prediction log beside each prediction. Everything else
+(liveness, readiness, metrics, admin) passes untouched.
 """
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.batcher import ARRIVED, MicroBatcher
+from serving.batcher import ARRIVED, REQUEST_ID, MicroBatcher
 
 SCORING = frozenset({"/predict", "/invocations"})  # and /v2/models/{name}/infer
 RETRY_AFTER_S = 1  # the queue drains in well under a second
@@ -31,6 +35,7 @@ _START = {
     ],
 }
 _BODY = {"type": "http.response.body", "body": _REFUSAL}
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")  # what a client's X-Request-ID may be
 
 
 def is_scoring(path: str) -> bool:
@@ -53,4 +58,22 @@ class Admission:
                 await send(_BODY)
                 return
             ARRIVED.set(time.monotonic())
+            request_id = _request_id(scope)
+            REQUEST_ID.set(request_id)
+            header = (b"x-request-id", request_id.encode())
+
+            async def send_with_id(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), header]
+                await send(message)
+
+            await self.app(scope, receive, send_with_id)
+            return
         await self.app(scope, receive, send)
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return value.decode()
+    return uuid.uuid4().hex

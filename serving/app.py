@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from serving.admission import Admission
-from serving.config import CONFIG_STATE_KEY, EventsConfig, ServeConfig
+from serving.config import CONFIG_STATE_KEY, EventsConfig, PredictionLogConfig, ServeConfig
 from serving.manager import Source
 from serving.middleware import BodyLimit, RequestMetrics
 from serving.routes import admin, invocations, metrics, predict, v2
@@ -31,9 +31,17 @@ DESCRIPTION = (
 )
 
 
-def create_app(config: ServeConfig, source: Source, events: EventsConfig | None = None) -> FastAPI:
-    """`events`: the online store's (off without a token; in memory without a folder)."""
-    state = ServingState.build(config, source, events or EventsConfig())
+def create_app(
+    config: ServeConfig,
+    source: Source,
+    events: EventsConfig | None = None,
+    predictions: PredictionLogConfig | None = None,
+) -> FastAPI:
+    """`events`: the online store's (off without a token; in memory without a folder);
+    `predictions`: the prediction log's (off without a folder)."""
+    state = ServingState.build(
+        config, source, events or EventsConfig(), predictions or PredictionLogConfig()
+    )
     request_model = predict_request(config.max_request_rows)
     routers = [
         predict.router(request_model),

@@ -56,6 +56,8 @@ class OverloadedError(Exception):
 # middleware: a context variable is the request's own (one task each), costs ~50 ns, and
 # reaches the batcher through the routes without changing their signatures.
 ARRIVED: ContextVar[float] = ContextVar("arrived")
+# The request's id (its X-Request-ID), set by the same middleware: the prediction log's key.
+REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class _Pending:
     rows: list[dict]
     future: asyncio.Future[Answer] = field(repr=False)
     arrived: float  # time.monotonic()
+    request_id: str = ""
 
 
 # How often the loop's lag is sampled: 200 timers a second cost ~0.1% of a core.
@@ -84,6 +87,9 @@ INLINE_ROWS = 256
 
 OnBatch = Callable[[Scored, float], None]  # the scored batch and its seconds, off the loop
 OnShed = Callable[[str], None]  # why a request was refused: queue_full, loop_lag, deadline
+# each scored batch: its requests' ids and sizes, its rows, the scores, the model (the
+# prediction log: on the loop, so it must only keep references)
+OnScored = Callable[[list[str], list[int], list[dict], Scored, LoadedModel], None]
 
 
 class MicroBatcher:
@@ -109,6 +115,7 @@ class MicroBatcher:
         self.max_lag_s = max_lag_s
         self.on_shed = on_shed
         self.on_wait = on_wait  # seconds the oldest request of each batch waited in the queue
+        self.on_scored: OnScored | None = None
         self.queued_rows = 0  # rows waiting in the queue, not those being scored
         self.lag = 0.0  # how late the loop ran its last lag tick, in seconds
         self._credit = 0.0  # admissions earned while the loop is late
@@ -182,7 +189,8 @@ class MicroBatcher:
             self.shed("queue_full")
             raise OverloadedError(f"overloaded: {self.queued_rows} flights queued, retry shortly")
         future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(rows, future, ARRIVED.get(None) or time.monotonic()))
+        arrived = ARRIVED.get(None) or time.monotonic()
+        self._queue.put_nowait(_Pending(rows, future, arrived, REQUEST_ID.get()))
         self.queued_rows += len(rows)
         return await future
 
@@ -277,6 +285,8 @@ class MicroBatcher:
             for item in batch:  # one bad request must not fail its neighbours
                 await self._score([item])
             return
+        if self.on_scored is not None:
+            self._log(batch, scored, model)
         start = 0
         for item in batch:
             end = start + len(item.rows)
@@ -292,6 +302,15 @@ class MicroBatcher:
                     )
                 )
             start = end
+
+    def _log(self, batch: list[_Pending], scored: Scored, model: LoadedModel) -> None:
+        assert self.on_scored is not None
+        try:
+            rows = batch[0].rows if len(batch) == 1 else [r for item in batch for r in item.rows]
+            ids, sizes = [item.request_id for item in batch], [len(item.rows) for item in batch]
+            self.on_scored(ids, sizes, rows, scored, model)
+        except Exception:  # the log never fails an answer
+            logger.exception("the prediction log could not take a batch")
 
     def _score_rows(self, model: LoadedModel, batch: list[_Pending]) -> Scored:
         started = time.perf_counter()

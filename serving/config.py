@@ -54,6 +54,19 @@ class EventsConfig:
 
 
 @dataclass(frozen=True)
+class PredictionLogConfig:
+    """The prediction log (`serving.prediction_log`): `MLOPS_PREDICTIONS__ENABLED=false` turns
+    it off."""
+
+    enabled: bool = True
+    # written this often: a kill -9 loses at most the predictions of the last flush_s
+    flush_s: Annotated[float, Field(gt=0)] = 1.0
+    # waiting to be written, at most: past it (the disk behind) predictions are not logged
+    max_buffered_rows: PositiveInt = 200_000
+    folder: Path | None = None  # default: $MLOPS_HOME/data/predictions; None in the app: off
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     host: str = "127.0.0.1"  # published beyond this machine only when the user opts in
     port: Annotated[int, Field(ge=1, le=65535)] = 8000

@@ -94,6 +94,15 @@ class ServingMetrics:
             ["source"],
             registry=self.registry,
         )
+        self.prediction_log = Counter(
+            "mlops_prediction_log_rows",
+            "Predictions for the prediction log: written, dropped (the disk behind) or failed "
+            "(a write that failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in ("written", "dropped", "failed"):
+            self.prediction_log.labels(outcome)
         reasons = ("queue_full", "loop_lag", "deadline")
         self._shed_children = {reason: self.shed.labels(reason) for reason in reasons}
         self.queue_wait = Histogram(
@@ -149,6 +158,9 @@ class ServingMetrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_logged(self, outcome: str, rows: int) -> None:
+        self.prediction_log.labels(outcome).inc(rows)
 
     def observe_shed(self, reason: str) -> None:
         self._shed_children[reason].inc()

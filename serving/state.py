@@ -19,10 +19,11 @@ import numpy as np
 
 from pipelines.events import minutes_iso
 from serving.batcher import Answer, MicroBatcher, NotReadyError
-from serving.config import EventsConfig, ServeConfig
+from serving.config import EventsConfig, PredictionLogConfig, ServeConfig
 from serving.live import LiveFeatures
 from serving.manager import ModelManager, Source
 from serving.metrics import ServingMetrics
+from serving.prediction_log import PredictionLog
 from serving.runtime import LoadedModel
 from serving.schemas import EventsInfo
 from serving.slot import ModelSlot
@@ -41,9 +42,16 @@ class ServingState:
     events: EventsConfig
     live: LiveFeatures | None  # the online store: events enabled, one worker or a stream
     stream: EventStream | None  # the events' Redis stream, when one is configured
+    log: PredictionLog | None  # every prediction served, to the offline store
 
     @classmethod
-    def build(cls, config: ServeConfig, source: Source, events: EventsConfig) -> ServingState:
+    def build(
+        cls,
+        config: ServeConfig,
+        source: Source,
+        events: EventsConfig,
+        predictions: PredictionLogConfig,
+    ) -> ServingState:
         slot = ModelSlot()
         live = None
         if events.token and (config.workers == 1 or events.stream_url):
@@ -69,12 +77,16 @@ class ServingState:
             on_shed=metrics.observe_shed,
             on_wait=metrics.queue_wait.observe,
         )
+        log = None
+        if predictions.enabled and predictions.folder is not None:
+            log = PredictionLog(predictions, metrics.observe_logged)
+            batcher.on_scored = log.record
         metrics.queued_rows.set_function(lambda: batcher.queued_rows)  # read when scraped
         metrics.queued_requests.set_function(lambda: batcher.queued_requests)
         stream = None
         if live is not None and events.stream_url:
             stream = EventStream(events.stream_url, events.stream_key, live)
-        return cls(config, slot, batcher, manager, metrics, events, live, stream)
+        return cls(config, slot, batcher, manager, metrics, events, live, stream, log)
 
     def model(self) -> LoadedModel:
         """The served model; NotReadyError (a 503) until the first one is loaded and, with an
@@ -111,6 +123,8 @@ class ServingState:
         first model once the server is up, so it is live at once (before MLflow answers, if
         it ever does) and ready when a model loads."""
         self.batcher.start()
+        if self.log is not None:
+            self.log.start()
         tasks = [asyncio.create_task(self.manager.poll(), name="model-poller")]
         if self.stream is not None:
             tasks.append(asyncio.create_task(self.stream.follow(), name="event-stream"))
@@ -124,3 +138,5 @@ class ServingState:
             if self.stream is not None:
                 await self.stream.close()
             await self.batcher.stop()  # uvicorn has drained the connections; finish queued work
+            if self.log is not None:
+                await asyncio.to_thread(self.log.close)  # everything answered is written

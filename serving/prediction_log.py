@@ -1,0 +1,184 @@
+"""The prediction log: every prediction served, written in batches, off the request path, to
+the offline store as Parquet (the "inference table" a monitor joins with the outcomes).
+
+One row per flight scored: the request's id (its `X-Request-ID`), when it was served (UTC),
+the model and version that scored it, the flight as sent (carrier, flight, origin, dest,
+tailnum, scheduled departure), what its features knew (`as_of`, New York local time, and the
+`stale` sources), the probability and the decision. The batcher hands each scored batch over
+as it is (references, no copy); a thread of its own turns them into a table every `flush_s`
+and writes `<folder>/date=YYYY-MM-DD/<worker>-<start>-<n>.parquet` (the serving date, UTC)
+atomically: a file is whole or absent, and every worker of every replica writes its own.
+
+What a kill -9 loses: the predictions answered in the last `flush_s` before it (and, when the
+kill lands during a write, the batch being written): `tests/serving/test_prediction_log.py`
+checks that bound against a real server. A clean stop writes everything. When the disk falls
+behind (more than `max_buffered_rows` waiting), new predictions are dropped from the log, never
+delayed, and counted (`mlops_prediction_log_rows_total{outcome="dropped"}`); a write that fails
+(a full disk) is counted as failed and its rows are lost, logged once per kind of error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from serving.config import PredictionLogConfig
+from serving.runtime import rows_to_columns
+
+if TYPE_CHECKING:
+    from serving.runtime import LoadedModel, Scored
+
+logger = logging.getLogger(__name__)
+
+FLIGHT = ["carrier", "flight", "origin", "dest", "tailnum", "scheduled_departure"]
+COLUMNS = [
+    "request_id",
+    "served_at",
+    "model",
+    "version",
+    *FLIGHT,
+    "as_of",
+    "stale",
+    "delay_probability",
+    "delayed",
+]
+
+OnRows = Callable[[str, int], None]  # outcome (written, dropped, failed), rows
+
+
+@dataclass(frozen=True)
+class _Batch:
+    request_ids: list[str]  # one per request of the batch
+    sizes: list[int]  # its rows
+    rows: list[dict]  # every row, in order
+    scored: Scored
+    model: LoadedModel
+    served_at: float  # time.time()
+
+
+class PredictionLog:
+    def __init__(self, config: PredictionLogConfig, on_rows: OnRows | None = None) -> None:
+        assert config.folder is not None
+        self.folder = config.folder
+        self.flush_s = config.flush_s
+        self.max_buffered_rows = config.max_buffered_rows
+        self.on_rows = on_rows
+        self._pending: list[_Batch] = []
+        self._buffered = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._files = 0
+        self._errors: set[str] = set()
+
+    def record(
+        self, request_ids: list[str], sizes: list[int], rows: list[dict], scored: Scored, model
+    ) -> None:
+        """A scored batch (on the event loop: no copy, no conversion)."""
+        count = len(rows)
+        with self._lock:
+            if self._buffered + count > self.max_buffered_rows:
+                dropped = True
+            else:
+                dropped = False
+                self._buffered += count
+                self._pending.append(_Batch(request_ids, sizes, rows, scored, model, time.time()))
+        if dropped:
+            self._count("dropped", count)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread and write what is left (a clean stop loses nothing)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending, self._buffered = self._pending, [], 0
+        if not pending:
+            return
+        count = sum(len(batch.rows) for batch in pending)
+        try:
+            for day, table in _tables(pending).items():
+                self._write(day, table)
+        except Exception as error:  # a full disk, a folder gone: the server serves on
+            kind = type(error).__name__
+            if kind not in self._errors:
+                self._errors.add(kind)
+                logger.error("prediction log: %d rows not written: %s", count, error)
+            self._count("failed", count)
+            return
+        self._count("written", count)
+
+    def _write(self, day: str, table: dict[str, np.ndarray]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        folder = self.folder / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._files += 1
+        path = folder / f"{self._name}-{self._files:06d}.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(pa.table(table), tmp)
+        with tmp.open("rb") as written:
+            os.fsync(written.fileno())
+        tmp.replace(path)
+
+    def _count(self, outcome: str, rows: int) -> None:
+        if self.on_rows is not None:
+            self.on_rows(outcome, rows)
+
+
+def _tables(pending: list[_Batch]) -> dict[str, dict[str, np.ndarray]]:
+    """The batches as columns, split by their serving date (UTC)."""
+    columns = rows_to_columns([row for batch in pending for row in batch.rows])
+    per_batch = [len(batch.rows) for batch in pending]
+    ids = np.array([rid for batch in pending for rid in batch.request_ids], dtype=object)
+    served = np.repeat([batch.served_at for batch in pending], per_batch)
+    table = {
+        "request_id": np.repeat(ids, [n for batch in pending for n in batch.sizes]),
+        "served_at": (served * 1e6).astype("int64").astype("datetime64[us]"),
+        "model": np.repeat(np.array([b.model.name for b in pending], dtype=object), per_batch),
+        "version": np.repeat(
+            np.array([str(b.model.version) for b in pending], dtype=object), per_batch
+        ),
+        **{name: columns[name] for name in FLIGHT},
+        "as_of": _minutes(np.concatenate([batch.scored.as_of for batch in pending])),
+        "stale": np.array([",".join(s) for b in pending for s in b.scored.stale], dtype=object),
+        "delay_probability": np.concatenate([b.scored.probabilities for b in pending]).astype(
+            "float64"
+        ),
+        "delayed": np.concatenate([b.scored.delayed for b in pending]).astype(bool),
+    }
+    table["scheduled_departure"] = table["scheduled_departure"].astype("datetime64[us]")
+    days = np.datetime_as_string(table["served_at"], unit="D")
+    if (days == days[0]).all():
+        return {str(days[0]): table}
+    return {str(day): {k: v[days == day] for k, v in table.items()} for day in np.unique(days)}
+
+
+def _minutes(minutes: np.ndarray) -> np.ndarray:
+    """Minutes since the epoch on New York's clock -> naive datetimes (NaT where unknown)."""
+    minutes = np.asarray(minutes, dtype="float64")
+    out = np.full(len(minutes), np.datetime64("NaT"), dtype="datetime64[us]")
+    known = np.isfinite(minutes)
+    out[known] = minutes[known].astype("int64").astype("datetime64[m]")
+    return out
