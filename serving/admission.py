@@ -13,6 +13,7 @@ excess of an overload is cheap but not free. It also stamps each scoring request
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 import uuid
@@ -36,6 +37,10 @@ _START = {
 }
 _BODY = {"type": "http.response.body", "body": _REFUSAL}
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")  # what a client's X-Request-ID may be
+# a new id: this process's random prefix and a counter (unique across workers and replicas;
+# uuid4 per request, a getrandom call each, cost 4% of /predict's throughput)
+_PREFIX = uuid.uuid4().hex[:16]
+_NEXT = itertools.count()
 
 
 def is_scoring(path: str) -> bool:
@@ -76,4 +81,4 @@ def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
             return value.decode()
-    return uuid.uuid4().hex
+    return f"{_PREFIX}-{next(_NEXT):x}"
