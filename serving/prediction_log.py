@@ -81,7 +81,12 @@ class PredictionLog:
         self._errors: set[str] = set()
 
     def record(
-        self, request_ids: list[str], sizes: list[int], rows: list[dict], scored: Scored, model
+        self,
+        request_ids: list[str],
+        sizes: list[int],
+        rows: list[dict],
+        scored: Scored,
+        model: LoadedModel,
     ) -> None:
         """A scored batch (on the event loop: no copy, no conversion)."""
         count = len(rows)
