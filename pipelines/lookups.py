@@ -312,18 +312,11 @@ Books = dict[str, Codebook]  # EVENT_KEYS -> its codebook; weather's airports ar
 EVENT_KEYS = ["origin", "dest", "carrier", "tailnum", "identity"]  # coded (`Books`)
 EVENT_VALUES = ["scheduled", "departed_at", "dep_delay", "arrived_at", "arr_delay"]
 OWN_EVENT_COLUMNS = ["departed_at", "dep_delay", "arrived_at", "arr_delay"]
-EVENT_INDEXES = [  # the fields of `Lookups` built from flight events (`event_indexes`)
-    "origin_departures",
-    "carrier_departures",
-    "dest_arrivals",
-    "origin_schedule",
-    "tail_schedule",
-    "own_events",
-]
 
 
 def event_indexes(books: Books, events: Arrays) -> dict[str, Any]:
-    """The structures of `Lookups` made of flight events (`EVENT_INDEXES`), from each event's
+    """The structures of `Lookups` made of flight events (its window and event indexes), from
+    each event's
     `EVENT_KEYS` as codes in `books` (an identity is `flight_identity`) and its `EVENT_VALUES`
     (float64, NaN where unknown). The online store rebuilds these as events arrive, from
     codes it computed once per flight, without a DataFrame or a string."""

@@ -105,6 +105,7 @@ class MicroBatcher:
         max_lag_s: float = ServeConfig.max_lag_ms / 1000,
         on_shed: OnShed | None = None,
         on_wait: Callable[[float], None] | None = None,
+        on_scored: OnScored | None = None,
     ) -> None:
         self.slot = slot
         self.max_batch = max_batch
@@ -115,7 +116,7 @@ class MicroBatcher:
         self.max_lag_s = max_lag_s
         self.on_shed = on_shed
         self.on_wait = on_wait  # seconds the oldest request of each batch waited in the queue
-        self.on_scored: OnScored | None = None
+        self.on_scored = on_scored
         self.queued_rows = 0  # rows waiting in the queue, not those being scored
         self.lag = 0.0  # how late the loop ran its last lag tick, in seconds
         self._credit = 0.0  # admissions earned while the loop is late
@@ -271,12 +272,12 @@ class MicroBatcher:
             for item in batch:
                 item.future.set_exception(NotReadyError("no model is loaded"))
             return
-        rows = sum(len(item.rows) for item in batch)
+        rows = batch[0].rows if len(batch) == 1 else [r for item in batch for r in item.rows]
         try:
-            if rows <= INLINE_ROWS:  # a millisecond or two: cheaper than a thread hop
-                scored = self._score_rows(model, batch)
+            if len(rows) <= INLINE_ROWS:  # a millisecond or two: cheaper than a thread hop
+                scored = self._score_rows(model, rows)
             else:  # large batches on the worker thread, so the loop keeps answering
-                scored = await loop.run_in_executor(self._executor, self._score_rows, model, batch)
+                scored = await loop.run_in_executor(self._executor, self._score_rows, model, rows)
         except Exception:
             if len(batch) == 1:
                 logger.exception("scoring failed")
@@ -286,7 +287,7 @@ class MicroBatcher:
                 await self._score([item])
             return
         if self.on_scored is not None:
-            self._log(batch, scored, model)
+            self._log(batch, rows, scored, model)
         start = 0
         for item in batch:
             end = start + len(item.rows)
@@ -303,18 +304,19 @@ class MicroBatcher:
                 )
             start = end
 
-    def _log(self, batch: list[_Pending], scored: Scored, model: LoadedModel) -> None:
+    def _log(
+        self, batch: list[_Pending], rows: list[dict], scored: Scored, model: LoadedModel
+    ) -> None:
         assert self.on_scored is not None
         try:
-            rows = batch[0].rows if len(batch) == 1 else [r for item in batch for r in item.rows]
             ids, sizes = [item.request_id for item in batch], [len(item.rows) for item in batch]
             self.on_scored(ids, sizes, rows, scored, model)
         except Exception:  # the log never fails an answer
             logger.exception("the prediction log could not take a batch")
 
-    def _score_rows(self, model: LoadedModel, batch: list[_Pending]) -> Scored:
+    def _score_rows(self, model: LoadedModel, rows: list[dict]) -> Scored:
         started = time.perf_counter()
-        scored = model.score_rows([row for item in batch for row in item.rows])
+        scored = model.score_rows(rows)
         if self.on_batch:
             self.on_batch(scored, time.perf_counter() - started)
         return scored

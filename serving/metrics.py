@@ -78,15 +78,12 @@ class ServingMetrics:
             ["reason"],
             registry=self.registry,
         )
-        self.events = Counter(
+        self.events = self._outcomes(
             "mlops_events",
             "Events sent to POST /v1/events: accepted, duplicate (an id already applied) or "
             "refused (quarantined with its reason)",
-            ["outcome"],
-            registry=self.registry,
+            ("accepted", "duplicate", "refused"),
         )
-        for outcome in ("accepted", "duplicate", "refused"):
-            self.events.labels(outcome)  # 0 until the first event: a rate() from the start
         self.events_newest = Gauge(
             "mlops_events_newest_minutes",
             "The observed time of each source's newest event, minutes since the epoch on New "
@@ -94,15 +91,12 @@ class ServingMetrics:
             ["source"],
             registry=self.registry,
         )
-        self.prediction_log = Counter(
+        self.prediction_log = self._outcomes(
             "mlops_prediction_log_rows",
             "Predictions for the prediction log: written, dropped (the disk behind) or failed "
             "(a write that failed)",
-            ["outcome"],
-            registry=self.registry,
+            ("written", "dropped", "failed"),
         )
-        for outcome in ("written", "dropped", "failed"):
-            self.prediction_log.labels(outcome)
         reasons = ("queue_full", "loop_lag", "deadline")
         self._shed_children = {reason: self.shed.labels(reason) for reason in reasons}
         self.queue_wait = Histogram(
@@ -158,6 +152,13 @@ class ServingMetrics:
             self._request_children[key] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def _outcomes(self, name: str, documentation: str, outcomes: tuple[str, ...]) -> Counter:
+        """A counter by `outcome`, each at 0 from the start (a rate() from the first scrape)."""
+        counter = Counter(name, documentation, ["outcome"], registry=self.registry)
+        for outcome in outcomes:
+            counter.labels(outcome)
+        return counter
 
     def observe_logged(self, outcome: str, rows: int) -> None:
         self.prediction_log.labels(outcome).inc(rows)

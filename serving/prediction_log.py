@@ -29,7 +29,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
+from pipelines.storage import write_parquet_atomic
 from serving.config import PredictionLogConfig
 from serving.runtime import rows_to_columns
 
@@ -134,18 +136,9 @@ class PredictionLog:
         self._count("written", count)
 
     def _write(self, day: str, table: dict[str, np.ndarray]) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        folder = self.folder / f"date={day}"
-        folder.mkdir(parents=True, exist_ok=True)
         self._files += 1
-        path = folder / f"{self._name}-{self._files:06d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp")
-        pq.write_table(pa.table(table), tmp)
-        with tmp.open("rb") as written:
-            os.fsync(written.fileno())
-        tmp.replace(path)
+        path = self.folder / f"date={day}" / f"{self._name}-{self._files:06d}.parquet"
+        write_parquet_atomic(pd.DataFrame(table), path)
 
     def _count(self, outcome: str, rows: int) -> None:
         if self.on_rows is not None:

@@ -66,6 +66,9 @@ class ServingState:
             config.poll_interval_s,
             live,
         )
+        log = None
+        if predictions.enabled and predictions.folder is not None:
+            log = PredictionLog(predictions, metrics.observe_logged)
         batcher = MicroBatcher(
             slot,
             config.max_batch,
@@ -76,11 +79,8 @@ class ServingState:
             max_lag_s=config.max_lag_ms / 1000,
             on_shed=metrics.observe_shed,
             on_wait=metrics.queue_wait.observe,
+            on_scored=None if log is None else log.record,
         )
-        log = None
-        if predictions.enabled and predictions.folder is not None:
-            log = PredictionLog(predictions, metrics.observe_logged)
-            batcher.on_scored = log.record
         metrics.queued_rows.set_function(lambda: batcher.queued_rows)  # read when scraped
         metrics.queued_requests.set_function(lambda: batcher.queued_requests)
         stream = None

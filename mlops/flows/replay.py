@@ -137,7 +137,7 @@ def _store_clock(client: httpx.Client) -> float | None:
     """The server's store's clock (New York minutes), or None where it says none."""
     info = _get(client, "/model").json().get("events") or {}
     clock = info.get("clock")
-    return None if clock is None else float(to_minutes(pd.Series([pd.Timestamp(clock)]))[0])
+    return None if clock is None else _minute(pd.Timestamp(clock))
 
 
 def _bronze_as_events(
@@ -154,7 +154,7 @@ def _bronze_as_events(
         raise NoDataError(f"no bronze to replay ({error}): run `mlops data ingest` first") from None
     start = pd.Timestamp(f"{since}-01")
     end = pd.Timestamp(f"{until}-01") + pd.offsets.MonthBegin(1)
-    begins = float(to_minutes(pd.Series([start]))[0])
+    begins, ends = _minute(start), _minute(end)
     ahead = SCHEDULE_AHEAD_H * HOUR
     # the first moment sent: the start, or where a store behind it stands (at most what the
     # features at the start can read: a retention horizon, a day's delay and a day's schedules)
@@ -164,10 +164,10 @@ def _bronze_as_events(
     held = clock is None or clock >= first
     scheduled_from = first - MAX_DELAY_MIN if held else first + ahead
     when = to_minutes(flights["scheduled_departure"])
-    inside = (when >= scheduled_from) & (when < begins + _minutes(end - start))
+    inside = (when >= scheduled_from) & (when < ends)
     window = flights[inside].reset_index(drop=True)
     hours = to_minutes(weather["time_hour"])
-    weather = weather[(hours > first) & (hours < begins + _minutes(end - start))]
+    weather = weather[(hours > first) & (hours < ends)]
     events = events_from_bronze(window, weather.reset_index(drop=True), airports)
     events = events[events["observed"] > first].reset_index(drop=True)
     inside = window["scheduled_departure"] >= start
@@ -177,8 +177,9 @@ def _bronze_as_events(
     return events, flights
 
 
-def _minutes(span: pd.Timedelta) -> float:
-    return span.total_seconds() / 60
+def _minute(moment: pd.Timestamp) -> float:
+    """A naive New York time -> minutes since the epoch on that clock."""
+    return float(to_minutes(pd.Series([moment]))[0])
 
 
 def _as_requests(flights: pd.DataFrame) -> list[dict]:
