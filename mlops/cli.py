@@ -48,6 +48,7 @@ app.command("export")(serving.export_command)
 app.command("predict")(serving.predict_command)
 app.command("replay")(events.replay_command)
 app.command("sink")(events.sink_command)
+app.command("monitor")(events.monitor_command)
 
 
 @app.callback()

@@ -39,9 +39,14 @@ def events_of(settings: Settings) -> EventsConfig:
 
 
 def predictions_of(settings: Settings) -> PredictionLogConfig:
-    """The prediction log's settings, its folder in the offline store under MLOPS_HOME."""
-    log = settings.predictions
-    return log if log.folder else replace(log, folder=layout_of(settings).predictions)
+    """The prediction log's settings, its folders (the predictions, the outcomes) in the
+    offline store under MLOPS_HOME unless set."""
+    log, layout = settings.predictions, layout_of(settings)
+    return replace(
+        log,
+        folder=log.folder or layout.predictions,
+        outcomes=log.outcomes or layout.outcomes,
+    )
 
 
 def cluster_of(settings: Settings) -> ClusterConfig:

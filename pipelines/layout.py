@@ -49,6 +49,11 @@ class DataLayout:
         return self.root / "predictions"
 
     @property
+    def outcomes(self) -> Path:
+        """The arrivals the server applied (the labels of its predictions), as the log."""
+        return self.root / "outcomes"
+
+    @property
     def generations(self) -> Path:
         return self.root / "generations"
 

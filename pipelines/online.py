@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -90,6 +91,17 @@ _STATE = [*EVENT_COLUMNS, "scheduled_arrival", "identity", *(f"{k}_code" for k i
 _KEYS = [_STATE.index(name) for name in EVENT_KEYS]  # the fields coded
 _FIRST_CODE = _STATE.index(f"{EVENT_KEYS[0]}_code")
 _ROW = {name: i for i, name in enumerate(_STATE)}
+_IDENTITY, _SCHEDULED = _ROW["identity"], _ROW["scheduled"]
+
+
+class Landed(NamedTuple):
+    """An arrival applied: the flight (`identity_of`, its scheduled departure in minutes),
+    when it landed and its delay (minutes, New York's clock)."""
+
+    identity: str
+    scheduled: float
+    arrived_at: float
+    delay: float
 
 
 @dataclass
@@ -99,6 +111,7 @@ class Applied:
     applied: int = 0
     duplicates: int = 0
     refused: list[tuple[int, str, str]] = field(default_factory=list)
+    landed: list[Landed] = field(default_factory=list)  # the arrivals applied: the labels
 
 
 def _event_id(*parts: object) -> str:
@@ -176,6 +189,7 @@ class OnlineStore:
         self.flights: dict[tuple, list] = {}  # FLIGHT_KEY -> the flight's _STATE row
         self.weather: dict[tuple[str, float], list] = {}  # (origin, hour) -> WEATHER_COLUMNS
         self.seen: dict[str, float] = {}  # event id -> observed, within the horizon
+        self._landed: list[Landed] = []  # the arrivals of the batch being applied
         self.clock = -np.inf  # the newest observed time
         self.newest: dict[str, float] = {}  # source -> the time of its newest event
         # keys -> codes for the store's life (weather's airports are `origin`'s): the keys of
@@ -264,6 +278,7 @@ class OnlineStore:
             records = events.reindex(columns=EVENT_FIELDS).to_dict("records")
         else:
             records = events
+        self._landed = report.landed
         for index, event in enumerate(records):
             refused = self._apply_one(event)
             if refused is None:
@@ -338,6 +353,7 @@ class OnlineStore:
             if not DELAY[0] <= delay <= DELAY[1]:  # NaN (no scheduled arrival) too
                 return ("at", f"an arrival delay of {delay:.0f} min is outside {DELAY}")
             row[8], row[9] = event["at"], delay
+            self._landed.append(Landed(row[_IDENTITY], row[_SCHEDULED], event["at"], delay))
         else:
             return None  # cancelled, diverted: nothing a feature reads changes
         self._stale.add("flights")

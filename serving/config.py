@@ -64,6 +64,12 @@ class PredictionLogConfig:
     # waiting to be written, at most: past it (the disk behind) predictions are not logged
     max_buffered_rows: PositiveInt = 200_000
     folder: Path | None = None  # default: $MLOPS_HOME/data/predictions; None in the app: off
+    # the arrivals the online store applied (the labels): default $MLOPS_HOME/data/outcomes
+    outcomes: Path | None = None
+    # realized quality (serving.quality), over these windows of event time ('[24, 168]')
+    quality_windows_h: tuple[Annotated[float, Field(gt=0)], ...] = (24.0, 168.0)
+    # flights predicted and not landed yet, at most (the oldest asked are dropped past it)
+    max_waiting_flights: PositiveInt = 200_000
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ import numpy as np
 from pipelines.event_validation import validate_events
 from pipelines.events import minutes_iso, to_minutes
 from pipelines.lookups import LOOKUP_FILES, Lookups
-from pipelines.online import Applied, OnlineStore
+from pipelines.online import Applied, Landed, OnlineStore
 from pipelines.storage import read_npz_folder, read_npz_table
 from pipelines.transform import feature_arrays, known_until
 from serving.config import EventsConfig
@@ -56,6 +57,8 @@ class LiveFeatures:
         self.airports: frozenset[str] = frozenset()
         self.carriers: frozenset[str] = frozenset()
         self.replayed = Applied()
+        # each batch's arrivals applied (the labels): realized quality, the outcomes' log
+        self.on_landed: list[Callable[[list[Landed]], None]] = []
         self._lock = threading.Lock()
 
     @property
@@ -176,6 +179,9 @@ class LiveFeatures:
         applied = self.store.apply(events)
         if applied.applied:
             self.lookups = self.store.lookups()  # swapped whole: readers never see it change
+        if applied.landed:
+            for hook in self.on_landed:
+                hook(applied.landed)
         return applied
 
     def quarantine(self, records: list[Any], refused: list[tuple[int, str, str]]) -> None:

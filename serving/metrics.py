@@ -6,12 +6,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from serving.drift import DriftMonitor
 
 if TYPE_CHECKING:
     from pipelines.online import Applied
+    from serving.quality import RealizedQuality
     from serving.runtime import Scored
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -38,6 +39,60 @@ class _DriftCollector:
         rows = GaugeMetricFamily("mlops_drift_window_rows", "Rows in the drift window")
         rows.add_metric([], monitor.rows if monitor is not None else 0)
         yield rows
+
+
+class _QualityCollector:
+    """Realized quality per model version and window, computed when scraped."""
+
+    FIGURES = (
+        ("roc_auc", "ROC-AUC"),
+        ("log_loss", "log loss"),
+        ("mean_probability", "mean predicted probability (calibration: against delay_rate)"),
+        ("delay_rate", "observed delay rate"),
+        ("predictions", "number of matured predictions (one per version and flight)"),
+    )
+
+    def __init__(self, quality: RealizedQuality) -> None:
+        self.quality = quality
+
+    def collect(self):
+        report = self.quality.report()
+        for figure, what in self.FIGURES:
+            family = GaugeMetricFamily(
+                f"mlops_realized_{figure}",
+                f"Realized {what} of the predictions whose flights landed in the window (event "
+                "time, ending at the newest arrival)",
+                labels=["version", "window"],
+            )
+            for realized in report:
+                family.add_metric([realized.version, realized.window], getattr(realized, figure))
+            yield family
+        matured = CounterMetricFamily(
+            "mlops_matured_predictions",
+            "Predictions joined with their flight's arrival, per version (one per flight)",
+            labels=["version"],
+        )
+        for version, count in sorted(self.quality.matured_total.items()):
+            matured.add_metric([version], count)
+        yield matured
+        newest = GaugeMetricFamily(
+            "mlops_realized_newest_arrival_minutes",
+            "The newest arrival joined, minutes since the epoch on New York's clock",
+        )
+        if self.quality.newest > float("-inf"):
+            newest.add_metric([], self.quality.newest)
+        yield newest
+        waiting = GaugeMetricFamily(
+            "mlops_realized_waiting_flights", "Flights predicted whose arrival has not come yet"
+        )
+        waiting.add_metric([], self.quality.waiting)
+        yield waiting
+        evicted = CounterMetricFamily(
+            "mlops_realized_evicted_flights",
+            "Flights predicted and dropped before their arrival came (past the bound)",
+        )
+        evicted.add_metric([], self.quality.evicted)
+        yield evicted
 
 
 class ServingMetrics:
@@ -159,6 +214,9 @@ class ServingMetrics:
         for outcome in outcomes:
             counter.labels(outcome)
         return counter
+
+    def watch_quality(self, quality: RealizedQuality) -> None:
+        self.registry.register(_QualityCollector(quality))
 
     def observe_logged(self, outcome: str, rows: int) -> None:
         self.prediction_log.labels(outcome).inc(rows)

@@ -26,11 +26,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
+from pipelines.online import Landed
+from pipelines.rules import DELAYED_MIN
 from pipelines.storage import write_parquet_atomic
 from serving.config import PredictionLogConfig
 from serving.runtime import rows_to_columns
@@ -53,7 +56,10 @@ COLUMNS = [
     "delayed",
 ]
 
+OUTCOMES = ["identity", "scheduled_departure", "arrived_at", "arr_delay", "delayed", "received_at"]
+
 OnRows = Callable[[str, int], None]  # outcome (written, dropped, failed), rows
+OnTable = Callable[[dict[str, np.ndarray]], None]
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,21 @@ class _Batch:
 
 
 class PredictionLog:
-    def __init__(self, config: PredictionLogConfig, on_rows: OnRows | None = None) -> None:
+    def __init__(
+        self,
+        config: PredictionLogConfig,
+        on_rows: OnRows | None = None,
+        on_table: OnTable | None = None,
+    ) -> None:
         assert config.folder is not None
         self.folder = config.folder
+        self.outcomes = config.outcomes or config.folder.parent / "outcomes"
+        self.on_table = on_table  # each table of predictions, once built (realized quality)
         self.flush_s = config.flush_s
         self.max_buffered_rows = config.max_buffered_rows
         self.on_rows = on_rows
         self._pending: list[_Batch] = []
+        self._landed: list[tuple[list[Landed], float]] = []
         self._buffered = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -102,6 +116,12 @@ class PredictionLog:
         if dropped:
             self._count("dropped", count)
 
+    def record_outcomes(self, landed: list[Landed]) -> None:
+        """Arrivals the online store applied (the labels), for `outcomes`."""
+        if landed:
+            with self._lock:
+                self._landed.append((landed, time.time()))
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
@@ -120,25 +140,35 @@ class PredictionLog:
     def flush(self) -> None:
         with self._lock:
             pending, self._pending, self._buffered = self._pending, [], 0
+            landed, self._landed = self._landed, []
+        if landed:
+            self._write_all(self.outcomes, _outcomes(landed), "outcomes")
         if not pending:
             return
         count = sum(len(batch.rows) for batch in pending)
+        tables = _tables(pending)
+        if self.on_table is not None:
+            for _, table in sorted(tables.items()):
+                self.on_table(table)
+        if self._write_all(self.folder, tables, "prediction log"):
+            self._count("written", count)
+        else:
+            self._count("failed", count)
+
+    def _write_all(self, folder: Path, tables: dict[str, dict[str, np.ndarray]], what: str) -> bool:
         try:
-            for day, table in _tables(pending).items():
-                self._write(day, table)
+            for day, table in tables.items():
+                self._files += 1
+                path = folder / f"date={day}" / f"{self._name}-{self._files:06d}.parquet"
+                write_parquet_atomic(pd.DataFrame(table), path)
         except Exception as error:  # a full disk, a folder gone: the server serves on
             kind = type(error).__name__
             if kind not in self._errors:
                 self._errors.add(kind)
-                logger.error("prediction log: %d rows not written: %s", count, error)
-            self._count("failed", count)
-            return
-        self._count("written", count)
-
-    def _write(self, day: str, table: dict[str, np.ndarray]) -> None:
-        self._files += 1
-        path = self.folder / f"date={day}" / f"{self._name}-{self._files:06d}.parquet"
-        write_parquet_atomic(pd.DataFrame(table), path)
+                rows = sum(len(next(iter(t.values()))) for t in tables.values())
+                logger.error("%s: %d rows not written: %s", what, rows, error)
+            return False
+        return True
 
     def _count(self, outcome: str, rows: int) -> None:
         if self.on_rows is not None:
@@ -167,10 +197,30 @@ def _tables(pending: list[_Batch]) -> dict[str, dict[str, np.ndarray]]:
         "delayed": np.concatenate([b.scored.delayed for b in pending]).astype(bool),
     }
     table["scheduled_departure"] = table["scheduled_departure"].astype("datetime64[us]")
-    days = np.datetime_as_string(table["served_at"], unit="D")
+    return _by_day(table, "served_at")
+
+
+def _by_day(table: dict[str, np.ndarray], column: str) -> dict[str, dict[str, np.ndarray]]:
+    days = np.datetime_as_string(table[column], unit="D")
     if (days == days[0]).all():
         return {str(days[0]): table}
     return {str(day): {k: v[days == day] for k, v in table.items()} for day in np.unique(days)}
+
+
+def _outcomes(landed: list[tuple[list[Landed], float]]) -> dict[str, dict[str, np.ndarray]]:
+    """The arrivals as a table (`OUTCOMES`), split by the date they were received (UTC)."""
+    flights = [flight for batch, _ in landed for flight in batch]
+    received = np.repeat([at for _, at in landed], [len(batch) for batch, _ in landed])
+    delays = np.array([f.delay for f in flights], dtype="float64")
+    table = {
+        "identity": np.array([f.identity for f in flights], dtype=object),
+        "scheduled_departure": _minutes(np.array([f.scheduled for f in flights])),
+        "arrived_at": _minutes(np.array([f.arrived_at for f in flights])),
+        "arr_delay": delays,
+        "delayed": delays > DELAYED_MIN,
+        "received_at": (received * 1e6).astype("int64").astype("datetime64[us]"),
+    }
+    return _by_day(table, "received_at")
 
 
 def _minutes(minutes: np.ndarray) -> np.ndarray:

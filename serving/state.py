@@ -24,6 +24,7 @@ from serving.live import LiveFeatures
 from serving.manager import ModelManager, Source
 from serving.metrics import ServingMetrics
 from serving.prediction_log import PredictionLog
+from serving.quality import RealizedQuality
 from serving.runtime import LoadedModel
 from serving.schemas import EventsInfo
 from serving.slot import ModelSlot
@@ -43,6 +44,7 @@ class ServingState:
     live: LiveFeatures | None  # the online store: events enabled, one worker or a stream
     stream: EventStream | None  # the events' Redis stream, when one is configured
     log: PredictionLog | None  # every prediction served, to the offline store
+    quality: RealizedQuality | None  # the log joined with the arrivals (events on, log on)
 
     @classmethod
     def build(
@@ -66,9 +68,21 @@ class ServingState:
             config.poll_interval_s,
             live,
         )
-        log = None
+        log = quality = None
         if predictions.enabled and predictions.folder is not None:
-            log = PredictionLog(predictions, metrics.observe_logged)
+            if live is not None:  # the arrivals are the labels
+                quality = RealizedQuality(
+                    predictions.quality_windows_h, predictions.max_waiting_flights
+                )
+                metrics.watch_quality(quality)
+            log = PredictionLog(
+                predictions,
+                metrics.observe_logged,
+                on_table=None if quality is None else quality.predictions,
+            )
+            if live is not None:
+                assert quality is not None
+                live.on_landed += [quality.landed, log.record_outcomes]
         batcher = MicroBatcher(
             slot,
             config.max_batch,
@@ -86,7 +100,7 @@ class ServingState:
         stream = None
         if live is not None and events.stream_url:
             stream = EventStream(events.stream_url, events.stream_key, live)
-        return cls(config, slot, batcher, manager, metrics, events, live, stream, log)
+        return cls(config, slot, batcher, manager, metrics, events, live, stream, log, quality)
 
     def model(self) -> LoadedModel:
         """The served model; NotReadyError (a 503) until the first one is loaded and, with an

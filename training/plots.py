@@ -15,6 +15,7 @@ if "inline" not in matplotlib.get_backend():  # a notebook keeps its inline back
     matplotlib.use("Agg")  # elsewhere no display: files only
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 
@@ -115,4 +116,34 @@ def draw_delay_rate(
     volume.plot(positions, flights, color="tab:orange", marker=".", label="flights")
     volume.set_ylabel("flights")
     volume.legend(loc="upper left")
+    return figure
+
+
+def draw_realized(daily: pd.DataFrame) -> Figure:
+    """Realized quality per day of arrival and model version (`mlops monitor`): ROC-AUC above,
+    calibration (mean predicted probability against the observed delay rate) below, with the
+    number of matured predictions."""
+    figure, (auc, calibration) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    for version, series in daily.groupby("version"):
+        auc.plot(series["day"], series["roc_auc"], marker=".", label=f"v{version}")
+        line = calibration.plot(
+            series["day"], series["mean_probability"], marker=".", label=f"v{version} predicted"
+        )[0]
+        calibration.plot(
+            series["day"],
+            series["delay_rate"],
+            linestyle="--",
+            color=line.get_color(),
+            label=f"v{version} observed",
+        )
+    auc.set_ylabel("ROC-AUC")
+    auc.set_title("Realized quality of the served model, per day of arrival")
+    auc.legend(loc="lower left")
+    calibration.set_ylabel("delayed share")
+    calibration.legend(loc="upper left", fontsize="small")
+    volume = calibration.twinx()
+    totals = daily.groupby("day")["predictions"].sum()
+    volume.bar(totals.index, totals.to_numpy(), color="tab:gray", alpha=0.2, width=0.8)
+    volume.set_ylabel("matured predictions")
+    figure.autofmt_xdate()
     return figure

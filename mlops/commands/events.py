@@ -3,9 +3,12 @@ realized quality."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from mlops.commands import month_option
 from mlops.console import Bars, console
@@ -72,3 +75,45 @@ def sink_command(
         f"sink: {done.events:,} events read, {done.flights:,} flights and {done.weather:,} "
         f"weather hours written, {done.quarantined:,} quarantined, {done.duplicates:,} already in"
     )
+
+
+def monitor_command(
+    ctx: typer.Context,
+    track: Annotated[
+        bool, typer.Option(help="log each version's daily series to an MLflow run")
+    ] = True,
+    figure: Annotated[Path | None, typer.Option(help="draw the daily series to this PNG")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="the figures as one JSON object on stdout")
+    ] = False,
+) -> None:
+    """The served model's realized quality, from the prediction log and the arrivals the server
+    applied (MLOPS_HOME/data/predictions, .../outcomes): per version, the figures the server's
+    /metrics exports (mlops_realized_*) and a series per day of arrival."""
+    from mlops.flows.monitor import monitor
+
+    report = monitor(ctx.obj, track, figure)
+    if as_json:
+        typer.echo(json.dumps(report.summary()))
+        return
+    newest = "none" if report.newest is None else str(report.newest)
+    console.print(
+        f"{report.predictions:,} predictions logged, {report.outcomes:,} arrivals, "
+        f"{report.matured:,} matured (one per version and flight); newest arrival {newest}"
+    )
+    table = Table("version", "window", "matured", "ROC-AUC", "log loss", "mean p", "delay rate")
+    for r in report.windows:
+        table.add_row(
+            r.version,
+            r.window,
+            f"{r.predictions:,}",
+            f"{r.roc_auc:.4f}",
+            f"{r.log_loss:.4f}",
+            f"{r.mean_probability:.4f}",
+            f"{r.delay_rate:.4f}",
+        )
+    console.print(table)
+    for version, run in report.runs.items():
+        console.print(f"v{version}: daily series in MLflow run {run}")
+    if report.figure is not None:
+        console.print(f"picture: {report.figure}")
