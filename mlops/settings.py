@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mlops.scheduler import ScheduleConfig
 from pipelines.cluster import ClusterConfig
 from pipelines.spec import MIN_CATEGORY_COUNT
 from pipelines.splits import SplitPlan
@@ -75,6 +76,7 @@ class Settings(BaseSettings):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     events: EventsConfig = Field(default_factory=EventsConfig)
     predictions: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     optuna_storage: str = Field(
         "", description="an SQLAlchemy URL (postgresql://...); empty: MLOPS_HOME/optuna.db"
     )

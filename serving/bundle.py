@@ -71,6 +71,12 @@ class Bundle:
     def decision_threshold(self) -> float:
         return float(self.metadata["decision_threshold"])
 
+    @property
+    def holdout(self) -> dict[str, float]:
+        """The model's figures on its holdout, as training recorded them (none in models
+        trained before it did): what its realized quality is held against."""
+        return {k: float(v) for k, v in (self.metadata.get("holdout") or {}).items()}
+
 
 def read_bundle(folder: Path, name: str | None = None, version: str | None = None) -> Bundle:
     """The bundle in `folder`, its name and version from bundle.json unless given."""

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +58,7 @@ class LiveFeatures:
         self.airports: frozenset[str] = frozenset()
         self.carriers: frozenset[str] = frozenset()
         self.replayed = Applied()
+        self.applied_at = 0.0  # when events were last applied (wall clock; 0: never)
         # each batch's arrivals applied (the labels): realized quality, the outcomes' log
         self.on_landed: list[Callable[[list[Landed]], None]] = []
         self._lock = threading.Lock()
@@ -179,6 +181,7 @@ class LiveFeatures:
         applied = self.store.apply(events)
         if applied.applied:
             self.lookups = self.store.lookups()  # swapped whole: readers never see it change
+            self.applied_at = time.time()
         if applied.landed:
             for hook in self.on_landed:
                 hook(applied.landed)

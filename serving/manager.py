@@ -290,7 +290,7 @@ class ModelManager:
         gc.freeze()
         self.slot.swap(model)  # the model and its drift monitor, in one assignment
         self.served_key = key
-        self.metrics.served(model.name, model.version)
+        self.metrics.served(model.name, model.version, model.bundle.holdout)
         return ReloadResult("loaded", model.version, f"{model.name} v{model.version}")
 
 

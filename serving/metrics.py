@@ -146,6 +146,12 @@ class ServingMetrics:
             ["source"],
             registry=self.registry,
         )
+        self.events_applied_at = Gauge(
+            "mlops_events_last_applied_timestamp_seconds",
+            "When this worker's online store last applied an event (wall clock; 0: never): "
+            "how fresh the feed is, whatever the events' own times",
+            registry=self.registry,
+        )
         self.prediction_log = self._outcomes(
             "mlops_prediction_log_rows",
             "Predictions for the prediction log: written, dropped (the disk behind) or failed "
@@ -171,6 +177,13 @@ class ServingMetrics:
             "mlops_model_info",
             "The loaded model (1 for the one being served)",
             ["name", "version"],
+            registry=self.registry,
+        )
+        self.holdout = Gauge(
+            "mlops_model_holdout",
+            "The served model's figures on its holdout at training (roc_auc, log_loss, "
+            "mean_probability, delay_rate, rows): what mlops_realized_* is held against",
+            ["version", "figure"],
             registry=self.registry,
         )
         self.ready = Gauge("mlops_model_ready", "1 when a model is served", registry=self.registry)
@@ -239,9 +252,12 @@ class ServingMetrics:
         for source, minutes in newest.items():
             self.events_newest.labels(source).set(minutes)
 
-    def served(self, name: str, version: str) -> None:
+    def served(self, name: str, version: str, holdout: dict[str, float]) -> None:
         self.model_info.clear()
         self.model_info.labels(name, version).set(1)
+        self.holdout.clear()
+        for figure, value in holdout.items():
+            self.holdout.labels(version, figure).set(value)
         self.ready.set(1)
 
     def exposition(self) -> bytes:

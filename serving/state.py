@@ -96,6 +96,8 @@ class ServingState:
             on_scored=None if log is None else log.record,
         )
         metrics.queued_rows.set_function(lambda: batcher.queued_rows)  # read when scraped
+        if live is not None:
+            metrics.events_applied_at.set_function(lambda: live.applied_at)
         metrics.queued_requests.set_function(lambda: batcher.queued_requests)
         stream = None
         if live is not None and events.stream_url:

@@ -67,8 +67,11 @@ def log_onnx_model(
     spec: FeatureSpec,
     parity_data: Tensors,
     threshold: float,
+    holdout: dict[str, float],
 ) -> LoggedModel:
-    """Export, check parity on every row of `parity_data`, then log; a failed check logs nothing."""
+    """Export, check parity on every row of `parity_data`, then log; a failed check logs nothing.
+    `holdout`: the model's figures on its holdout (ROC-AUC, log loss, mean probability, delay
+    rate), what the served model's realized quality is held against."""
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, parity_data, Path(tmp) / "model.onnx")
         parity = check_parity(model, path, parity_data)  # raises ParityError
@@ -91,6 +94,7 @@ def log_onnx_model(
         metadata={
             "onnx_sha256": digest,
             "decision_threshold": threshold,
+            "holdout": holdout,
             "feature_spec_sha256": sha256_of(layout.spec),
             "lookups": {name: entry.sha256 for name, entry in spec.lookups.items()},
         },

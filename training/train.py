@@ -157,7 +157,14 @@ def train(
         mlflow.log_metrics(metrics)
         holdout = scored[-1]  # the test months when there are any
         _log_plots(model, spec, tensors["valid"], labels[holdout], probabilities[holdout], result)
-        logged = log_onnx_model(model, layout, spec, tensors[holdout], threshold)
+        reference = {
+            "roc_auc": metrics[f"{holdout}_roc_auc"],
+            "log_loss": metrics[f"{holdout}_log_loss"],
+            "mean_probability": float(probabilities[holdout].mean()),
+            "delay_rate": float(labels[holdout].mean()),
+            "rows": float(len(labels[holdout])),
+        }
+        logged = log_onnx_model(model, layout, spec, tensors[holdout], threshold, reference)
         logged_run = mlflow.get_run(run.info.run_id).data
         mlflow.set_tag(DESCRIPTION_TAG, model_card(logged_run.params, logged_run.metrics))
         logger.info("run %s: %s", run.info.run_id, metrics)

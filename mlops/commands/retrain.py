@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from typing import Annotated
 
 import typer
 
 from mlops.commands import PathOption, given_sources
 from mlops.console import Bars, console
+from mlops.logs import service_config
 from mlops.settings import Settings
 
 
@@ -50,26 +53,48 @@ def schedule_command(
     ] = None,
     once: Annotated[bool, typer.Option(help="run one tick now and exit")] = False,
 ) -> None:
-    """Run `mlops retrain` on a cron (APScheduler); one retrain at a time across schedulers."""
+    """Run `mlops retrain` on a cron (APScheduler), and when an alert asks for one (POST
+    /v1/alerts with MLOPS_SCHEDULE__WEBHOOK_TOKEN); one retrain at a time across schedulers.
+    /metrics on MLOPS_SCHEDULE__HOST:PORT (127.0.0.1:8001; port 0: no HTTP server)."""
     from mlops.flows.retrain import scheduled_retrain
 
     settings: Settings = ctx.obj
     if once:
         console.print(f"tick: {scheduled_retrain(settings)}")
         return
-    from apscheduler.schedulers.blocking import BlockingScheduler
-    from apscheduler.triggers.cron import CronTrigger
+    from mlops.scheduler import RetrainService
 
     expression = cron or settings.retrain_cron
     try:
-        trigger = CronTrigger.from_crontab(expression)
+        service = RetrainService(settings, expression)
     except ValueError as error:
         raise typer.BadParameter(f"RETRAIN_CRON {expression!r}: {error}") from error
-    scheduler = BlockingScheduler()
-    scheduler.add_job(scheduled_retrain, trigger, args=[settings], max_instances=1, coalesce=True)
     lock = "PostgreSQL advisory lock" if settings.lock_url else "file lock"
-    console.print(f"retraining on {expression!r} ({lock}); Ctrl-C stops")
-    try:
-        scheduler.start()
-    except (KeyboardInterrupt, SystemExit):
-        scheduler.shutdown(wait=False)
+    config = settings.schedule
+    webhook = "the alert webhook POST /v1/alerts" if config.webhook_token else "no alert webhook"
+    if not config.port:
+        console.print(f"retraining on {expression!r} ({lock}); Ctrl-C stops")
+        service.start()
+        try:
+            threading.Event().wait()
+        except (KeyboardInterrupt, SystemExit):
+            service.stop()
+        return
+    import uvicorn
+
+    console.print(
+        f"retraining on {expression!r} ({lock}) and on alerts; /metrics and {webhook} on "
+        f"http://{config.host}:{config.port}; Ctrl-C stops"
+    )
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    uvicorn.run(
+        service.app(),
+        host=config.host,
+        port=config.port,
+        log_config=service_config(settings.log_format, settings.log_level),
+        access_log=False,
+    )
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    raise SystemExit(0)

@@ -1,0 +1,131 @@
+"""`mlops schedule`'s alert webhook, against the real command: Alertmanager's notifications
+start a retrain (the cron's job: its lock and gate), once per cooldown, across a restart; only
+with the token; every verdict counted in its /metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.processes import clean_env, free_port
+
+TOKEN = "alert-test-token"
+NEVER = "0 0 1 1 *"  # the cron: once a year, not during the test
+
+
+def notification(*alerts: tuple[str, str, str | None]) -> dict:
+    """Alertmanager's webhook body (version 4): (alertname, status, action label)."""
+    return {
+        "version": "4",
+        "groupKey": "{}:{}",
+        "status": "firing" if any(s == "firing" for _, s, _ in alerts) else "resolved",
+        "receiver": "scheduler",
+        "groupLabels": {},
+        "commonLabels": {},
+        "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093",
+        "truncatedAlerts": 0,
+        "alerts": [
+            {
+                "status": status,
+                "labels": {"alertname": name, **({"action": action} if action else {})},
+                "annotations": {"summary": name},
+                "startsAt": "2026-12-04T10:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "http://prometheus:9090/graph",
+                "fingerprint": "c0ffee",
+            }
+            for name, status, action in alerts
+        ],
+    }
+
+
+@contextmanager
+def scheduler(home: Path, **env: str) -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlops", "schedule", "--cron", NEVER],
+        env=clean_env(
+            MLOPS_HOME=str(home),
+            MLOPS_SCHEDULE__PORT=str(port),
+            MLOPS_SCHEDULE__WEBHOOK_TOKEN=TOKEN,
+            **env,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(f"{base}/healthz", timeout=1).raise_for_status()
+                break
+            except httpx.HTTPError:
+                assert process.poll() is None, process.communicate()[0]
+                assert time.monotonic() < deadline, "the scheduler did not answer in 60 s"
+                time.sleep(0.2)
+        yield base
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=60)[0]
+        assert process.returncode == 0, output
+
+
+def counters(base: str) -> dict[tuple[str, str], float]:
+    """`_total` samples by name and their labels' values, joined in name order."""
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                out[(sample.name, labels)] = sample.value
+    return out
+
+
+def post(base: str, body: dict, token: str | None = TOKEN) -> httpx.Response:
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+    return httpx.post(f"{base}/v1/alerts", json=body, headers=headers, timeout=10)
+
+
+def test_an_alert_asking_for_a_retrain_starts_one_per_cooldown_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"  # no data: the retrain the alert starts fails at once, counted
+    asking = notification(("MLOpsRealizedAucLow", "firing", "retrain"))
+    with scheduler(home, MLOPS_SCHEDULE__ALERT_COOLDOWN_S="3600") as base:
+        assert post(base, asking, token=None).status_code == 401
+        assert post(base, asking, token="wrong").status_code == 401
+        assert post(base, {"alerts": "many"}).status_code == 422
+        other = notification(
+            ("MLOpsLatencyHigh", "firing", None), ("MLOpsCalibrationOff", "resolved", "retrain")
+        )
+        assert post(base, other).json()["retrain"] == "ignored"  # none firing asks for one
+        answer = post(base, asking)
+        assert answer.status_code == 202, answer.text
+        assert answer.json() == {
+            "retrain": "started",
+            "alerts": ["MLOpsRealizedAucLow"],
+            "detail": "the retrain job is queued",
+        }
+        deadline = time.monotonic() + 60
+        while counters(base).get(("mlops_retrain_runs_total", "outcome=failed,trigger=alert")) != 1:
+            assert time.monotonic() < deadline, counters(base)
+            time.sleep(0.3)
+        assert post(base, asking).json()["retrain"] == "cooldown"  # a flapping alert
+        seen = counters(base)
+        assert seen[("mlops_retrain_alerts_total", "verdict=started")] == 1
+        assert seen[("mlops_retrain_alerts_total", "verdict=cooldown")] == 1
+        assert seen[("mlops_retrain_alerts_total", "verdict=ignored")] == 1
+    with scheduler(home, MLOPS_SCHEDULE__ALERT_COOLDOWN_S="3600") as base:  # a restart
+        assert post(base, asking).json()["retrain"] == "cooldown"
+    with scheduler(home, MLOPS_SCHEDULE__ALERT_COOLDOWN_S="0") as base:  # the cooldown over
+        assert post(base, asking).json()["retrain"] == "started"
