@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILES = ("", "distributed", "gpu", "dashboard", "replay")  # "": the default services alone
+PROFILES = (
+    "",
+    "distributed",
+    "gpu",
+    "dashboard",
+    "replay",
+    "monitoring",
+)  # "": the default services alone
 # What a user may set in .env to choose a secret (the init service generates the rest)
 USER_SECRETS = (
     "POSTGRES_PASSWORD",

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 ALL = Path("/secrets/all")  # the init service's own copy of every secret
 SERVICE_UID = 10001  # the `mlops` user of both images (infra/Dockerfile.*)
+NOBODY_UID = 65534  # prom/alertmanager runs as `nobody`
 AUTH_DB = "sqlite:////mlartifacts/basic_auth.db"  # as infra/mlflow/basic_auth.ini says
 # Copied example values, not secrets: refused (the same set as mlops.settings refuses at each
 # service's startup; this script runs where the project is not installed, a test keeps both equal)
@@ -54,6 +55,7 @@ SECRETS = (
     Secret("admin_token", "MLOPS_SERVE__ADMIN_TOKEN", "the API's /admin bearer token"),
     Secret("events_token", "MLOPS_EVENTS__TOKEN", "the API's /v1/events bearer token"),
     Secret("redis_password", None, "Redis (the events' stream)"),
+    Secret("webhook_token", None, "the scheduler's alert webhook (Alertmanager's bearer token)"),
     Secret("postgres_password", "POSTGRES_PASSWORD", "PostgreSQL superuser (init only)"),
     Secret("mlflow_flask_secret_key", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLflow's Flask key"),
     Secret("db_mlflow_password", None, "PostgreSQL role `mlflow`"),
@@ -128,7 +130,9 @@ def hand_out(values: dict[str, str], environ: dict[str, str]) -> None:
             "mlflow_password": values["mlflow_trainer_password"],
             "optuna_storage": postgres_url("optuna", values["db_optuna_password"], "optuna"),
             "lock_url": postgres_url("retrain_lock", values["db_lock_password"], lock_db, ""),
+            "webhook_token": values["webhook_token"],  # the scheduler's
         },
+        "alertmanager": {"webhook_token": values["webhook_token"]},
         "api": {
             "mlflow_password": values["mlflow_api_password"],
             "admin_token": values["admin_token"],
@@ -151,7 +155,7 @@ def hand_out(values: dict[str, str], environ: dict[str, str]) -> None:
         if not folder.is_dir():  # a volume this run of the stack does not mount
             continue
         # the postgres and redis entrypoints read theirs as root; the others run as `mlops`
-        uid = 0 if service in ("postgres", "redis") else SERVICE_UID
+        uid = {"postgres": 0, "redis": 0, "alertmanager": NOBODY_UID}.get(service, SERVICE_UID)
         if os.geteuid() == 0:
             os.chown(folder, uid, uid)
         folder.chmod(0o700)

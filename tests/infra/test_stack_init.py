@@ -46,7 +46,17 @@ def test_secrets_are_generated_once_then_kept_and_a_given_one_wins(init: ModuleT
 
 def test_each_service_gets_only_its_own(init: ModuleType, tmp_path: Path) -> None:
     values, _, _ = init.resolve_secrets({})
-    services = ("postgres", "mlflow", "trainer", "api", "dashboard", "redis", "sink", "replay")
+    services = (
+        "postgres",
+        "mlflow",
+        "trainer",
+        "api",
+        "dashboard",
+        "redis",
+        "sink",
+        "replay",
+        "alertmanager",
+    )
     for service in services:
         (tmp_path / "secrets" / service).mkdir(parents=True)
     init.hand_out(values, {"POSTGRES_DB": "mlops"})
@@ -68,6 +78,9 @@ def test_each_service_gets_only_its_own(init: ModuleType, tmp_path: Path) -> Non
         "lock_url": seen["trainer"]["lock_url"],
     }
     assert seen["replay"] == {"events_token": values["events_token"]}
+    # the scheduler (a trainer) checks the token Alertmanager sends, and only that
+    assert seen["alertmanager"] == {"webhook_token": values["webhook_token"]}
+    assert seen["trainer"]["webhook_token"] == values["webhook_token"]
     assert seen["trainer"]["lock_url"].startswith("postgresql://retrain_lock:")
     assert seen["dashboard"]["optuna_storage"].startswith("postgresql+psycopg://dashboard:")
     superuser = values["postgres_password"]
