@@ -142,9 +142,7 @@ def _numerical(name: str, parts: list[PartSummary], sample: pd.Series, rows: int
     std = float(np.sqrt(max(squares / n - mean**2, 0.0))) if n else 1.0
     present = sample.dropna().to_numpy("float64")
     quantiles = np.quantile(present, QUANTILES) if len(present) else np.zeros(len(QUANTILES))
-    edges = np.unique(quantiles[1:-1].round(6))
-    bins = np.searchsorted(edges, present, side="right")
-    fractions = np.bincount(bins, minlength=len(edges) + 1) / max(len(present), 1)
+    edges, fractions = psi_bins(present, quantiles)
     return NumericalFeature(
         name=name,
         mean=mean,
@@ -154,9 +152,22 @@ def _numerical(name: str, parts: list[PartSummary], sample: pd.Series, rows: int
         default=float(np.median(present)) if len(present) else 0.0,
         missing_rate=1 - n / rows if rows else 0.0,
         quantiles=[float(q) for q in quantiles],
-        psi_edges=[float(e) for e in edges],
-        psi_fractions=[float(f) for f in fractions],
+        psi_edges=edges,
+        psi_fractions=fractions,
     )
+
+
+def psi_bins(
+    values: np.ndarray, quantiles: np.ndarray | None = None
+) -> tuple[list[float], list[float]]:
+    """The PSI's reference: inner bin edges at the inner `QUANTILES` of `values` (equal ones
+    merged; the outer bins are open) and the share of `values` in each bin."""
+    if quantiles is None:
+        quantiles = np.quantile(values, QUANTILES) if len(values) else np.zeros(len(QUANTILES))
+    edges = np.unique(np.asarray(quantiles)[1:-1].round(6))
+    bins = np.searchsorted(edges, values, side="right")
+    fractions = np.bincount(bins, minlength=len(edges) + 1) / max(len(values), 1)
+    return [float(e) for e in edges], [float(f) for f in fractions]
 
 
 # Categories seen fewer times than this in the training months share the out-of-vocabulary code.

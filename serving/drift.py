@@ -1,9 +1,11 @@
-"""Online drift: the PSI of each numerical input over a sliding window of served rows.
+"""Online drift: the PSI of each numerical input, and of the predicted probability, over a
+sliding window of served rows.
 
-The training distribution is in the feature spec (`psi_edges`, `psi_fractions`, from the
-training months). The batcher copies each batch's encoded inputs into a ring buffer of the
-last `window_rows` rows, a memcpy per batch; the histograms and the PSI are computed only when
-`/metrics` is scraped.
+The training distribution of the inputs is in the feature spec (`psi_edges`, `psi_fractions`,
+from the training months); the probability's is the model's on its holdout, in its metadata
+(`output_psi`; models trained before it was recorded have no output drift). The batcher copies
+each batch's encoded inputs and probabilities into ring buffers of the last `window_rows` rows,
+a memcpy per batch; the histograms and the PSI are computed only when `/metrics` is scraped.
 """
 
 from __future__ import annotations
@@ -24,31 +26,40 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
 
 
 class DriftMonitor:
-    def __init__(self, spec: FeatureSpec, window_rows: int = 10_000) -> None:
+    def __init__(
+        self, spec: FeatureSpec, window_rows: int = 10_000, output: dict | None = None
+    ) -> None:
         self.names = [f.name for f in spec.numerical]
         self.edges = [np.asarray(f.psi_edges, dtype="float64") for f in spec.numerical]
         self.expected = [np.asarray(f.psi_fractions, dtype="float64") for f in spec.numerical]
         self.window_rows = window_rows
         self._values = np.empty((window_rows, len(self.names)), dtype="float32")
         self._missing = np.empty((window_rows, len(self.names)), dtype=bool)
+        self.output_edges = None if not output else np.asarray(output["edges"], dtype="float64")
+        self.output_expected = None if not output else np.asarray(output["fractions"])
+        self._outputs = np.empty(window_rows, dtype="float32")
         self._next = 0  # where the next row goes
         self._filled = 0
         self._lock = Lock()
 
-    def update(self, numerical: np.ndarray, missing: np.ndarray) -> None:
-        """Add one batch of numerical inputs [rows, features]; `missing` marks the values that
-        were filled with a default, which training's fractions leave out too."""
+    def update(self, numerical: np.ndarray, missing: np.ndarray, probabilities: np.ndarray) -> None:
+        """Add one batch of numerical inputs [rows, features] and its probabilities; `missing`
+        marks the values that were filled with a default, which training's fractions leave
+        out too."""
         rows = len(numerical)
         if rows >= self.window_rows:
             numerical, missing = numerical[-self.window_rows :], missing[-self.window_rows :]
+            probabilities = probabilities[-self.window_rows :]
             rows = self.window_rows
         with self._lock:
             first = min(rows, self.window_rows - self._next)
             self._values[self._next : self._next + first] = numerical[:first]
             self._missing[self._next : self._next + first] = missing[:first]
+            self._outputs[self._next : self._next + first] = probabilities[:first]
             rest = rows - first  # wraps around to the start
             self._values[:rest] = numerical[first:]
             self._missing[:rest] = missing[first:]
+            self._outputs[:rest] = probabilities[first:]
             self._next = (self._next + rows) % self.window_rows
             self._filled = min(self._filled + rows, self.window_rows)
 
@@ -73,3 +84,18 @@ class DriftMonitor:
             )
             out[name] = psi(expected, counts / len(present))
         return out
+
+    def output_psi(self) -> float | None:
+        """PSI of the probabilities over the window against the holdout's; None without a
+        reference or a served row."""
+        if self.output_edges is None or self.output_expected is None:
+            return None
+        with self._lock:
+            outputs = self._outputs[: self._filled].astype("float64")
+        if not len(outputs):
+            return None
+        counts = np.bincount(
+            np.searchsorted(self.output_edges, outputs, side="right"),
+            minlength=len(self.output_expected),
+        )
+        return psi(self.output_expected, counts / len(outputs))

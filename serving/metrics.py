@@ -36,6 +36,15 @@ class _DriftCollector:
             for feature, value in monitor.report().items():
                 family.add_metric([feature], value)
         yield family
+        output = GaugeMetricFamily(
+            "mlops_output_psi",
+            "PSI of the predicted probability over the served window against the model's "
+            "holdout (absent for a model trained before its holdout's were recorded)",
+        )
+        value = None if monitor is None else monitor.output_psi()
+        if value is not None:
+            output.add_metric([], value)
+        yield output
         rows = GaugeMetricFamily("mlops_drift_window_rows", "Rows in the drift window")
         rows.add_metric([], monitor.rows if monitor is not None else 0)
         yield rows
@@ -243,7 +252,7 @@ class ServingMetrics:
         self.batch_rows.observe(rows)
         self.batch_seconds.observe(seconds)
         self.rows_scored.inc(rows)
-        scored.model.drift.update(scored.numerical, scored.missing)
+        scored.model.drift.update(scored.numerical, scored.missing, scored.probabilities)
 
     def observe_events(self, report: Applied, newest: dict[str, float]) -> None:
         self.events.labels("accepted").inc(report.applied)

@@ -81,7 +81,7 @@ class LoadedModel:
         self.loaded_at = datetime.now(UTC)
         # the served inputs against this model's training distribution: swapped with it, so a
         # batch scored by one model never updates the monitor of another (of another width)
-        self.drift = DriftMonitor(spec, drift_rows)
+        self.drift = DriftMonitor(spec, drift_rows, bundle.metadata.get("output_psi"))
         self.live: ModelView | None = None  # its view of the online store, if the server has one
 
     @property

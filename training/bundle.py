@@ -68,10 +68,13 @@ def log_onnx_model(
     parity_data: Tensors,
     threshold: float,
     holdout: dict[str, float],
+    output_bins: tuple[list[float], list[float]],
 ) -> LoggedModel:
     """Export, check parity on every row of `parity_data`, then log; a failed check logs nothing.
     `holdout`: the model's figures on its holdout (ROC-AUC, log loss, mean probability, delay
-    rate), what the served model's realized quality is held against."""
+    rate), what the served model's realized quality is held against; `output_bins`: the PSI
+    bins of its holdout probabilities (`pipelines.spec.psi_bins`), its output drift's
+    reference."""
     with tempfile.TemporaryDirectory() as tmp:
         path = export_onnx(model, parity_data, Path(tmp) / "model.onnx")
         parity = check_parity(model, path, parity_data)  # raises ParityError
@@ -95,6 +98,7 @@ def log_onnx_model(
             "onnx_sha256": digest,
             "decision_threshold": threshold,
             "holdout": holdout,
+            "output_psi": {"edges": output_bins[0], "fractions": output_bins[1]},
             "feature_spec_sha256": sha256_of(layout.spec),
             "lookups": {name: entry.sha256 for name, entry in spec.lookups.items()},
         },

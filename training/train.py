@@ -13,7 +13,7 @@ import pandas as pd
 from pandas.api.types import is_integer_dtype
 
 from pipelines.layout import SPLITS, DataLayout
-from pipelines.spec import LABEL, FeatureSpec
+from pipelines.spec import LABEL, FeatureSpec, psi_bins
 from pipelines.storage import read_parquet_folder
 from training import distributed, plots
 from training.bundle import LoggedModel, decision_threshold, log_onnx_model
@@ -164,7 +164,8 @@ def train(
             "delay_rate": float(labels[holdout].mean()),
             "rows": float(len(labels[holdout])),
         }
-        logged = log_onnx_model(model, layout, spec, tensors[holdout], threshold, reference)
+        output = psi_bins(probabilities[holdout].astype("float64"))
+        logged = log_onnx_model(model, layout, spec, tensors[holdout], threshold, reference, output)
         logged_run = mlflow.get_run(run.info.run_id).data
         mlflow.set_tag(DESCRIPTION_TAG, model_card(logged_run.params, logged_run.metrics))
         logger.info("run %s: %s", run.info.run_id, metrics)
