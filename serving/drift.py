@@ -38,28 +38,26 @@ class DriftMonitor:
         self.output_edges = None if not output else np.asarray(output["edges"], dtype="float64")
         self.output_expected = None if not output else np.asarray(output["fractions"])
         self._outputs = np.empty(window_rows, dtype="float32")
+        self._next_output = 0
+        self._outputs_filled = 0
         self._next = 0  # where the next row goes
         self._filled = 0
         self._lock = Lock()
 
-    def update(self, numerical: np.ndarray, missing: np.ndarray, probabilities: np.ndarray) -> None:
-        """Add one batch of numerical inputs [rows, features] and its probabilities; `missing`
-        marks the values that were filled with a default, which training's fractions leave
-        out too."""
+    def update(self, numerical: np.ndarray, missing: np.ndarray) -> None:
+        """Add one batch of numerical inputs [rows, features]; `missing` marks the values that
+        were filled with a default, which training's fractions leave out too."""
         rows = len(numerical)
         if rows >= self.window_rows:
             numerical, missing = numerical[-self.window_rows :], missing[-self.window_rows :]
-            probabilities = probabilities[-self.window_rows :]
             rows = self.window_rows
         with self._lock:
             first = min(rows, self.window_rows - self._next)
             self._values[self._next : self._next + first] = numerical[:first]
             self._missing[self._next : self._next + first] = missing[:first]
-            self._outputs[self._next : self._next + first] = probabilities[:first]
             rest = rows - first  # wraps around to the start
             self._values[:rest] = numerical[first:]
             self._missing[:rest] = missing[first:]
-            self._outputs[:rest] = probabilities[first:]
             self._next = (self._next + rows) % self.window_rows
             self._filled = min(self._filled + rows, self.window_rows)
 
@@ -85,13 +83,26 @@ class DriftMonitor:
             out[name] = psi(expected, counts / len(present))
         return out
 
+    def update_outputs(self, probabilities: np.ndarray) -> None:
+        """Add one batch's predicted probabilities (when the model has a reference for them)."""
+        if self.output_edges is None:
+            return
+        probabilities = probabilities[-self.window_rows :]
+        rows = len(probabilities)
+        with self._lock:
+            first = min(rows, self.window_rows - self._next_output)
+            self._outputs[self._next_output : self._next_output + first] = probabilities[:first]
+            self._outputs[: rows - first] = probabilities[first:]
+            self._next_output = (self._next_output + rows) % self.window_rows
+            self._outputs_filled = min(self._outputs_filled + rows, self.window_rows)
+
     def output_psi(self) -> float | None:
         """PSI of the probabilities over the window against the holdout's; None without a
         reference or a served row."""
         if self.output_edges is None or self.output_expected is None:
             return None
         with self._lock:
-            outputs = self._outputs[: self._filled].astype("float64")
+            outputs = self._outputs[: self._outputs_filled].astype("float64")
         if not len(outputs):
             return None
         counts = np.bincount(

@@ -252,7 +252,8 @@ class ServingMetrics:
         self.batch_rows.observe(rows)
         self.batch_seconds.observe(seconds)
         self.rows_scored.inc(rows)
-        scored.model.drift.update(scored.numerical, scored.missing, scored.probabilities)
+        scored.model.drift.update(scored.numerical, scored.missing)
+        scored.model.drift.update_outputs(scored.probabilities)
 
     def observe_events(self, report: Applied, newest: dict[str, float]) -> None:
         self.events.labels("accepted").inc(report.applied)
