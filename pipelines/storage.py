@@ -99,7 +99,10 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(frame, preserve_index=False)
+    # pyarrow converts the columns on a thread pool it starts per call: for a small frame (the
+    # prediction log's second of rows) starting it costs more than it saves
+    threads = 1 if len(frame) < ROW_GROUP_ROWS else None
+    table = pa.Table.from_pandas(frame, preserve_index=False, nthreads=threads)
     pq.write_table(table, path, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 

@@ -89,7 +89,7 @@ OnBatch = Callable[[Scored, float], None]  # the scored batch and its seconds, o
 OnShed = Callable[[str], None]  # why a request was refused: queue_full, loop_lag, deadline
 # each scored batch: its requests' ids and sizes, its rows, the scores, the model (the
 # prediction log: on the loop, so it must only keep references)
-OnScored = Callable[[list[str], list[int], list[dict], Scored, LoadedModel], None]
+OnScored = Callable[[list[str], list[int], Scored, LoadedModel], None]
 
 
 class MicroBatcher:
@@ -287,7 +287,7 @@ class MicroBatcher:
                 await self._score([item])
             return
         if self.on_scored is not None:
-            self._log(batch, rows, scored, model)
+            self._log(batch, scored, model)
         start = 0
         for item in batch:
             end = start + len(item.rows)
@@ -304,13 +304,11 @@ class MicroBatcher:
                 )
             start = end
 
-    def _log(
-        self, batch: list[_Pending], rows: list[dict], scored: Scored, model: LoadedModel
-    ) -> None:
+    def _log(self, batch: list[_Pending], scored: Scored, model: LoadedModel) -> None:
         assert self.on_scored is not None
         try:
             ids, sizes = [item.request_id for item in batch], [len(item.rows) for item in batch]
-            self.on_scored(ids, sizes, rows, scored, model)
+            self.on_scored(ids, sizes, scored, model)
         except Exception:  # the log never fails an answer
             logger.exception("the prediction log could not take a batch")
 

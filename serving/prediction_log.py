@@ -36,7 +36,6 @@ from pipelines.online import Landed
 from pipelines.rules import DELAYED_MIN
 from pipelines.storage import write_parquet_atomic
 from serving.config import PredictionLogConfig
-from serving.runtime import rows_to_columns
 
 if TYPE_CHECKING:
     from serving.runtime import LoadedModel, Scored
@@ -66,8 +65,7 @@ OnTable = Callable[[dict[str, np.ndarray]], None]
 class _Batch:
     request_ids: list[str]  # one per request of the batch
     sizes: list[int]  # its rows
-    rows: list[dict]  # every row, in order
-    scored: Scored
+    scored: Scored  # its columns: the flights as scored (arrays: no row dict is held)
     model: LoadedModel
     served_at: float  # time.time()
 
@@ -100,19 +98,18 @@ class PredictionLog:
         self,
         request_ids: list[str],
         sizes: list[int],
-        rows: list[dict],
         scored: Scored,
         model: LoadedModel,
     ) -> None:
         """A scored batch (on the event loop: no copy, no conversion)."""
-        count = len(rows)
+        count = len(scored.probabilities)
         with self._lock:
             if self._buffered + count > self.max_buffered_rows:
                 dropped = True
             else:
                 dropped = False
                 self._buffered += count
-                self._pending.append(_Batch(request_ids, sizes, rows, scored, model, time.time()))
+                self._pending.append(_Batch(request_ids, sizes, scored, model, time.time()))
         if dropped:
             self._count("dropped", count)
 
@@ -145,7 +142,7 @@ class PredictionLog:
             self._write_all(self.outcomes, _outcomes(landed), "outcomes")
         if not pending:
             return
-        count = sum(len(batch.rows) for batch in pending)
+        count = sum(len(batch.scored.probabilities) for batch in pending)
         tables = _tables(pending)
         if self.on_table is not None:
             for _, table in sorted(tables.items()):
@@ -177,8 +174,7 @@ class PredictionLog:
 
 def _tables(pending: list[_Batch]) -> dict[str, dict[str, np.ndarray]]:
     """The batches as columns, split by their serving date (UTC)."""
-    columns = rows_to_columns([row for batch in pending for row in batch.rows])
-    per_batch = [len(batch.rows) for batch in pending]
+    per_batch = [len(batch.scored.probabilities) for batch in pending]
     ids = np.array([rid for batch in pending for rid in batch.request_ids], dtype=object)
     served = np.repeat([batch.served_at for batch in pending], per_batch)
     table = {
@@ -188,7 +184,7 @@ def _tables(pending: list[_Batch]) -> dict[str, dict[str, np.ndarray]]:
         "version": np.repeat(
             np.array([str(b.model.version) for b in pending], dtype=object), per_batch
         ),
-        **{name: columns[name] for name in FLIGHT},
+        **{name: np.concatenate([b.scored.columns[name] for b in pending]) for name in FLIGHT},
         "as_of": _minutes(np.concatenate([batch.scored.as_of for batch in pending])),
         "stale": np.array([",".join(s) for b in pending for s in b.scored.stale], dtype=object),
         "delay_probability": np.concatenate([b.scored.probabilities for b in pending]).astype(

@@ -49,6 +49,7 @@ class Scored:
     model: LoadedModel
     as_of: np.ndarray  # float64 minutes (New York): what each prediction knew up to
     stale: list[tuple[str, ...]]  # per row, the event sources older than their maximum age
+    columns: dict[str, np.ndarray]  # the flights as scored, one array per raw field
 
 
 def providers(prefer_gpu: bool = True) -> list[str]:
@@ -155,6 +156,7 @@ class LoadedModel:
             self,
             as_of,
             stale,
+            columns,
         )
 
     def _default_names(self, row: np.ndarray) -> tuple[str, ...]:
