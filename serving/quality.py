@@ -74,6 +74,24 @@ def summarize(
     )
 
 
+Joinable = tuple[list[str], list[float], list[str], list[float], list[float]]
+
+
+def joinable(table: dict[str, np.ndarray]) -> Joinable:
+    """What the join reads of a prediction log table, as plain lists (what a worker shares
+    with the others through the stream): each flight's identity and scheduled departure (New
+    York minutes), the version, when it was served (seconds since the epoch, UTC), the
+    probability."""
+    served = table["served_at"].astype("datetime64[us]").astype("int64") / 1e6
+    return (
+        flight_identity(table["carrier"], table["flight"], table["origin"]).tolist(),
+        to_minutes(table["scheduled_departure"]).tolist(),
+        [str(v) for v in table["version"].tolist()],
+        served.tolist(),
+        table["delay_probability"].astype("float64").tolist(),
+    )
+
+
 class RealizedQuality:
     def __init__(self, windows_h: Sequence[float] = (24.0, 168.0), max_flights: int = 200_000):
         self.windows = sorted(float(h) for h in windows_h)
@@ -98,30 +116,22 @@ class RealizedQuality:
 
     def predictions(self, table: dict[str, np.ndarray]) -> None:
         """A table of the prediction log (`serving.prediction_log.COLUMNS`)."""
-        keys = zip(
-            flight_identity(table["carrier"], table["flight"], table["origin"]).tolist(),
-            to_minutes(table["scheduled_departure"]).tolist(),
-            strict=True,
-        )
-        served = table["served_at"].astype("datetime64[us]").astype("int64") / 1e6
-        self.add(
-            keys,
-            table["version"].tolist(),
-            served.tolist(),
-            table["delay_probability"].astype("float64").tolist(),
-        )
+        self.add(*joinable(table))
 
     def add(
         self,
-        keys: Iterable[Key],
-        versions: Iterable[str],
-        served_at: Iterable[float],
-        probabilities: Iterable[float],
+        identities: Sequence[str],
+        scheduled: Sequence[float],
+        versions: Sequence[str],
+        served_at: Sequence[float],
+        probabilities: Sequence[float],
     ) -> None:
+        """Predictions (`joinable`'s columns): each version's newest one per flight is kept."""
         with self._lock:
-            for key, version, served, probability in zip(
-                keys, versions, served_at, probabilities, strict=True
+            for identity, when, version, served, probability in zip(
+                identities, scheduled, versions, served_at, probabilities, strict=True
             ):
+                key = (identity, when)
                 label = self._labels.get(key)
                 if label is not None:
                     self._mature(version, key, served, probability, *label)

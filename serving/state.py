@@ -68,20 +68,21 @@ class ServingState:
             config.poll_interval_s,
             live,
         )
-        log = quality = None
-        if predictions.enabled and predictions.folder is not None:
-            if live is not None:  # the arrivals are the labels
-                quality = RealizedQuality(
-                    predictions.quality_windows_h, predictions.max_waiting_flights
-                )
-                metrics.watch_quality(quality)
-            log = PredictionLog(
-                predictions,
-                metrics.observe_logged,
-                on_table=None if quality is None else quality.predictions,
+        quality = None
+        if predictions.enabled and predictions.folder is not None and live is not None:
+            quality = RealizedQuality(
+                predictions.quality_windows_h, predictions.max_waiting_flights
             )
-            if live is not None:
-                assert quality is not None
+            metrics.watch_quality(quality)  # the log joined with the arrivals, their labels
+        stream = None
+        if live is not None and events.stream_url:
+            stream = EventStream(events.stream_url, events.stream_key, live, quality)
+        log = None
+        if predictions.enabled and predictions.folder is not None:
+            # with a stream, every worker joins every worker's tables (serving.stream)
+            share = None if quality is None else (stream.share if stream else quality.predictions)
+            log = PredictionLog(predictions, metrics.observe_logged, on_table=share)
+            if live is not None and quality is not None:
                 live.on_landed += [quality.landed, log.record_outcomes]
         batcher = MicroBatcher(
             slot,
@@ -99,9 +100,6 @@ class ServingState:
         if live is not None:
             metrics.events_applied_at.set_function(lambda: live.applied_at)
         metrics.queued_requests.set_function(lambda: batcher.queued_requests)
-        stream = None
-        if live is not None and events.stream_url:
-            stream = EventStream(events.stream_url, events.stream_key, live)
         return cls(config, slot, batcher, manager, metrics, events, live, stream, log, quality)
 
     def model(self) -> LoadedModel:

@@ -10,6 +10,13 @@ stream: nothing acknowledged is lost, and a re-sent id is still applied once.
 Redis down: the server keeps serving what its store holds (each prediction's `stale` says
 which sources have fallen behind), POST /v1/events answers 503 with Retry-After, and the
 reader reconnects with backoff and catches up from the last entry it applied.
+
+Realized quality is the whole service's the same way: each worker's prediction log adds what
+the join reads of each table it writes (`serving.quality.joinable`) to a second stream,
+`<key>:predictions`, which every worker reads whole beside the events (kept `KEEP_S`, the
+longest window and a day, by entry time). So every worker joins every worker's predictions
+with the same arrivals and exports the same figures, a restart included. With Redis down the
+tables of the outage are in the log's files, not in the online figures (logged once).
 """
 
 from __future__ import annotations
@@ -17,15 +24,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import OrderedDict
 from typing import Any
+
+import numpy as np
 
 from pipelines.online import Applied
 from pipelines.redact import redact
 from serving.live import LiveFeatures
+from serving.quality import RealizedQuality, joinable
 
 logger = logging.getLogger(__name__)
 
+KEEP_S = 8 * 24 * 3600.0  # the predictions' stream: the longest window (7 days) and a day
 READ_BLOCK_MS = 1000
 READ_COUNT = 100  # entries per XREAD (each a batch of up to max_request_rows events)
 FIRST_RETRY_S, MAX_RETRY_S = 0.5, 10.0
@@ -53,7 +65,9 @@ class StreamUnavailableError(Exception):
 
 
 class EventStream:
-    def __init__(self, url: str, key: str, live: LiveFeatures) -> None:
+    def __init__(
+        self, url: str, key: str, live: LiveFeatures, quality: RealizedQuality | None = None
+    ) -> None:
         import redis.asyncio as redis
 
         self.url, self.key, self.live = url, key, live
@@ -66,6 +80,11 @@ class EventStream:
         self._start_id: tuple[int, int] | None = None  # the newest entry at the start
         self._waiting: dict[str, asyncio.Future[Applied]] = {}
         self._reports: OrderedDict[str, Applied] = OrderedDict()
+        self.quality = quality  # fed from `predictions_key`, every worker's
+        self.predictions_key = f"{key}:predictions"
+        self._predictions_id = "0"
+        self._sharing: Any = None  # the prediction log thread's (synchronous) client
+        self._share_problem: str | None = None
 
     def describe(self) -> str:
         return f"{redact(self.url)} {self.key}"
@@ -95,6 +114,36 @@ class EventStream:
         refused = sorted([*report.refused, *applied.refused])
         return Applied(applied.applied, applied.duplicates, refused)
 
+    def share(self, table: dict[str, np.ndarray]) -> None:
+        """(The prediction log's thread.) A table it writes, to every worker's join."""
+        import redis
+        from redis.exceptions import RedisError
+
+        if self._sharing is None:
+            self._sharing = redis.Redis.from_url(
+                self.url, socket_timeout=5, socket_connect_timeout=5
+            )
+        oldest = int((time.time() - KEEP_S) * 1000)
+        try:
+            self._sharing.xadd(
+                self.predictions_key,
+                {"predictions": json.dumps(joinable(table))},
+                minid=oldest,
+                approximate=True,
+            )
+        except (RedisError, OSError) as error:
+            if self._share_problem is None:
+                logger.warning(
+                    "predictions not shared through %s (the log has them): %s",
+                    self.describe(),
+                    error,
+                )
+            self._share_problem = str(error)
+            return
+        if self._share_problem is not None:
+            logger.info("predictions shared through %s again", self.describe())
+            self._share_problem = None
+
     async def follow(self) -> None:
         """Read and apply every entry, in order, for as long as the server runs."""
         from redis.exceptions import RedisError
@@ -108,9 +157,10 @@ class EventStream:
                     newest = await self.redis.xrevrange(self.key, count=1)
                     self._start_id = _entry_id(newest[0][0].decode()) if newest else (0, 0)
                     self._check_caught_up()
-                found = await self.redis.xread(
-                    {self.key: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS
-                )
+                streams = {self.key: self.last_id}
+                if self.quality is not None:
+                    streams[self.predictions_key] = self._predictions_id
+                found = await self.redis.xread(streams, count=READ_COUNT, block=READ_BLOCK_MS)
             except (RedisError, OSError) as error:
                 if self.problem is None:
                     logger.warning("event stream %s unreachable: %s", self.describe(), error)
@@ -121,7 +171,10 @@ class EventStream:
             if self.problem is not None:
                 logger.info("event stream %s back; reading from %s", self.describe(), self.last_id)
                 self.problem, retry_s = None, FIRST_RETRY_S
-            for _, entries in found:
+            for name, entries in found:
+                if name.decode() == self.predictions_key:
+                    await self._join(entries)
+                    continue
                 for raw_id, fields in entries:
                     await self._apply(raw_id.decode(), fields)
 
@@ -139,6 +192,13 @@ class EventStream:
             self._reports[entry_id] = report
             while len(self._reports) > KEPT_REPORTS:
                 self._reports.popitem(last=False)
+
+    async def _join(self, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        assert self.quality is not None
+        tables = [json.loads(fields[b"predictions"]) for _, fields in entries]
+        for table in tables:
+            await asyncio.to_thread(self.quality.add, *table)
+        self._predictions_id = entries[-1][0].decode()
 
     def _check_caught_up(self) -> None:
         if self.caught_up or self._start_id is None:

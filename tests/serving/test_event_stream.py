@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.event_validation import as_records, validate_events
 from pipelines.events import to_minutes
@@ -200,5 +201,41 @@ def test_two_days_through_the_stream_on_two_workers_give_the_offline_predictions
         for start in range(0, len(day), 50):
             got += _predict(served.base, *as_requests(day.iloc[start : start + 50]))
         info = httpx.get(f"{served.base}/model").json()
+        # realized quality is the service's: each worker joins both workers' predictions
+        # (through the stream) with the arrivals, so any worker's /metrics says the same
+        landed = {
+            (r["carrier"], r["flight"], r["origin"], pd.Timestamp(r["scheduled_departure"]))
+            for r in records
+            if r["kind"] == "arrived"
+        }
+        asked = set(
+            zip(
+                day["carrier"],
+                day["flight"].astype(int),
+                day["origin"],
+                day["scheduled_departure"],
+                strict=True,
+            )
+        )
+        expected = len(asked & landed)
+        assert expected > 0.8 * len(day)
+
+        def matured_everywhere() -> bool:
+            seen = [realized(served.base) for _ in range(20)]  # new connections: both workers
+            return all(s == seen[0] for s in seen) and seen[0]["matured"] == expected
+
+        eventually(matured_everywhere, 30, f"{expected} matured on both workers, the same figures")
     assert info["events"]["caught_up"] and info["events"]["stream"].endswith("mlops:events")
     assert_offline(got, day, model_folder)
+
+
+def realized(base: str) -> dict[str, float]:
+    """A worker's realized figures (one new connection): the matured count and each window's."""
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "mlops_matured_predictions_total":
+                out["matured"] = out.get("matured", 0) + sample.value
+            elif sample.name.startswith("mlops_realized_") and "window" in sample.labels:
+                out[f"{sample.name} {sample.labels['window']}"] = sample.value
+    return out
