@@ -125,7 +125,7 @@ class RetrainService:
                 return outcome
             self._busy = True
         self.running.set(1)
-        logger.info("retrain started by %s", trigger)
+        logger.info("retrain (%s) started", trigger)
         try:
             outcome = scheduled_retrain(self.settings)
         finally:
@@ -133,7 +133,7 @@ class RetrainService:
                 self._busy = False
             self.running.set(0)
         self.runs.labels(trigger, outcome).inc()
-        logger.info("retrain started by %s: %s", trigger, outcome)
+        logger.info("retrain (%s): %s", trigger, outcome)
         return outcome
 
     def on_alerts(self, batch: AlertBatch) -> Verdict:

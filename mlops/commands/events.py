@@ -26,6 +26,14 @@ def replay_command(
     speed: Annotated[
         float, typer.Option(min=0, help="replay minutes per second (0: as fast as it answers)")
     ] = 0.0,
+    late_by: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=240,
+            help="minutes every replayed flight arrives later than it did (a degraded replay)",
+        ),
+    ] = 0.0,
 ) -> None:
     """Send months of bronze to a server as events in observed-time order (MLOPS_EVENTS__TOKEN),
     predict each flight at its scheduled departure on the replay clock, score them on arrival.
@@ -33,7 +41,7 @@ def replay_command(
     The server's store must take over before the first month: MLOPS_EVENTS__SINCE=2013-11-01."""
     from mlops.flows.replay import replay
 
-    report = replay(ctx.obj, Bars(), url, since, until, speed)
+    report = replay(ctx.obj, Bars(), url, since, until, speed, late_by)
     console.print(
         f"{report.events:,} events in {report.seconds:.1f} s "
         f"({report.events / max(report.seconds, 1e-9):,.0f}/s): {report.accepted:,} accepted, "

@@ -66,9 +66,12 @@ def replay(
     since: str,
     until: str,
     speed: float = 0.0,
+    late_by: float = 0.0,
 ) -> ReplayReport:
     """Replay the months `since`..`until` (YYYY-MM, inclusive) against the server at `url`;
-    `speed`: replay minutes per second of wall time (0: as fast as the server answers)."""
+    `speed`: replay minutes per second of wall time (0: as fast as the server answers);
+    `late_by`: minutes every flight of those months arrives later than it did (a degraded
+    replay, for the monitoring's alerts)."""
     from training.metrics import log_loss, roc_auc
 
     token = settings.events.token
@@ -76,7 +79,7 @@ def replay(
         raise SourceError("MLOPS_EVENTS__TOKEN is not set: the server refuses events without it")
     with httpx.Client(base_url=url, timeout=60) as client:
         clock = _store_clock(client)
-    events, flights = _bronze_as_events(settings, since, until, clock)
+    events, flights = _bronze_as_events(settings, since, until, clock, late_by)
     report = ReplayReport(events=len(events))
     records = as_records(events)
     observed = events["observed"].to_numpy()
@@ -141,10 +144,15 @@ def _store_clock(client: httpx.Client) -> float | None:
 
 
 def _bronze_as_events(
-    settings: Settings, since: str, until: str, clock: float | None = None
+    settings: Settings,
+    since: str,
+    until: str,
+    clock: float | None = None,
+    late_by: float = 0.0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The events to send, in observed order, and the flights to predict (those scheduled in
-    `since`..`until`); `clock`: the store's (None: it takes over at the start)."""
+    `since`..`until`, arriving `late_by` minutes later than they did); `clock`: the store's
+    (None: it takes over at the start)."""
     layout = layout_of(settings)
     try:
         flights = read_parquet_folder(layout.bronze("flights"))
@@ -166,6 +174,10 @@ def _bronze_as_events(
     when = to_minutes(flights["scheduled_departure"])
     inside = (when >= scheduled_from) & (when < ends)
     window = flights[inside].reset_index(drop=True)
+    if late_by:  # the months replayed, not the days before them a store behind is sent
+        delayed = window["scheduled_departure"] >= start
+        arrivals = window["arr_delay"].where(~delayed, window["arr_delay"] + late_by)
+        window = window.assign(arr_delay=arrivals.clip(upper=MAX_DELAY_MIN))
     hours = to_minutes(weather["time_hour"])
     weather = weather[(hours > first) & (hours < ends)]
     events = events_from_bronze(window, weather.reset_index(drop=True), airports)
