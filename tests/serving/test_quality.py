@@ -4,18 +4,23 @@ figures equal to `mlops monitor`'s from the files it wrote."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mlops.flows.monitor import matured, realized
+from pipelines.layout import DataLayout
 from pipelines.online import Landed
 from pipelines.storage import read_parquet_folder
 from serving.config import PredictionLogConfig
 from serving.prediction_log import PredictionLog
 from serving.quality import RealizedQuality
+from tests.processes import clean_env
 
 DAY = 24 * 60.0
 
@@ -38,6 +43,7 @@ def table(keys: list[tuple[str, float]], version: str, served: float, p: list[fl
         "scheduled_departure": np.array(
             [np.datetime64(int(m), "m") for _, m in keys], dtype="datetime64[us]"
         ),
+        "model": np.array(["flight-delay"] * len(keys), dtype=object),
         "version": np.array([version] * len(keys), dtype=object),
         "served_at": np.full(len(keys), np.datetime64(int(served * 1e6), "us")),
         "delay_probability": np.array(p, dtype="float64"),
@@ -84,7 +90,8 @@ def test_the_server_figures_equal_the_monitor_from_the_files_the_log_wrote(
     rng = np.random.default_rng(7)
     flights = [(f"B6|{n}|JFK", float(DAY * 10 + n * 7)) for n in range(3000)]
     quality = RealizedQuality(windows_h=(24, 168))
-    config = PredictionLogConfig(folder=tmp_path / "predictions", outcomes=tmp_path / "outcomes")
+    layout = DataLayout(tmp_path / "home")
+    config = PredictionLogConfig(folder=layout.predictions, outcomes=layout.outcomes)
     log = PredictionLog(config)
     for served in range(6):  # each flight asked up to six times, by two versions
         asked = rng.random(len(flights)) < 0.5
@@ -120,3 +127,20 @@ def test_the_server_figures_equal_the_monitor_from_the_files_the_log_wrote(
         inside = pairs[(pairs["version"] == version) & (pairs["arrived_at"] > newest - hours * 60)]
         expected = pairwise_auc(inside["delayed"].to_numpy(), inside["probability"].to_numpy())
         assert abs(figures.roc_auc - expected) < 1e-9
+
+    # and `mlops monitor` as a user runs it, on that home
+    done = subprocess.run(
+        [sys.executable, "-m", "mlops", "monitor", "--json", "--no-track"],
+        env=clean_env(MLOPS_HOME=str(tmp_path / "home")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    assert report["matured"] == len(pairs)
+    for row in report["windows"]:
+        figures = online[(row["version"], row["window"])]
+        assert row["predictions"] == figures.predictions
+        assert abs(row["roc_auc"] - figures.roc_auc) < 1e-9
+        assert abs(row["log_loss"] - figures.log_loss) < 1e-9
