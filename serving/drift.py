@@ -25,6 +25,12 @@ def psi(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.sum((a - e) * np.log(a / e)))
 
 
+def psi_against(edges: np.ndarray, expected: np.ndarray, values: np.ndarray) -> float:
+    """PSI of `values` binned at `edges` (inner edges, open outer bins) against `expected`."""
+    counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=len(expected))
+    return psi(expected, counts / len(values))
+
+
 class DriftMonitor:
     def __init__(
         self, spec: FeatureSpec, window_rows: int = 10_000, output: dict | None = None
@@ -75,12 +81,8 @@ class DriftMonitor:
             zip(self.names, self.edges, self.expected, strict=True)
         ):
             present = values[~missing[:, j], j]
-            if not len(present):
-                continue
-            counts = np.bincount(
-                np.searchsorted(edges, present, side="right"), minlength=len(expected)
-            )
-            out[name] = psi(expected, counts / len(present))
+            if len(present):
+                out[name] = psi_against(edges, expected, present)
         return out
 
     def update_outputs(self, probabilities: np.ndarray) -> None:
@@ -105,8 +107,4 @@ class DriftMonitor:
             outputs = self._outputs[: self._outputs_filled].astype("float64")
         if not len(outputs):
             return None
-        counts = np.bincount(
-            np.searchsorted(self.output_edges, outputs, side="right"),
-            minlength=len(self.output_expected),
-        )
-        return psi(self.output_expected, counts / len(outputs))
+        return psi_against(self.output_edges, self.output_expected, outputs)

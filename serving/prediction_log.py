@@ -19,6 +19,7 @@ delayed, and counted (`mlops_prediction_log_rows_total{outcome="dropped"}`); a w
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -34,7 +35,7 @@ import pandas as pd
 
 from pipelines.online import Landed
 from pipelines.rules import DELAYED_MIN
-from pipelines.storage import write_parquet_atomic
+from pipelines.storage import write_bytes_atomic, write_parquet_atomic
 from serving.config import PredictionLogConfig
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ COLUMNS = [
     "delayed",
 ]
 
+MODELS = "_models"  # each version's reference figures, beside the days
 OUTCOMES = ["identity", "scheduled_departure", "arrived_at", "arr_delay", "delayed", "received_at"]
 
 OnRows = Callable[[str, int], None]  # outcome (written, dropped, failed), rows
@@ -93,6 +95,7 @@ class PredictionLog:
         self._name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._files = 0
         self._errors: set[str] = set()
+        self._described: set[tuple[str, str]] = set()
 
     def record(
         self,
@@ -143,6 +146,9 @@ class PredictionLog:
         if not pending:
             return
         count = sum(len(batch.scored.probabilities) for batch in pending)
+        self._describe(
+            {(batch.model.name, str(batch.model.version)): batch.model for batch in pending}
+        )
         tables = _tables(pending)
         if self.on_table is not None:
             for _, table in sorted(tables.items()):
@@ -151,6 +157,26 @@ class PredictionLog:
             self._count("written", count)
         else:
             self._count("failed", count)
+
+    def _describe(self, models: dict[tuple[str, str], LoadedModel]) -> None:
+        """Once per version: what `mlops monitor` holds its figures against (the holdout's
+        figures and its probabilities' PSI bins), `<folder>/_models/<name>/<version>.json`
+        (a folder readers of the Parquet files skip)."""
+        for (name, version), model in models.items():
+            path = self.folder / MODELS / name / f"{version}.json"
+            if (name, version) in self._described or path.exists():
+                self._described.add((name, version))
+                continue
+            about = {
+                "holdout": model.bundle.holdout,
+                "output_psi": model.bundle.metadata.get("output_psi"),
+            }
+            try:
+                write_bytes_atomic(json.dumps(about).encode(), path)
+            except OSError as error:  # the disk: the log's own counts say it
+                logger.warning("prediction log: %s not written: %s", path, error)
+                continue
+            self._described.add((name, version))
 
     def _write_all(self, folder: Path, tables: dict[str, dict[str, np.ndarray]], what: str) -> bool:
         try:

@@ -119,16 +119,33 @@ def draw_delay_rate(
     return figure
 
 
-def draw_realized(daily: pd.DataFrame) -> Figure:
-    """Realized quality per day of arrival and model version (`mlops monitor`): ROC-AUC above,
-    calibration (mean predicted probability against the observed delay rate) below, with the
-    number of matured predictions."""
-    figure, (auc, calibration) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+def draw_realized(
+    daily: pd.DataFrame, holdout_auc: dict[str, float | None] | None = None
+) -> Figure:
+    """Realized quality per day of arrival and model version (`mlops monitor`): ROC-AUC (and
+    the version's holdout figure, dashed) above, calibration (mean predicted probability
+    against the observed delay rate) with the number of matured predictions in the middle,
+    and the PSI of the predicted probabilities against the holdout's below."""
+    holdout_auc = holdout_auc or {}
+    panels = 3 if "output_psi" in daily else 2
+    figure, axes = plt.subplots(panels, 1, figsize=(7, 2.4 * panels + 0.6), sharex=True)
+    auc, calibration = axes[0], axes[1]
     for version, series in daily.groupby("version"):
-        auc.plot(series["day"], series["roc_auc"], marker=".", label=f"v{version}")
-        line = calibration.plot(
-            series["day"], series["mean_probability"], marker=".", label=f"v{version} predicted"
-        )[0]
+        line = auc.plot(series["day"], series["roc_auc"], marker=".", label=f"v{version}")[0]
+        if holdout_auc.get(str(version)) is not None:
+            auc.axhline(
+                holdout_auc[str(version)],
+                linestyle="--",
+                color=line.get_color(),
+                label=f"v{version} holdout",
+            )
+        calibration.plot(
+            series["day"],
+            series["mean_probability"],
+            marker=".",
+            color=line.get_color(),
+            label=f"v{version} predicted",
+        )
         calibration.plot(
             series["day"],
             series["delay_rate"],
@@ -136,14 +153,20 @@ def draw_realized(daily: pd.DataFrame) -> Figure:
             color=line.get_color(),
             label=f"v{version} observed",
         )
+        if panels == 3:
+            axes[2].plot(series["day"], series["output_psi"], marker=".", color=line.get_color())
     auc.set_ylabel("ROC-AUC")
     auc.set_title("Realized quality of the served model, per day of arrival")
-    auc.legend(loc="lower left")
+    auc.legend(loc="lower left", fontsize="small")
     calibration.set_ylabel("delayed share")
     calibration.legend(loc="upper left", fontsize="small")
     volume = calibration.twinx()
     totals = daily.groupby("day")["predictions"].sum()
     volume.bar(totals.index, totals.to_numpy(), color="tab:gray", alpha=0.2, width=0.8)
     volume.set_ylabel("matured predictions")
+    if panels == 3:
+        axes[2].set_ylabel("output PSI")
+        axes[2].axhline(0.25, linestyle=":", color="tab:red", label="alert (0.25)")
+        axes[2].legend(loc="upper left", fontsize="small")
     figure.autofmt_xdate()
     return figure

@@ -12,6 +12,7 @@ with it.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from mlops.settings import Settings
 from pipelines.errors import NoDataError
 from pipelines.events import flight_identity, to_minutes
 from pipelines.storage import read_parquet_folder
+from serving.drift import psi_against
+from serving.prediction_log import MODELS
 from serving.quality import Realized, summarize, window_name
 
 MONITOR_TAG = "mlops.monitor"  # the version a monitoring run is of
@@ -50,6 +53,10 @@ class MonitorReport:
             "matured": self.matured,
             "newest": None if self.newest is None else self.newest.isoformat(),
             "windows": [dataclasses.asdict(r) for r in self.windows],
+            "daily": [
+                {**row, "day": row["day"].date().isoformat()}
+                for row in self.daily.to_dict("records")
+            ],
             "runs": self.runs,
             "figure": None if self.figure is None else str(self.figure),
         }
@@ -100,20 +107,35 @@ def realized(pairs: pd.DataFrame, newest: float, windows_h: Sequence[float]) -> 
     return out
 
 
-def daily(pairs: pd.DataFrame) -> pd.DataFrame:
+def daily(pairs: pd.DataFrame, references: dict[str, dict] | None = None) -> pd.DataFrame:
     """Per version and day of arrival (New York): the figures of the flights that landed
-    then."""
+    then, and where the version's reference is known (`references`, the log's `_models`), the
+    PSI of their predicted probabilities against its holdout's (`output_psi`)."""
+    references = references or {}
     day = pd.to_datetime(pairs["arrived_at"] * 60, unit="s").dt.normalize()
     rows = []
     for (version, when), group in pairs.groupby([pairs["version"], day], sort=True):
-        figures = summarize(
-            str(version),
-            "1d",
-            group["probability"].to_numpy(),
-            group["delayed"].to_numpy(),
-        )
-        rows.append({"version": str(version), "day": when, **_figures(figures)})
+        probabilities = group["probability"].to_numpy()
+        figures = summarize(str(version), "1d", probabilities, group["delayed"].to_numpy())
+        row = {"version": str(version), "day": when, **_figures(figures)}
+        bins = (references.get(str(version)) or {}).get("output_psi")
+        if bins:
+            edges = np.asarray(bins["edges"], dtype="float64")
+            row["output_psi"] = psi_against(edges, np.asarray(bins["fractions"]), probabilities)
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def references_of(folder: Path) -> dict[str, dict]:
+    """Each version's reference the server wrote beside its log (`serving.prediction_log`):
+    its holdout's figures and probability bins."""
+    out = {}
+    for path in sorted((folder / MODELS).glob("*/*.json")):
+        out[path.stem] = json.loads(path.read_text())
+    return out
+
+
+DAILY = ("predictions", "roc_auc", "log_loss", "mean_probability", "delay_rate")
 
 
 def _figures(realized: Realized) -> dict[str, float]:
@@ -145,11 +167,13 @@ def monitor(settings: Settings, track: bool = True, figure: Path | None = None) 
     newest = float(np.nanmax(to_minutes(outcomes["arrived_at"])))
     report.newest = pd.Timestamp(int(newest), unit="m")
     report.windows = realized(pairs, newest, config.quality_windows_h)
-    report.daily = daily(pairs)
+    references = references_of(config.folder)
+    report.daily = daily(pairs, references)
     if figure is not None and not report.daily.empty:
         from training.plots import draw_realized, save_png
 
-        report.figure = save_png(draw_realized(report.daily), figure)
+        holdout = {v: r.get("holdout", {}).get("roc_auc") for v, r in references.items()}
+        report.figure = save_png(draw_realized(report.daily, holdout), figure)
     if track and not report.daily.empty:
         report.runs = _track(settings, report)
     return report
@@ -186,8 +210,8 @@ def _track(settings: Settings, report: MonitorReport) -> dict[str, str]:
         for row in series.itertuples(index=False):
             stamp = int(pd.Timestamp(row.day).timestamp() * 1000)
             step = int(pd.Timestamp(row.day).toordinal())
-            for name in ("predictions", "roc_auc", "log_loss", "mean_probability", "delay_rate"):
-                value = float(getattr(row, name))
+            for name in (*DAILY, "output_psi"):
+                value = float(getattr(row, name, float("nan")))
                 if np.isfinite(value):
                     metrics.append(Metric(f"realized_{name}", value, stamp, step))
         for i in range(0, len(metrics), 1000):  # MLflow's batch limit

@@ -113,6 +113,10 @@ def test_a_replayed_month_scores_as_the_offline_table(
     report = json.loads(monitored.stdout)
     assert report["matured"] == landed and (tmp_path / "q.png").stat().st_size > 10_000
     assert list(report["runs"]) == [str(model_folder.version)]  # its daily series, in MLflow
+    # a day per day of arrival, each with its output PSI against the holdout the server
+    # recorded beside the log
+    days = [d for d in report["daily"] if d["predictions"] > 100]
+    assert len(days) >= 28 and all(np.isfinite(d["output_psi"]) for d in days)
     windows = {(w["version"], w["window"]): w for w in report["windows"]}
     assert set(windows) == {(str(model_folder.version), w) for w in ("24h", "168h")}
 
