@@ -50,10 +50,11 @@ from torch import nn
 
 from mlops.settings import Settings
 from pipelines.layout import SPLITS, DataLayout
+from pipelines.metrics import log_loss, roc_auc
 from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
 from training.fit import FitConfig, fit, fresh_model, predict_logits
-from training.metrics import log_loss, roc_auc, sigmoid
+from training.metrics import sigmoid
 from training.model import ModelConfig, TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
 

@@ -342,7 +342,7 @@ def replay_months(model_dir: Path, home: Path, since: str, until: str) -> dict:
     from mlops.flows.progress import NoProgress
     from mlops.flows.replay import replay
     from mlops.settings import Settings
-    from training.metrics import roc_auc
+    from pipelines.metrics import roc_auc
 
     samples: list[tuple[float, int]] = []
     with tempfile.TemporaryDirectory() as served_home:

@@ -29,13 +29,14 @@ from mlops.settings import Settings  # noqa: E402
 from pipelines.features import build_features_pandas  # noqa: E402
 from pipelines.ingest import ingest  # noqa: E402
 from pipelines.layout import DataLayout  # noqa: E402
+from pipelines.metrics import roc_auc  # noqa: E402
 from pipelines.spec import LABEL, FeatureSpec, encode  # noqa: E402
 from pipelines.splits import SplitPlan  # noqa: E402
 from pipelines.storage import read_parquet_folder  # noqa: E402
 from serving.drift import DriftMonitor  # noqa: E402
 from training import plots  # noqa: E402
 from training.fit import fit, predict_logits  # noqa: E402
-from training.metrics import roc_auc, sigmoid  # noqa: E402
+from training.metrics import sigmoid  # noqa: E402
 from training.model import TabularNet  # noqa: E402
 from training.tensors import pick_device, to_tensors  # noqa: E402
 

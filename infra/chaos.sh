@@ -14,6 +14,7 @@
 # COMPOSE_PROJECT_NAME and MLOPS_VERSION keep a test stack apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. infra/smoke_lib.sh
 API=${API:-http://127.0.0.1:${API_PORT:-8000}}
 PROJECT=${COMPOSE_PROJECT_NAME:-mlops-flights}
 export RETRAIN_CRON="0 0 1 1 *"  # the scheduler ticks only when this script asks
@@ -23,15 +24,7 @@ say() { printf '[chaos %4ds] %s\n' "$((SECONDS - start))" "$*"; }
 fail() { say "FAILED: $*"; compose ps -a; compose logs --tail 30 api scheduler mlflow || true; exit 1; }
 cleanup() { touch "$work/stop"; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-wait_for() {  # wait_for <seconds> <command...>
-  local until=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$until" ] || return 1
-    sleep 2
-  done
-}
 want() { [[ " ${CHAOS_FAULTS:-postgres mlflow full downup} " == *" $1 "* ]]; }
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 
 # The client: one /predict every 50 ms, each answer's time and status (0: no answer) logged
 load() {

@@ -10,21 +10,13 @@
 # COMPOSE_PROJECT_NAME and MLOPS_VERSION (the images' tag) keep a test stack apart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. infra/smoke_lib.sh
 API=${API:-http://127.0.0.1:${API_PORT:-8000}}
 MLFLOW=${MLFLOW:-http://127.0.0.1:${MLFLOW_PORT:-5000}}
 PROJECT=${COMPOSE_PROJECT_NAME:-mlops-flights}
 compose() { docker compose "$@"; }
 say() { printf '[smoke %4ds] %s\n' "$((SECONDS - start))" "$*"; }
 fail() { say "FAILED: $*"; compose ps; compose logs --tail 40 trainer api scheduler mlflow sink redis || true; exit 1; }
-wait_for() {  # wait_for <seconds> <command...>
-  local limit=$1; shift
-  local until=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$until" ] || return 1
-    sleep 2
-  done
-}
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 secret() { compose run --rm --no-deps -T init get "$1" | tr -d '\r'; }
 # curl reads the login from a file (-K), not from its own command line
 login() { printf 'user = "%s:%s"\n' "$1" "$2" > "$3"; chmod 600 "$3"; }

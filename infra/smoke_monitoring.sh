@@ -11,6 +11,7 @@
 # the only retrain is the alert's. Prints the timings benchmarks/RESULTS.md records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. infra/smoke_lib.sh
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-mlops-monitoring}
 API=http://127.0.0.1:${API_PORT:-8000}
 PROM=http://127.0.0.1:${PROMETHEUS_PORT:-9090}
@@ -35,15 +36,6 @@ fail() {
   compose logs --tail 60 api scheduler prometheus alertmanager || true
   exit 1
 }
-wait_for() {  # wait_for <seconds> <command...>
-  local limit=$1; shift
-  local until=$((SECONDS + limit))
-  until "$@" >/dev/null 2>&1; do
-    [ "$SECONDS" -lt "$until" ] || return 1
-    sleep 3
-  done
-}
-json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
 query() { curl -sf "$PROM/api/v1/query" --data-urlencode "query=$1"; }
 firing() {  # the firing alerts that ask for a retrain, by name
   query 'ALERTS{alertstate="firing",action="retrain"}' \

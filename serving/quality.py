@@ -28,9 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.events import flight_identity, to_minutes
+from pipelines.metrics import log_loss, roc_auc
 from pipelines.online import Landed
 from pipelines.rules import DELAYED_MIN
-from training.metrics import log_loss, roc_auc
 
 Key = tuple[str, float]  # the flight: `identity_of`, scheduled departure (New York minutes)
 PRUNE_EVERY_MIN = 60.0  # of event time

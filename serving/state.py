@@ -82,7 +82,8 @@ class ServingState:
             # with a stream, every worker joins every worker's tables (serving.stream)
             share = None if quality is None else (stream.share if stream else quality.predictions)
             log = PredictionLog(predictions, metrics.observe_logged, on_table=share)
-            if live is not None and quality is not None:
+            if quality is not None:  # made only with the online store
+                assert live is not None
                 live.on_landed += [quality.landed, log.record_outcomes]
         batcher = MicroBatcher(
             slot,

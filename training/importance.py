@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipelines.metrics import roc_auc
 from pipelines.spec import FeatureSpec
 from training.fit import predict_logits
-from training.metrics import roc_auc
 from training.tensors import Tensors
 
 

@@ -139,20 +139,17 @@ def draw_realized(
                 color=line.get_color(),
                 label=f"v{version} holdout",
             )
-        calibration.plot(
-            series["day"],
-            series["mean_probability"],
-            marker=".",
-            color=line.get_color(),
-            label=f"v{version} predicted",
-        )
-        calibration.plot(
-            series["day"],
-            series["delay_rate"],
-            linestyle="--",
-            color=line.get_color(),
-            label=f"v{version} observed",
-        )
+        for column, style, what in (
+            ("mean_probability", {"marker": "."}, "predicted"),
+            ("delay_rate", {"linestyle": "--"}, "observed"),
+        ):
+            calibration.plot(
+                series["day"],
+                series[column],
+                color=line.get_color(),
+                label=f"v{version} {what}",
+                **style,
+            )
         if panels == 3:
             axes[2].plot(series["day"], series["output_psi"], marker=".", color=line.get_color())
     auc.set_ylabel("ROC-AUC")

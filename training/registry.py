@@ -19,11 +19,11 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from pipelines.metrics import log_loss, roc_auc
 from pipelines.spec import LABEL, FeatureSpec, encode
 from training.bundle import MODEL_ID_TAG
 from training.config import GateConfig
 from training.export import predict_onnx, session
-from training.metrics import log_loss, roc_auc
 from training.model_card import model_card, registered_model_description
 
 logger = logging.getLogger(__name__)

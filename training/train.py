@@ -13,6 +13,7 @@ import pandas as pd
 from pandas.api.types import is_integer_dtype
 
 from pipelines.layout import SPLITS, DataLayout
+from pipelines.metrics import log_loss, roc_auc
 from pipelines.spec import LABEL, FeatureSpec, psi_bins
 from pipelines.storage import read_parquet_folder
 from training import distributed, plots
@@ -20,7 +21,7 @@ from training.bundle import LoggedModel, decision_threshold, log_onnx_model
 from training.config import FitConfig, ModelConfig, TrackingConfig
 from training.fit import FitResult, OnEpoch, fit, fresh_model, predict_logits
 from training.importance import permutation_importance
-from training.metrics import log_loss, roc_auc, sigmoid
+from training.metrics import sigmoid
 from training.model import TabularNet
 from training.model_card import model_card, run_name
 from training.tensors import Tensors, pick_device, to_tensors

@@ -33,11 +33,12 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from pipelines.layout import DataLayout
+from pipelines.metrics import roc_auc
 from pipelines.spec import FeatureSpec
 from training import plots
 from training.config import FitConfig, ModelConfig, TrackingConfig, TuneConfig
 from training.fit import EpochResult, fit, fresh_model, predict_logits
-from training.metrics import roc_auc, sigmoid
+from training.metrics import sigmoid
 from training.study import (
     is_outage,
     open_storage,

@@ -72,7 +72,7 @@ def replay(
     `speed`: replay minutes per second of wall time (0: as fast as the server answers);
     `late_by`: minutes every flight of those months arrives later than it did (a degraded
     replay, for the monitoring's alerts)."""
-    from training.metrics import log_loss, roc_auc
+    from pipelines.metrics import log_loss, roc_auc
 
     token = settings.events.token
     if not token:

@@ -10,7 +10,7 @@ from serving.bundle import Bundle
 
 TRAINING_SIDE = ("torch", "dask", "distributed", "training", "pandera", "optuna", "typer")
 # The settings' sections are the training configs: plain dataclasses, copied into the image.
-ALLOWED = ("training", "training.config", "training.metrics")
+ALLOWED = ("training", "training.config")
 
 
 def test_the_app_imports_neither_torch_nor_dask_nor_training() -> None:

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.events import scheduled_arrivals
 from pipelines.layout import DataLayout
+from pipelines.metrics import roc_auc
 from pipelines.rules import DELAYED_MIN
 from pipelines.storage import read_parquet_folder
 from pipelines.transform import RAW_INPUTS
@@ -29,7 +30,6 @@ from serving.bundle import Bundle
 from serving.runtime import LoadedModel
 from tests.processes import clean_env, mlops_serve
 from tests.serving.test_quality import pairwise_auc
-from training.metrics import roc_auc
 
 from .conftest import Champion
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipelines.metrics import roc_auc as auc
 from pipelines.spec import FeatureSpec
 from training.fit import FitConfig, evaluate_loss, fit, predict_logits
-from training.metrics import roc_auc as auc
 from training.model import ModelConfig, TabularNet
 from training.tensors import pick_device, to_tensors
 
