@@ -19,8 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -29,24 +28,12 @@ from pipelines.storage import write_bytes_atomic
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from mlops.settings import Settings
+    from mlops.settings import ScheduleConfig, Settings
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "alert-retrain.json"
 RETRAIN_ACTION = "retrain"  # the label value (`action`) of the alerts that ask for one
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    """`MLOPS_SCHEDULE__WEBHOOK_TOKEN=...` fills it."""
-
-    # the bearer token Alertmanager sends to POST /v1/alerts; empty: the webhook is off
-    webhook_token: str = field(default="", repr=False)
-    host: str = "127.0.0.1"  # /metrics and the webhook; beyond this machine only by choice
-    port: Annotated[int, Field(ge=0, le=65535)] = 8001  # 0: no HTTP server (the cron only)
-    # an alert starts no retrain this soon after the last one an alert started
-    alert_cooldown_s: Annotated[float, Field(ge=0)] = 6 * 3600.0
 
 
 class Alert(BaseModel):

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from mlops.scheduler import ScheduleConfig
 from pipelines.cluster import ClusterConfig
 from pipelines.spec import MIN_CATEGORY_COUNT
 from pipelines.splits import SplitPlan
@@ -46,6 +45,17 @@ def secrets_from_files(environ: MutableMapping[str, str] = os.environ) -> None:
         path = environ.get(f"{name}_FILE")
         if path and not environ.get(name):
             environ[name] = Path(path).read_text().strip()
+
+
+class ScheduleConfig(BaseModel):
+    """`mlops schedule` (mlops/scheduler.py): `MLOPS_SCHEDULE__WEBHOOK_TOKEN=...` fills it."""
+
+    # the bearer token Alertmanager sends to POST /v1/alerts; empty: the webhook is off
+    webhook_token: str = Field("", repr=False)
+    host: str = "127.0.0.1"  # /metrics and the webhook; beyond this machine only by choice
+    port: Annotated[int, Field(ge=0, le=65535)] = 8001  # 0: no HTTP server (the cron only)
+    # an alert starts no retrain this soon after the last one an alert started
+    alert_cooldown_s: Annotated[float, Field(ge=0)] = 6 * 3600.0
 
 
 class FeatureSettings(BaseModel):

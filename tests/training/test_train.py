@@ -13,7 +13,7 @@ import torch
 from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
-from pipelines.spec import FeatureSpec, sha256_of
+from pipelines.spec import FeatureSpec, psi_bins, sha256_of
 from pipelines.storage import read_parquet_folder
 from training.bundle import log_onnx_model
 from training.config import TrackingConfig
@@ -83,7 +83,9 @@ def test_a_failing_parity_check_logs_no_model(featured_home: Path) -> None:
         fluent_tracking(tracking) as experiment_id,
         mlflow.start_run(experiment_id=experiment_id) as run,
     ):
-        log_onnx_model(model, layout, spec, data, threshold=0.5)
+        holdout = {"roc_auc": 0.5, "log_loss": 0.7, "mean_probability": 0.2, "delay_rate": 0.2}
+        bins = psi_bins(np.linspace(0.0, 1.0, 1_000))
+        log_onnx_model(model, layout, spec, data, 0.5, holdout, bins)
     client = MlflowClient(tracking.resolved_uri)
     assert client.get_run(run.info.run_id).info.status == "FAILED"
     assert client.list_artifacts(run.info.run_id) == []
