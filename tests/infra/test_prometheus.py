@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.transform import NUMERICAL
 from serving.metrics import ServingMetrics
 from serving.quality import RealizedQuality
 
@@ -83,3 +84,24 @@ def test_every_metric_a_rule_reads_is_exported() -> None:
     assert read, "no rule reads a metric of ours"
     missing = read - exported()
     assert not missing, f"rules read metrics nothing exports: {sorted(missing)}"
+
+
+def test_the_input_drift_alert_names_inputs_the_spec_has() -> None:
+    """The input alert sorts the inputs by name patterns: a renamed feature must not fall
+    silently out of its class (a season's feature alerting, or a delay's at 0.25)."""
+    (rule,) = [
+        rule
+        for group in yaml.safe_load((PROMETHEUS / "rules" / "model.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if rule.get("alert") == "MLOpsInputDrift"
+    ]
+    excluded, delays = (
+        re.search(rf'feature{op}"([^"]+)"', rule["expr"]).group(1) for op in ("!~", "=~")
+    )
+    for term in excluded.split("|"):
+        assert any(re.fullmatch(term, name) for name in NUMERICAL), f"no input matches {term}"
+    matched = [name for name in NUMERICAL if re.fullmatch(delays, name)]
+    assert len(matched) >= 6, f"the delays' pattern matches only {matched}"
+    assert all(re.fullmatch(excluded, name) for name in matched), "a delay alerts at 0.25"
+    structural = [name for name in NUMERICAL if not re.fullmatch(excluded, name)]
+    assert {"distance", "origin_scheduled_count_hour", "tail_prev_hours_since"} <= set(structural)
