@@ -3,7 +3,7 @@
 # -> gate -> the API.
 #   up with --profile monitoring -> every Prometheus target up -> a normal month (October)
 #   replayed as live events raises no model alert -> a degraded one (November, every flight
-#   an hour later than it was) raises the calibration alert -> Alertmanager -> the scheduler's
+#   an hour later than it was) raises a model alert -> Alertmanager -> the scheduler's
 #   webhook starts one retrain (a second notification finds the cooldown) -> the gate decides
 #   -> the API serves the result -> down -v.
 # The rules are the repository's, with each `for` shortened to 1m in a copy (promtool tests
@@ -56,7 +56,7 @@ version=$(curl -sf "$API/model" | json 'd["version"]')
 say "API ready, v$version"
 targets_up() {
   query 'up' | json 'all(r["value"][1] == "1" for r in d["data"]["result"]) and
-    {r["metric"]["job"] for r in d["data"]["result"]} >= {"api", "scheduler", "prometheus"}' \
+    {r["metric"]["job"] for r in d["data"]["result"]} >= {"api", "scheduler", "sink", "prometheus"}' \
     | grep -q True
 }
 wait_for 120 targets_up || fail "Prometheus targets: $(query up)"

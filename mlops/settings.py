@@ -58,6 +58,13 @@ class ScheduleConfig(BaseModel):
     alert_cooldown_s: Annotated[float, Field(ge=0)] = 6 * 3600.0
 
 
+class SinkConfig(BaseModel):
+    """`mlops sink --follow` (mlops/flows/sink.py): `MLOPS_SINK__PORT=8002` serves its /metrics."""
+
+    host: str = "127.0.0.1"  # beyond this machine only by choice
+    port: int = Field(0, ge=0, le=65535)  # 0: no /metrics
+
+
 class FeatureSettings(BaseModel):
     """The split (pipelines/splits.py) and the vocabularies' cut-off (pipelines/spec.py)."""
 
@@ -87,6 +94,7 @@ class Settings(BaseSettings):
     events: EventsConfig = Field(default_factory=EventsConfig)
     predictions: PredictionLogConfig = Field(default_factory=PredictionLogConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    sink: SinkConfig = Field(default_factory=SinkConfig)
     optuna_storage: str = Field(
         "", description="an SQLAlchemy URL (postgresql://...); empty: MLOPS_HOME/optuna.db"
     )

@@ -10,13 +10,14 @@ log is the server's to replay, and is not trimmed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pandas as pd
 
@@ -31,6 +32,9 @@ from pipelines.rules import MAX_DELAY_MIN
 from pipelines.sink import EventSink, Read, SinkCounts
 from serving.live import LOG
 from serving.stream import from_entry
+
+if TYPE_CHECKING:
+    from prometheus_client import Metric
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +61,10 @@ class Source(Protocol):
 
     def trim(self, entries: list[tuple[str, float]], clock: float) -> int:
         """Trim the committed `entries` that no longer matter; returns how many went."""
+        ...
+
+    def lag_s(self, position: str) -> float | None:
+        """Seconds of the source after `position` (None: not known)."""
         ...
 
 
@@ -90,6 +98,9 @@ class LogSource:
         if not records and wait:
             time.sleep(IDLE_S)
         return Read(checked.events, str(offset), unreadable=bad)
+
+    def lag_s(self, position: str) -> float | None:
+        return None  # a byte offset says nothing of time
 
     def trim(self, entries: list[tuple[str, float]], clock: float) -> int:
         return 0
@@ -145,6 +156,75 @@ class StreamSource:
                 return 0
         return old
 
+    def lag_s(self, position: str) -> float | None:
+        """From the entry ids, which are the milliseconds Redis added them at."""
+        from redis.exceptions import RedisError
+
+        try:
+            newest = self.redis.xinfo_stream(self.key)["last-generated-id"]
+        except RedisError:  # no stream yet, or Redis down: the source's own gauge says which
+            return None
+        newest_ms = int(newest.decode().split("-")[0])
+        at_ms = int(position.split("-")[0]) if position else 0
+        return max(newest_ms - at_ms, 0) / 1000 if newest_ms else 0.0
+
+
+class SinkMetrics:
+    """The following sink's /metrics (`MLOPS_SINK__PORT`), read from its committed state at
+    each scrape: Prometheus sees what it wrote, what it quarantined, and how far behind its
+    source it is (the stack's MLOpsSinkBehind alert)."""
+
+    def __init__(self, store: EventSink, source: Source) -> None:
+        from prometheus_client import CollectorRegistry, Gauge
+
+        self.store, self.source = store, source
+        self.registry = CollectorRegistry()
+        self.source_up = Gauge(
+            "mlops_sink_source_up",
+            "1 when the last read of the source worked",
+            registry=self.registry,
+        )
+        self.last_commit = Gauge(
+            "mlops_sink_last_commit_timestamp_seconds",
+            "wall clock of the last committed batch",
+            registry=self.registry,
+        )
+        self.registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return []  # no read of the source at registration: only when scraped
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        totals = self.store.state.totals
+        for name, value, what in (
+            ("events", totals.events, "events read"),
+            ("duplicates", totals.duplicates, "events read that bronze already held"),
+            ("quarantined", totals.quarantined, "rows refused and events that could not be placed"),
+        ):
+            yield CounterMetricFamily(f"mlops_sink_{name}", what, value)
+        rows = CounterMetricFamily("mlops_sink_rows", "bronze rows written", labels=["table"])
+        rows.add_metric(["flights"], totals.flights)
+        rows.add_metric(["weather"], totals.weather)
+        yield rows
+        yield GaugeMetricFamily(
+            "mlops_sink_waiting_flights", "flights scheduled, outcome not in", totals.waiting
+        )
+        lag = self.source.lag_s(self.store.state.position)
+        if lag is not None:
+            yield GaugeMetricFamily(
+                "mlops_sink_lag_seconds", "the source's newest entry less the committed one", lag
+            )
+
+    def serve(self, host: str, port: int) -> Callable[[], None]:
+        """Serve /metrics on a thread; returns what stops it."""
+        from prometheus_client import start_http_server
+
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        logger.info("sink metrics on http://%s:%d/metrics", host, port)
+        return server.shutdown
+
 
 @contextmanager
 def _only_sink(folder: Path) -> Iterator[None]:
@@ -182,34 +262,54 @@ def sink(
             assert config.folder is not None
             source = LogSource(config.folder / LOG, store.airports, store.carriers, batch)
         logger.info("sink from %s at %r", source.describe(), store.state.position)
+        metrics = SinkMetrics(store, source)
+        with contextlib.ExitStack() as stack:
+            if follow and settings.sink.port:
+                stack.callback(metrics.serve(settings.sink.host, settings.sink.port))
+            _follow(settings, store, source, follow, metrics, done, on_batch)
+        return done
+
+
+def _follow(
+    settings: Settings,
+    store: EventSink,
+    source: Source,
+    follow: bool,
+    metrics: SinkMetrics,
+    done: SinkCounts,
+    on_batch: Callable[[SinkCounts, SinkCounts], None] | None,
+) -> None:
+    retry_s = IDLE_S
+    while True:
+        try:
+            read = source.read(store.state.position, follow)
+        except OSError as error:
+            metrics.source_up.set(0)
+            problem = f"the event source {source.describe()}: {error}"
+            if not follow:
+                raise SourceError(problem) from None
+            logger.warning("%s; trying again in %.0f s", problem, retry_s)
+            time.sleep(retry_s)
+            retry_s = min(2 * retry_s, MAX_RETRY_S)
+            continue
+        metrics.source_up.set(1)
         retry_s = IDLE_S
-        while True:
+        if read.position != store.state.position:
             try:
-                read = source.read(store.state.position, follow)
-            except OSError as error:
-                problem = f"the event source {source.describe()}: {error}"
+                with writer_lock(settings, "mlops sink", wait_s=0 if follow else None):
+                    counts = store.write(read)
+            except WriterBusyError as busy:
                 if not follow:
-                    raise SourceError(problem) from None
-                logger.warning("%s; trying again in %.0f s", problem, retry_s)
-                time.sleep(retry_s)
-                retry_s = min(2 * retry_s, MAX_RETRY_S)
+                    raise
+                logger.info("%s; trying again", busy)
+                time.sleep(IDLE_S)
                 continue
-            retry_s = IDLE_S
-            if read.position != store.state.position:
-                try:
-                    with writer_lock(settings, "mlops sink", wait_s=0 if follow else None):
-                        counts = store.write(read)
-                except WriterBusyError as busy:
-                    if not follow:
-                        raise
-                    logger.info("%s; trying again", busy)
-                    time.sleep(IDLE_S)
-                    continue
-                done.add(counts)
-                trimmed = source.trim(store.state.entries, store.state.clock)
-                if trimmed:
-                    store.trimmed(trimmed)
-                if on_batch is not None:
-                    on_batch(counts, store.state.totals)
-            elif not follow:
-                return done
+            metrics.last_commit.set_to_current_time()
+            done.add(counts)
+            trimmed = source.trim(store.state.entries, store.state.clock)
+            if trimmed:
+                store.trimmed(trimmed)
+            if on_batch is not None:
+                on_batch(counts, store.state.totals)
+        elif not follow:
+            return

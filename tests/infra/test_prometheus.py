@@ -1,6 +1,6 @@
 """The stack's Prometheus rules as code: `promtool test rules` (every alert fires on a series
 that should fire it and stays silent on one that should not), the configurations checked, and
-every metric a rule reads exported under that name by the server or the scheduler."""
+every metric a rule reads exported under that name by the server, the sink or the scheduler."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from mlops.flows.sink import SinkMetrics
+from pipelines.sink import SinkState
 from pipelines.transform import NUMERICAL
 from serving.metrics import ServingMetrics
 from serving.quality import RealizedQuality
@@ -62,11 +65,13 @@ def test_the_configurations_are_valid() -> None:
 
 
 def exported() -> set[str]:
-    """The sample names the API's and the scheduler's registries export."""
+    """The sample names the API's, the sink's and the scheduler's registries export."""
     metrics = ServingMetrics()
     metrics.watch_quality(RealizedQuality())
+    caught_up = SimpleNamespace(lag_s=lambda position: 0.0)
+    sink = SinkMetrics(SimpleNamespace(state=SinkState()), caught_up)  # type: ignore[arg-type]
     names = set()
-    for family in metrics.registry.collect():
+    for family in [*metrics.registry.collect(), *sink.registry.collect()]:
         kinds = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
         names |= {family.name + suffix for suffix in kinds.get(family.type, [""])}
     text = (ROOT / "mlops" / "scheduler.py").read_text()

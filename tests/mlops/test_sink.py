@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from pipelines.storage import read_parquet_folder
 from pipelines.transform import RAW_INPUTS, build_features
 from serving.stream import as_entry, from_entry
 from tests.crash import Kills, bronze_digests, frame_digest, mlops, run_clean, run_killed
-from tests.processes import Redis, clean_env
+from tests.processes import Redis, clean_env, free_port
 
 KEY = ["carrier", "flight", "origin", "scheduled_departure"]
 DIMS = ("airlines", "airports", "planes")
@@ -240,3 +241,71 @@ def test_the_stream_to_bronze_and_trimmed_behind_what_a_server_needs(
     assert f"{len(events) - first:,} events read" in sink(home, **stream)
     assert_in_bronze(home, november)
     assert "0 events read" in sink(home, **stream)
+
+
+def test_a_following_sink_tells_prometheus_what_it_wrote_and_whether_it_keeps_up(
+    november: Bronze, redis_server: Redis, tmp_path: Path
+) -> None:
+    import httpx
+    import redis
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from mlops.flows.sink import StreamSource
+
+    client = redis.from_url(redis_server.url)
+    # the lag is read from the entry ids, the milliseconds Redis took them at
+    client.xadd("lagging", {"n": "1"}, id="1000-0")
+    client.xadd("lagging", {"n": "2"}, id="61000-0")
+    lagging = StreamSource(redis_server.url, "lagging", 100)
+    assert (lagging.lag_s("1000-0"), lagging.lag_s("61000-0")) == (60.0, 0.0)
+    assert StreamSource(redis_server.url, "absent", 100).lag_s("") is None
+
+    events = november.events.iloc[:3000]
+    for start in range(0, len(events), 1000):
+        typed = events.iloc[start : start + 1000].to_dict("records")
+        client.xadd("mlops:events", as_entry(typed, list(range(len(typed)))))
+    port = free_port()
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "mlops", "sink", "--follow"],
+        env=clean_env(
+            MLOPS_HOME=str(november.home(tmp_path)),
+            MLOPS_EVENTS__STREAM_URL=redis_server.url,
+            MLOPS_SINK__PORT=str(port),
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def scraped() -> dict[str, float]:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.TransportError:
+            return {}
+        families = text_string_to_metric_families(text)
+        return {s.name: s.value for family in families for s in family.samples}
+
+    def waited(done: Callable[[dict[str, float]], bool]) -> dict[str, float]:
+        deadline = time.monotonic() + 120
+        while not done(seen := scraped()):
+            assert follower.poll() is None, "the sink exited"
+            assert time.monotonic() < deadline, seen
+            time.sleep(0.2)
+        return seen
+
+    try:
+        seen = waited(
+            lambda m: (
+                m.get("mlops_sink_events_total") == len(events)
+                and m["mlops_sink_last_commit_timestamp_seconds"] > 0
+            )  # set just after the commit
+        )
+        assert seen["mlops_sink_lag_seconds"] == 0 and seen["mlops_sink_source_up"] == 1
+        assert abs(seen["mlops_sink_last_commit_timestamp_seconds"] - time.time()) < 60
+        assert seen["mlops_sink_rows_total"] > 0, "flights or weather written"
+        assert seen["mlops_sink_waiting_flights"] > 0
+        redis_server.stop()  # the source down: said so, and no lag is made up
+        seen = waited(lambda m: m.get("mlops_sink_source_up") == 0)
+        assert "mlops_sink_lag_seconds" not in seen
+    finally:
+        follower.terminate()
+        follower.wait(timeout=30)
