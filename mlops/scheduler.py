@@ -7,7 +7,9 @@ data lock, which a second one finds busy and skips), and the same gate, so a ret
 started promotes only a better model. A firing alert labelled `action="retrain"` starts one
 unless another alert started one less than `alert_cooldown_s` ago (kept in
 MLOPS_HOME/alert-retrain.json, so a restart does not reset it): a flapping alert cannot start
-a retrain storm. Every tick and every alert is logged and counted in `/metrics`.
+a retrain storm. Every tick and every alert is logged and counted in `/metrics`. On its own
+crontab (MLOPS_SCHEDULE__MONITOR_CRON, hourly) it runs `mlops monitor`, so the MLflow UI
+charts each served version's realized quality without anyone asking.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the annotations of the routes made in
@@ -26,6 +28,7 @@ from pydantic import BaseModel, Field
 from pipelines.storage import write_bytes_atomic
 
 if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
     from fastapi import FastAPI
 
     from mlops.settings import ScheduleConfig, Settings
@@ -55,16 +58,28 @@ class Verdict(BaseModel):
     detail: str
 
 
+def _crontab(name: str, expression: str) -> "CronTrigger":
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        return CronTrigger.from_crontab(expression)
+    except ValueError as error:
+        raise ValueError(f"{name} {expression!r}: {error}") from None
+
+
 class RetrainService:
     def __init__(self, settings: "Settings", cron: str) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
-        from apscheduler.triggers.cron import CronTrigger
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.settings = settings
         self.config: ScheduleConfig = settings.schedule
         self.cron = cron
-        self.trigger = CronTrigger.from_crontab(cron)  # ValueError for a bad expression
+        self.trigger = _crontab("RETRAIN_CRON", cron)
+        monitor_cron = self.config.monitor_cron
+        self.monitor_trigger = (
+            _crontab("MLOPS_SCHEDULE__MONITOR_CRON", monitor_cron) if monitor_cron else None
+        )
         self.scheduler = BackgroundScheduler()
         self.registry = CollectorRegistry()
         self.runs = Counter(
@@ -87,6 +102,12 @@ class RetrainService:
             "When an alert last started a retrain (0: never)",
             registry=self.registry,
         )
+        self.monitors = Counter(
+            "mlops_monitor_runs",
+            "`mlops monitor` runs by outcome: tracked, no_data (nothing logged or matured), failed",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._lock = threading.Lock()
         self._busy = False
         self._state = settings.home / STATE_FILE
@@ -96,6 +117,10 @@ class RetrainService:
         self.scheduler.add_job(
             self._tick, self.trigger, args=["cron"], max_instances=1, coalesce=True, id="cron"
         )
+        if self.monitor_trigger is not None:
+            self.scheduler.add_job(
+                self.monitor, self.monitor_trigger, max_instances=1, coalesce=True, id="monitor"
+            )
         self.scheduler.start()
 
     def stop(self) -> None:
@@ -121,6 +146,27 @@ class RetrainService:
             self.running.set(0)
         self.runs.labels(trigger, outcome).inc()
         logger.info("retrain (%s): %s", trigger, outcome)
+        return outcome
+
+    def monitor(self) -> str:
+        """`mlops monitor`: the realized quality of what was served, each version's daily
+        series to its MLflow run. A failure is logged and counted; the next run tries again."""
+        from mlops.flows.monitor import monitor
+        from pipelines.errors import NoDataError
+
+        try:
+            report = monitor(self.settings, track=True)
+        except NoDataError as nothing:
+            outcome, detail = "no_data", str(nothing)
+        except Exception as error:  # MLflow down, a log being written: the next run
+            logger.exception("monitor failed")
+            outcome, detail = "failed", f"{type(error).__name__}: {error}"
+        else:
+            outcome = "tracked" if report.runs else "no_data"
+            detail = f"{report.matured:,} of {report.predictions:,} predictions matured"
+            detail += f", runs {report.runs}" if report.runs else ""
+        self.monitors.labels(outcome).inc()
+        logger.info("monitor: %s (%s)", outcome, detail)
         return outcome
 
     def on_alerts(self, batch: AlertBatch) -> Verdict:
@@ -189,7 +235,12 @@ class RetrainService:
 
         @app.get("/healthz")
         def healthz() -> dict[str, Any]:
-            return {"cron": self.cron, "running": self._busy, "webhook": bool(token)}
+            return {
+                "cron": self.cron,
+                "monitor_cron": self.config.monitor_cron,
+                "running": self._busy,
+                "webhook": bool(token),
+            }
 
         if token:
 

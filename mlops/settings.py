@@ -56,6 +56,9 @@ class ScheduleConfig(BaseModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8001  # 0: no HTTP server (the cron only)
     # an alert starts no retrain this soon after the last one an alert started
     alert_cooldown_s: Annotated[float, Field(ge=0)] = 6 * 3600.0
+    # `mlops monitor` on this crontab (the prediction log's realized quality into MLflow, a
+    # run per served version); empty: never
+    monitor_cron: str = "0 * * * *"
 
 
 class SinkConfig(BaseModel):

@@ -68,7 +68,7 @@ def schedule_command(
     try:
         service = RetrainService(settings, expression)
     except ValueError as error:
-        raise typer.BadParameter(f"RETRAIN_CRON {expression!r}: {error}") from error
+        raise typer.BadParameter(str(error)) from error
     lock = "PostgreSQL advisory lock" if settings.lock_url else "file lock"
     config = settings.schedule
     webhook = "the alert webhook POST /v1/alerts" if config.webhook_token else "no alert webhook"

@@ -12,8 +12,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pipelines.layout import DataLayout
+from tests.prediction_logs import served_and_landed
 from tests.processes import clean_env, free_port
 
 TOKEN = "alert-test-token"
@@ -129,3 +132,36 @@ def test_an_alert_asking_for_a_retrain_starts_one_per_cooldown_across_a_restart(
         assert post(base, asking).json()["retrain"] == "cooldown"
     with scheduler(home, MLOPS_SCHEDULE__ALERT_COOLDOWN_S="0") as base:  # the cooldown over
         assert post(base, asking).json()["retrain"] == "started"
+
+
+@pytest.mark.slow
+def test_the_scheduler_tracks_the_served_models_realized_quality_on_its_crontab(
+    tmp_path: Path,
+) -> None:
+    """The stack's arrangement: the log is the API's (its own home), the scheduler reads it
+    through MLOPS_PREDICTIONS__FOLDER and __OUTCOMES and writes the series to its MLflow."""
+    from mlflow import MlflowClient
+
+    from training.config import TrackingConfig
+
+    served = served_and_landed(DataLayout(tmp_path / "api"))
+    home = tmp_path / "scheduler"
+    with scheduler(
+        home,
+        MLOPS_SCHEDULE__MONITOR_CRON="* * * * *",  # the next minute: within 60 s
+        MLOPS_PREDICTIONS__FOLDER=str(served.folder),
+        MLOPS_PREDICTIONS__OUTCOMES=str(served.outcomes),
+    ) as base:
+        deadline = time.monotonic() + 90
+        while (seen := counters(base)).get(("mlops_monitor_runs_total", "outcome=tracked"), 0) < 1:
+            assert ("mlops_monitor_runs_total", "outcome=failed") not in seen, seen
+            assert time.monotonic() < deadline, seen
+            time.sleep(1)
+    client = MlflowClient(TrackingConfig(home).resolved_uri)
+    (run,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.`mlops.monitor` = '1'",
+    )
+    assert run.info.run_name == "monitor flight-delay v1"
+    auc = client.get_metric_history(run.info.run_id, "realized_roc_auc")
+    assert auc and all(0.6 < m.value <= 1 for m in auc), "probabilities that rank the delays"

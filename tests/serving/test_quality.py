@@ -20,6 +20,7 @@ from pipelines.storage import read_parquet_folder
 from serving.config import PredictionLogConfig
 from serving.prediction_log import PredictionLog
 from serving.quality import RealizedQuality
+from tests.prediction_logs import table
 from tests.processes import clean_env
 
 DAY = 24 * 60.0
@@ -31,23 +32,6 @@ def pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     above = (positive[:, None] > negative[None, :]).sum()
     ties = (positive[:, None] == negative[None, :]).sum()
     return float((above + 0.5 * ties) / (len(positive) * len(negative)))
-
-
-def table(keys: list[tuple[str, float]], version: str, served: float, p: list[float]) -> dict:
-    """A prediction log table for flights `carrier|flight|origin` scheduled at minutes."""
-    parts = [key[0].split("|") for key in keys]
-    return {
-        "carrier": np.array([c for c, _, _ in parts], dtype=object),
-        "flight": np.array([int(f) for _, f, _ in parts]),
-        "origin": np.array([o for _, _, o in parts], dtype=object),
-        "scheduled_departure": np.array(
-            [np.datetime64(int(m), "m") for _, m in keys], dtype="datetime64[us]"
-        ),
-        "model": np.array(["flight-delay"] * len(keys), dtype=object),
-        "version": np.array([version] * len(keys), dtype=object),
-        "served_at": np.full(len(keys), np.datetime64(int(served * 1e6), "us")),
-        "delay_probability": np.array(p, dtype="float64"),
-    }
 
 
 def test_the_last_prediction_of_each_version_matures_before_or_after_the_arrival() -> None:
