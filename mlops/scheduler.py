@@ -126,7 +126,7 @@ class RetrainService:
     def stop(self) -> None:
         self.scheduler.shutdown(wait=False)
 
-    def _tick(self, trigger: str) -> str:
+    def _tick(self, trigger: str, alerts: list[str] | None = None) -> str:
         from mlops.flows.retrain import scheduled_retrain
 
         with self._lock:
@@ -139,7 +139,7 @@ class RetrainService:
         self.running.set(1)
         logger.info("retrain (%s) started", trigger)
         try:
-            outcome = scheduled_retrain(self.settings)
+            outcome = scheduled_retrain(self.settings, trigger, alerts or ())
         finally:
             with self._lock:
                 self._busy = False
@@ -200,7 +200,7 @@ class RetrainService:
             now = time.time()
             write_bytes_atomic(json.dumps({"started": now, "alerts": asking}).encode(), self._state)
             self.last_alert_start.set(now)
-        self.scheduler.add_job(self._tick, args=["alert"], max_instances=1)  # now
+        self.scheduler.add_job(self._tick, args=["alert", asking], max_instances=1)  # now
         return Verdict(retrain="started", alerts=asking, detail="the retrain job is queued")
 
     def _read_state(self) -> float:

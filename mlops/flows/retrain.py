@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -121,15 +121,22 @@ def retrain(
     progress: Progress,
     sources: Mapping[str, Path],
     wait_s: float | None = None,
+    why: Mapping[str, str] | None = None,
 ) -> RetrainReport:
     """The month after the newest in bronze: ingest, features, drift, challenger, gate; under
-    the data lock (waiting up to `wait_s`, default MLOPS_LOCK_WAIT_S, for another writer)."""
+    the data lock (waiting up to `wait_s`, default MLOPS_LOCK_WAIT_S, for another writer).
+    `why`: what started it, as tags of the challenger's run (`retrain_trigger`: cli, cron or
+    alert; `retrain_alerts`: the alerts that asked)."""
     with writer_lock(settings, "mlops retrain", wait_s, on_wait=progress.note) as lock:
-        return _retrain(settings, progress, sources, lock)
+        return _retrain(settings, progress, sources, lock, why or {"retrain_trigger": "cli"})
 
 
 def _retrain(
-    settings: Settings, progress: Progress, sources: Mapping[str, Path], lock: WriterLock
+    settings: Settings,
+    progress: Progress,
+    sources: Mapping[str, Path],
+    lock: WriterLock,
+    why: Mapping[str, str],
 ) -> RetrainReport:
     from training.tune import best_configs
 
@@ -157,6 +164,8 @@ def _retrain(
     if result is None:
         raise RuntimeError("retrain runs in one process")
     _log_drift(client, result.run_id, month, psi)
+    for name, value in why.items():
+        client.set_tag(result.run_id, name, value)
     lock.check()  # the gate only for a retrain that held the lock throughout
     decision = promote(settings, result.run_id)
     status = "promoted" if decision.promoted else "kept the champion"
@@ -205,13 +214,15 @@ def gate_decided(client: MlflowClient, settings: Settings, month: str) -> bool:
     return bool(runs)
 
 
-def scheduled_retrain(settings: Settings) -> str:
+def scheduled_retrain(settings: Settings, trigger: str = "cron", alerts: Sequence[str] = ()) -> str:
     """One tick of `mlops schedule`: a retrain unless another writer holds the data lock; its
-    outcome. A failure is logged and the schedule goes on: the champion was never touched."""
+    outcome. A failure is logged and the schedule goes on: the champion was never touched.
+    `trigger` and `alerts` (what asked for it) go to the challenger's run as tags."""
     from mlops.flows.progress import NoProgress
 
+    why = {"retrain_trigger": trigger, **({"retrain_alerts": ",".join(alerts)} if alerts else {})}
     try:
-        report = retrain(settings, NoProgress(), {}, wait_s=0)
+        report = retrain(settings, NoProgress(), {}, wait_s=0, why=why)
     except LockUnavailableError as error:
         logger.error("retrain not started: %s", error)
         return "failed"

@@ -43,6 +43,7 @@ def test_retrain_takes_the_next_month_reports_drift_and_runs_the_gate(
     assert len(runs) == 1
     run = runs[0]
     assert run.data.tags["gate_decision"] in {"promoted", "rejected"}
+    assert run.data.tags["retrain_trigger"] == "cli"
     assert "gate_challenger_auc" in run.data.metrics
     psi = {k: v for k, v in run.data.metrics.items() if k.startswith("psi.")}
     assert len(psi) == 39 and all(v >= 0 for v in psi.values())
@@ -128,6 +129,7 @@ def test_a_retrain_that_failed_after_its_ingest_is_completed_by_the_next_tick(
     runs = client.search_runs([experiment], "tags.retrain_month = '2013-11'")
     assert len(runs) == 1, output
     assert runs[0].data.tags["gate_decision"] in {"promoted", "rejected"}
+    assert runs[0].data.tags["retrain_trigger"] == "cron"
     drift = {a.path for a in client.list_artifacts(runs[0].info.run_id, "drift")}
     assert drift == {"drift/psi.json", "drift/psi.png"}
     # What libraries keep there by design, one of each however many ticks run: Dask's scratch
