@@ -8,7 +8,8 @@
 #   -> the API serves the result -> down -v.
 # The rules are the repository's, with each `for` shortened to 1m in a copy (promtool tests
 # the real durations: tests/infra/test_prometheus.py); the cron is moved out of the way so
-# the only retrain is the alert's. Prints the timings benchmarks/RESULTS.md records.
+# the only retrain is the alert's, and the monitor runs every minute. Prints the timings
+# benchmarks/RESULTS.md records.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . infra/smoke_lib.sh
@@ -28,6 +29,7 @@ services:
   scheduler:
     environment:
       RETRAIN_CRON: "0 0 1 1 *"
+      MLOPS_SCHEDULE__MONITOR_CRON: "* * * * *"
 EOF
 compose() { docker compose -f docker-compose.yml -f "$work/override.yml" --profile monitoring "$@"; }
 say() { printf '[monitoring %4ds] %s\n' "$((SECONDS - start))" "$*"; }
@@ -69,6 +71,9 @@ sleep 150  # the rules' `for` (1m), an evaluation and a scrape
 matured=$(query 'sum(mlops_realized_predictions{window="24h"})' | json 'd["data"]["result"][0]["value"][1]')
 [ -z "$(firing)" ] || fail "a normal month raised $(firing)"
 say "no model alert after a normal month ($matured predictions matured over the last 24 h)"
+tracked() { compose logs scheduler | grep -q "monitor: tracked"; }
+wait_for 120 tracked || fail "the scheduler's monitor never tracked the served version"
+say "the scheduler's monitor: $(compose logs scheduler | grep -oE 'monitor: tracked.*' | tail -1)"
 
 say "November replayed every flight an hour late (a degraded month)"
 degraded=$SECONDS
@@ -95,11 +100,26 @@ case "$outcome" in
   *"kept the champion"*) say "the gate kept v$version: the API serves it still" ;;
   *) fail "the alert's retrain: $outcome" ;;
 esac
+# the challenger's run in MLflow says what started it
+tagged=$(compose exec -T scheduler python -c "
+from mlflow import MlflowClient
+from mlops.settings import secrets_from_files
+secrets_from_files()
+client = MlflowClient()
+experiment = client.get_experiment_by_name('flight-delay').experiment_id
+runs = client.search_runs([experiment], \"tags.retrain_trigger = 'alert'\")
+print(' '.join(r.data.tags.get('retrain_alerts', '?') for r in runs))")
+[ -n "$tagged" ] || fail "no MLflow run tagged retrain_trigger=alert"
+say "MLflow: the challenger's run is tagged retrain_trigger=alert, retrain_alerts=$tagged"
 alert_runs() { query 'mlops_retrain_runs_total{trigger="alert"}' | json 'sum(float(r["value"][1]) for r in d["data"]["result"])'; }
 one_run() { [ "$(alert_runs)" = "1.0" ]; }
 wait_for 60 one_run || fail "$(alert_runs) alert retrains, not 1"
 say "one alert retrain; notifications: $(query 'mlops_retrain_alerts_total' | json '{r["metric"]["verdict"]: r["value"][1] for r in d["data"]["result"]}')"
 wait "$replaying" || fail "the degraded replay: $(tail -5 "$work/degraded.log")"
 grep "realized on" "$work/degraded.log" | sed 's/^/    /'
+compose stop api >/dev/null 2>&1
+code=$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -aq api | head -1)")
+[ "$code" = 0 ] || fail "the API exited with $code on SIGTERM, not 0"
+say "the API stopped cleanly on SIGTERM (exit 0)"
 compose --profile replay down -v --remove-orphans >/dev/null
 say "down -v"

@@ -18,9 +18,11 @@ import contextlib
 import hmac
 import json
 import logging
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -111,6 +113,7 @@ class RetrainService:
         self._lock = threading.Lock()
         self._busy = False
         self._state = settings.home / STATE_FILE
+        self._before = 0.0  # the alert start before the last one
         self.last_alert_start.set(self._read_state())
 
     def start(self) -> None:
@@ -144,6 +147,8 @@ class RetrainService:
             with self._lock:
                 self._busy = False
             self.running.set(0)
+        if trigger == "alert" and outcome == "skipped":  # it never began: the cooldown neither
+            self._forget_alert_start()
         self.runs.labels(trigger, outcome).inc()
         logger.info("retrain (%s): %s", trigger, outcome)
         return outcome
@@ -155,7 +160,8 @@ class RetrainService:
         from pipelines.errors import NoDataError
 
         try:
-            report = monitor(self.settings, track=True)
+            with tempfile.TemporaryDirectory() as tmp:  # the picture goes to each run
+                report = monitor(self.settings, track=True, figure=Path(tmp) / "realized.png")
         except NoDataError as nothing:
             outcome, detail = "no_data", str(nothing)
         except Exception as error:  # MLflow down, a log being written: the next run
@@ -197,11 +203,19 @@ class RetrainService:
                     alerts=asking,
                     detail=f"an alert started one {since:.0f} s ago; the next in {left:.0f} s",
                 )
+            self._before = last
             now = time.time()
             write_bytes_atomic(json.dumps({"started": now, "alerts": asking}).encode(), self._state)
             self.last_alert_start.set(now)
         self.scheduler.add_job(self._tick, args=["alert", asking], max_instances=1)  # now
         return Verdict(retrain="started", alerts=asking, detail="the retrain job is queued")
+
+    def _forget_alert_start(self) -> None:
+        """Back to the start before this one, so the next notification can start one."""
+        with self._lock:
+            before = {"started": self._before, "alerts": []}
+            write_bytes_atomic(json.dumps(before).encode(), self._state)
+            self.last_alert_start.set(self._before)
 
     def _read_state(self) -> float:
         try:

@@ -56,6 +56,9 @@ class ScheduleConfig(BaseModel):
     port: Annotated[int, Field(ge=0, le=65535)] = 8001  # 0: no HTTP server (the cron only)
     # an alert starts no retrain this soon after the last one an alert started
     alert_cooldown_s: Annotated[float, Field(ge=0)] = 6 * 3600.0
+    # a tick waits this long for the data lock: a sink's batch holds it for a moment (a live
+    # stream keeps it busy), another retrain for minutes (the tick is skipped then)
+    lock_wait_s: Annotated[float, Field(ge=0)] = 120.0
     # `mlops monitor` on this crontab (the prediction log's realized quality into MLflow, a
     # run per served version); empty: never
     monitor_cron: str = "0 * * * *"

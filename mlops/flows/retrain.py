@@ -215,14 +215,15 @@ def gate_decided(client: MlflowClient, settings: Settings, month: str) -> bool:
 
 
 def scheduled_retrain(settings: Settings, trigger: str = "cron", alerts: Sequence[str] = ()) -> str:
-    """One tick of `mlops schedule`: a retrain unless another writer holds the data lock; its
-    outcome. A failure is logged and the schedule goes on: the champion was never touched.
-    `trigger` and `alerts` (what asked for it) go to the challenger's run as tags."""
+    """One tick of `mlops schedule`: a retrain unless another writer holds the data lock past
+    MLOPS_SCHEDULE__LOCK_WAIT_S; its outcome. A failure is logged and the schedule goes on:
+    the champion was never touched. `trigger` and `alerts` (what asked for it) go to the
+    challenger's run as tags."""
     from mlops.flows.progress import NoProgress
 
     why = {"retrain_trigger": trigger, **({"retrain_alerts": ",".join(alerts)} if alerts else {})}
     try:
-        report = retrain(settings, NoProgress(), {}, wait_s=0, why=why)
+        report = retrain(settings, NoProgress(), {}, settings.schedule.lock_wait_s, why)
     except LockUnavailableError as error:
         logger.error("retrain not started: %s", error)
         return "failed"

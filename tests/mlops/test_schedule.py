@@ -15,6 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mlops.locks import FileWriterLock
 from pipelines.layout import DataLayout
 from tests.prediction_logs import served_and_landed
 from tests.processes import clean_env, free_port
@@ -134,6 +135,43 @@ def test_an_alert_asking_for_a_retrain_starts_one_per_cooldown_across_a_restart(
         assert post(base, asking).json()["retrain"] == "started"
 
 
+def wait_for_count(base: str, key: tuple[str, str], count: float, within_s: float = 60) -> None:
+    deadline = time.monotonic() + within_s
+    while counters(base).get(key) != count:
+        assert time.monotonic() < deadline, counters(base)
+        time.sleep(0.3)
+
+
+def test_an_alerts_retrain_waits_out_a_sinks_batch_and_one_never_begun_keeps_no_cooldown(
+    tmp_path: Path,
+) -> None:
+    """The stack's sink takes the data lock for each batch it writes: a live replay keeps it
+    taken in moments, and an alert's retrain that skipped at once lost its turn for 6 hours."""
+    asking = notification(("MLOpsCalibrationOff", "firing", "retrain"))
+    failed = ("mlops_retrain_runs_total", "outcome=failed,trigger=alert")  # no data: it ran
+    skipped = ("mlops_retrain_runs_total", "outcome=skipped,trigger=alert")
+    home = tmp_path / "waits"
+    sink = FileWriterLock("mlops sink (a batch)", home)
+    env = {"MLOPS_SCHEDULE__ALERT_COOLDOWN_S": "3600", "MLOPS_SCHEDULE__LOCK_WAIT_S": "30"}
+    with scheduler(home, **env) as base:
+        assert sink.try_acquire()
+        assert post(base, asking).json()["retrain"] == "started"
+        time.sleep(3)
+        sink.release()
+        wait_for_count(base, failed, 1)
+        assert skipped not in counters(base)
+    home = tmp_path / "skips"
+    sink = FileWriterLock("mlops sink (a batch)", home)
+    with scheduler(home, **(env | {"MLOPS_SCHEDULE__LOCK_WAIT_S": "1"})) as base:
+        assert sink.try_acquire()  # past the tick's wait: skipped
+        assert post(base, asking).json()["retrain"] == "started"
+        wait_for_count(base, skipped, 1)
+        sink.release()
+        assert post(base, asking).json()["retrain"] == "started", "no cooldown: none began"
+        wait_for_count(base, failed, 1)
+        assert post(base, asking).json()["retrain"] == "cooldown"
+
+
 @pytest.mark.slow
 def test_the_scheduler_tracks_the_served_models_realized_quality_on_its_crontab(
     tmp_path: Path,
@@ -165,3 +203,5 @@ def test_the_scheduler_tracks_the_served_models_realized_quality_on_its_crontab(
     assert run.info.run_name == "monitor flight-delay v1"
     auc = client.get_metric_history(run.info.run_id, "realized_roc_auc")
     assert auc and all(0.6 < m.value <= 1 for m in auc), "probabilities that rank the delays"
+    pictures = [a.path for a in client.list_artifacts(run.info.run_id, "monitoring")]
+    assert pictures == ["monitoring/realized.png"]
