@@ -68,7 +68,9 @@ def test_a_second_writer_waits_for_the_first_then_writes(tmp_path: Path) -> None
 
 def test_the_scheduler_skips_its_tick_while_another_writer_writes(tmp_path: Path) -> None:
     with writer_lock(settings_for(tmp_path), "mlops data ingest"):
-        code, output = finished(mlops(tmp_path, "schedule", "--once"))
+        # past the tick's wait for the lock (2 minutes by default): skipped
+        tick = mlops(tmp_path, "schedule", "--once", MLOPS_SCHEDULE__LOCK_WAIT_S="2")
+        code, output = finished(tick)
     assert code == 0, output
     assert "tick: skipped" in output, output
 
