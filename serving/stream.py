@@ -55,7 +55,8 @@ def from_entry(fields: dict[bytes, bytes]) -> tuple[list[dict[str, Any]], list[i
     return json.loads(fields[b"events"]), json.loads(fields[b"indices"])
 
 
-def _entry_id(text: str) -> tuple[int, int]:
+def entry_id(text: str) -> tuple[int, int]:
+    """A stream entry id ("<milliseconds>-<sequence>", Redis's clock) as numbers."""
     millis, _, sequence = text.partition("-")
     return int(millis), int(sequence or 0)
 
@@ -155,7 +156,7 @@ class EventStream:
             try:
                 if self._start_id is None:  # where "caught up" is: the newest entry now
                     newest = await self.redis.xrevrange(self.key, count=1)
-                    self._start_id = _entry_id(newest[0][0].decode()) if newest else (0, 0)
+                    self._start_id = entry_id(newest[0][0].decode()) if newest else (0, 0)
                     self._check_caught_up()
                 streams = {self.key: self.last_id}
                 if self.quality is not None:
@@ -203,7 +204,7 @@ class EventStream:
     def _check_caught_up(self) -> None:
         if self.caught_up or self._start_id is None:
             return
-        if _entry_id(self.last_id) >= self._start_id:
+        if entry_id(self.last_id) >= self._start_id:
             self.caught_up = True
             logger.info("event stream %s: caught up at %s", self.describe(), self.last_id)
 

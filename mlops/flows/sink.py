@@ -31,7 +31,7 @@ from pipelines.redact import redact
 from pipelines.rules import MAX_DELAY_MIN
 from pipelines.sink import EventSink, Read, SinkCounts
 from serving.live import LOG
-from serving.stream import from_entry
+from serving.stream import entry_id, from_entry
 
 if TYPE_CHECKING:
     from prometheus_client import Metric
@@ -148,9 +148,9 @@ class StreamSource:
         if old:
             from redis.exceptions import RedisError
 
-            millis, sequence = entries[old - 1][0].split("-")
+            millis, sequence = entry_id(entries[old - 1][0])
             try:
-                self.redis.xtrim(self.key, minid=f"{millis}-{int(sequence) + 1}", approximate=False)
+                self.redis.xtrim(self.key, minid=f"{millis}-{sequence + 1}", approximate=False)
             except RedisError as error:  # trimmed at the next batch
                 logger.warning("could not trim %s: %s", self.describe(), error)
                 return 0
@@ -164,9 +164,9 @@ class StreamSource:
             newest = self.redis.xinfo_stream(self.key)["last-generated-id"]
         except RedisError:  # no stream yet, or Redis down: the source's own gauge says which
             return None
-        newest_ms = int(newest.decode().split("-")[0])
-        at_ms = int(position.split("-")[0]) if position else 0
-        return max(newest_ms - at_ms, 0) / 1000 if newest_ms else 0.0
+        newest_ms, _ = entry_id(newest.decode())
+        at_ms, _ = entry_id(position or "0")
+        return max(newest_ms - at_ms, 0) / 1000
 
 
 class SinkMetrics:
