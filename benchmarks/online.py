@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -322,6 +323,51 @@ def _feed(
     sent.append(count)
 
 
+def cost_per_post(model_dir: Path, url: str, feed: list[dict], seconds: float) -> dict:
+    """The server's CPU per POST of each of `FEEDS`, with no /predict load: its threads' user
+    and system time from /proc before and after `seconds` of the feed, over the POSTs made;
+    the event loop's thread (the process's first) apart from the rest (the threads that
+    check and apply events, and rebuild the lookups)."""
+    costs: dict[str, dict[str, float]] = {}
+    fed = 0
+    with (
+        stream_servers(model_dir, url, 1) as (base,),
+        httpx.Client(base_url=base, headers=AUTH, timeout=30) as client,
+    ):
+        pid = client.get("/model").json()["pid"]
+        for name, (size, every, again) in FEEDS.items():
+            records = feed[:size] if again else feed[fed:]
+            before = _cpu_s(pid)
+            stop, sent = threading.Event(), []
+            feeder = threading.Thread(
+                target=_feed, args=(client, records, size, every, stop, sent, again)
+            )
+            feeder.start()
+            time.sleep(seconds)
+            stop.set()
+            feeder.join()
+            after = _cpu_s(pid)
+            fed += 0 if again else sent[0]
+            posts = sent[0] // size
+            costs[name] = {
+                "posts": posts,
+                "cpu_ms_per_post": round((after[0] - before[0]) * 1000 / posts, 2),
+                "event_loop_ms_per_post": round((after[1] - before[1]) * 1000 / posts, 2),
+            }
+    return costs
+
+
+def _cpu_s(pid: int) -> tuple[float, float]:
+    """A process's CPU seconds (user + system, every thread), and its first thread's."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def seconds(stat: Path) -> float:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    return seconds(Path(f"/proc/{pid}/stat")), seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
+
+
 def _bench_serving():
     """benchmarks/serving.py (its name is the package's): its load generator."""
     spec = importlib.util.spec_from_file_location(
@@ -433,10 +479,31 @@ def main() -> None:
     parser.add_argument(
         "--replay", action="store_true", help="only November-December through `mlops replay`"
     )
+    parser.add_argument(
+        "--under-events",
+        action="store_true",
+        help="only the stream's figures under events: the server's CPU per POST of each "
+        "feed, then /predict at c=32 under each (needs --stream-url)",
+    )
     args = parser.parse_args()
     if args.replay:
         result = {"replay": replay_months(args.model_dir, args.home, "2013-11", "2013-12")}
         _write("online-replay.json", result)
+        return
+    if args.under_events:
+        feed = events_of(args.home, days=60)
+        result = {
+            "cost_per_post": cost_per_post(args.model_dir, args.stream_url, feed, 10.0),
+            "serving_under_events": serving_under_events(
+                args.model_dir,
+                args.stream_url,
+                feed,
+                args.load_seconds,
+                args.load_rounds,
+                args.client,
+            ),
+        }
+        _write("online-under-events.json", result)
         return
     records = events_of(args.home)
     in_process_s, live = ingest_in_process(args.model_dir, records)

@@ -43,6 +43,7 @@ from pipelines.events import (
 from pipelines.lookups import (
     EVENT_KEYS,
     EVENT_VALUES,
+    OWN_EVENT_COLUMNS,
     WEATHER_COLUMNS,
     Books,
     Codebook,
@@ -198,6 +199,14 @@ class OnlineStore:
         self._lookups: Lookups | None = None
         self._stale = {"flights", "weather"}  # what the next `lookups()` rebuilds
         self._trimmed_at = -np.inf
+        # the flights' columns the indexes are built from (`EVENT_KEYS`' codes, `EVENT_VALUES`),
+        # in `flights`' order, kept between rebuilds: a batch appends the flights it
+        # scheduled and patches the outcomes it changed instead of turning every row into
+        # columns again (None: from the rows, after a trim or a snapshot)
+        self._columns: dict[str, np.ndarray] | None = None
+        self._position: dict[tuple, int] = {}  # FLIGHT_KEY -> its row in `_columns`
+        self._added: list[tuple] = []  # flights scheduled since `_columns` was built
+        self._changed: set[tuple] = set()  # flights departed or arrived since
 
     # bootstrap
 
@@ -234,6 +243,7 @@ class OnlineStore:
             self.weather[(origin, hour)] = list(values)
         self.clock = until
         self.newest = dict.fromkeys(set(SOURCES.values()), until)
+        self._columns = None
         self._trim()
 
     def absorb(self, other: OnlineStore) -> None:
@@ -254,6 +264,8 @@ class OnlineStore:
         for key, values in other.weather.items():
             self.weather.setdefault(key, list(values))
         self.seen.update(other.seen)
+        self._columns = None  # rows added and outcomes filled in: from the rows again
+        self._stale.add("flights")
         self.clock = max(self.clock, other.clock)
         for source, newest in other.newest.items():
             self.newest[source] = max(self.newest.get(source, -np.inf), newest)
@@ -341,6 +353,7 @@ class OnlineStore:
                     identity_of(event["carrier"], event["flight"], event["origin"]),
                 ]
             )
+            self._added.append(key)
             self._stale.add("flights")
             return None
         row = self.flights.get(key)
@@ -356,6 +369,7 @@ class OnlineStore:
             self._landed.append(Landed(row[_IDENTITY], row[_SCHEDULED], event["at"], delay))
         else:
             return None  # cancelled, diverted: nothing a feature reads changes
+        self._changed.add(key)
         self._stale.add("flights")
         return None
 
@@ -369,6 +383,7 @@ class OnlineStore:
         weather = {k: v for k, v in self.weather.items() if k[1] >= horizon}
         if len(flights) < len(self.flights):
             self._stale.add("flights")
+            self._columns = None  # rows gone: positions change
         if len(weather) < len(self.weather):
             self._stale.add("weather")
         self.flights, self.weather = flights, weather
@@ -385,12 +400,7 @@ class OnlineStore:
             return self._lookups
         parts = {}
         if "flights" in self._stale or self._lookups is None:
-            rows = list(self.flights.values())
-            columns = list(zip(*rows, strict=True)) if rows else [()] * len(_STATE)
-            events = {
-                name: np.array(columns[_ROW[f"{name}_code"]], dtype="int64") for name in EVENT_KEYS
-            } | {name: np.array(columns[_ROW[name]], dtype="float64") for name in EVENT_VALUES}
-            parts |= event_indexes(self.books, events)
+            parts |= event_indexes(self.books, self._flight_columns())
         if "weather" in self._stale or self._lookups is None:
             origin = self.books["origin"]
             weather = {
@@ -410,5 +420,39 @@ class OnlineStore:
         self._stale = set()
         return self._lookups
 
+    def _flight_columns(self) -> dict[str, np.ndarray]:
+        """The flights' columns for `event_indexes`, in `flights`' order: the columns of the
+        last rebuild with the flights scheduled since appended and the outcomes changed since
+        patched (what turning every row into columns gives, at the cost of what changed)."""
+        if self._columns is None:
+            self._position = {key: i for i, key in enumerate(self.flights)}
+            self._columns = _as_columns(list(self.flights.values()))
+        else:
+            if self._added:
+                start = len(self._position)
+                for i, key in enumerate(self._added):
+                    self._position[key] = start + i
+                added = _as_columns([self.flights[key] for key in self._added])
+                self._columns = {
+                    name: np.concatenate([values, added[name]])
+                    for name, values in self._columns.items()
+                }
+            else:  # the arrays the previous lookups were built from stay as they were
+                self._columns = {name: values.copy() for name, values in self._columns.items()}
+            for key in self._changed:
+                row, at = self.flights[key], self._position[key]
+                for name in OWN_EVENT_COLUMNS:  # what an event changes
+                    self._columns[name][at] = row[_ROW[name]]
+        self._added, self._changed = [], set()
+        return self._columns
+
     def __len__(self) -> int:
         return len(self.flights)
+
+
+def _as_columns(rows: list[list]) -> dict[str, np.ndarray]:
+    """Flights' rows (`_STATE`) as the columns `event_indexes` reads."""
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(_STATE)
+    return {name: np.array(columns[_ROW[f"{name}_code"]], dtype="int64") for name in EVENT_KEYS} | {
+        name: np.array(columns[_ROW[name]], dtype="float64") for name in EVENT_VALUES
+    }
