@@ -78,7 +78,8 @@ class _Pending:
     request_id: str = ""
 
 
-# How often the loop's lag is sampled: 200 timers a second cost ~0.1% of a core.
+# How often the loop's lag is sampled: 200 timers a second cost about 0.9% of a core (an idle
+# server used 13 ms of CPU a second, 5 ms with a tick every 50 ms; 2-core machine, stop 28).
 LAG_TICK_S = 0.005
 
 # Batches up to this many rows are scored on the event loop's thread (about 3 ms at most):
