@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -48,7 +47,8 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -73,7 +73,7 @@ from serving.config import EventsConfig
 from serving.live import LiveFeatures, ModelView
 from serving.runtime import LoadedModel, rows_to_columns
 from serving.schemas import EXAMPLE_FLIGHT
-from tests.load import rss_bytes
+from tests.load import cpu_seconds, rss_bytes
 from tests.processes import clean_env, mlops_serve
 
 TOKEN = "online-benchmark"
@@ -263,21 +263,15 @@ def serving_under_events(
     ):
         for _ in range(rounds):
             for name in figures:
-                stop, sent = threading.Event(), []
-                size, every, again = FEEDS.get(name, (0, 0.0, False))
-                records = feed[:size] if again else feed[fed:]  # (the first round's first)
-                feeder = threading.Thread(
-                    target=_feed, args=(client, records, size, every, stop, sent, again)
-                )
-                if size:
-                    feeder.start()
-                figures[name].append(bench.load(f"{base}/predict", body, 32, seconds, load_client))
-                stop.set()
-                if size:
-                    feeder.join()
-                    assert sent, "the feed failed: see the thread's error above"
-                    fed += 0 if again else sent[0]
-                    figures[name][-1]["events_per_s"] = round(sent[0] / seconds)
+                batching = FEEDS.get(name)  # None: quiet
+                fed_by = feeding(client, feed, fed, batching) if batching else nullcontext(Sent())
+                with fed_by as sent:
+                    figures[name].append(
+                        bench.load(f"{base}/predict", body, 32, seconds, load_client)
+                    )
+                if batching:
+                    fed += sent.new
+                    figures[name][-1]["events_per_s"] = round(sent.events / seconds)
     median = {
         name: float(np.median([f["requests_per_s"] for f in each]))
         for name, each in figures.items()
@@ -298,6 +292,33 @@ def serving_under_events(
         },
         "rounds": figures,
     }
+
+
+@dataclass
+class Sent:
+    events: int = 0  # posted while feeding
+    new: int = 0  # of them, the feed's next (not re-sent): where the next feed starts
+
+
+@contextmanager
+def feeding(
+    client: httpx.Client, feed: list[dict], fed: int, batching: tuple[int, float, bool]
+) -> Iterator[Sent]:
+    """`feed` from its `fed`-th event posted in a thread in one of `FEEDS`' batchings for as
+    long as the block runs; `Sent` says how much once it has ended."""
+    size, every, again = batching
+    records = feed[:size] if again else feed[fed:]
+    stop, sent = threading.Event(), []
+    feeder = threading.Thread(target=_feed, args=(client, records, size, every, stop, sent, again))
+    feeder.start()
+    counted = Sent()
+    try:
+        yield counted
+    finally:
+        stop.set()
+        feeder.join()
+    assert sent, "the feed failed: see the thread's error above"
+    counted.events, counted.new = sent[0], 0 if again else sent[0]
 
 
 def _feed(
@@ -335,37 +356,19 @@ def cost_per_post(model_dir: Path, url: str, feed: list[dict], seconds: float) -
         httpx.Client(base_url=base, headers=AUTH, timeout=30) as client,
     ):
         pid = client.get("/model").json()["pid"]
-        for name, (size, every, again) in FEEDS.items():
-            records = feed[:size] if again else feed[fed:]
-            before = _cpu_s(pid)
-            stop, sent = threading.Event(), []
-            feeder = threading.Thread(
-                target=_feed, args=(client, records, size, every, stop, sent, again)
-            )
-            feeder.start()
-            time.sleep(seconds)
-            stop.set()
-            feeder.join()
-            after = _cpu_s(pid)
-            fed += 0 if again else sent[0]
-            posts = sent[0] // size
+        for name, batching in FEEDS.items():
+            before = cpu_seconds(pid), cpu_seconds(pid, thread=pid)
+            with feeding(client, feed, fed, batching) as sent:
+                time.sleep(seconds)
+            after = cpu_seconds(pid), cpu_seconds(pid, thread=pid)
+            fed += sent.new
+            posts = sent.events // batching[0]
             costs[name] = {
                 "posts": posts,
                 "cpu_ms_per_post": round((after[0] - before[0]) * 1000 / posts, 2),
                 "event_loop_ms_per_post": round((after[1] - before[1]) * 1000 / posts, 2),
             }
     return costs
-
-
-def _cpu_s(pid: int) -> tuple[float, float]:
-    """A process's CPU seconds (user + system, every thread), and its first thread's."""
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def seconds(stat: Path) -> float:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-
-    return seconds(Path(f"/proc/{pid}/stat")), seconds(Path(f"/proc/{pid}/task/{pid}/stat"))
 
 
 def _bench_serving():

@@ -32,16 +32,20 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
 import httpx
 
 from serving.schemas import EXAMPLE_FLIGHT
-from tests.load import OpenLoop, Outcome, closed_loop, percentile, post, probe, rss_bytes, run
+from tests.load import (
+    OpenLoop,
+    Outcome,
+    closed_loop,
+    cpu_seconds,
+    percentile,
+    post,
+    probe,
+    rss_bytes,
+    run,
+)
 from tests.processes import mlops_serve
 
 AFTER_S = 8.0  # at half the capacity after the overload, to see the latency settle
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(values: list[float], q: float) -> float:

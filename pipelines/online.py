@@ -243,7 +243,7 @@ class OnlineStore:
             self.weather[(origin, hour)] = list(values)
         self.clock = until
         self.newest = dict.fromkeys(set(SOURCES.values()), until)
-        self._columns = None
+        self._from_rows()
         self._trim()
 
     def absorb(self, other: OnlineStore) -> None:
@@ -264,8 +264,7 @@ class OnlineStore:
         for key, values in other.weather.items():
             self.weather.setdefault(key, list(values))
         self.seen.update(other.seen)
-        self._columns = None  # rows added and outcomes filled in: from the rows again
-        self._stale.add("flights")
+        self._from_rows()  # rows added and outcomes filled in
         self.clock = max(self.clock, other.clock)
         for source, newest in other.newest.items():
             self.newest[source] = max(self.newest.get(source, -np.inf), newest)
@@ -382,8 +381,7 @@ class OnlineStore:
         }
         weather = {k: v for k, v in self.weather.items() if k[1] >= horizon}
         if len(flights) < len(self.flights):
-            self._stale.add("flights")
-            self._columns = None  # rows gone: positions change
+            self._from_rows()  # rows gone: positions change
         if len(weather) < len(self.weather):
             self._stale.add("weather")
         self.flights, self.weather = flights, weather
@@ -420,6 +418,11 @@ class OnlineStore:
         self._stale = set()
         return self._lookups
 
+    def _from_rows(self) -> None:
+        """The next rebuild turns every flight's row into columns again (positions moved)."""
+        self._columns = None
+        self._stale.add("flights")
+
     def _flight_columns(self) -> dict[str, np.ndarray]:
         """The flights' columns for `event_indexes`, in `flights`' order: the columns of the
         last rebuild with the flights scheduled since appended and the outcomes changed since
@@ -428,17 +431,15 @@ class OnlineStore:
             self._position = {key: i for i, key in enumerate(self.flights)}
             self._columns = _as_columns(list(self.flights.values()))
         else:
-            if self._added:
-                start = len(self._position)
-                for i, key in enumerate(self._added):
-                    self._position[key] = start + i
-                added = _as_columns([self.flights[key] for key in self._added])
-                self._columns = {
-                    name: np.concatenate([values, added[name]])
-                    for name, values in self._columns.items()
-                }
-            else:  # the arrays the previous lookups were built from stay as they were
-                self._columns = {name: values.copy() for name, values in self._columns.items()}
+            for key in self._added:
+                self._position[key] = len(self._position)
+            added = _as_columns([self.flights[key] for key in self._added])
+            # new arrays (concatenate copies, none added too): those of the last rebuild are
+            # never written to
+            self._columns = {
+                name: np.concatenate([values, added[name]])
+                for name, values in self._columns.items()
+            }
             for key in self._changed:
                 row, at = self.flights[key], self._position[key]
                 for name in OWN_EVENT_COLUMNS:  # what an event changes
