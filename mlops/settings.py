@@ -20,7 +20,7 @@ from pipelines.cluster import ClusterConfig
 from pipelines.spec import MIN_CATEGORY_COUNT
 from pipelines.splits import SplitPlan
 from serving.config import EventsConfig, PredictionLogConfig, ServeConfig
-from training.config import FitConfig, GateConfig, ModelConfig, TuneConfig
+from training.config import FitConfig, GateConfig, LightGBMConfig, ModelConfig, TuneConfig
 
 # Values that are placeholders, not secrets: refused at startup rather than served with.
 PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret", "password"})
@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelConfig = Field(default_factory=ModelConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
+    lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)

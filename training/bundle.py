@@ -13,17 +13,15 @@ import mlflow
 import mlflow.onnx
 import numpy as np
 import onnx
-import torch
 from mlflow.models import infer_signature
-from torch import nn
 
 from pipelines.layout import DataLayout
-from pipelines.spec import FeatureSpec, sha256_of
-from training.export import ParityReport, WithProbability, check_parity, export_onnx
-from training.tensors import Tensors
+from pipelines.spec import Encoded, FeatureSpec, sha256_of
+from training.export import Candidate, ParityReport, check_parity
 
 MODEL_NAME_IN_RUN = "model"
 MODEL_ID_TAG = "onnx_model_id"  # the run's logged ONNX model, for registering it
+FRAMEWORK_TAG = "framework"  # what made the run's model: "torch", "lightgbm"
 
 
 @dataclass(frozen=True)
@@ -46,26 +44,22 @@ def decision_threshold(labels: np.ndarray, probabilities: np.ndarray) -> float:
 PARITY_SAMPLE_ROWS = 64
 
 
-@torch.no_grad()
-def _parity_sample(model: nn.Module, data: Tensors) -> dict[str, list]:
-    """Inputs and torch's probabilities for a few rows: a server checks a model against them
-    before it serves it (`serving/runtime.py`)."""
-    rows = slice(0, PARITY_SAMPLE_ROWS)
-    device = next(model.parameters()).device  # the export leaves the model on the CPU
-    categorical, numerical = data.categorical[rows].to(device), data.numerical[rows].to(device)
-    probabilities = WithProbability(model).eval()(categorical, numerical)
+def _parity_sample(candidate: Candidate, categorical: np.ndarray, numerical: np.ndarray) -> dict:
+    """Inputs and the framework's probabilities for a few rows: a server checks a model against
+    them before it serves it (`serving/runtime.py`)."""
+    codes, values = categorical[:PARITY_SAMPLE_ROWS], numerical[:PARITY_SAMPLE_ROWS]
     return {
-        "categorical": categorical.tolist(),
-        "numerical": numerical.tolist(),
-        "delay_probability": probabilities.float().tolist(),
+        "categorical": codes.tolist(),
+        "numerical": values.tolist(),
+        "delay_probability": candidate.predict(codes, values).astype("float32").tolist(),
     }
 
 
 def log_onnx_model(
-    model: nn.Module,
+    candidate: Candidate,
     layout: DataLayout,
     spec: FeatureSpec,
-    parity_data: Tensors,
+    parity_data: Encoded,
     threshold: float,
     holdout: dict[str, float],
     output_bins: tuple[list[float], list[float]],
@@ -74,18 +68,19 @@ def log_onnx_model(
     `holdout`: the model's figures on its holdout (ROC-AUC, log loss, mean probability, delay
     rate), what the served model's realized quality is held against; `output_bins`: the PSI
     bins of its holdout probabilities (`pipelines.spec.psi_bins`), its output drift's
-    reference."""
+    reference. The candidate's framework is recorded with the model and on the run."""
+    categorical, numerical = parity_data.categorical, parity_data.numerical
     with tempfile.TemporaryDirectory() as tmp:
-        path = export_onnx(model, parity_data, Path(tmp) / "model.onnx")
-        parity = check_parity(model, path, parity_data)  # raises ParityError
+        path = candidate.export_onnx(categorical, numerical, Path(tmp) / "model.onnx")
+        parity = check_parity(candidate, path, categorical, numerical)  # raises ParityError
         digest = sha256_of(path)
         onnx_model = onnx.load(str(path))
     mlflow.log_metrics(
         {f"onnx_parity_max_abs_diff_b{size}": diff for size, diff in parity.max_abs_diff.items()}
     )
     example = {
-        "categorical": parity_data.categorical[:5].cpu().numpy(),
-        "numerical": parity_data.numerical[:5].cpu().numpy(),
+        "categorical": categorical[:5],
+        "numerical": numerical[:5],
     }
     probabilities = np.zeros(5, dtype="float32")
     info = mlflow.onnx.log_model(
@@ -96,6 +91,7 @@ def log_onnx_model(
         save_as_external_data=False,
         metadata={
             "onnx_sha256": digest,
+            "framework": candidate.framework,
             "decision_threshold": threshold,
             "holdout": holdout,
             "output_psi": {"edges": output_bins[0], "fractions": output_bins[1]},
@@ -103,13 +99,15 @@ def log_onnx_model(
             "lookups": {name: entry.sha256 for name, entry in spec.lookups.items()},
         },
     )
-    mlflow.log_dict(_parity_sample(model, parity_data), "contract/parity_sample.json")
+    sample = _parity_sample(candidate, categorical, numerical)
+    mlflow.log_dict(sample, "contract/parity_sample.json")
     mlflow.log_artifact(str(layout.spec), "contract")
     mlflow.log_artifacts(str(layout.lookups), "contract/lookups")
     mlflow.set_tags(
         {
             "onnx_sha256": digest,
             MODEL_ID_TAG: info.model_id,
+            FRAMEWORK_TAG: candidate.framework,
             "decision_threshold": f"{threshold:.6f}",
         }
     )

@@ -56,6 +56,52 @@ class FitConfig:
         return asdict(self)
 
 
+FRAMEWORKS = ("torch", "lightgbm")  # what can make a challenger (training/train.py)
+Framework = Literal["torch", "lightgbm"]
+
+
+@dataclass(frozen=True)
+class LightGBMConfig:
+    """Gradient-boosted trees (training/gbdt.py), the `lightgbm` framework. The defaults are
+    a common starting point (and benchmarks/bench_training.py's untuned anchor); the number of
+    rounds is chosen by early stopping on the validation months."""
+
+    rounds: PositiveInt = 2000  # at most
+    early_stopping: PositiveInt = 50  # rounds without a better validation log loss
+    learning_rate: Annotated[float, Field(gt=0)] = 0.05
+    num_leaves: Annotated[int, Field(ge=2)] = 63
+    min_child_samples: PositiveInt = 20
+    feature_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    bagging_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    lambda_l2: Annotated[float, Field(ge=0)] = 0.0
+    cat_smooth: Annotated[float, Field(ge=0)] = 10.0  # categorical splits' smoothing
+    seed: int = 0
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: LightGBM's default, every core
+
+    def as_params(self) -> dict[str, object]:
+        return asdict(self)
+
+    def as_lightgbm(self) -> dict[str, object]:
+        """LightGBM's own parameters: deterministic for a seed, quiet."""
+        return {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_child_samples": self.min_child_samples,
+            "feature_fraction": self.feature_fraction,
+            "bagging_fraction": self.bagging_fraction,
+            "bagging_freq": 1 if self.bagging_fraction < 1 else 0,
+            "lambda_l2": self.lambda_l2,
+            "cat_smooth": self.cat_smooth,
+            "seed": self.seed,
+            "num_threads": self.threads,
+            "deterministic": True,
+            "force_row_wise": True,  # with `deterministic`: the same trees on every run
+            "verbosity": -1,
+        }
+
+
 @dataclass(frozen=True)
 class TuneConfig:
     """The Optuna study (training/tune.py); `mlops run` uses these as its small budget."""

@@ -30,12 +30,16 @@ def window(months: list[str] | str) -> str:
     return listed[0] if len(listed) == 1 else f"{listed[0]}..{listed[-1]}"
 
 
-def architecture(model: ModelConfig) -> str:
+def architecture(model: ModelConfig | str) -> str:
+    """The network's backbone and embedding, or another framework's name ("lightgbm")."""
+    if isinstance(model, str):
+        return model
     return f"{model.backbone}+{model.numeric_embedding}"
 
 
-def run_name(spec: FeatureSpec, model: ModelConfig, prefix: str = "train") -> str:
-    """'train 2013-01..2013-09 mlp+periodic': the window and the network, not a random name."""
+def run_name(spec: FeatureSpec, model: ModelConfig | str, prefix: str = "train") -> str:
+    """'train 2013-01..2013-09 mlp+periodic' (or '... lightgbm'): the window and the model,
+    not a random name."""
     return f"{prefix} {window(spec.splits['train'].months)} {architecture(model)}"
 
 
@@ -47,23 +51,30 @@ def _figures(metrics: Mapping[str, float], split: str) -> str:
 
 
 def _headline(
-    model: Mapping[str, object], months: Mapping[str, str], metrics: Mapping[str, float]
+    model: Mapping[str, object],
+    framework: str,
+    months: Mapping[str, str],
+    metrics: Mapping[str, float],
 ) -> str:
     """One line that tells versions apart in the registry's table, which shows only the first."""
     scored = "test" if "test_roc_auc" in metrics else "valid"
     auc = metrics.get(f"{scored}_roc_auc")
     figure = f"{auc:.4f}" if auc is not None else "?"
     label = "test" if scored == "test" else "validation"
-    return (
-        f"{model.get('backbone', '?')}+{model.get('numeric_embedding', '?')} trained on "
-        f"{months['train']}: {label} ROC-AUC {figure} ({months[scored]})"
+    name = (
+        f"{model.get('backbone', '?')}+{model.get('numeric_embedding', '?')}"
+        if framework == "torch"
+        else framework
     )
+    return f"{name} trained on {months['train']}: {label} ROC-AUC {figure} ({months[scored]})"
 
 
 def model_card(params: Mapping[str, object], metrics: Mapping[str, float]) -> str:
     """The card of a training run from its params and metrics, as MLflow stores them."""
     model = {k.removeprefix("model."): v for k, v in params.items() if k.startswith("model.")}
     fit = {k.removeprefix("fit."): v for k, v in params.items() if k.startswith("fit.")}
+    trees = {k.removeprefix("lightgbm."): v for k, v in params.items() if k.startswith("lightgbm.")}
+    framework = str(params.get("framework", "torch"))
     months = {split: window(str(params.get(f"{split}_months", ""))) for split in SPLITS}
     parity = {
         int(k.rsplit("_b", 1)[1]): v
@@ -71,20 +82,14 @@ def model_card(params: Mapping[str, object], metrics: Mapping[str, float]) -> st
         if k.startswith("onnx_parity_max_abs_diff_b")
     }
     lines = [
-        _headline(model, months, metrics),
+        _headline(model, framework, months, metrics),
         "",
         PREDICTS,
         "",
         f"- Training months: {months['train']}",
         f"- Validation ({months['valid']}): {_figures(metrics, 'valid')}",
         f"- Test ({months['test']}): {_figures(metrics, 'test')}",
-        f"- Architecture: {model.get('backbone', '?')} backbone, depth {model.get('depth')}, "
-        f"width {model.get('width')}, dropout {model.get('dropout')}; numerical features "
-        f"embedded `{model.get('numeric_embedding', '?')}` (dim {model.get('numeric_dim')}), "
-        f"categorical embeddings up to dim {model.get('categorical_dim')}",
-        f"- Fit: the weights of epoch {int(metrics.get('best_epoch', -2)) + 1} (the best "
-        f"validation loss) of at most {fit.get('epochs')}, batch size {fit.get('batch_size')}, "
-        f"learning rate {fit.get('learning_rate')}",
+        *(_trees(trees, metrics) if framework == "lightgbm" else _network(model, fit, metrics)),
     ]
     if "decision_threshold" in metrics:
         lines.append(
@@ -94,9 +99,35 @@ def model_card(params: Mapping[str, object], metrics: Mapping[str, float]) -> st
     if parity:
         sizes = ", ".join(str(size) for size in sorted(parity))
         lines.append(
-            f"- ONNX parity: max |ONNX - torch| {max(parity.values()):.1e} at batch sizes {sizes}"
+            f"- ONNX parity: max |ONNX - {framework}| {max(parity.values()):.1e} "
+            f"at batch sizes {sizes}"
         )
     return "\n".join(lines)
+
+
+def _network(
+    model: Mapping[str, object], fit: Mapping[str, object], metrics: Mapping[str, float]
+) -> list[str]:
+    return [
+        f"- Architecture: {model.get('backbone', '?')} backbone, depth {model.get('depth')}, "
+        f"width {model.get('width')}, dropout {model.get('dropout')}; numerical features "
+        f"embedded `{model.get('numeric_embedding', '?')}` (dim {model.get('numeric_dim')}), "
+        f"categorical embeddings up to dim {model.get('categorical_dim')}",
+        f"- Fit: the weights of epoch {int(metrics.get('best_epoch', -2)) + 1} (the best "
+        f"validation loss) of at most {fit.get('epochs')}, batch size {fit.get('batch_size')}, "
+        f"learning rate {fit.get('learning_rate')}",
+    ]
+
+
+def _trees(trees: Mapping[str, object], metrics: Mapping[str, float]) -> list[str]:
+    return [
+        f"- Gradient-boosted trees (LightGBM): {trees.get('num_leaves')} leaves, learning rate "
+        f"{trees.get('learning_rate')}, feature fraction {trees.get('feature_fraction')}, "
+        f"bagging fraction {trees.get('bagging_fraction')}, L2 {trees.get('lambda_l2')}; "
+        "category codes as categorical splits",
+        f"- Fit: {int(metrics.get('best_round', -2)) + 1} rounds (the best validation loss) of "
+        f"at most {trees.get('rounds')}",
+    ]
 
 
 def registered_model_description(alias: str) -> str:

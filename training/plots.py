@@ -27,12 +27,16 @@ def save_png(figure: Figure, path: Path) -> Path:
     return path
 
 
-def draw_learning_curves(train_loss: Sequence[float], valid_loss: Sequence[float]) -> Figure:
+def draw_learning_curves(
+    train_loss: Sequence[float], valid_loss: Sequence[float], step: str = "epoch"
+) -> Figure:
+    """Log loss per epoch (the network) or boosting round (trees)."""
     figure, axes = plt.subplots(figsize=(5, 3.5))
-    epochs = np.arange(len(train_loss))
-    axes.plot(epochs, train_loss, marker="o", label="train")
-    axes.plot(epochs, valid_loss, marker="o", label="validation")
-    axes.set_xlabel("epoch")
+    steps = np.arange(len(train_loss))
+    marker = "o" if len(steps) <= 50 else None
+    axes.plot(steps, train_loss, marker=marker, label="train")
+    axes.plot(steps, valid_loss, marker=marker, label="validation")
+    axes.set_xlabel(step)
     axes.set_ylabel("log loss")
     axes.set_title("Learning curves")
     axes.legend()

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from pipelines.metrics import log_loss, roc_auc
 from pipelines.spec import LABEL, FeatureSpec, encode
-from training.bundle import MODEL_ID_TAG
+from training.bundle import FRAMEWORK_TAG, MODEL_ID_TAG
 from training.config import GateConfig
 from training.export import predict_onnx, session
 from training.model_card import model_card, registered_model_description
@@ -38,6 +38,8 @@ class Decision:
     champion_version: str | None
     champion_auc: float | None
     reason: str
+    challenger_framework: str = "torch"
+    champion_framework: str | None = None
 
 
 def download_model(client: MlflowClient, run_id: str, dst: Path) -> Path:
@@ -168,13 +170,16 @@ def promote(
     them apart; the next gate of the month (retrain retries it) then decides again.
     """
     run = client.get_run(run_id)
+    framework = framework_of(run)
     version = register(client, run_id, gate)
     auc, loss = holdout_metrics(client, run_id, holdout)
     champion = champion_of(client, gate)
     champion_aucs: dict[str, float] = {}  # by version: a champion scored once per gate
     try:
         for _ in range(attempts):
-            decision = _judge(client, version, auc, loss, champion, holdout, gate, champion_aucs)
+            decision = _judge(
+                client, version, auc, loss, champion, holdout, gate, champion_aucs, framework
+            )
             if not decision.promoted:
                 break
             client.set_model_version_tag(gate.model_name, version, "gate_decision", "promoted")
@@ -229,20 +234,31 @@ def _judge(
     holdout: pd.DataFrame,
     gate: GateConfig,
     champion_aucs: dict[str, float],
+    framework: str,
 ) -> Decision:
-    """The challenger against `champion` (None: the first model)."""
+    """The challenger (made by `framework`) against `champion` (None: the first model), each
+    scored through its own ONNX file whatever framework made it."""
     if champion is None:
-        return Decision(True, version, auc, loss, None, None, "first model: no champion yet")
+        reason = f"first model ({framework}): no champion yet"
+        return Decision(True, version, auc, loss, None, None, reason, framework)
     key = str(champion.version)
     if key not in champion_aucs:
         champion_aucs[key], _ = holdout_metrics(client, champion.run_id, holdout)
     champion_auc = champion_aucs[key]
+    champion_framework = framework_of(client.get_run(champion.run_id))
     better = auc > champion_auc + gate.min_auc_gain
     reason = (
-        f"challenger ROC-AUC {auc:.4f} vs champion v{champion.version} {champion_auc:.4f} "
-        f"(needs a gain above {gate.min_auc_gain})"
+        f"challenger ({framework}) ROC-AUC {auc:.4f} vs champion v{champion.version} "
+        f"({champion_framework}) {champion_auc:.4f} (needs a gain above {gate.min_auc_gain})"
     )
-    return Decision(better, version, auc, loss, key, champion_auc, reason)
+    return Decision(
+        better, version, auc, loss, key, champion_auc, reason, framework, champion_framework
+    )
+
+
+def framework_of(run) -> str:
+    """What made a run's model; runs from before frameworks were recorded are the network's."""
+    return run.data.tags.get(FRAMEWORK_TAG, "torch")
 
 
 def _record(
@@ -254,8 +270,14 @@ def _record(
     if decision.champion_auc is not None:
         client.log_metric(run.info.run_id, "gate_champion_auc", decision.champion_auc)
     client.set_tag(run.info.run_id, "gate_decision", verdict)
+    client.set_tag(run.info.run_id, "gate_challenger_framework", decision.challenger_framework)
+    if decision.champion_framework is not None:
+        client.set_tag(run.info.run_id, "gate_champion_framework", decision.champion_framework)
     client.set_tag(run.info.run_id, "gate_reason", decision.reason)
     if decision.champion_version is not None:
         client.set_tag(run.info.run_id, "gate_champion_version", decision.champion_version)
     client.set_model_version_tag(gate.model_name, version, "gate_decision", verdict)
+    client.set_model_version_tag(
+        gate.model_name, version, FRAMEWORK_TAG, decision.challenger_framework
+    )
     client.update_model_version(gate.model_name, version, _model_card(run, decision, holdout))

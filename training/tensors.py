@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
-from pipelines.spec import LABEL, FeatureSpec, encode
+from pipelines.spec import LABEL, Encoded, FeatureSpec, encode
 
 
 @dataclass(frozen=True)
@@ -42,9 +43,13 @@ def pick_device() -> torch.device:
 
 def to_tensors(table: pd.DataFrame, spec: FeatureSpec, device: torch.device | str) -> Tensors:
     """Encode with the spec (vocabularies, defaults) exactly as serving will."""
-    encoded = encode(table, spec)
+    return tensors_of(encode(table, spec), table[LABEL].to_numpy(), device)
+
+
+def tensors_of(encoded: Encoded, labels: np.ndarray, device: torch.device | str) -> Tensors:
+    """Encoded inputs and their labels on `device` (on the CPU, sharing the arrays' memory)."""
     return Tensors(
         torch.from_numpy(encoded.categorical),
         torch.from_numpy(encoded.numerical),
-        torch.from_numpy(table[LABEL].to_numpy("float32")),
+        torch.from_numpy(labels.astype("float32")),
     ).to(device)

@@ -1,11 +1,19 @@
-"""One training run, tracked in MLflow: data, model, fit, test-month figures."""
+"""One training run of any framework, tracked in MLflow: data, model, fit, test-month figures.
+
+`train` fits the PyTorch network, `train_lightgbm` gradient-boosted trees; both hand their
+fitted model (a `training.export.Candidate`) to the same tracked run, which scores it, draws
+its plots, exports it to ONNX with a parity check and logs it on the one contract, so the gate
+and the server never need to know which framework made it.
+"""
 
 from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 import numpy as np
@@ -14,18 +22,19 @@ from pandas.api.types import is_integer_dtype
 
 from pipelines.layout import SPLITS, DataLayout
 from pipelines.metrics import log_loss, roc_auc
-from pipelines.spec import LABEL, FeatureSpec, psi_bins
+from pipelines.spec import LABEL, Encoded, FeatureSpec, encode, psi_bins
 from pipelines.storage import read_parquet_folder
-from training import distributed, plots
+from training import plots
 from training.bundle import LoggedModel, decision_threshold, log_onnx_model
-from training.config import FitConfig, ModelConfig, TrackingConfig
-from training.fit import FitResult, OnEpoch, fit, fresh_model, predict_logits
+from training.config import FitConfig, LightGBMConfig, ModelConfig, TrackingConfig
+from training.export import Candidate
 from training.importance import permutation_importance
-from training.metrics import sigmoid
-from training.model import TabularNet
 from training.model_card import model_card, run_name
-from training.tensors import Tensors, pick_device, to_tensors
 from training.tracking import DESCRIPTION_TAG, fluent_tracking, local_dataset_source
+
+if TYPE_CHECKING:
+    from training.fit import OnEpoch
+    from training.gbdt import OnRound
 
 logger = logging.getLogger(__name__)
 
@@ -34,39 +43,24 @@ logger = logging.getLogger(__name__)
 class TrainResult:
     run_id: str
     experiment_id: str
-    fit: FitResult
+    framework: str
     metrics: dict[str, float]
     model: LoggedModel
 
 
+@dataclass(frozen=True)
+class Fitted:
+    """What a framework's fit hands the tracked run."""
+
+    candidate: Candidate
+    metrics: dict[str, float]  # best_valid_loss and where it was reached (best_epoch, ...)
+    train_loss: list[float]  # per epoch or round: the learning curves
+    valid_loss: list[float]
+    step: str  # "epoch" or "round"
+
+
 def load_splits(layout: DataLayout) -> dict[str, pd.DataFrame]:
     return {split: read_parquet_folder(layout.split(split)) for split in SPLITS}
-
-
-def _log_plots(
-    model: TabularNet,
-    spec: FeatureSpec,
-    valid: Tensors,
-    labels: np.ndarray,
-    probabilities: np.ndarray,
-    result: FitResult,
-) -> None:
-    """Learning curves, ROC and calibration on the holdout, permutation importance on valid."""
-    history = result.history
-    figures = {
-        "learning_curves.png": plots.draw_learning_curves(
-            [e.train_loss for e in history], [e.valid_loss for e in history]
-        )
-    }
-    figures["roc.png"] = plots.draw_roc(labels, probabilities, roc_auc(labels, probabilities))
-    figures["calibration.png"] = plots.draw_calibration(labels, probabilities)
-    drops = permutation_importance(model, valid, spec)
-    figures["permutation_importance.png"] = plots.draw_importance(list(drops), list(drops.values()))
-    mlflow.log_dict(drops, "plots/permutation_importance.json")
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, figure in figures.items():
-            plots.save_png(figure, Path(tmp) / name)
-        mlflow.log_artifacts(tmp, "plots")
 
 
 def train(
@@ -77,41 +71,134 @@ def train(
     on_epoch: OnEpoch | None = None,
     name_prefix: str = "train",
 ) -> TrainResult | None:
-    """Fit on the training months, stop early on validation, report the test months.
+    """The network: fit on the training months, stop early on validation, report the test
+    months.
 
     The run is named `<name_prefix> <training months> <architecture>` (a retrain passes
     `retrain 2013-12:`) and described by its model card. Under torchrun only rank 0 tracks,
     exports and returns a result; the others help fit.
     """
+    from training import distributed
+    from training.fit import fit, fresh_model
+    from training.network import Network
+    from training.tensors import pick_device, tensors_of
+
     layout = layout.pinned()  # a build published meanwhile must not mix into this run's reads
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
+    encoded = {split: encode(table, spec) for split, table in tables.items()}
     device = pick_device()
-    tensors = {split: to_tensors(table, spec, device) for split, table in tables.items()}
+    train_set, valid_set = (
+        tensors_of(encoded[split], tables[split][LABEL].to_numpy(), device)
+        for split in ("train", "valid")
+    )
     if not distributed.is_main():
         fit(
             fresh_model(spec, model_config, fit_config.seed, device),
-            tensors["train"],
-            tensors["valid"],
+            train_set,
+            valid_set,
             fit_config,
         )
         return None
+    params = (
+        {f"model.{k}": v for k, v in model_config.as_params().items()}
+        | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
+        | {"device": device.type, "world_size": distributed.world_size()}
+    )
+
+    def fit_network() -> Fitted:
+        def log_epoch(epoch) -> None:
+            mlflow.log_metrics(
+                {
+                    "train_loss": epoch.train_loss,
+                    "valid_loss": epoch.valid_loss,
+                    "samples_per_s": epoch.samples_per_s,
+                },
+                step=epoch.epoch,
+            )
+            if on_epoch:
+                on_epoch(epoch)
+
+        model = fresh_model(spec, model_config, fit_config.seed, device)
+        result = fit(model, train_set, valid_set, fit_config, on_epoch=log_epoch)
+        return Fitted(
+            Network(model),
+            {"best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch},
+            [e.train_loss for e in result.history],
+            [e.valid_loss for e in result.history],
+            "epoch",
+        )
+
+    name = run_name(spec, model_config, name_prefix)
+    return _tracked_run(layout, tracking, spec, tables, encoded, name, "torch", params, fit_network)
+
+
+def train_lightgbm(
+    layout: DataLayout,
+    tracking: TrackingConfig,
+    config: LightGBMConfig,
+    on_round: OnRound | None = None,
+    name_prefix: str = "train",
+) -> TrainResult:
+    """Gradient-boosted trees on the same feature table, encoding and holdout as the network."""
+    from training.gbdt import fit_lightgbm
+
+    layout = layout.pinned()
+    spec = FeatureSpec.load(layout.spec)
+    tables = load_splits(layout)
+    encoded = {split: encode(table, spec) for split, table in tables.items()}
+    parts = {
+        split: (
+            encoded[split].categorical,
+            encoded[split].numerical,
+            tables[split][LABEL].to_numpy(),
+        )
+        for split in ("train", "valid")
+    }
+    params = {f"lightgbm.{k}": v for k, v in config.as_params().items()} | {"device": "cpu"}
+
+    def fit_trees() -> Fitted:
+        def log_round(round_: int, valid_loss: float) -> None:
+            if round_ % 10 == 0:
+                mlflow.log_metric("valid_loss", valid_loss, step=round_)
+            if on_round:
+                on_round(round_, valid_loss)
+
+        boosted = fit_lightgbm(spec, parts["train"], parts["valid"], config, log_round)
+        metrics = {
+            "best_valid_loss": boosted.valid_loss[boosted.best_round],
+            "best_round": boosted.best_round,
+        }
+        return Fitted(boosted.model, metrics, boosted.train_loss, boosted.valid_loss, "round")
+
+    name = run_name(spec, "lightgbm", name_prefix)
+    return _tracked_run(
+        layout, tracking, spec, tables, encoded, name, "lightgbm", params, fit_trees
+    )
+
+
+def _tracked_run(
+    layout: DataLayout,
+    tracking: TrackingConfig,
+    spec: FeatureSpec,
+    tables: dict[str, pd.DataFrame],
+    encoded: dict[str, Encoded],
+    name: str,
+    framework: str,
+    params: dict[str, object],
+    fit: Callable[[], Fitted],
+) -> TrainResult:
+    """One MLflow run around a framework's fit: its inputs, then its model scored, drawn,
+    exported, checked and logged the same way whatever the framework."""
     with (
         fluent_tracking(tracking) as experiment_id,
         mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=run_name(spec, model_config, name_prefix),
-            log_system_metrics=True,
+            experiment_id=experiment_id, run_name=name, log_system_metrics=True
         ) as run,
     ):
         mlflow.log_params(
-            {f"model.{k}": v for k, v in model_config.as_params().items()}
-            | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
-            | {
-                "device": device.type,
-                "world_size": distributed.world_size(),
-                "train_months": ",".join(spec.splits["train"].months),
-            }
+            params
+            | {"framework": framework, "train_months": ",".join(spec.splits["train"].months)}
             | {
                 f"{split}_months": ",".join(spec.splits[split].months)
                 for split in ("valid", "test")
@@ -129,26 +216,14 @@ def train(
                 dataset, context={"train": "training", "valid": "validation"}.get(split, split)
             )
         mlflow.log_artifact(str(layout.spec))
-
-        def log_epoch(epoch) -> None:
-            mlflow.log_metrics(
-                {
-                    "train_loss": epoch.train_loss,
-                    "valid_loss": epoch.valid_loss,
-                    "samples_per_s": epoch.samples_per_s,
-                },
-                step=epoch.epoch,
-            )
-            if on_epoch:
-                on_epoch(epoch)
-
-        model = fresh_model(spec, model_config, fit_config.seed, device)
-        result = fit(model, tensors["train"], tensors["valid"], fit_config, on_epoch=log_epoch)
-        metrics = {"best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch}
+        fitted = fit()
+        candidate = fitted.candidate
+        metrics = dict(fitted.metrics)
         scored = [split for split in ("valid", "test") if len(tables[split])]
         labels = {split: tables[split][LABEL].to_numpy() for split in scored}
         probabilities = {
-            split: sigmoid(predict_logits(model, tensors[split]).cpu().numpy()) for split in scored
+            split: candidate.predict(encoded[split].categorical, encoded[split].numerical)
+            for split in scored
         }
         for split in scored:
             metrics[f"{split}_roc_auc"] = roc_auc(labels[split], probabilities[split])
@@ -157,7 +232,7 @@ def train(
         metrics["decision_threshold"] = threshold
         mlflow.log_metrics(metrics)
         holdout = scored[-1]  # the test months when there are any
-        _log_plots(model, spec, tensors["valid"], labels[holdout], probabilities[holdout], result)
+        _log_plots(fitted, spec, encoded["valid"], labels, probabilities, holdout)
         reference = {
             "roc_auc": metrics[f"{holdout}_roc_auc"],
             "log_loss": metrics[f"{holdout}_log_loss"],
@@ -166,11 +241,44 @@ def train(
             "rows": float(len(labels[holdout])),
         }
         output = psi_bins(probabilities[holdout].astype("float64"))
-        logged = log_onnx_model(model, layout, spec, tensors[holdout], threshold, reference, output)
+        logged = log_onnx_model(
+            candidate, layout, spec, encoded[holdout], threshold, reference, output
+        )
         logged_run = mlflow.get_run(run.info.run_id).data
         mlflow.set_tag(DESCRIPTION_TAG, model_card(logged_run.params, logged_run.metrics))
-        logger.info("run %s: %s", run.info.run_id, metrics)
-    return TrainResult(run.info.run_id, run.info.experiment_id, result, metrics, logged)
+        logger.info("run %s (%s): %s", run.info.run_id, framework, metrics)
+    return TrainResult(run.info.run_id, run.info.experiment_id, framework, metrics, logged)
+
+
+def _log_plots(
+    fitted: Fitted,
+    spec: FeatureSpec,
+    valid: Encoded,
+    labels: dict[str, np.ndarray],
+    probabilities: dict[str, np.ndarray],
+    holdout: str,
+) -> None:
+    """Learning curves, ROC and calibration on the holdout, permutation importance on valid."""
+    figures = {
+        "learning_curves.png": plots.draw_learning_curves(
+            fitted.train_loss, fitted.valid_loss, fitted.step
+        ),
+        "roc.png": plots.draw_roc(
+            labels[holdout],
+            probabilities[holdout],
+            roc_auc(labels[holdout], probabilities[holdout]),
+        ),
+        "calibration.png": plots.draw_calibration(labels[holdout], probabilities[holdout]),
+    }
+    drops = permutation_importance(
+        fitted.candidate.predict, valid.categorical, valid.numerical, labels["valid"], spec
+    )
+    figures["permutation_importance.png"] = plots.draw_importance(list(drops), list(drops.values()))
+    mlflow.log_dict(drops, "plots/permutation_importance.json")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, figure in figures.items():
+            plots.save_png(figure, Path(tmp) / name)
+        mlflow.log_artifacts(tmp, "plots")
 
 
 def _integers_as_floats(table: pd.DataFrame) -> pd.DataFrame:

@@ -26,3 +26,16 @@ def month_option(value: str | None) -> str | None:
     ):
         raise typer.BadParameter(f"expected YYYY-MM, got {value!r}")
     return value
+
+
+def frameworks_option(value: str) -> str:
+    """`torch,lightgbm`: known frameworks, each once."""
+    from training.config import FRAMEWORKS
+
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FRAMEWORKS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise typer.BadParameter(
+            f"expected distinct names among {', '.join(FRAMEWORKS)}, got {value!r}"
+        )
+    return ",".join(names)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mlops.commands import month_option
+from mlops.commands import frameworks_option, month_option
 from mlops.configs import layout_of, tracking_of, tune_of
 from mlops.console import Bars, console, decision_line, show_features, show_ingest, show_metrics
 from mlops.settings import Settings
@@ -30,8 +30,19 @@ def run_command(
     skip_if_champion: Annotated[
         bool, typer.Option(help="do nothing when the registry already has a champion")
     ] = False,
+    frameworks: Annotated[
+        str,
+        typer.Option(
+            help="comma-separated challengers, each gated in turn: torch (tuned), lightgbm",
+            callback=frameworks_option,
+        ),
+    ] = "torch",
 ) -> None:
-    """Everything on embedded defaults: data, tune, train the best, export, register, promote."""
+    """Everything on embedded defaults: data, tune, train the best, export, register, promote.
+
+    `--frameworks torch,lightgbm` trains gradient-boosted trees as well and lets the gate
+    choose: whichever model scores best on the newest holdout ends as the champion.
+    """
     from mlops.flows.run import run
     from mlops.flows.training import has_champion
 
@@ -41,24 +52,31 @@ def run_command(
         console.print(f"{gate.model_name} already has a {gate.alias}: nothing to do")
         return
     layout = layout_of(settings)
-    report = run(
-        settings, Bars(), tune_of(settings, trials=trials, epochs=tune_epochs), epochs, until
-    )
+    tune_config = tune_of(settings, trials=trials, epochs=tune_epochs)
+    report = run(settings, Bars(), tune_config, epochs, until, frameworks.split(","))
     show_ingest(report.ingest, str(layout.root / "bronze"), str(layout.root / "quarantine"))
     show_features(report.features)
-    console.print(f"best of study {report.tuned.study}: {report.tuned.best_params}")
-    show_metrics(report.trained.metrics)
-    console.print(decision_line(report.decision))
-    decision, serve = report.decision, settings.serve
+    if report.tuned is not None:
+        console.print(f"best of study {report.tuned.study}: {report.tuned.best_params}")
+    for challenger in report.challengers:
+        console.print(f"[bold]{challenger.trained.framework}[/]")
+        show_metrics(challenger.trained.metrics)
+        console.print(decision_line(challenger.decision))
+    serve = settings.serve
     uri = redact(tracking_of(settings).resolved_uri)
+    champion = report.last_champion
+    outcome = (
+        f"model {gate.model_name} v{champion.decision.version} ({champion.trained.framework}) "
+        f"champion, run {champion.trained.run_id}"
+        if champion
+        else f"model {gate.model_name}: no challenger beat the champion"
+    )
     console.print(
-        f"[bold green]done[/]: features under {report.features.features.parent}; "
-        f"model {gate.model_name} v{decision.version} "
-        f"({'champion' if decision.promoted else 'not promoted'}), run {report.trained.run_id}"
+        f"[bold green]done[/]: features under {report.features.features.parent}; {outcome}"
     )
     from training.tracking import experiment_page  # MLflow: imported once logging is set up
 
-    page = experiment_page("http://127.0.0.1:5000", report.trained.experiment_id)
+    page = experiment_page("http://127.0.0.1:5000", report.challengers[-1].trained.experiment_id)
     console.print(
         f"the MLflow UI (runs, the study, the registry): mlflow ui --backend-store-uri {uri}"
         f", then {page}"

@@ -13,6 +13,12 @@ from mlops.settings import Settings
 from pipelines.redact import redact
 
 RunOption = Annotated[str | None, typer.Option(help="the run (default: the latest)")]
+FrameworkOption = Annotated[
+    Literal["torch", "lightgbm"],
+    typer.Option(
+        help="what makes the model: the network, or gradient-boosted trees (MLOPS_LIGHTGBM__*)"
+    ),
+]
 
 
 def train_command(
@@ -21,10 +27,13 @@ def train_command(
     batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     learning_rate: Annotated[float | None, typer.Option(min=0.0)] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    framework: FrameworkOption = "torch",
 ) -> None:
-    """Train the network on the feature table, tracked in MLflow.
+    """Train a model on the feature table, tracked in MLflow and exported to ONNX.
 
-    Data-parallel on N GPUs or processes: `torchrun --nproc_per_node N -m mlops train`.
+    The network by default; data-parallel on N GPUs or processes with
+    `torchrun --nproc_per_node N -m mlops train`. `--framework lightgbm` boosts trees instead
+    (the `lightgbm` extra); either is registered, gated and served the same way.
     """
     from mlops.flows import training
     from training.distributed import process_group
@@ -37,8 +46,24 @@ def train_command(
         "seed": seed,
     }
     fit_config = replace(settings.fit, **{k: v for k, v in given.items() if v is not None})
-    with process_group() as rank:
-        result = training.train(settings, Bars(disable=rank != 0), fit_config=fit_config)
+    if framework == "lightgbm":
+        if epochs is not None or batch_size is not None:
+            raise typer.BadParameter(
+                "--epochs and --batch-size are the network's; boosting stops early on its own "
+                "(its most rounds: MLOPS_LIGHTGBM__ROUNDS)"
+            )
+        if learning_rate is not None or seed is not None:
+            lightgbm = settings.lightgbm
+            lightgbm = replace(
+                lightgbm,
+                learning_rate=learning_rate or lightgbm.learning_rate,
+                seed=lightgbm.seed if seed is None else seed,
+            )
+            settings = settings.model_copy(update={"lightgbm": lightgbm})
+        result = training.train(settings, Bars(), framework="lightgbm")
+    else:
+        with process_group() as rank:
+            result = training.train(settings, Bars(disable=rank != 0), fit_config=fit_config)
     if result is None:  # a helper rank under torchrun: rank 0 reports
         return
     show_metrics(result.metrics)

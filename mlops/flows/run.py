@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from mlops.locks import writer_lock
 from mlops.settings import Settings
 from pipelines.ingest import MonthWindow
 from pipelines.splits import latest_plan
-from training.config import TuneConfig
+from training.config import Framework, TuneConfig
 
 if TYPE_CHECKING:
     from pipelines.features import FeatureReport
@@ -23,12 +24,22 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class Challenger:
+    trained: TrainResult
+    decision: Decision
+
+
+@dataclass(frozen=True)
 class RunReport:
     ingest: IngestReport
     features: FeatureReport
-    tuned: TuneResult
-    trained: TrainResult
-    decision: Decision
+    tuned: TuneResult | None  # the network's study; None when the network is not in the run
+    challengers: list[Challenger]  # in the order they were gated
+
+    @property
+    def last_champion(self) -> Challenger | None:
+        promoted = [c for c in self.challengers if c.decision.promoted]
+        return promoted[-1] if promoted else None
 
 
 def run(
@@ -37,17 +48,27 @@ def run(
     tune_config: TuneConfig,
     epochs: int | None = None,
     until: str | None = None,
+    frameworks: Sequence[Framework] = ("torch",),
 ) -> RunReport:
-    """Data, a study, the best configuration trained, exported, registered and gated; all of
-    it under the data lock, so no retrain changes the table between the study and the gate."""
+    """Data, then a challenger per framework (the network: a study and its best configuration
+    trained), each exported, registered and gated in turn, so the best of them and the
+    champion ends with the alias; all of it under the data lock, so no retrain changes the
+    table between the study and the last gate."""
     with writer_lock(settings, "mlops run", on_wait=progress.note) as lock:
         ingested = ingest(settings, progress, {}, MonthWindow(until=until))
         features = build_features(settings, progress, latest_plan(until) if until else None)
-        tuned = tune(settings, progress, tune_config)
-        model_config, fit_config = best_of_study(settings, tuned, epochs)
-        trained = train(settings, progress, model_config, fit_config)
-        if trained is None:
-            raise RuntimeError("`mlops run` trains in one process; start DDP with `mlops train`")
-        lock.check()  # a lost lock: another writer may have changed the data since
-        decision = promote(settings, trained.run_id)
-    return RunReport(ingested, features, tuned, trained, decision)
+        tuned, challengers = None, []
+        for framework in frameworks:
+            if framework == "torch":
+                tuned = tune(settings, progress, tune_config)
+                model_config, fit_config = best_of_study(settings, tuned, epochs)
+                trained = train(settings, progress, model_config, fit_config)
+            else:
+                trained = train(settings, progress, framework=framework)
+            if trained is None:
+                raise RuntimeError(
+                    "`mlops run` trains in one process; start DDP with `mlops train`"
+                )
+            lock.check()  # a lost lock: another writer may have changed the data since
+            challengers.append(Challenger(trained, promote(settings, trained.run_id)))
+    return RunReport(ingested, features, tuned, challengers)

@@ -10,7 +10,7 @@ from mlops.flows.data import require_features
 from mlops.flows.progress import Progress
 from mlops.settings import Settings
 from pipelines.errors import ChallengerRejectedError, NoDataError
-from training.config import FitConfig, GateConfig, ModelConfig, TuneConfig
+from training.config import FitConfig, Framework, GateConfig, ModelConfig, TuneConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,18 +38,22 @@ def train(
     model_config: ModelConfig | None = None,
     fit_config: FitConfig | None = None,
     name_prefix: str = "train",
+    framework: Framework = "torch",
 ) -> TrainResult | None:
-    """One tracked run on the feature table; None on the helper ranks of a torchrun job."""
+    """One tracked run on the feature table; None on the helper ranks of a torchrun job.
+    `framework`: the network (`torch`, with `model_config` and `fit_config`) or gradient-boosted
+    trees (`lightgbm`, with `settings.lightgbm`)."""
+    layout = layout_of(settings)
+    require_features(layout)
+    require_store(settings)  # it answers before minutes of training are spent (every rank)
+    if framework == "lightgbm":
+        return _train_lightgbm(settings, progress, name_prefix)
     from mlops.logs import adopt
     from training.fit import EpochResult
     from training.train import train as train_run
 
     adopt("torch")  # wired to stderr by its import
-
-    layout = layout_of(settings)
-    require_features(layout)
     fit_config = fit_config or settings.fit
-    require_store(settings)  # it answers before minutes of training are spent (every rank)
     with progress.stage("training", total=fit_config.epochs) as update:
 
         def advance(epoch: EpochResult) -> None:
@@ -66,6 +70,20 @@ def train(
             fit_config,
             advance,
             name_prefix,
+        )
+
+
+def _train_lightgbm(settings: Settings, progress: Progress, name_prefix: str) -> TrainResult:
+    from training.train import train_lightgbm
+
+    config = settings.lightgbm
+    with progress.stage("training lightgbm", total=config.rounds) as update:
+
+        def advance(round_: int, valid_loss: float) -> None:
+            update(completed=round_ + 1, description=f"lightgbm: valid loss {valid_loss:.4f}")
+
+        return train_lightgbm(
+            layout_of(settings), tracking_of(settings), config, advance, name_prefix
         )
 
 

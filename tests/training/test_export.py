@@ -1,4 +1,5 @@
-"""ONNX export: one file, a dynamic batch axis, parity with torch at batch sizes 1, 7, 4096."""
+"""The network's ONNX export: one file, a dynamic batch axis, parity with torch at batch sizes
+1, 7, 4096 (`training.export.check_parity`, which every framework's export goes through)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import torch
 
 from pipelines.contract import session_options
 from pipelines.spec import FeatureSpec
-from training.export import INPUTS, OUTPUT, ParityError, check_parity, export_onnx, session
+from training.export import INPUTS, OUTPUT, ParityError, check_parity, session
 from training.model import ModelConfig, TabularNet
-from training.tensors import to_tensors
+from training.network import Network, export_onnx
+from training.tensors import Tensors, to_tensors
+
+
+def parity(model: TabularNet, path: Path, data: Tensors):
+    return check_parity(Network(model), path, data.categorical.numpy(), data.numerical.numpy())
 
 
 @pytest.mark.parametrize("numeric", ["none", "ple", "periodic"])
@@ -23,7 +29,7 @@ def test_export_matches_torch_at_every_batch_size(
     torch.manual_seed(0)
     model = TabularNet(spec, ModelConfig(numeric_embedding=numeric, width=32)).eval()
     path = export_onnx(model, data, tmp_path / "model.onnx")
-    report = check_parity(model, path, data)
+    report = parity(model, path, data)
     assert report.rows == 5_000
     assert set(report.max_abs_diff) == {1, 7, 4096}
     assert max(report.max_abs_diff.values()) <= 1e-5
@@ -67,4 +73,4 @@ def test_a_model_that_drifted_from_its_export_fails_parity(
     with torch.no_grad():
         model.head.bias.add_(0.01)
     with pytest.raises(ParityError, match="more than 1e-05"):
-        check_parity(model, path, data)
+        parity(model, path, data)

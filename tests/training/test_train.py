@@ -13,15 +13,15 @@ import torch
 from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
-from pipelines.spec import FeatureSpec, psi_bins, sha256_of
+from pipelines.spec import FeatureSpec, encode, psi_bins, sha256_of
 from pipelines.storage import read_parquet_folder
 from training.bundle import log_onnx_model
 from training.config import TrackingConfig
 from training.export import ParityError
 from training.fit import FitConfig
 from training.model import ModelConfig, TabularNet
+from training.network import Network
 from training.registry import GateConfig, download_model, promote
-from training.tensors import to_tensors
 from training.tracking import fluent_tracking
 from training.train import train
 
@@ -75,7 +75,7 @@ def test_a_failing_parity_check_logs_no_model(featured_home: Path) -> None:
     layout = DataLayout(featured_home)
     spec = FeatureSpec.load(layout.spec)
     table = read_parquet_folder(layout.split("test")).head(1_000)
-    data = to_tensors(table, spec, "cpu")
+    data = encode(table, spec)
     model = DriftsWhenExported(spec, ModelConfig(width=16, depth=1)).eval()
     tracking = TrackingConfig(featured_home, experiment="parity-failure")
     with (
@@ -85,7 +85,7 @@ def test_a_failing_parity_check_logs_no_model(featured_home: Path) -> None:
     ):
         holdout = {"roc_auc": 0.5, "log_loss": 0.7, "mean_probability": 0.2, "delay_rate": 0.2}
         bins = psi_bins(np.linspace(0.0, 1.0, 1_000))
-        log_onnx_model(model, layout, spec, data, 0.5, holdout, bins)
+        log_onnx_model(Network(model), layout, spec, data, 0.5, holdout, bins)
     client = MlflowClient(tracking.resolved_uri)
     assert client.get_run(run.info.run_id).info.status == "FAILED"
     assert client.list_artifacts(run.info.run_id) == []

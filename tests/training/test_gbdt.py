@@ -1,0 +1,167 @@
+"""Gradient-boosted trees (LightGBM) as a second framework: the same encoded inputs, the same ONNX
+contract and parity check, the same tracked run, and a gate that compares across frameworks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pipelines.layout import DataLayout
+from pipelines.spec import LABEL, FeatureSpec, encode, psi_bins
+from pipelines.storage import read_parquet_folder
+from training.bundle import log_onnx_model
+from training.config import GateConfig, LightGBMConfig, TrackingConfig
+from training.export import INPUTS, OUTPUT, ParityError, check_parity
+from training.fit import FitConfig
+from training.gbdt import GradientBoosting, fit_lightgbm
+from training.model import ModelConfig
+from training.registry import download_model, promote
+from training.tracking import fluent_tracking
+from training.train import train, train_lightgbm
+
+pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
+
+SMALL = LightGBMConfig(
+    rounds=300, early_stopping=10, learning_rate=0.3, num_leaves=15, threads=2
+)  # stops early in a few seconds
+
+
+def parts(table: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    encoded = encode(table, spec)
+    return encoded.categorical, encoded.numerical, table[LABEL].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def boosted(tables: dict[str, pd.DataFrame], spec: FeatureSpec):
+    return fit_lightgbm(spec, parts(tables["train"], spec), parts(tables["valid"], spec), SMALL)
+
+
+def test_the_export_matches_lightgbm_at_every_batch_size(
+    boosted, tables: dict[str, pd.DataFrame], spec: FeatureSpec, tmp_path: Path
+) -> None:
+    codes, values, _ = parts(tables["valid"], spec)
+    path = boosted.model.export_onnx(codes, values, tmp_path / "model.onnx")
+    report = check_parity(boosted.model, path, codes, values)
+    assert report.rows == len(codes)
+    assert set(report.max_abs_diff) == {1, 7, 4096}
+    assert max(report.max_abs_diff.values()) <= 1e-5
+    assert boosted.model.booster.num_trees() == boosted.best_round + 1  # cut to its best round
+    assert len(boosted.valid_loss) > boosted.best_round + 1  # it stopped past the best
+
+
+def test_the_trees_file_is_on_the_contract(
+    boosted, tables: dict[str, pd.DataFrame], spec: FeatureSpec, tmp_path: Path
+) -> None:
+    codes, values, _ = parts(tables["valid"].head(10), spec)
+    path = boosted.model.export_onnx(codes, values, tmp_path / "m.onnx")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+    graph = onnx.load(str(path)).graph
+    assert [i.name for i in graph.input] == list(INPUTS)
+    assert [o.name for o in graph.output] == [OUTPUT]
+    types = [i.type.tensor_type.elem_type for i in graph.input]
+    assert types == [onnx.TensorProto.INT64, onnx.TensorProto.FLOAT]
+    for tensor in [*graph.input, *graph.output]:
+        batch = tensor.type.tensor_type.shape.dim[0]
+        assert batch.dim_param and not batch.HasField("dim_value")
+
+
+def test_trees_that_drifted_from_their_export_fail_parity_and_log_nothing(
+    featured_home: Path, tables: dict[str, pd.DataFrame], spec: FeatureSpec
+) -> None:
+    """A candidate whose own predictions differ from its file: nothing is logged."""
+
+    class DriftsWhenExported(GradientBoosting):
+        def predict(self, categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:
+            return super().predict(categorical, numerical) + np.float32(1e-4)
+
+    layout = DataLayout(featured_home)
+    real = FeatureSpec.load(layout.spec)
+    table = read_parquet_folder(layout.split("train")).head(5_000)
+    fitted = fit_lightgbm(real, parts(table, real), parts(table, real), SMALL).model
+    drifting = DriftsWhenExported(fitted.booster, fitted.categorical)
+    data = encode(read_parquet_folder(layout.split("test")).head(1_000), real)
+    tracking = TrackingConfig(featured_home, experiment="trees-parity-failure")
+    with (
+        pytest.raises(ParityError, match="differs from lightgbm"),
+        fluent_tracking(tracking) as experiment_id,
+        mlflow.start_run(experiment_id=experiment_id) as run,
+    ):
+        holdout = {"roc_auc": 0.5, "log_loss": 0.7, "mean_probability": 0.2, "delay_rate": 0.2}
+        log_onnx_model(drifting, layout, real, data, 0.5, holdout, psi_bins(np.linspace(0, 1, 99)))
+    client = MlflowClient(tracking.resolved_uri)
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert client.list_artifacts(run.info.run_id) == []
+    assert client.search_logged_models([run.info.experiment_id]) == []
+
+
+def test_a_lightgbm_run_is_tracked_and_logged_like_the_networks(
+    featured_home: Path, tmp_path: Path
+) -> None:
+    tracking = TrackingConfig(featured_home, experiment="trees")
+    result = train_lightgbm(DataLayout(featured_home), tracking, SMALL)
+    client = MlflowClient(tracking.resolved_uri)
+    run = client.get_run(result.run_id)
+    assert result.framework == "lightgbm"
+    assert run.data.tags["framework"] == run.data.params["framework"] == "lightgbm"
+    assert run.data.params["lightgbm.num_leaves"] == "15"
+    assert run.info.run_name.endswith(" lightgbm")
+    assert run.data.metrics["test_roc_auc"] > 0.65
+    assert run.data.metrics["best_round"] >= 0
+    for size in (1, 7, 4096):
+        assert run.data.metrics[f"onnx_parity_max_abs_diff_b{size}"] <= 1e-5
+    card = run.data.tags["mlflow.note.content"]
+    assert card.startswith("lightgbm trained on 2013-01..2013-09")
+    assert "Gradient-boosted trees (LightGBM)" in card and "max |ONNX - lightgbm|" in card
+    model_dir = download_model(client, result.run_id, tmp_path / "model")
+    info = mlflow.models.Model.load(str(model_dir / "MLmodel"))
+    assert info.metadata["framework"] == "lightgbm"
+    assert info.metadata["onnx_sha256"] == result.model.onnx_sha256
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    for name in ("learning_curves", "roc", "calibration", "permutation_importance"):
+        assert f"plots/{name}.png" in plots
+    assert not mlflow.is_tracking_uri_set()
+
+
+@pytest.mark.slow
+def test_the_gate_compares_across_frameworks_and_promotes_only_on_a_gain(
+    featured_home: Path,
+) -> None:
+    """A barely trained network is the champion; the trees beat it and take the alias; the
+    same barely trained network again is kept out. Each decision names both frameworks, on
+    the run and on the version."""
+    layout = DataLayout(featured_home)
+    tracking = TrackingConfig(featured_home, experiment="across")
+    gate = GateConfig(model_name="flight-delay-across")
+    holdout = read_parquet_folder(layout.split("test"))
+    client = tracking.client()
+    barely = (ModelConfig(width=16, depth=1, numeric_dim=2), FitConfig(epochs=1, learning_rate=1e-6))
+    network = train(layout, tracking, *barely)
+    assert network is not None
+    first = promote(client, network.run_id, holdout, gate)
+    assert first.promoted and first.challenger_framework == "torch"
+
+    trees = train_lightgbm(layout, tracking, SMALL)
+    won = promote(client, trees.run_id, holdout, gate)
+    assert won.promoted, won.reason
+    assert won.challenger_auc > won.champion_auc
+    assert (won.challenger_framework, won.champion_framework) == ("lightgbm", "torch")
+    assert "challenger (lightgbm)" in won.reason and "(torch)" in won.reason
+    run = client.get_run(trees.run_id).data
+    assert run.tags["gate_challenger_framework"] == "lightgbm"
+    assert run.tags["gate_champion_framework"] == "torch"
+    assert run.metrics["gate_champion_auc"] == pytest.approx(won.champion_auc)
+    assert client.get_model_version(gate.model_name, won.version).tags["framework"] == "lightgbm"
+
+    again = train(layout, tracking, *barely)
+    assert again is not None
+    lost = promote(client, again.run_id, holdout, gate)
+    assert not lost.promoted
+    assert (lost.challenger_framework, lost.champion_framework) == ("torch", "lightgbm")
+    champion = client.get_model_version_by_alias(gate.model_name, gate.alias)
+    assert str(champion.version) == won.version
