@@ -140,7 +140,10 @@ def test_the_gate_compares_across_frameworks_and_promotes_only_on_a_gain(
     gate = GateConfig(model_name="flight-delay-across")
     holdout = read_parquet_folder(layout.split("test"))
     client = tracking.client()
-    barely = (ModelConfig(width=16, depth=1, numeric_dim=2), FitConfig(epochs=1, learning_rate=1e-6))
+    barely = (
+        ModelConfig(width=16, depth=1, numeric_dim=2),
+        FitConfig(epochs=1, learning_rate=1e-6),
+    )
     network = train(layout, tracking, *barely)
     assert network is not None
     first = promote(client, network.run_id, holdout, gate)
