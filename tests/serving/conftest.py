@@ -21,11 +21,11 @@ from fastapi.testclient import TestClient
 from pipelines.layout import DataLayout
 from pipelines.storage import read_parquet_folder
 from serving.bundle import Bundle, download_version
-from training.config import TrackingConfig
+from training.config import LightGBMConfig, TrackingConfig
 from training.fit import FitConfig
 from training.model import ModelConfig
 from training.registry import GateConfig, promote
-from training.train import train
+from training.train import train, train_lightgbm
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class Champion:
 
 
 SMALL = (ModelConfig(width=16, depth=1, numeric_dim=2), FitConfig(epochs=1, batch_size=4096))
+TREES = LightGBMConfig(rounds=200, early_stopping=20, learning_rate=0.1, threads=2)
 
 
 def train_and_promote(home: Path, gate: GateConfig, seed: int = 0) -> tuple[str, str]:
@@ -59,10 +60,27 @@ def champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> C
 
 
 @pytest.fixture(scope="session")
-def model_folder(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
-    cache = tmp_path_factory.mktemp("models")
+def trees_champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Champion:
+    """Gradient-boosted trees as the champion: served by the same server, which never looks
+    at the framework."""
+    pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
+    home = tmp_path_factory.mktemp("trees")
+    shutil.copytree(featured_home / "data", home / "data")
+    tracking = TrackingConfig(home)
+    result = train_lightgbm(DataLayout(home), tracking, TREES)
+    holdout = read_parquet_folder(DataLayout(home).split("test"))
+    decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
+    return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)
+
+
+def folder_of(champion: Champion, cache: Path) -> Bundle:
     client = TrackingConfig(champion.home).client()
     return download_version(client, champion.name, champion.version, cache)
+
+
+@pytest.fixture(scope="session")
+def model_folder(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    return folder_of(champion, tmp_path_factory.mktemp("models"))
 
 
 @pytest.fixture(scope="session")

@@ -24,9 +24,9 @@ from tests.load import collect, open_loop_process, p99
 from tests.processes import clean_env, mlops_serve
 from training.config import GateConfig, TrackingConfig
 from training.registry import register as register_version
-from training.train import train
+from training.train import train, train_lightgbm
 
-from .conftest import SMALL, Champion, Server, as_requests, ready_client
+from .conftest import SMALL, TREES, Champion, Server, as_requests, ready_client
 
 TOKEN = {"Authorization": "Bearer t0ken"}
 
@@ -52,6 +52,14 @@ def narrower_run(champion: Champion, tmp_path_factory: pytest.TempPathFactory) -
     return result.run_id
 
 
+@pytest.fixture(scope="module")
+def trees_run(champion: Champion) -> str:
+    """LightGBM trees on the champion's table, in its registry: another framework's model."""
+    pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
+    tracking = TrackingConfig(champion.home)
+    return train_lightgbm(DataLayout(champion.home), tracking, TREES).run_id
+
+
 @pytest.mark.slow
 def test_thirty_hot_swaps_of_two_different_models_under_open_loop_load_on_two_workers(
     champion: Champion, narrower_run: str, december: pd.DataFrame, tmp_path: Path
@@ -60,10 +68,29 @@ def test_thirty_hot_swaps_of_two_different_models_under_open_loop_load_on_two_wo
     two models of different widths, under a fixed arrival rate: no request fails (a transport
     error counts), every answer names one of the two, and p99 during the swaps stays within
     twice the steady p99. Each worker (its pid in /model) follows within one poll interval."""
-    name = "flight-delay-swaps"
+    _swaps_under_load(champion, narrower_run, "flight-delay-swaps", SWAPS, december, tmp_path)
+
+
+@pytest.mark.slow
+def test_hot_swaps_between_the_network_and_lightgbm_trees_under_load(
+    champion: Champion, trees_run: str, december: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The same, between a torch version and a LightGBM version: the unchanged server swaps
+    frameworks as it swaps weights."""
+    _swaps_under_load(champion, trees_run, "flight-delay-frameworks", 10, december, tmp_path)
+
+
+def _swaps_under_load(
+    champion: Champion,
+    other_run: str,
+    name: str,
+    swaps: int,
+    december: pd.DataFrame,
+    tmp_path: Path,
+) -> None:
     client = TrackingConfig(champion.home).client()
     gate = GateConfig(model_name=name)
-    versions = [register_version(client, run, gate) for run in (champion.run_id, narrower_run)]
+    versions = [register_version(client, run, gate) for run in (champion.run_id, other_run)]
     client.set_registered_model_alias(name, "champion", versions[0])
     env = {
         **clean_env(),
@@ -75,12 +102,12 @@ def test_thirty_hot_swaps_of_two_different_models_under_open_loop_load_on_two_wo
     body = {"flights": as_requests(december.head(3))}
     with mlops_serve("--workers", "2", env=env) as served:
         steady = collect(open_loop_process(served.base, "/predict", body, RATE, 10))
-        load = open_loop_process(served.base, "/predict", body, RATE, EVERY_S * SWAPS + 5)
-        for i in range(1, SWAPS + 1):
+        load = open_loop_process(served.base, "/predict", body, RATE, EVERY_S * swaps + 5)
+        for i in range(1, swaps + 1):
             time.sleep(EVERY_S)
             client.set_registered_model_alias(name, "champion", versions[i % 2])
         swapping = collect(load)
-        final = versions[SWAPS % 2]
+        final = versions[swaps % 2]
         deadline = time.monotonic() + 30
         seen: dict[int, str] = {}
         while set(seen.values()) != {final} or len(seen) < 2:
@@ -89,11 +116,12 @@ def test_thirty_hot_swaps_of_two_different_models_under_open_loop_load_on_two_wo
             seen[info["pid"]] = info["version"]
         metrics = [httpx.get(f"{served.base}/metrics").text for _ in range(4)]
     logging.getLogger(__name__).warning(  # benchmarks/RESULTS.md quotes it
-        "hot swaps: %d requests at %d/s, p99 steady %.1f ms, during %d swaps %.1f ms (%.2fx)",
+        "hot swaps (%s): %d requests at %d/s, p99 steady %.1f ms, during %d swaps %.1f ms (%.2fx)",
+        name,
         len(swapping),
         RATE,
         1000 * p99(steady),
-        SWAPS,
+        swaps,
         1000 * p99(swapping),
         p99(swapping) / p99(steady),
     )

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from mlops.cli import app as cli
@@ -17,7 +18,7 @@ from serving.bundle import Bundle
 from serving.config import ServeConfig
 from serving.manager import FolderSource
 
-from .conftest import Champion, as_requests, ready_client
+from .conftest import Champion, as_requests, folder_of, ready_client
 
 
 def _mlops_predict(champion: Champion, source: Path, output: Path, model: Bundle):
@@ -27,9 +28,14 @@ def _mlops_predict(champion: Champion, source: Path, output: Path, model: Bundle
     return CliRunner().invoke(cli, command)
 
 
+@pytest.mark.parametrize("made_by", ["champion", "trees_champion"])
 def test_predict_equals_batch_scoring_on_every_test_month_flight(
-    champion: Champion, model_folder: Bundle, tmp_path: Path
+    made_by: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    """The network's champion and a LightGBM champion alike: the server never looks at the
+    framework, and neither does the batch scorer."""
+    champion: Champion = request.getfixturevalue(made_by)
+    model_folder = folder_of(champion, tmp_path / "cache")
     layout = DataLayout(champion.home)
     months = [m for m in layout.months("flights") if m >= "2013-11"]
     flights = pd.concat(
