@@ -60,7 +60,19 @@ def plan_of(settings: Settings) -> SplitPlan:
 def tune_of(settings: Settings, **overrides: object) -> TuneConfig:
     """The study's config: MLOPS_OPTUNA_STORAGE, then the options a command was given."""
     given = {name: value for name, value in overrides.items() if value is not None}
-    return replace(settings.tune, storage=settings.optuna_storage, **given)
+    framework = given.pop("framework", settings.tune.framework)
+    config = replace(settings.tune, storage=settings.optuna_storage, **given)
+    return for_framework(config, str(framework), keep_study="study" in given)
+
+
+def for_framework(config: TuneConfig, framework: str, keep_study: bool = False) -> TuneConfig:
+    """`config`'s budget for `framework`: a framework other than the network's searches in a
+    study of its own (`flight-delay-lightgbm`) unless one is named."""
+    if framework == config.framework:
+        return config
+    own = keep_study or framework == "torch"
+    study = config.study if own else f"{config.study}-{framework}"
+    return replace(config, framework=framework, study=study)
 
 
 def tracking_of(settings: Settings) -> TrackingConfig:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from pipelines.sources import bundled_source
 from tests.processes import clean_env, mlops_serve
@@ -138,3 +139,44 @@ def test_the_first_hour_from_a_fresh_clone(tmp_path: Path) -> None:
     assert {p.name for p in work.iterdir()} == asked_for  # no stray ./mlflow.db or ./mlruns
     leftovers = [p for p in (work / "user-home").rglob("*") if p.is_file()]
     assert leftovers == [], f"written to the user's home: {leftovers}"
+
+
+def test_run_lets_the_gate_choose_between_the_network_and_trees(tmp_path: Path) -> None:
+    """`mlops run --frameworks torch,lightgbm`: both trained, exported and gated in turn; the
+    one with the better holdout ROC-AUC is the champion, and `mlops serve` serves it."""
+    pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
+    work = tmp_path / "clone"
+    (work / "user-home").mkdir(parents=True)
+    (work / ".env").write_text("MLOPS_LIGHTGBM__ROUNDS=300\n")  # read at the edge, as a user's
+    output = mlops(
+        work,
+        "run",
+        "--trials",
+        "1",
+        "--tune-epochs",
+        "1",
+        "--epochs",
+        "1",
+        "--frameworks",
+        "torch,lightgbm",
+    ).replace("\n", " ")
+    assert "first model (torch): no champion yet" in output
+    assert "challenger (lightgbm) ROC-AUC" in output and "v1 (torch)" in output
+    client = MlflowClient(f"sqlite:///{(work / '.mlops' / 'mlflow.db').resolve()}")
+    versions = {v.version: v for v in client.search_model_versions("name = 'flight-delay'")}
+    assert {v.tags["framework"] for v in versions.values()} == {"torch", "lightgbm"}
+    aucs = {
+        v.tags["framework"]: client.get_run(v.run_id).data.metrics["gate_challenger_auc"]
+        for v in versions.values()
+    }
+    best = max(aucs, key=aucs.__getitem__)
+    champion = client.get_model_version_by_alias("flight-delay", "champion")
+    assert champion.tags["framework"] == best, aucs
+    assert f"v{champion.version} (champion) made by {best}" in output
+
+    december = december_flights(5)
+    body = {"flights": [as_request(row) for _, row in december.iterrows()]}
+    with serving(work) as api:
+        answer = httpx.post(f"{api}/predict", json=body, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == {"name": "flight-delay", "version": str(champion.version)}

@@ -110,6 +110,7 @@ class TuneConfig:
     epochs: PositiveInt = 3  # the most epochs a trial trains: Hyperband's maximum resource
     pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
     study: str = "flight-delay"
+    framework: Framework = "torch"  # whose space the study searches (one framework per study)
     storage: str = ""  # an SQLAlchemy URL; empty means sqlite under MLOPS_HOME
     workers: PositiveInt = 1  # processes started by one command, each running trials
     heartbeat_interval: PositiveInt = 10  # seconds between a running trial's heartbeats

@@ -1,10 +1,12 @@
 """Hyperparameter search: an Optuna study whose trials are nested MLflow runs.
 
-TPE proposes a configuration; each trial trains it for at most `epochs` epochs and reports the
-validation loss after every epoch, so Hyperband (or successive halving) stops the poor ones
-early. The study lives in an Optuna storage: SQLite under MLOPS_HOME by default, or a shared
-database (`MLOPS_OPTUNA_STORAGE=postgresql://...`) so that several processes, on one machine
-or many, work on one study. Heartbeats mark the trial of a killed worker as failed and
+A study searches one framework's space. TPE proposes a configuration; a trial of the network
+trains it for at most `epochs` epochs and reports the validation loss after every epoch, a
+trial of LightGBM boosts until early stopping and reports every ROUNDS_PER_REPORT rounds, so
+Hyperband (or successive halving) stops the poor ones early. The study lives in an Optuna
+storage: SQLite under MLOPS_HOME by default, or a shared database
+(`MLOPS_OPTUNA_STORAGE=postgresql://...`) so that several processes, on one machine or many,
+work on one study. Heartbeats mark the trial of a killed worker as failed and
 `RetryHeartbeatStaleTrialCallback` queues it again, and a worker rides out a database restart
 (training/study.py), so the study still finishes its budget.
 
@@ -34,9 +36,9 @@ from optuna.trial import TrialState
 
 from pipelines.layout import DataLayout
 from pipelines.metrics import roc_auc
-from pipelines.spec import FeatureSpec
+from pipelines.spec import LABEL, FeatureSpec, encode
 from training import plots
-from training.config import FitConfig, ModelConfig, TrackingConfig, TuneConfig
+from training.config import FitConfig, LightGBMConfig, ModelConfig, TrackingConfig, TuneConfig
 from training.fit import EpochResult, fit, fresh_model, predict_logits
 from training.metrics import sigmoid
 from training.study import (
@@ -46,13 +48,15 @@ from training.study import (
     recover_trial,
     wait_for_storage,
 )
-from training.tensors import Tensors, pick_device, to_tensors
+from training.tensors import pick_device, to_tensors
 from training.tracking import experiment_id, fluent_tracking
 from training.train import load_splits
 
 logger = logging.getLogger(__name__)
 
 RUN_ATTR = "mlflow_run_id"
+FRAMEWORK_ATTR = "framework"  # the study's: whose search space its trials sample
+ROUNDS_PER_REPORT = 10  # a LightGBM trial reports its validation loss this often
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 OnProgress = Callable[[int], None]  # called with the number of finished trials
@@ -97,7 +101,31 @@ def best_configs(params: dict[str, object], fit_config: FitConfig) -> tuple[Mode
     return suggest(optuna.trial.FixedTrial(params), fit_config)
 
 
+def suggest_lightgbm(trial: optuna.Trial, base: LightGBMConfig) -> LightGBMConfig:
+    """The trees' search space, the usual one for LightGBM: the number of rounds is left to
+    early stopping, the rest searched on log scales where it spans orders of magnitude."""
+    return replace(
+        base,
+        learning_rate=trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
+        num_leaves=trial.suggest_int("num_leaves", 8, 256, log=True),
+        min_child_samples=trial.suggest_int("min_child_samples", 5, 200, log=True),
+        feature_fraction=trial.suggest_float("feature_fraction", 0.4, 1.0),
+        bagging_fraction=trial.suggest_float("bagging_fraction", 0.4, 1.0),
+        lambda_l2=trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
+        cat_smooth=trial.suggest_float("cat_smooth", 1.0, 100.0, log=True),
+    )
+
+
+def best_lightgbm(params: dict[str, object], base: LightGBMConfig) -> LightGBMConfig:
+    """The trees' config of a study's best trial."""
+    return suggest_lightgbm(optuna.trial.FixedTrial(params), base)
+
+
 def _pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
+    if config.pruner == "hyperband" and config.framework == "lightgbm":
+        # the resource is boosting rounds, reported every ROUNDS_PER_REPORT: the most rounds a
+        # trial takes is early stopping's to decide, so Optuna estimates it from the first trials
+        return optuna.pruners.HyperbandPruner(min_resource=ROUNDS_PER_REPORT, max_resource="auto")
     if config.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=config.epochs)
     if config.pruner == "successive_halving":
@@ -106,41 +134,104 @@ def _pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
 
 
 def _study(storage: RDBStorage, config: TuneConfig, seed: int) -> optuna.Study:
-    """Create the study, or load it when another process (or an earlier run) already did."""
+    """Create the study, or load it when another process (or an earlier run) already did; a
+    study searches one framework's space, recorded when it is made."""
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     try:
-        return optuna.create_study(
+        study = optuna.create_study(
             storage=storage, study_name=config.study, sampler=sampler, pruner=_pruner(config)
         )
+        study.set_user_attr(FRAMEWORK_ATTR, config.framework)
+        return study
     except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(
+        study = optuna.load_study(
             study_name=config.study, storage=storage, sampler=sampler, pruner=_pruner(config)
         )
+    searched = study.user_attrs.get(FRAMEWORK_ATTR)
+    if searched is None:  # made by a process that has not recorded it yet, or before frameworks
+        study.set_user_attr(FRAMEWORK_ATTR, config.framework)
+    elif searched != config.framework:
+        raise ValueError(
+            f"study {config.study!r} searches {searched}'s space, not {config.framework}'s: "
+            "name another study (--study)"
+        )
+    return study
 
 
 def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
+class NetworkTrials:
+    """The network's trials: a configuration from `suggest`, fit on tensors loaded once."""
+
+    def __init__(self, spec: FeatureSpec, tables: dict, fit_config: FitConfig, epochs: int) -> None:
+        device = pick_device()
+        self.spec, self.fit_config = spec, replace(fit_config, epochs=epochs)
+        self.train, self.valid = (to_tensors(tables[s], spec, device) for s in ("train", "valid"))
+
+    def __call__(self, trial: optuna.Trial, report: Report) -> tuple[float, float]:
+        model_config, fit_config = suggest(trial, self.fit_config)
+        mlflow.log_params(
+            {f"model.{k}": v for k, v in model_config.as_params().items()}
+            | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
+        )
+
+        def on_epoch(epoch: EpochResult) -> None:
+            report(epoch.epoch, epoch.epoch + 1, epoch.train_loss, epoch.valid_loss)
+
+        model = fresh_model(self.spec, model_config, fit_config.seed, self.train.label.device)
+        result = fit(model, self.train, self.valid, fit_config, on_epoch=on_epoch)
+        probabilities = sigmoid(predict_logits(model, self.valid).cpu().numpy())
+        return result.best_valid_loss, roc_auc(self.valid.label.cpu().numpy(), probabilities)
+
+
+class TreesTrials:
+    """LightGBM's trials: a configuration from `suggest_lightgbm`, boosted on arrays encoded
+    once, reporting every ROUNDS_PER_REPORT rounds."""
+
+    def __init__(self, spec: FeatureSpec, tables: dict, base: LightGBMConfig) -> None:
+        self.spec, self.base = spec, base
+        self.parts = {}
+        for split in ("train", "valid"):
+            encoded = encode(tables[split], spec)
+            labels = tables[split][LABEL].to_numpy()
+            self.parts[split] = (encoded.categorical, encoded.numerical, labels)
+
+    def __call__(self, trial: optuna.Trial, report: Report) -> tuple[float, float]:
+        from training.gbdt import fit_lightgbm
+
+        config = suggest_lightgbm(trial, self.base)
+        mlflow.log_params({f"lightgbm.{k}": v for k, v in config.as_params().items()})
+
+        def on_round(round_: int, valid_loss: float) -> None:
+            if (round_ + 1) % ROUNDS_PER_REPORT == 0:
+                report(round_, round_ + 1, None, valid_loss)
+
+        boosted = fit_lightgbm(
+            self.spec, self.parts["train"], self.parts["valid"], config, on_round
+        )
+        codes, values, labels = self.parts["valid"]
+        probabilities = boosted.model.predict(codes, values)
+        return boosted.valid_loss[boosted.best_round], roc_auc(labels, probabilities)
+
+
+# A trial's progress: the step (epoch or round, from 0), the resource spent (epochs or rounds
+# done), the training loss when the framework has one at hand, and the validation loss.
+Report = Callable[[int, int, float | None, float], None]
+Trials = Callable[[optuna.Trial, Report], tuple[float, float]]  # -> best valid loss, valid AUC
+
+
 class Objective:
-    """Trains one trial's configuration on tensors loaded once per process."""
+    """One trial: its nested MLflow run around a framework's trials, pruned on what it reports."""
 
     def __init__(
-        self,
-        spec: FeatureSpec,
-        train: Tensors,
-        valid: Tensors,
-        config: TuneConfig,
-        fit_config: FitConfig,
-        client: MlflowClient,
-        experiment_id: str,
-        parent_run_id: str,
+        self, trials: Trials, client: MlflowClient, experiment_id: str, parent: str
     ) -> None:
         """Trials log through MLflow's fluent API: call it inside `fluent_tracking`."""
-        self.spec, self.train, self.valid = spec, train, valid
-        self.config, self.fit_config = config, replace(fit_config, epochs=config.epochs)
+        self.trials = trials
         self.client = client
-        self.experiment_id, self.parent_run_id = experiment_id, parent_run_id
+        self.experiment_id, self.parent_run_id = experiment_id, parent
         self.running: int | None = None  # the trial in progress: the one an outage can cut
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -150,7 +241,6 @@ class Objective:
         return loss
 
     def _run(self, trial: optuna.Trial) -> float:
-        model_config, fit_config = suggest(trial, self.fit_config)
         dead_run = trial.user_attrs.get(RUN_ATTR)  # set when this trial retries a killed one
         if dead_run:
             self.client.set_terminated(str(dead_run), status="KILLED")
@@ -164,37 +254,28 @@ class Objective:
         ) as run:
             trial.set_user_attr(RUN_ATTR, run.info.run_id)
             mlflow.set_tags({"optuna_study": trial.study.study_name, "optuna_trial": trial.number})
-            mlflow.log_params(
-                {f"model.{k}": v for k, v in model_config.as_params().items()}
-                | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
-            )
 
-            def report(epoch: EpochResult) -> None:
-                mlflow.log_metrics(
-                    {"train_loss": epoch.train_loss, "valid_loss": epoch.valid_loss},
-                    step=epoch.epoch,
-                )
-                trial.report(epoch.valid_loss, step=epoch.epoch + 1)  # resource: epochs done
+            def report(step: int, resource: int, train_loss: float | None, valid_loss: float):
+                logged = {"valid_loss": valid_loss}
+                if train_loss is not None:
+                    logged["train_loss"] = train_loss
+                mlflow.log_metrics(logged, step=step)
+                trial.report(valid_loss, step=resource)
                 if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned after {epoch.epoch + 1} epochs")
+                    raise optuna.TrialPruned(f"pruned after {resource}")
 
-            model = fresh_model(self.spec, model_config, fit_config.seed, self.train.label.device)
             try:
-                result = fit(model, self.train, self.valid, fit_config, on_epoch=report)
+                loss, auc = self.trials(trial, report)
             except optuna.TrialPruned as error:
                 pruned = error
                 mlflow.set_tag("optuna_state", "PRUNED")
             else:
-                probabilities = sigmoid(predict_logits(model, self.valid).cpu().numpy())
-                auc = roc_auc(self.valid.label.cpu().numpy(), probabilities)
-                mlflow.log_metrics(
-                    {"best_valid_loss": result.best_valid_loss, "valid_roc_auc": auc}
-                )
+                mlflow.log_metrics({"best_valid_loss": loss, "valid_roc_auc": auc})
                 mlflow.set_tag("optuna_state", "COMPLETE")
                 trial.set_user_attr("valid_roc_auc", auc)
         if pruned is not None:
             raise pruned
-        return result.best_valid_loss
+        return loss
 
 
 def _work(
@@ -202,6 +283,7 @@ def _work(
     tracking: TrackingConfig,
     config: TuneConfig,
     fit_config: FitConfig,
+    lightgbm: LightGBMConfig,
     worker: int = 0,
     threads: int | None = None,
     on_progress: OnProgress | None = None,
@@ -211,11 +293,16 @@ def _work(
 
     if threads:
         torch.set_num_threads(threads)
+        lightgbm = replace(lightgbm, threads=threads)
     layout = DataLayout(layout_home).pinned()  # one build for the spec and the splits
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
-    device = pick_device()
-    train, valid = (to_tensors(tables[s], spec, device) for s in ("train", "valid"))
+    trials: Trials = (
+        TreesTrials(spec, tables, lightgbm)
+        if config.framework == "lightgbm"
+        else NetworkTrials(spec, tables, fit_config, config.epochs)
+    )
+    del tables  # the trials keep what they encoded
     client = tracking.client()
     # trials log through MLflow's fluent API: the whole worker runs inside the store's scope
     with fluent_tracking(tracking) as experiment:
@@ -224,7 +311,7 @@ def _work(
         parent = parent_run(client, storage, study, experiment)
         if finished_count(study) >= config.trials:
             return
-        objective = Objective(spec, train, valid, config, fit_config, client, experiment, parent)
+        objective = Objective(trials, client, experiment, parent)
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
             optuna.study.MaxTrialsCallback(config.trials, states=FINISHED)
         ]
@@ -296,6 +383,7 @@ def tune(
     config: TuneConfig,
     fit_config: FitConfig,
     on_progress: OnProgress | None = None,
+    lightgbm: LightGBMConfig | None = None,
 ) -> TuneResult:
     """Run (or resume) the study to its budget in `config.workers` processes."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -306,10 +394,11 @@ def tune(
     client.update_run(parent, status="RUNNING")
     if on_progress:
         on_progress(finished_count(study))
+    lightgbm = lightgbm or LightGBMConfig()
     if config.workers == 1:
-        _work(layout.home, tracking, config, fit_config, on_progress=on_progress)
+        _work(layout.home, tracking, config, fit_config, lightgbm, on_progress=on_progress)
     else:
-        _work_in_processes(layout, tracking, config, fit_config, study, on_progress)
+        _work_in_processes(layout, tracking, config, fit_config, lightgbm, study, on_progress)
     counts = _log_study(client, study, parent, config.trials)
     if not counts["complete"]:
         raise RuntimeError(f"study {config.study!r} has no complete trial: {counts}")
@@ -321,6 +410,7 @@ def _work_in_processes(
     tracking: TrackingConfig,
     config: TuneConfig,
     fit_config: FitConfig,
+    lightgbm: LightGBMConfig,
     study: optuna.Study,
     on_progress: OnProgress | None,
 ) -> None:
@@ -330,7 +420,7 @@ def _work_in_processes(
     processes = [
         context.Process(
             target=_work,
-            args=(layout.home, tracking, config, fit_config, worker, threads),
+            args=(layout.home, tracking, config, fit_config, lightgbm, worker, threads),
             name=f"tune-worker-{worker}",
         )
         for worker in range(config.workers)

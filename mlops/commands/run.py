@@ -33,7 +33,7 @@ def run_command(
     frameworks: Annotated[
         str,
         typer.Option(
-            help="comma-separated challengers, each gated in turn: torch (tuned), lightgbm",
+            help="comma-separated challengers, each tuned, trained and gated: torch, lightgbm",
             callback=frameworks_option,
         ),
     ] = "torch",
@@ -56,23 +56,20 @@ def run_command(
     report = run(settings, Bars(), tune_config, epochs, until, frameworks.split(","))
     show_ingest(report.ingest, str(layout.root / "bronze"), str(layout.root / "quarantine"))
     show_features(report.features)
-    if report.tuned is not None:
-        console.print(f"best of study {report.tuned.study}: {report.tuned.best_params}")
-    for challenger in report.challengers:
+    for study, challenger in zip(report.studies, report.challengers, strict=True):
         console.print(f"[bold]{challenger.trained.framework}[/]")
+        console.print(f"best of study {study.study}: {study.best_params}")
         show_metrics(challenger.trained.metrics)
         console.print(decision_line(challenger.decision))
     serve = settings.serve
     uri = redact(tracking_of(settings).resolved_uri)
     champion = report.last_champion
-    outcome = (
-        f"model {gate.model_name} v{champion.decision.version} ({champion.trained.framework}) "
-        f"champion, run {champion.trained.run_id}"
-        if champion
-        else f"model {gate.model_name}: no challenger beat the champion"
-    )
+    shown = champion or report.challengers[-1]
+    outcome = "champion" if champion else "not promoted"
     console.print(
-        f"[bold green]done[/]: features under {report.features.features.parent}; {outcome}"
+        f"[bold green]done[/]: features under {report.features.features.parent}; "
+        f"model {gate.model_name} v{shown.decision.version} ({outcome}) made by "
+        f"{shown.trained.framework}, run {shown.trained.run_id}"
     )
     from training.tracking import experiment_page  # MLflow: imported once logging is set up
 

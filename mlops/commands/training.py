@@ -88,15 +88,24 @@ def tune_command(
         Literal["hyperband", "successive_halving", "none"] | None, typer.Option()
     ] = None,
     study: Annotated[str | None, typer.Option(help="the study's name")] = None,
+    framework: FrameworkOption = "torch",
 ) -> None:
     """Search hyperparameters with Optuna (TPE + pruning); one nested MLflow run per trial.
 
     Several `mlops tune` processes share one study through MLOPS_OPTUNA_STORAGE=postgresql://...
+    `--framework lightgbm` searches the trees' space, in the study `<study>-lightgbm` unless
+    `--study` names one (`--epochs` is the network's: trees stop early on their own).
     """
     from mlops.flows import training
 
     config = tune_of(
-        ctx.obj, trials=trials, epochs=epochs, workers=workers, pruner=pruner, study=study
+        ctx.obj,
+        trials=trials,
+        epochs=epochs,
+        workers=workers,
+        pruner=pruner,
+        study=study,
+        framework=framework,
     )
     result = training.tune(ctx.obj, Bars(), config)
     counts = ", ".join(f"{n} {state}" for state, n in result.counts.items())

@@ -102,15 +102,26 @@ def tune(settings: Settings, progress: Progress, config: TuneConfig) -> TuneResu
         def advance(finished: int) -> None:
             update(completed=min(finished, config.trials))
 
-        return tune_study(layout, tracking_of(settings), config, settings.fit, advance)
+        return tune_study(
+            layout, tracking_of(settings), config, settings.fit, advance, settings.lightgbm
+        )
 
 
 def best_of_study(settings: Settings, tuned: TuneResult, epochs: int | None = None):
-    """The model and fit configs of the study's best trial, for the final run."""
+    """The model and fit configs of the network's study's best trial, for the final run."""
     from training.tune import best_configs
 
     fit_config = settings.fit if epochs is None else replace(settings.fit, epochs=epochs)
     return best_configs(tuned.best_params, fit_config)
+
+
+def with_best_trees(settings: Settings, tuned: TuneResult) -> Settings:
+    """The settings with the trees' study's best configuration as their `lightgbm` section."""
+    from training.tune import best_lightgbm
+
+    return settings.model_copy(
+        update={"lightgbm": best_lightgbm(tuned.best_params, settings.lightgbm)}
+    )
 
 
 def newest_holdout(settings: Settings) -> pd.DataFrame:

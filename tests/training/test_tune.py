@@ -13,19 +13,22 @@ from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec
-from training.config import TrackingConfig
+from training.config import LightGBMConfig, TrackingConfig
 from training.fit import FitConfig
 from training.study import PARENT_RUN_ATTR, open_storage
-from training.tensors import to_tensors
 from training.tracking import experiment_id, fluent_tracking
 from training.train import load_splits
 from training.tune import (
     FINISHED,
+    ROUNDS_PER_REPORT,
     RUN_ATTR,
+    NetworkTrials,
     Objective,
     TuneConfig,
     best_configs,
+    best_lightgbm,
     suggest,
+    suggest_lightgbm,
     tune,
 )
 
@@ -94,14 +97,11 @@ def test_a_pruned_trial_stops_after_its_first_epoch_and_says_so(home: Path) -> N
     layout = DataLayout(home)
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
-    train, valid = (to_tensors(tables[s], spec, "cpu") for s in ("train", "valid"))
     tracking = TrackingConfig(home, experiment="pruning")
     client = tracking.client()
     experiment = experiment_id(client, tracking)
     parent = client.create_run(experiment).info.run_id
-    objective = Objective(
-        spec, train, valid, TuneConfig(epochs=4), SMALL_FIT, client, experiment, parent
-    )
+    objective = Objective(NetworkTrials(spec, tables, SMALL_FIT, 4), client, experiment, parent)
     study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=0.0))
     with fluent_tracking(tracking):
         study.optimize(objective, n_trials=1)
@@ -132,3 +132,31 @@ def test_workers_run_the_trials_in_their_own_processes(home: Path) -> None:
     client = tracking.client()
     trials = client.search_runs([experiment_id(client, tracking)], "tags.optuna_study = 'workers'")
     assert len(trials) >= result.counts["complete"] + 1  # the trials and their parent
+
+
+TREES = LightGBMConfig(rounds=200, early_stopping=10, threads=2)
+
+
+def test_a_trees_study_searches_lightgbm_in_a_study_of_its_own(home: Path) -> None:
+    """`framework="lightgbm"`: each trial boosts until early stopping and reports every
+    ROUNDS_PER_REPORT rounds; its nested run logs the trees' parameters; the best parameters
+    rebuild the best config; the study cannot be resumed as the network's."""
+    pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
+    tracking = TrackingConfig(home)
+    config = TuneConfig(trials=3, study="trees", framework="lightgbm")
+    result = tune(DataLayout(home), tracking, config, SMALL_FIT, lightgbm=TREES)
+    assert result.counts["complete"] + result.counts["pruned"] == 3
+    study = optuna.load_study(study_name="trees", storage=open_storage(config, home))
+    assert study.user_attrs["framework"] == "lightgbm"
+    best = study.best_trial
+    assert set(best.params) >= {"num_leaves", "learning_rate", "min_child_samples"}
+    assert all(step % ROUNDS_PER_REPORT == 0 for step in best.intermediate_values)
+    rebuilt = best_lightgbm(result.best_params, TREES)
+    assert rebuilt == suggest_lightgbm(optuna.trial.FixedTrial(best.params), TREES)
+    assert (rebuilt.rounds, rebuilt.threads) == (TREES.rounds, TREES.threads)
+    client = MlflowClient(tracking.resolved_uri)
+    run = client.get_run(best.user_attrs[RUN_ATTR])
+    assert run.data.params["lightgbm.num_leaves"] == str(best.params["num_leaves"])
+    assert run.data.metrics["valid_roc_auc"] == best.user_attrs["valid_roc_auc"]
+    with pytest.raises(ValueError, match="searches lightgbm's space, not torch's"):
+        tune(DataLayout(home), tracking, TuneConfig(trials=4, study="trees"), SMALL_FIT)
