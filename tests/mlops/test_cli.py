@@ -58,6 +58,23 @@ def test_a_bad_month_is_rejected() -> None:
     assert "YYYY-MM" in result.output
 
 
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (["run", "--frameworks", "torch,xgboost"], "got 'torch,xgboost'"),
+        (["run", "--frameworks", "torch,torch"], "distinct names"),
+        (["train", "--framework", "lightgbm", "--epochs", "3"], "MLOPS_LIGHTGBM__ROUNDS"),
+    ],
+)
+def test_a_framework_that_cannot_be_trained_is_refused_before_any_work(
+    command: list[str], says: str, tmp_path: Path
+) -> None:
+    result = runner.invoke(app, ["--home", str(tmp_path), *command])
+    assert result.exit_code == 2, result.output
+    assert says in " ".join(result.output.split())
+    assert not (tmp_path / "data").exists()
+
+
 def test_features_before_ingest_says_what_to_do(tmp_path: Path) -> None:
     result = runner.invoke(app, ["--home", str(tmp_path), "data", "features"])
     assert result.exit_code == 2

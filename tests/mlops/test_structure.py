@@ -15,7 +15,14 @@ from mlops.settings import Settings
 from serving.config import ServeConfig
 from tests.processes import clean_env
 from tests.training.conftest import write_feature_table
-from training.config import FitConfig, GateConfig, ModelConfig, TrackingConfig, TuneConfig
+from training.config import (
+    FitConfig,
+    GateConfig,
+    LightGBMConfig,
+    ModelConfig,
+    TrackingConfig,
+    TuneConfig,
+)
 
 PACKAGE = Path(mlops.__file__).parent
 
@@ -104,6 +111,7 @@ def test_the_settings_sections_are_the_library_configs() -> None:
     for section, config in (
         (settings.model, ModelConfig()),
         (settings.fit, FitConfig()),
+        (settings.lightgbm, LightGBMConfig()),
         (settings.tune, TuneConfig()),
         (settings.gate, GateConfig()),
         (settings.serve, ServeConfig()),
