@@ -38,6 +38,9 @@ class ModelConfig:
     width: Annotated[int, Field(ge=4)] = 128
     depth: PositiveInt = 3
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.22
+    # numerical values held to the training range (training/model.py says why)
+    clip_to_training: bool = False
+    members: PositiveInt = 1  # above 1: a TabM-mini ensemble of this many members
 
     def as_params(self) -> dict[str, object]:
         return asdict(self)

@@ -118,7 +118,10 @@ def fit(
             batch = train.take(order[begin : begin + config.batch_size])
             with _autocast(device):
                 logits = net(batch.categorical, batch.numerical)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), batch.label)
+            target = batch.label
+            if logits.dim() == 2:  # an ensemble's members, each on its own loss
+                target = target.unsqueeze(1).expand_as(logits)
+            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,10 +1,21 @@
-"""A network for tabular data: an embedding per column, then MLP or ResNet-style blocks.
+"""A network for tabular data: an embedding per column, then MLP or ResNet-style blocks,
+alone or as an ensemble of `members` that share them.
 
 Numerical features are normalized with the training statistics recorded in the feature spec
 (buffers, so the ONNX export carries the preprocessing) and then either used as they are or
 embedded, after "On Embeddings for Numerical Features in Tabular Deep Learning" (Gorishniy et
 al., NeurIPS 2022): piecewise-linear encoding on the spec's training quantiles, or periodic
 sin/cos features with learned frequencies. Every choice is a hyperparameter.
+
+With `members` above 1 the network is TabM-mini ("TabM: Advancing Tabular Deep Learning with
+Parameter-Efficient Ensembling", Gorishniy et al., ICLR 2025): k members share the embeddings
+and the backbone, each multiplies the backbone's input by its own signs and has its own head;
+in training each member's logit gets its own loss, and the model's prediction is the members'
+mean probability.
+
+With `clip_to_training`, each numerical value is first held to the range training saw, as a
+tree does: the test months' `month` and `day_of_year` lie past every training value, and a
+network left alone extrapolates whatever slope it learned there.
 """
 
 from __future__ import annotations
@@ -95,6 +106,9 @@ class TabularNet(nn.Module):
         )
         self.register_buffer("mean", torch.tensor([f.mean for f in spec.numerical]))
         self.register_buffer("std", torch.tensor([f.std for f in spec.numerical]))
+        # the training range, for `clip_to_training` (a column never seen has min inf, max -inf)
+        self.register_buffer("low", torch.tensor([min(f.min, f.max) for f in spec.numerical]))
+        self.register_buffer("high", torch.tensor([max(f.min, f.max) for f in spec.numerical]))
         n_num = len(spec.numerical)
         if config.numeric_embedding == "ple":
             edges = [sorted(set(f.quantiles)) or [0.0, 1.0] for f in spec.numerical]
@@ -120,9 +134,20 @@ class TabularNet(nn.Module):
                 layers += [nn.ReLU(), nn.Dropout(config.dropout)]
         self.backbone = nn.Sequential(*layers)
         self.head = nn.Linear(config.width, 1)
+        if config.members > 1:
+            # TabM-mini: each member scales the shared input by its own signs, then runs the
+            # shared backbone and its own head (a weight row and a bias per member)
+            signs = torch.randint(0, 2, (config.members, inputs)) * 2 - 1
+            self.adapter = nn.Parameter(signs.float())
+            self.member_head = nn.Parameter(
+                torch.randn(config.members, config.width) / math.sqrt(config.width)
+            )
+            self.member_bias = nn.Parameter(torch.zeros(config.members))
 
     def forward(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
         parts = [emb(categorical[:, j]) for j, emb in enumerate(self.embeddings)]
+        if self.config.clip_to_training:
+            numerical = torch.minimum(torch.maximum(numerical, self.low), self.high)
         normalized = (numerical - self.mean) / self.std
         if isinstance(self.numeric, PiecewiseLinear):
             parts.append(self.numeric(numerical).flatten(1))  # bins are in raw units
@@ -130,4 +155,21 @@ class TabularNet(nn.Module):
             parts.append(self.numeric(normalized).flatten(1))
         else:
             parts.append(normalized)
-        return self.head(self.backbone(torch.cat(parts, dim=1))).squeeze(-1)
+        inputs = torch.cat(parts, dim=1)
+        if self.config.members == 1:
+            return self.head(self.backbone(inputs)).squeeze(-1)
+        members = self.config.members
+        hidden = self.backbone((inputs.unsqueeze(1) * self.adapter).flatten(0, 1))
+        hidden = hidden.unflatten(0, (-1, members))  # [rows, members, width]
+        logits = (hidden * self.member_head).sum(-1) + self.member_bias  # [rows, members]
+        if self.training:
+            return logits  # each member learns on its own loss (training/fit.py)
+        return mean_probability_logit(logits)
+
+
+def mean_probability_logit(logits: torch.Tensor) -> torch.Tensor:
+    """[rows, members] logits -> the logit of the members' mean probability, computed in log
+    space: log(mean p) - log(mean (1 - p)), the members' count cancelling."""
+    log_p = nn.functional.logsigmoid(logits)
+    log_q = nn.functional.logsigmoid(-logits)
+    return torch.logsumexp(log_p, dim=1) - torch.logsumexp(log_q, dim=1)
