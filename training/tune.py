@@ -82,6 +82,8 @@ def suggest(trial: optuna.Trial, fit_config: FitConfig) -> tuple[ModelConfig, Fi
         width=trial.suggest_categorical("width", [64, 128, 256]),
         depth=trial.suggest_int("depth", 1, 3),
         dropout=trial.suggest_float("dropout", 0.0, 0.3),
+        clip_to_training=trial.suggest_categorical("clip_to_training", [False, True]),
+        members=trial.suggest_categorical("members", [1, 4, 8]),
     )
     if embedding == "periodic":
         model = replace(
@@ -96,9 +98,13 @@ def suggest(trial: optuna.Trial, fit_config: FitConfig) -> tuple[ModelConfig, Fi
     return model, fit_config
 
 
+# Searched since a study's first trials may have been run: what those trials trained with
+LATER_PARAMS = {"clip_to_training": False, "members": 1}
+
+
 def best_configs(params: dict[str, object], fit_config: FitConfig) -> tuple[ModelConfig, FitConfig]:
     """The configs of a study's best trial, for the final training run."""
-    return suggest(optuna.trial.FixedTrial(params), fit_config)
+    return suggest(optuna.trial.FixedTrial(LATER_PARAMS | params), fit_config)
 
 
 def suggest_lightgbm(trial: optuna.Trial, base: LightGBMConfig) -> LightGBMConfig:

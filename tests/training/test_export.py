@@ -21,13 +21,19 @@ def parity(model: TabularNet, path: Path, data: Tensors):
     return check_parity(Network(model), path, data.categorical.numpy(), data.numerical.numpy())
 
 
-@pytest.mark.parametrize("numeric", ["none", "ple", "periodic"])
+@pytest.mark.parametrize(
+    ("numeric", "members", "clip"),
+    [("none", 1, False), ("ple", 1, False), ("periodic", 1, False), ("periodic", 4, True)],
+)
 def test_export_matches_torch_at_every_batch_size(
-    spec: FeatureSpec, tables, tmp_path: Path, numeric: str
+    spec: FeatureSpec, tables, tmp_path: Path, numeric: str, members: int, clip: bool
 ) -> None:
     data = to_tensors(tables["train"].head(5_000), spec, "cpu")
     torch.manual_seed(0)
-    model = TabularNet(spec, ModelConfig(numeric_embedding=numeric, width=32)).eval()
+    config = ModelConfig(
+        numeric_embedding=numeric, width=32, members=members, clip_to_training=clip
+    )
+    model = TabularNet(spec, config).eval()
     path = export_onnx(model, data, tmp_path / "model.onnx")
     report = parity(model, path, data)
     assert report.rows == 5_000

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -15,9 +17,13 @@ from training.tensors import pick_device, to_tensors
 SMALL = ModelConfig(width=32, depth=2, numeric_dim=4)
 
 
-def test_it_learns_the_signal_and_keeps_the_best_weights(spec: FeatureSpec, tables) -> None:
+@pytest.mark.parametrize("members", [1, 4])
+def test_it_learns_the_signal_and_keeps_the_best_weights(
+    spec: FeatureSpec, tables, members: int
+) -> None:
+    """A single network, and an ensemble whose members each learn on their own loss."""
     train, valid = (to_tensors(tables[s], spec, "cpu") for s in ("train", "valid"))
-    model = TabularNet(spec, SMALL)
+    model = TabularNet(spec, replace(SMALL, members=members))
     result = fit(model, train, valid, FitConfig(epochs=8, batch_size=256))
     assert result.history[-1].train_loss < result.history[0].train_loss
     assert evaluate_loss(model, valid) == pytest.approx(result.best_valid_loss, rel=1e-6)
