@@ -184,10 +184,11 @@ def run_lightgbm(
 
     parts = {split: encoded_parts(tables[split], spec) for split in SPLITS}
     codes, values, labels = parts["test"]
-    runs, probabilities = [], []
+    runs, probabilities, first = [], [], None
     for seed in range(args.seeds):
         start = time.perf_counter()
         boosted = fit_lightgbm(spec, parts["train"], parts["valid"], replace(config, seed=seed))
+        first = first or boosted.model
         seconds = _since(start)
         p = boosted.model.predict(codes, values).astype("float64")
         probabilities.append(p)
@@ -200,7 +201,33 @@ def run_lightgbm(
                 "fit_seconds": seconds,
             }
         )
-    return _summary(runs, labels, probabilities) | {"config": asdict(config)}, probabilities
+    cost = onnx_latency(first, codes, values)
+    return _summary(runs, labels, probabilities) | {
+        "config": asdict(config),
+        "onnx": cost,
+    }, probabilities
+
+
+def onnx_latency(candidate, codes: np.ndarray, values: np.ndarray, repeats: int = 200) -> dict:
+    """The exported model in a session configured as the server's (one thread): the median
+    milliseconds of a call at batch 1 and 1,024, and the file's size."""
+    from training.export import session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = candidate.export_onnx(codes, values, Path(tmp) / "model.onnx")
+        runtime = session(path, threads=1)
+        size = path.stat().st_size
+    figures = {"bytes": size}
+    for batch in (1, 1024):
+        feed = {"categorical": codes[:batch], "numerical": values[:batch]}
+        runtime.run(None, feed)
+        times = []
+        for _ in range(repeats if batch == 1 else repeats // 10):
+            start = time.perf_counter()
+            runtime.run(None, feed)
+            times.append(time.perf_counter() - start)
+        figures[f"batch_{batch}_ms"] = 1000 * statistics.median(times)
+    return figures
 
 
 def _summary(runs: list[dict], labels: np.ndarray, probabilities: list[np.ndarray]) -> dict:
@@ -269,10 +296,11 @@ def run_network(
 ) -> dict:
     tensors = {split: to_tensors(tables[split], spec, device) for split in SPLITS}
     labels = tables["test"][LABEL].to_numpy("int64")
-    runs, probabilities = [], []
+    runs, probabilities, first = [], [], None
     for seed in range(fit_config.seed, fit_config.seed + args.seeds):
         config = replace(fit_config, seed=seed)
         model = fresh_model(spec, model_config, seed, device)
+        first = first or model
         start = time.perf_counter()
         result = fit(model, tensors["train"], tensors["valid"], config)
         seconds = _since(start)
@@ -298,7 +326,13 @@ def run_network(
             len(result.history),
             seconds,
         )
-    return _summary(runs, labels, probabilities), probabilities
+    from training.network import Network
+
+    test = tensors["test"]
+    cost = onnx_latency(
+        Network(first), test.categorical.cpu().numpy(), test.numerical.cpu().numpy()
+    )
+    return _summary(runs, labels, probabilities) | {"onnx": cost}, probabilities
 
 
 def quality_section(
@@ -626,7 +660,18 @@ def markdown(results: dict) -> list[str]:
             f"{boot['log_loss_difference']:+.4f} [{boot['log_loss_interval'][0]:+.4f}, "
             f"{boot['log_loss_interval'][1]:+.4f}].",
             f"Tuned LightGBM: `{json.dumps(lgbm['study']['best_params'])}`.",
+            "",
+            "ONNX Runtime, one thread, median ms per call (the first seed's model):",
+            "",
+            "| model | batch 1 | batch 1,024 | file |",
+            "|---|---|---|---|",
         ]
+        for name, figures in (("LightGBM, tuned", lgbm), ("TabularNet", net)):
+            cost = figures["onnx"]
+            lines.append(
+                f"| {name} | {cost['batch_1_ms']:.3f} | {cost['batch_1024_ms']:.2f} "
+                f"| {cost['bytes'] / 1e6:.1f} MB |"
+            )
     if "throughput" in results:
         t = results["throughput"]
         sps = t["samples_per_s"]

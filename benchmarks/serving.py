@@ -314,13 +314,18 @@ def main(args: argparse.Namespace) -> None:
             "/health",
         ),
     }
+    if args.candidate is not None:  # the same server on another model, the same flight
+        servers["candidate"] = (
+            [sys.executable, "-m", "mlops", "serve", "--model-dir", str(args.candidate)],
+            *servers["ours"][1:],
+        )
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(home / 'mlflow.db').resolve()}"
     running: dict[str, tuple[Process, str, bytes]] = {}
     try:
         for name in args.servers:  # all up at once; an idle server costs nothing
             command, path, body, health = servers[name]
             port = free_port()
-            if name == "ours":
+            if name in ("ours", "candidate"):
                 command = [*command[:3], "--home", str(home), *command[3:]]
                 command += ["--port", str(port), "--workers", "1"]
             elif name == "floor":
@@ -384,7 +389,7 @@ def markdown(results: dict) -> list[str]:
         "| server | concurrency | requests/s | each round | p50 ms | p99 ms | failures |",
         "|---|---|---|---|---|---|---|",
     ]
-    for name in ("ours", "floor", "mlflow"):
+    for name in ("ours", "candidate", "floor", "mlflow"):
         for concurrency, f in results.get(name, {}).items():
             if concurrency.isdigit():
                 each = " / ".join(f"{r:,.0f}" for r in f["requests_per_s_rounds"])
@@ -411,6 +416,13 @@ def markdown(results: dict) -> list[str]:
             else:
                 row += " | | |"
             lines.append(row)
+    if "candidate_over_ours" in results:
+        lines += ["", "| concurrency | candidate / ours throughput | candidate / ours p99 |"]
+        lines.append("|---|---|---|")
+        for concurrency, ratio in results["candidate_over_ours"].items():
+            lines.append(
+                f"| {concurrency} | {ratio['requests_per_s']:.2f}x | {ratio['p99_ms']:.2f}x |"
+            )
     if "ours" in results and "rows_1000" in results["ours"]:
         f = results["ours"]["rows_1000"]
         lines += [
@@ -435,6 +447,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="servers back to back, N times")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
     parser.add_argument("--servers", nargs="+", default=["ours", "floor", "mlflow"])
+    parser.add_argument(
+        "--candidate",
+        type=Path,
+        help="another model folder (`mlops export`), served by ours as the server `candidate`",
+    )
     parser.add_argument(
         "--client",
         choices=["wrk", "aiohttp"],
