@@ -360,6 +360,17 @@ def main(args: argparse.Namespace) -> None:
                 )
                 for c in rounds["ours"]
             }
+        if "ours" in running and "candidate" in running:
+            results["candidate_over_ours"] = {
+                c: {
+                    key: statistics.median(
+                        n[key] / o[key]
+                        for n, o in zip(rounds["candidate"][c], rounds["ours"][c], strict=True)
+                    )
+                    for key in ("requests_per_s", "p99_ms")
+                }
+                for c in rounds["ours"]
+            }
     finally:
         for server, _, _ in running.values():
             server.stop()
