@@ -82,7 +82,6 @@ def suggest(trial: optuna.Trial, fit_config: FitConfig) -> tuple[ModelConfig, Fi
         width=trial.suggest_categorical("width", [64, 128, 256]),
         depth=trial.suggest_int("depth", 1, 3),
         dropout=trial.suggest_float("dropout", 0.0, 0.3),
-        clip_to_training=trial.suggest_categorical("clip_to_training", [False, True]),
         members=trial.suggest_categorical("members", [1, 4, 8]),
     )
     if embedding == "periodic":
@@ -99,7 +98,30 @@ def suggest(trial: optuna.Trial, fit_config: FitConfig) -> tuple[ModelConfig, Fi
 
 
 # Searched since a study's first trials may have been run: what those trials trained with
-LATER_PARAMS = {"clip_to_training": False, "members": 1}
+LATER_PARAMS = {"members": 1}
+
+
+def defaults_as_params(framework: str, fit_config: FitConfig) -> dict[str, object]:
+    """The default configuration as a trial's parameters: a new study's first trial, so that
+    a small study (`mlops run`'s six) never ends on something worse, on validation, than the
+    defaults it started from."""
+    if framework == "lightgbm":
+        trees = LightGBMConfig()
+        names = ("learning_rate", "num_leaves", "min_child_samples", "feature_fraction")
+        params = {name: getattr(trees, name) for name in names}
+        params |= {"bagging_fraction": trees.bagging_fraction, "cat_smooth": trees.cat_smooth}
+        return params | {"lambda_l2": max(trees.lambda_l2, 1e-3)}  # the space is logarithmic
+    model = ModelConfig()
+    names = ("numeric_embedding", "numeric_dim", "categorical_dim", "backbone", "width")
+    params = {name: getattr(model, name) for name in names}
+    params |= {"depth": model.depth, "dropout": model.dropout, "members": model.members}
+    if model.numeric_embedding == "periodic":
+        params["periodic_sigma"] = model.periodic_sigma
+    return params | {
+        "learning_rate": fit_config.learning_rate,
+        "weight_decay": fit_config.weight_decay,
+        "batch_size": fit_config.batch_size,
+    }
 
 
 def best_configs(params: dict[str, object], fit_config: FitConfig) -> tuple[ModelConfig, FitConfig]:
@@ -148,6 +170,7 @@ def _study(storage: RDBStorage, config: TuneConfig, seed: int) -> optuna.Study:
             storage=storage, study_name=config.study, sampler=sampler, pruner=_pruner(config)
         )
         study.set_user_attr(FRAMEWORK_ATTR, config.framework)
+        study.enqueue_trial(defaults_as_params(config.framework, FitConfig()))
         return study
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(

@@ -27,6 +27,7 @@ from training.tune import (
     TuneConfig,
     best_configs,
     best_lightgbm,
+    defaults_as_params,
     suggest,
     suggest_lightgbm,
     tune,
@@ -59,6 +60,7 @@ def test_a_study_nests_one_run_per_trial_and_resumes_with_its_trials(home: Path)
     assert study.user_attrs[PARENT_RUN_ATTR] == first.parent_run_id
     trials = study.get_trials(states=FINISHED)
     assert len(trials) == 3
+    assert trials[0].params == pytest.approx(defaults_as_params("torch", FitConfig()))
     children = {
         r.info.run_id: r for r in _children(client, parent.info.run_id, parent.info.experiment_id)
     }
@@ -148,6 +150,7 @@ def test_a_trees_study_searches_lightgbm_in_a_study_of_its_own(home: Path) -> No
     assert result.counts["complete"] + result.counts["pruned"] == 3
     study = optuna.load_study(study_name="trees", storage=open_storage(config, home))
     assert study.user_attrs["framework"] == "lightgbm"
+    assert study.trials[0].params == pytest.approx(defaults_as_params("lightgbm", SMALL_FIT))
     best = study.best_trial
     assert set(best.params) >= {"num_leaves", "learning_rate", "min_child_samples"}
     assert all(step % ROUNDS_PER_REPORT == 0 for step in best.intermediate_values)
