@@ -133,8 +133,9 @@ class TabularNet(nn.Module):
                 layers += [nn.Linear(inputs if i == 0 else config.width, config.width)]
                 layers += [nn.ReLU(), nn.Dropout(config.dropout)]
         self.backbone = nn.Sequential(*layers)
-        self.head = nn.Linear(config.width, 1)
-        if config.members > 1:
+        if config.members == 1:
+            self.head = nn.Linear(config.width, 1)
+        else:  # every parameter takes part in the loss: DDP requires it
             # TabM-mini: each member scales the shared input by its own signs, then runs the
             # shared backbone and its own head (a weight row and a bias per member)
             signs = torch.randint(0, 2, (config.members, inputs)) * 2 - 1

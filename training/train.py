@@ -46,6 +46,8 @@ class TrainResult:
     framework: str
     metrics: dict[str, float]
     model: LoggedModel
+    train_loss: list[float]  # per epoch or round: the learning curves
+    valid_loss: list[float]
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,15 @@ def _tracked_run(
         logged_run = mlflow.get_run(run.info.run_id).data
         mlflow.set_tag(DESCRIPTION_TAG, model_card(logged_run.params, logged_run.metrics))
         logger.info("run %s (%s): %s", run.info.run_id, framework, metrics)
-    return TrainResult(run.info.run_id, run.info.experiment_id, framework, metrics, logged)
+    return TrainResult(
+        run.info.run_id,
+        run.info.experiment_id,
+        framework,
+        metrics,
+        logged,
+        fitted.train_loss,
+        fitted.valid_loss,
+    )
 
 
 def _log_plots(

@@ -74,7 +74,7 @@ def test_a_model_that_drifted_from_its_export_fails_parity(
     spec: FeatureSpec, tables, tmp_path: Path
 ) -> None:
     data = to_tensors(tables["train"].head(500), spec, "cpu")
-    model = TabularNet(spec, ModelConfig(width=16)).eval()
+    model = TabularNet(spec, ModelConfig(width=16, members=1)).eval()
     path = export_onnx(model, data, tmp_path / "m.onnx")
     with torch.no_grad():
         model.head.bias.add_(0.01)

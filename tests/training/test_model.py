@@ -16,8 +16,8 @@ def test_every_architecture_gives_one_finite_logit_per_row(
     spec: FeatureSpec, tables, numeric: str, backbone: str
 ) -> None:
     data = to_tensors(tables["valid"].head(64), spec, "cpu")
-    model = TabularNet(spec, ModelConfig(numeric_embedding=numeric, backbone=backbone, width=32))
-    logits = model(data.categorical, data.numerical)
+    config = ModelConfig(numeric_embedding=numeric, backbone=backbone, width=32)
+    logits = TabularNet(spec, config).eval()(data.categorical, data.numerical)
     assert logits.shape == (64,)
     assert torch.isfinite(logits).all()
 
@@ -27,7 +27,7 @@ def test_unknown_categories_use_the_oov_row(spec: FeatureSpec, tables) -> None:
     table.loc[0, "carrier"] = "NEVER-SEEN"
     data = to_tensors(table, spec, "cpu")
     assert data.categorical[0, 0] == 0 and data.categorical[1, 0] > 0
-    model = TabularNet(spec, ModelConfig(width=16))
+    model = TabularNet(spec, ModelConfig(width=16)).eval()
     assert torch.isfinite(model(data.categorical, data.numerical)).all()
 
 

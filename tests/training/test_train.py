@@ -128,4 +128,4 @@ def test_the_gate_keeps_the_champion_against_a_worse_challenger(
     assert run.data.tags["gate_decision"] == "rejected"
     assert run.data.metrics["gate_champion_auc"] == pytest.approx(second.champion_auc)
     card = client.get_model_version(gate.model_name, second.version).description
-    assert "Gate: challenger ROC-AUC" in card and shuffled.run_id in card
+    assert "Gate: challenger (torch) ROC-AUC" in card and shuffled.run_id in card
