@@ -46,7 +46,6 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
     sys.path[0] = str(ROOT)
 
 import numpy as np
-import pandas as pd
 import torch
 from rich.console import Console
 from rich.logging import RichHandler
@@ -55,7 +54,7 @@ from torch import nn
 from mlops.settings import Settings
 from pipelines.layout import SPLITS, DataLayout
 from pipelines.metrics import log_loss, roc_auc
-from pipelines.spec import LABEL, FeatureSpec, encode
+from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
 from training.config import LightGBMConfig, TrackingConfig, TuneConfig
 from training.fit import FitConfig, fit, fresh_model, predict_logits
@@ -142,11 +141,6 @@ def _autocast(device: torch.device) -> torch.autocast:
 # --- quality ------------------------------------------------------------------------------
 
 
-def encoded_parts(table: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, ...]:
-    encoded = encode(table, spec)
-    return encoded.categorical, encoded.numerical, table[LABEL].to_numpy()
-
-
 def tune_lightgbm(args: argparse.Namespace, home: Path) -> tuple[LightGBMConfig, dict]:
     """The trees' study as `mlops tune --framework lightgbm` runs it (TPE, Hyperband on
     rounds, early stopping on October), in a scratch store so nothing lands in `home`'s."""
@@ -180,9 +174,9 @@ def run_lightgbm(
     args: argparse.Namespace, spec: FeatureSpec, tables: dict, config: LightGBMConfig
 ) -> tuple[dict, list[np.ndarray]]:
     """`training.gbdt.fit_lightgbm`, as `mlops train --framework lightgbm` fits, for each seed."""
-    from training.gbdt import fit_lightgbm
+    from training.gbdt import fit_lightgbm, part_of
 
-    parts = {split: encoded_parts(tables[split], spec) for split in SPLITS}
+    parts = {split: part_of(tables[split], spec) for split in SPLITS}
     codes, values, labels = parts["test"]
     runs, probabilities, first = [], [], None
     for seed in range(args.seeds):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, get_args
 
 from pydantic import Field
 
@@ -61,8 +61,8 @@ class FitConfig:
         return asdict(self)
 
 
-FRAMEWORKS = ("torch", "lightgbm")  # what can make a challenger (training/train.py)
-Framework = Literal["torch", "lightgbm"]
+Framework = Literal["torch", "lightgbm"]  # what can make a challenger (training/train.py)
+FRAMEWORKS: tuple[str, ...] = get_args(Framework)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pandas as pd
 from onnx import TensorProto, helper
 
 from pipelines.contract import INPUTS, OUTPUT
-from pipelines.spec import FeatureSpec
+from pipelines.spec import LABEL, FeatureSpec, encode
 from training.config import LightGBMConfig
 
+Part = tuple[np.ndarray, np.ndarray, np.ndarray]  # category codes, numerical values, labels
 OnRound = Callable[[int, float], None]  # the round (from 0) and its validation log loss
 ONNX_OPSET = 15  # the newest onnxmltools' LightGBM converter writes
 
@@ -65,6 +67,12 @@ class GradientBoosting:
         return path
 
 
+def part_of(table: pd.DataFrame, spec: FeatureSpec) -> Part:
+    """A split as the trees fit on it: encoded exactly as serving encodes, and its labels."""
+    encoded = encode(table, spec)
+    return encoded.categorical, encoded.numerical, table[LABEL].to_numpy()
+
+
 def _matrix(categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:
     """What LightGBM fits on: the codes (exact in float32) then the numerical values."""
     return np.hstack([categorical.astype("float32"), numerical.astype("float32")])
@@ -101,8 +109,8 @@ def _on_contract(trees: onnx.ModelProto, categorical: int, numerical: int) -> on
 
 def fit_lightgbm(
     spec: FeatureSpec,
-    train: tuple[np.ndarray, np.ndarray, np.ndarray],
-    valid: tuple[np.ndarray, np.ndarray, np.ndarray],
+    train: Part,
+    valid: Part,
     config: LightGBMConfig,
     on_round: OnRound | None = None,
 ) -> Boosted:
@@ -113,7 +121,7 @@ def fit_lightgbm(
     names = [f.name for f in spec.categorical] + [f.name for f in spec.numerical]
     categorical = list(range(len(spec.categorical)))
 
-    def dataset(part: tuple[np.ndarray, np.ndarray, np.ndarray], reference=None):
+    def dataset(part: Part, reference=None):
         codes, values, labels = part
         return lgb.Dataset(
             _matrix(codes, values),

@@ -25,7 +25,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import mlflow
@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 
 from pipelines.layout import DataLayout
 from pipelines.metrics import roc_auc
-from pipelines.spec import LABEL, FeatureSpec, encode
+from pipelines.spec import FeatureSpec
 from training import plots
 from training.config import FitConfig, LightGBMConfig, ModelConfig, TrackingConfig, TuneConfig
 from training.fit import EpochResult, fit, fresh_model, predict_logits
@@ -101,27 +101,44 @@ def suggest(trial: optuna.Trial, fit_config: FitConfig) -> tuple[ModelConfig, Fi
 LATER_PARAMS = {"members": 1}
 
 
+# the names `suggest` and `suggest_lightgbm` search, as their configs spell them
+NETWORK_SEARCHED = (
+    "numeric_embedding",
+    "numeric_dim",
+    "categorical_dim",
+    "backbone",
+    "width",
+    "depth",
+    "dropout",
+    "members",
+)
+FIT_SEARCHED = ("learning_rate", "weight_decay", "batch_size")
+TREES_SEARCHED = (
+    "learning_rate",
+    "num_leaves",
+    "min_child_samples",
+    "feature_fraction",
+    "bagging_fraction",
+    "lambda_l2",
+    "cat_smooth",
+)
+
+
 def defaults_as_params(framework: str, fit_config: FitConfig) -> dict[str, object]:
     """The default configuration as a trial's parameters: a new study's first trial, so that
     a small study (`mlops run`'s six) never ends on something worse, on validation, than the
     defaults it started from."""
     if framework == "lightgbm":
-        trees = LightGBMConfig()
-        names = ("learning_rate", "num_leaves", "min_child_samples", "feature_fraction")
-        params = {name: getattr(trees, name) for name in names}
-        params |= {"bagging_fraction": trees.bagging_fraction, "cat_smooth": trees.cat_smooth}
-        return params | {"lambda_l2": max(trees.lambda_l2, 1e-3)}  # the space is logarithmic
-    model = ModelConfig()
-    names = ("numeric_embedding", "numeric_dim", "categorical_dim", "backbone", "width")
-    params = {name: getattr(model, name) for name in names}
-    params |= {"depth": model.depth, "dropout": model.dropout, "members": model.members}
-    if model.numeric_embedding == "periodic":
-        params["periodic_sigma"] = model.periodic_sigma
-    return params | {
-        "learning_rate": fit_config.learning_rate,
-        "weight_decay": fit_config.weight_decay,
-        "batch_size": fit_config.batch_size,
+        trees = asdict(LightGBMConfig())
+        params = {name: trees[name] for name in TREES_SEARCHED}
+        return params | {"lambda_l2": max(trees["lambda_l2"], 1e-3)}  # the space is logarithmic
+    model, fit = asdict(ModelConfig()), asdict(fit_config)
+    params = {name: model[name] for name in NETWORK_SEARCHED} | {
+        name: fit[name] for name in FIT_SEARCHED
     }
+    if model["numeric_embedding"] == "periodic":
+        params["periodic_sigma"] = model["periodic_sigma"]
+    return params
 
 
 def best_configs(params: dict[str, object], fit_config: FitConfig) -> tuple[ModelConfig, FitConfig]:
@@ -221,11 +238,9 @@ class TreesTrials:
 
     def __init__(self, spec: FeatureSpec, tables: dict, base: LightGBMConfig) -> None:
         self.spec, self.base = spec, base
-        self.parts = {}
-        for split in ("train", "valid"):
-            encoded = encode(tables[split], spec)
-            labels = tables[split][LABEL].to_numpy()
-            self.parts[split] = (encoded.categorical, encoded.numerical, labels)
+        from training.gbdt import part_of
+
+        self.parts = {split: part_of(tables[split], spec) for split in ("train", "valid")}
 
     def __call__(self, trial: optuna.Trial, report: Report) -> tuple[float, float]:
         from training.gbdt import fit_lightgbm

@@ -11,10 +11,11 @@ from mlops.configs import tracking_of, tune_of
 from mlops.console import Bars, console, decision_line, show_metrics
 from mlops.settings import Settings
 from pipelines.redact import redact
+from training.config import Framework
 
 RunOption = Annotated[str | None, typer.Option(help="the run (default: the latest)")]
 FrameworkOption = Annotated[
-    Literal["torch", "lightgbm"],
+    Framework,
     typer.Option(
         help="what makes the model: the network, or gradient-boosted trees (MLOPS_LIGHTGBM__*)"
     ),

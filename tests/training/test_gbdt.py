@@ -13,13 +13,13 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
-from pipelines.spec import LABEL, FeatureSpec, encode, psi_bins
+from pipelines.spec import FeatureSpec, encode, psi_bins
 from pipelines.storage import read_parquet_folder
 from training.bundle import log_onnx_model
 from training.config import GateConfig, LightGBMConfig, TrackingConfig
 from training.export import INPUTS, OUTPUT, ParityError, check_parity
 from training.fit import FitConfig
-from training.gbdt import GradientBoosting, fit_lightgbm
+from training.gbdt import GradientBoosting, fit_lightgbm, part_of
 from training.model import ModelConfig
 from training.registry import download_model, promote
 from training.tracking import fluent_tracking
@@ -32,20 +32,15 @@ SMALL = LightGBMConfig(
 )  # stops early in a few seconds
 
 
-def parts(table: pd.DataFrame, spec: FeatureSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    encoded = encode(table, spec)
-    return encoded.categorical, encoded.numerical, table[LABEL].to_numpy()
-
-
 @pytest.fixture(scope="module")
 def boosted(tables: dict[str, pd.DataFrame], spec: FeatureSpec):
-    return fit_lightgbm(spec, parts(tables["train"], spec), parts(tables["valid"], spec), SMALL)
+    return fit_lightgbm(spec, part_of(tables["train"], spec), part_of(tables["valid"], spec), SMALL)
 
 
 def test_the_export_matches_lightgbm_at_every_batch_size(
     boosted, tables: dict[str, pd.DataFrame], spec: FeatureSpec, tmp_path: Path
 ) -> None:
-    codes, values, _ = parts(tables["valid"], spec)
+    codes, values, _ = part_of(tables["valid"], spec)
     path = boosted.model.export_onnx(codes, values, tmp_path / "model.onnx")
     report = check_parity(boosted.model, path, codes, values)
     assert report.rows == len(codes)
@@ -58,7 +53,7 @@ def test_the_export_matches_lightgbm_at_every_batch_size(
 def test_the_trees_file_is_on_the_contract(
     boosted, tables: dict[str, pd.DataFrame], spec: FeatureSpec, tmp_path: Path
 ) -> None:
-    codes, values, _ = parts(tables["valid"].head(10), spec)
+    codes, values, _ = part_of(tables["valid"].head(10), spec)
     path = boosted.model.export_onnx(codes, values, tmp_path / "m.onnx")
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
     graph = onnx.load(str(path)).graph
@@ -83,7 +78,7 @@ def test_trees_that_drifted_from_their_export_fail_parity_and_log_nothing(
     layout = DataLayout(featured_home)
     real = FeatureSpec.load(layout.spec)
     table = read_parquet_folder(layout.split("train")).head(5_000)
-    fitted = fit_lightgbm(real, parts(table, real), parts(table, real), SMALL).model
+    fitted = fit_lightgbm(real, part_of(table, real), part_of(table, real), SMALL).model
     drifting = DriftsWhenExported(fitted.booster, fitted.categorical)
     data = encode(read_parquet_folder(layout.split("test")).head(1_000), real)
     tracking = TrackingConfig(featured_home, experiment="trees-parity-failure")
