@@ -68,13 +68,17 @@ class Run:
 
 
 def _snapshot(roots: tuple[Path, ...]) -> set[tuple[str, int]]:
+    """Every path under `roots` with its mtime. The command runs while we look: os.walk skips
+    a folder removed under it (Path.rglob raises), and a file gone before its lstat is left out."""
     out = set()
     for root in roots:
-        for path in root.rglob("*") if root.is_dir() else []:
-            try:
-                out.add((str(path), path.lstat().st_mtime_ns))
-            except FileNotFoundError:  # removed while we looked
-                continue
+        for folder, folders, files in os.walk(root):
+            for name in (*folders, *files):
+                path = Path(folder) / name
+                try:
+                    out.add((str(path), path.lstat().st_mtime_ns))
+                except FileNotFoundError:  # removed while we looked
+                    continue
     return out
 
 
