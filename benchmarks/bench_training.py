@@ -174,7 +174,8 @@ def run_lightgbm(
     args: argparse.Namespace, spec: FeatureSpec, tables: dict, config: LightGBMConfig
 ) -> tuple[dict, list[np.ndarray]]:
     """`training.gbdt.fit_lightgbm`, as `mlops train --framework lightgbm` fits, for each seed."""
-    from training.gbdt import fit_lightgbm, part_of
+    from pipelines.spec import part_of
+    from training.gbdt import fit_lightgbm
 
     parts = {split: part_of(tables[split], spec) for split in SPLITS}
     codes, values, labels = parts["test"]

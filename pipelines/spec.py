@@ -235,3 +235,13 @@ def encode(features: pd.DataFrame | Mapping[str, np.ndarray], spec: FeatureSpec)
     missing = np.ascontiguousarray(np.isnan(values))
     values = np.ascontiguousarray(np.where(missing, spec.defaults, values), dtype="float32")
     return Encoded(codes, values, missing)
+
+
+# a labelled split as the arrays frameworks fit on: category codes, numerical values, labels
+Part = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def part_of(table: pd.DataFrame, spec: FeatureSpec, encoded: Encoded | None = None) -> Part:
+    """A split encoded exactly as serving encodes (or as `encoded` already is), and its labels."""
+    encoded = encoded or encode(table, spec)
+    return encoded.categorical, encoded.numerical, table[LABEL].to_numpy()

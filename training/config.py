@@ -47,6 +47,10 @@ class ModelConfig:
     def as_params(self) -> dict[str, object]:
         return asdict(self)
 
+    def categorical_width(self, cardinality: int) -> int:
+        """A categorical column's embedding width: fastai's rule of thumb, capped."""
+        return max(2, min(self.categorical_dim, round(1.6 * cardinality**0.56)))
+
 
 @dataclass(frozen=True)
 class FitConfig:
@@ -61,7 +65,10 @@ class FitConfig:
         return asdict(self)
 
 
-Framework = Literal["torch", "lightgbm"]  # what can make a challenger (training/train.py)
+# what can make a challenger (training/train.py): the network in PyTorch or in JAX (one
+# `ModelConfig` and `FitConfig` for both), or gradient-boosted trees
+Framework = Literal["torch", "jax", "lightgbm"]
+NETWORKS: tuple[str, ...] = ("torch", "jax")
 FRAMEWORKS: tuple[str, ...] = get_args(Framework)
 
 

@@ -17,14 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pandas as pd
 from onnx import TensorProto, helper
 
 from pipelines.contract import INPUTS, OUTPUT
-from pipelines.spec import LABEL, FeatureSpec, encode
+from pipelines.spec import FeatureSpec, Part
 from training.config import LightGBMConfig
 
-Part = tuple[np.ndarray, np.ndarray, np.ndarray]  # category codes, numerical values, labels
 OnRound = Callable[[int, float], None]  # the round (from 0) and its validation log loss
 ONNX_OPSET = 15  # the newest onnxmltools' LightGBM converter writes
 
@@ -65,12 +63,6 @@ class GradientBoosting:
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(path))
         return path
-
-
-def part_of(table: pd.DataFrame, spec: FeatureSpec) -> Part:
-    """A split as the trees fit on it: encoded exactly as serving encodes, and its labels."""
-    encoded = encode(table, spec)
-    return encoded.categorical, encoded.numerical, table[LABEL].to_numpy()
 
 
 def _matrix(categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:

@@ -90,10 +90,6 @@ class ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
-def _categorical_dim(cardinality: int, cap: int) -> int:
-    return max(2, min(cap, round(1.6 * cardinality**0.56)))  # fastai's rule of thumb, capped
-
-
 class TabularNet(nn.Module):
     """(category codes, raw numerical values) -> the logit of a delay."""
 
@@ -101,7 +97,7 @@ class TabularNet(nn.Module):
         super().__init__()
         self.config = config
         self.embeddings = nn.ModuleList(
-            nn.Embedding(f.cardinality, _categorical_dim(f.cardinality, config.categorical_dim))
+            nn.Embedding(f.cardinality, config.categorical_width(f.cardinality))
             for f in spec.categorical
         )
         self.register_buffer("mean", torch.tensor([f.mean for f in spec.numerical]))

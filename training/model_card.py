@@ -30,17 +30,21 @@ def window(months: list[str] | str) -> str:
     return listed[0] if len(listed) == 1 else f"{listed[0]}..{listed[-1]}"
 
 
-def architecture(model: ModelConfig | str) -> str:
-    """The network's backbone and embedding, or another framework's name ("lightgbm")."""
+def architecture(model: ModelConfig | str, framework: str = "torch") -> str:
+    """The network's backbone and embedding ("mlp+periodic", "jax mlp+periodic"), or another
+    framework's name ("lightgbm")."""
     if isinstance(model, str):
         return model
-    return f"{model.backbone}+{model.numeric_embedding}"
+    network = f"{model.backbone}+{model.numeric_embedding}"
+    return network if framework == "torch" else f"{framework} {network}"
 
 
-def run_name(spec: FeatureSpec, model: ModelConfig | str, prefix: str = "train") -> str:
-    """'train 2013-01..2013-09 mlp+periodic' (or '... lightgbm'): the window and the model,
-    not a random name."""
-    return f"{prefix} {window(spec.splits['train'].months)} {architecture(model)}"
+def run_name(
+    spec: FeatureSpec, model: ModelConfig | str, prefix: str = "train", framework: str = "torch"
+) -> str:
+    """'train 2013-01..2013-09 mlp+periodic' (or '... jax mlp+periodic', '... lightgbm'): the
+    window and the model, not a random name."""
+    return f"{prefix} {window(spec.splits['train'].months)} {architecture(model, framework)}"
 
 
 def _figures(metrics: Mapping[str, float], split: str) -> str:
@@ -61,11 +65,8 @@ def _headline(
     auc = metrics.get(f"{scored}_roc_auc")
     figure = f"{auc:.4f}" if auc is not None else "?"
     label = "test" if scored == "test" else "validation"
-    name = (
-        f"{model.get('backbone', '?')}+{model.get('numeric_embedding', '?')}"
-        if framework == "torch"
-        else framework
-    )
+    network = f"{model.get('backbone', '?')}+{model.get('numeric_embedding', '?')}"
+    name = {"torch": network, "jax": f"jax {network}"}.get(framework, framework)
     return f"{name} trained on {months['train']}: {label} ROC-AUC {figure} ({months[scored]})"
 
 
@@ -110,7 +111,8 @@ def _network(
 ) -> list[str]:
     return [
         f"- Architecture: {model.get('backbone', '?')} backbone, depth {model.get('depth')}, "
-        f"width {model.get('width')}, dropout {model.get('dropout')}; numerical features "
+        f"width {model.get('width')}, dropout {model.get('dropout')}, "
+        f"{model.get('members', 1)} ensemble member(s); numerical features "
         f"embedded `{model.get('numeric_embedding', '?')}` (dim {model.get('numeric_dim')}), "
         f"categorical embeddings up to dim {model.get('categorical_dim')}",
         f"- Fit: the weights of epoch {int(metrics.get('best_epoch', -2)) + 1} (the best "

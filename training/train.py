@@ -1,9 +1,9 @@
 """One training run of any framework, tracked in MLflow: data, model, fit, test-month figures.
 
-`train` fits the PyTorch network, `train_lightgbm` gradient-boosted trees; both hand their
-fitted model (a `training.export.Candidate`) to the same tracked run, which scores it, draws
-its plots, exports it to ONNX with a parity check and logs it on the one contract, so the gate
-and the server never need to know which framework made it.
+`train` fits the PyTorch network, `train_jax` the same network in JAX, `train_lightgbm`
+gradient-boosted trees; each hands its fitted model (a `training.export.Candidate`) to the same
+tracked run, which scores it, draws its plots, exports it to ONNX with a parity check and logs
+it on the one contract, so the gate and the server never need to know which framework made it.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pandas.api.types import is_integer_dtype
 
 from pipelines.layout import SPLITS, DataLayout
 from pipelines.metrics import log_loss, roc_auc
-from pipelines.spec import LABEL, Encoded, FeatureSpec, encode, psi_bins
+from pipelines.spec import LABEL, Encoded, FeatureSpec, encode, part_of, psi_bins
 from pipelines.storage import read_parquet_folder
 from training import plots
 from training.bundle import LoggedModel, decision_threshold, log_onnx_model
@@ -33,7 +33,7 @@ from training.model_card import model_card, run_name
 from training.tracking import DESCRIPTION_TAG, fluent_tracking, local_dataset_source
 
 if TYPE_CHECKING:
-    from training.fit import OnEpoch
+    from training.fit import EpochResult, FitResult, OnEpoch
     from training.gbdt import OnRound
 
 logger = logging.getLogger(__name__)
@@ -102,37 +102,86 @@ def train(
             fit_config,
         )
         return None
-    params = (
-        {f"model.{k}": v for k, v in model_config.as_params().items()}
-        | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
-        | {"device": device.type, "world_size": distributed.world_size()}
-    )
+    params = _network_params(model_config, fit_config) | {
+        "device": device.type,
+        "world_size": distributed.world_size(),
+    }
 
     def fit_network() -> Fitted:
-        def log_epoch(epoch) -> None:
-            mlflow.log_metrics(
-                {
-                    "train_loss": epoch.train_loss,
-                    "valid_loss": epoch.valid_loss,
-                    "samples_per_s": epoch.samples_per_s,
-                },
-                step=epoch.epoch,
-            )
-            if on_epoch:
-                on_epoch(epoch)
-
         model = fresh_model(spec, model_config, fit_config.seed, device)
-        result = fit(model, train_set, valid_set, fit_config, on_epoch=log_epoch)
-        return Fitted(
-            Network(model),
-            {"best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch},
-            [e.train_loss for e in result.history],
-            [e.valid_loss for e in result.history],
-            "epoch",
-        )
+        result = fit(model, train_set, valid_set, fit_config, on_epoch=_logged(on_epoch))
+        return _fitted_network(Network(model), result)
 
     name = run_name(spec, model_config, name_prefix)
     return _tracked_run(layout, tracking, spec, tables, encoded, name, "torch", params, fit_network)
+
+
+def train_jax(
+    layout: DataLayout,
+    tracking: TrackingConfig,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    on_epoch: OnEpoch | None = None,
+    name_prefix: str = "train",
+) -> TrainResult:
+    """The network's architecture and fit in JAX (training/jax_network.py), on the same
+    feature table, encoding and holdout."""
+    import jax
+
+    from training.jax_network import fit_jax
+
+    layout = layout.pinned()
+    spec = FeatureSpec.load(layout.spec)
+    tables = load_splits(layout)
+    encoded = {split: encode(table, spec) for split, table in tables.items()}
+    parts = {split: part_of(tables[split], spec, encoded[split]) for split in ("train", "valid")}
+    params = _network_params(model_config, fit_config) | {
+        "device": jax.default_backend(),
+        "world_size": 1,
+    }
+
+    def fit_network() -> Fitted:
+        network, result = fit_jax(
+            spec, model_config, parts["train"], parts["valid"], fit_config, _logged(on_epoch)
+        )
+        return _fitted_network(network, result)
+
+    name = run_name(spec, model_config, name_prefix, "jax")
+    return _tracked_run(layout, tracking, spec, tables, encoded, name, "jax", params, fit_network)
+
+
+def _network_params(model_config: ModelConfig, fit_config: FitConfig) -> dict[str, object]:
+    return {f"model.{k}": v for k, v in model_config.as_params().items()} | {
+        f"fit.{k}": v for k, v in fit_config.as_params().items()
+    }
+
+
+def _logged(on_epoch: OnEpoch | None) -> OnEpoch:
+    """Each epoch's losses and speed logged to the active run, then handed to `on_epoch`."""
+
+    def log_epoch(epoch: EpochResult) -> None:
+        mlflow.log_metrics(
+            {
+                "train_loss": epoch.train_loss,
+                "valid_loss": epoch.valid_loss,
+                "samples_per_s": epoch.samples_per_s,
+            },
+            step=epoch.epoch,
+        )
+        if on_epoch:
+            on_epoch(epoch)
+
+    return log_epoch
+
+
+def _fitted_network(candidate: Candidate, result: FitResult) -> Fitted:
+    return Fitted(
+        candidate,
+        {"best_valid_loss": result.best_valid_loss, "best_epoch": result.best_epoch},
+        [e.train_loss for e in result.history],
+        [e.valid_loss for e in result.history],
+        "epoch",
+    )
 
 
 def train_lightgbm(
@@ -149,14 +198,7 @@ def train_lightgbm(
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
     encoded = {split: encode(table, spec) for split, table in tables.items()}
-    parts = {
-        split: (
-            encoded[split].categorical,
-            encoded[split].numerical,
-            tables[split][LABEL].to_numpy(),
-        )
-        for split in ("train", "valid")
-    }
+    parts = {split: part_of(tables[split], spec, encoded[split]) for split in ("train", "valid")}
     params = {f"lightgbm.{k}": v for k, v in config.as_params().items()} | {"device": "cpu"}
 
     def fit_trees() -> Fitted:

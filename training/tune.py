@@ -36,7 +36,7 @@ from optuna.trial import TrialState
 
 from pipelines.layout import DataLayout
 from pipelines.metrics import roc_auc
-from pipelines.spec import FeatureSpec
+from pipelines.spec import FeatureSpec, part_of
 from training import plots
 from training.config import FitConfig, LightGBMConfig, ModelConfig, TrackingConfig, TuneConfig
 from training.fit import EpochResult, fit, fresh_model, predict_logits
@@ -209,12 +209,25 @@ def finished_count(study: optuna.Study) -> int:
 
 
 class NetworkTrials:
-    """The network's trials: a configuration from `suggest`, fit on tensors loaded once."""
+    """The network's trials, in PyTorch or in JAX: a configuration from `suggest`, fit on data
+    encoded once (tensors on the training device, or arrays JAX puts on its own)."""
 
-    def __init__(self, spec: FeatureSpec, tables: dict, fit_config: FitConfig, epochs: int) -> None:
-        device = pick_device()
+    def __init__(
+        self,
+        spec: FeatureSpec,
+        tables: dict,
+        fit_config: FitConfig,
+        epochs: int,
+        framework: str = "torch",
+    ) -> None:
         self.spec, self.fit_config = spec, replace(fit_config, epochs=epochs)
-        self.train, self.valid = (to_tensors(tables[s], spec, device) for s in ("train", "valid"))
+        self.framework = framework
+        splits = ("train", "valid")
+        if framework == "jax":
+            self.parts = {split: part_of(tables[split], spec) for split in splits}
+        else:
+            device = pick_device()
+            self.train, self.valid = (to_tensors(tables[s], spec, device) for s in splits)
 
     def __call__(self, trial: optuna.Trial, report: Report) -> tuple[float, float]:
         model_config, fit_config = suggest(trial, self.fit_config)
@@ -226,6 +239,12 @@ class NetworkTrials:
         def on_epoch(epoch: EpochResult) -> None:
             report(epoch.epoch, epoch.epoch + 1, epoch.train_loss, epoch.valid_loss)
 
+        if self.framework == "jax":
+            from training.jax_network import fit_jax
+
+            train, valid = self.parts["train"], self.parts["valid"]
+            network, fitted = fit_jax(self.spec, model_config, train, valid, fit_config, on_epoch)
+            return fitted.best_valid_loss, roc_auc(valid[2], network.predict(valid[0], valid[1]))
         model = fresh_model(self.spec, model_config, fit_config.seed, self.train.label.device)
         result = fit(model, self.train, self.valid, fit_config, on_epoch=on_epoch)
         probabilities = sigmoid(predict_logits(model, self.valid).cpu().numpy())
@@ -238,8 +257,6 @@ class TreesTrials:
 
     def __init__(self, spec: FeatureSpec, tables: dict, base: LightGBMConfig) -> None:
         self.spec, self.base = spec, base
-        from training.gbdt import part_of
-
         self.parts = {split: part_of(tables[split], spec) for split in ("train", "valid")}
 
     def __call__(self, trial: optuna.Trial, report: Report) -> tuple[float, float]:
@@ -344,7 +361,7 @@ def _work(
     trials: Trials = (
         TreesTrials(spec, tables, lightgbm)
         if config.framework == "lightgbm"
-        else NetworkTrials(spec, tables, fit_config, config.epochs)
+        else NetworkTrials(spec, tables, fit_config, config.epochs, config.framework)
     )
     del tables  # the trials keep what they encoded
     client = tracking.client()

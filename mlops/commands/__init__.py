@@ -29,7 +29,7 @@ def month_option(value: str | None) -> str | None:
 
 
 def frameworks_option(value: str) -> str:
-    """`torch,lightgbm`: known frameworks, each once."""
+    """`torch,jax,lightgbm`: known frameworks, each once."""
     from training.config import FRAMEWORKS
 
     names = [name.strip() for name in value.split(",") if name.strip()]

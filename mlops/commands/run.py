@@ -33,15 +33,16 @@ def run_command(
     frameworks: Annotated[
         str,
         typer.Option(
-            help="comma-separated challengers, each tuned, trained and gated: torch, lightgbm",
+            help="comma-separated challengers, each tuned, trained and gated: torch, jax, lightgbm",
             callback=frameworks_option,
         ),
     ] = "torch",
 ) -> None:
     """Everything on embedded defaults: data, tune, train the best, export, register, promote.
 
-    `--frameworks torch,lightgbm` trains gradient-boosted trees as well and lets the gate
-    choose: whichever model scores best on the newest holdout ends as the champion.
+    `--frameworks torch,jax,lightgbm` also trains the network in JAX and gradient-boosted trees
+    and lets the gate choose: whichever model scores best on the newest holdout ends as the
+    champion.
     """
     from mlops.flows.run import run
     from mlops.flows.training import has_champion

@@ -17,7 +17,8 @@ RunOption = Annotated[str | None, typer.Option(help="the run (default: the lates
 FrameworkOption = Annotated[
     Framework,
     typer.Option(
-        help="what makes the model: the network, or gradient-boosted trees (MLOPS_LIGHTGBM__*)"
+        help="what makes the model: the network in PyTorch or in JAX (the `jax` extra), or "
+        "gradient-boosted trees (MLOPS_LIGHTGBM__*)"
     ),
 ]
 
@@ -33,8 +34,9 @@ def train_command(
     """Train a model on the feature table, tracked in MLflow and exported to ONNX.
 
     The network by default; data-parallel on N GPUs or processes with
-    `torchrun --nproc_per_node N -m mlops train`. `--framework lightgbm` boosts trees instead
-    (the `lightgbm` extra); either is registered, gated and served the same way.
+    `torchrun --nproc_per_node N -m mlops train`. `--framework jax` trains the same network
+    in JAX (the `jax` extra), `--framework lightgbm` boosts trees (the `lightgbm` extra); each
+    is registered, gated and served the same way.
     """
     from mlops.flows import training
     from training.distributed import process_group
@@ -62,6 +64,8 @@ def train_command(
             )
             settings = settings.model_copy(update={"lightgbm": lightgbm})
         result = training.train(settings, Bars(), framework="lightgbm")
+    elif framework == "jax":
+        result = training.train(settings, Bars(), fit_config=fit_config, framework="jax")
     else:
         with process_group() as rank:
             result = training.train(settings, Bars(disable=rank != 0), fit_config=fit_config)
@@ -95,7 +99,8 @@ def tune_command(
 
     Several `mlops tune` processes share one study through MLOPS_OPTUNA_STORAGE=postgresql://...
     `--framework lightgbm` searches the trees' space, in the study `<study>-lightgbm` unless
-    `--study` names one (`--epochs` is the network's: trees stop early on their own).
+    `--study` names one (`--epochs` is the network's: trees stop early on their own);
+    `--framework jax` searches the network's space in JAX, in `<study>-jax`.
     """
     from mlops.flows import training
 

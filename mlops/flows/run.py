@@ -14,7 +14,7 @@ from mlops.locks import writer_lock
 from mlops.settings import Settings
 from pipelines.ingest import MonthWindow
 from pipelines.splits import latest_plan
-from training.config import Framework, TuneConfig
+from training.config import NETWORKS, Framework, TuneConfig
 
 if TYPE_CHECKING:
     from pipelines.features import FeatureReport
@@ -63,9 +63,9 @@ def run(
         for framework in frameworks:
             tuned = tune(settings, progress, for_framework(tune_config, framework))
             studies.append(tuned)
-            if framework == "torch":
+            if framework in NETWORKS:
                 model_config, fit_config = best_of_study(settings, tuned, epochs)
-                trained = train(settings, progress, model_config, fit_config)
+                trained = train(settings, progress, model_config, fit_config, framework=framework)
             else:
                 best = with_best_trees(settings, tuned)
                 trained = train(best, progress, framework=framework)

@@ -41,8 +41,8 @@ def train(
     framework: Framework = "torch",
 ) -> TrainResult | None:
     """One tracked run on the feature table; None on the helper ranks of a torchrun job.
-    `framework`: the network (`torch`, with `model_config` and `fit_config`) or gradient-boosted
-    trees (`lightgbm`, with `settings.lightgbm`)."""
+    `framework`: the network (`torch`, or `jax`, with `model_config` and `fit_config`) or
+    gradient-boosted trees (`lightgbm`, with `settings.lightgbm`)."""
     layout = layout_of(settings)
     require_features(layout)
     require_store(settings)  # it answers before minutes of training are spent (every rank)
@@ -50,16 +50,19 @@ def train(
         return _train_lightgbm(settings, progress, name_prefix)
     from mlops.logs import adopt
     from training.fit import EpochResult
-    from training.train import train as train_run
+    from training.train import train as train_torch
+    from training.train import train_jax
 
     adopt("torch")  # wired to stderr by its import
+    train_run = train_jax if framework == "jax" else train_torch
     fit_config = fit_config or settings.fit
-    with progress.stage("training", total=fit_config.epochs) as update:
+    label = "training" if framework == "torch" else f"training {framework}"
+    with progress.stage(label, total=fit_config.epochs) as update:
 
         def advance(epoch: EpochResult) -> None:
             update(
                 advance=1,
-                description=f"training: valid loss {epoch.valid_loss:.4f}, "
+                description=f"{label}: valid loss {epoch.valid_loss:.4f}, "
                 f"{epoch.samples_per_s:,.0f} samples/s",
             )
 

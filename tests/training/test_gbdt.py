@@ -13,13 +13,13 @@ import pytest
 from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
-from pipelines.spec import FeatureSpec, encode, psi_bins
+from pipelines.spec import FeatureSpec, encode, part_of, psi_bins
 from pipelines.storage import read_parquet_folder
 from training.bundle import log_onnx_model
 from training.config import GateConfig, LightGBMConfig, TrackingConfig
 from training.export import INPUTS, OUTPUT, ParityError, check_parity
 from training.fit import FitConfig
-from training.gbdt import GradientBoosting, fit_lightgbm, part_of
+from training.gbdt import GradientBoosting, fit_lightgbm
 from training.model import ModelConfig
 from training.registry import download_model, promote
 from training.tracking import fluent_tracking
