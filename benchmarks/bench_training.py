@@ -4,10 +4,12 @@ Every figure is a ratio against a baseline run by this script, on the same data,
 process, because the machines are shared and noisy:
 
 - quality: test ROC-AUC and log loss, the mean of `--seeds` seeds, of TabularNet
-  (`training.fit.fit`) against the project's LightGBM (`training.gbdt`, what
+  (`training.fit.fit`) and of the same network in JAX (`training.jax_network`, when the `jax`
+  extra is installed) against the project's LightGBM (`training.gbdt`, what
   `mlops train --framework lightgbm` fits) with its defaults and tuned by an Optuna study of
   `--lgbm-trials` trials on the validation month (`training.tune`, as `mlops tune --framework
-  lightgbm`), and a paired bootstrap over test days of (net - tuned LightGBM);
+  lightgbm`), and a paired bootstrap over test days of (net - tuned LightGBM); per framework,
+  training samples/s, its ONNX model's latency, and what its extra adds to an install;
 - throughput: training samples/s of `training.fit.fit` against a bare loop over the same
   device-resident tensors (goal: at least 0.9x) and against a per-sample Dataset/DataLoader;
 - tuning: `training.tune.tune` with Hyperband pruning against no pruning, the same budget of
@@ -56,7 +58,7 @@ from pipelines.layout import SPLITS, DataLayout
 from pipelines.metrics import log_loss, roc_auc
 from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
-from training.config import LightGBMConfig, TrackingConfig, TuneConfig
+from training.config import FRAMEWORKS, LightGBMConfig, TrackingConfig, TuneConfig
 from training.fit import FitConfig, fit, fresh_model, predict_logits
 from training.metrics import sigmoid
 from training.model import ModelConfig, TabularNet
@@ -281,6 +283,106 @@ def paired_bootstrap_by_day(
     }
 
 
+def _samples_per_s(history: list) -> float:
+    """The median epoch's training speed (the first epoch also compiles, under JAX)."""
+    return statistics.median(e.samples_per_s for e in history)
+
+
+def run_jax_network(
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    tables: dict,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+) -> tuple[dict, list[np.ndarray]]:
+    """`training.jax_network.fit_jax`, as `mlops train --framework jax` fits, for each seed."""
+    import jax
+
+    from pipelines.spec import part_of
+    from training.jax_network import fit_jax
+
+    parts = {split: part_of(tables[split], spec) for split in SPLITS}
+    codes, values, labels = parts["test"]
+    runs, probabilities, first = [], [], None
+    for seed in range(fit_config.seed, fit_config.seed + args.seeds):
+        start = time.perf_counter()
+        network, result = fit_jax(
+            spec, model_config, parts["train"], parts["valid"], replace(fit_config, seed=seed)
+        )
+        seconds = _since(start)
+        first = first or network
+        p = network.predict(codes, values).astype("float64")
+        probabilities.append(p)
+        runs.append(
+            {
+                "seed": seed,
+                "test_roc_auc": roc_auc(labels, p),
+                "test_log_loss": log_loss(labels, p),
+                "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history),
+                "fit_seconds": seconds,
+                "samples_per_s": _samples_per_s(result.history),
+            }
+        )
+        logger.info(
+            "jax seed %d: test AUC %.4f, best epoch %d of %d, %.0f s",
+            seed,
+            runs[-1]["test_roc_auc"],
+            result.best_epoch,
+            len(result.history),
+            seconds,
+        )
+    summary = _summary(runs, labels, probabilities) | {
+        "onnx": onnx_latency(first, codes, values),
+        "backend": jax.default_backend(),
+    }
+    return summary, probabilities
+
+
+def install_megabytes(framework: str) -> float:
+    """What a framework adds to an install of the project's base and training dependencies:
+    the installed size of the distributions that only its own requirements pull in (torch:
+    the `torch` requirement of the `train` extra; the others: their extra)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    def closure(requirements: list[str]) -> set[str]:
+        seen: set[str] = set()
+        todo = list(requirements)
+        while todo:
+            requirement = Requirement(todo.pop())
+            name = requirement.name.lower().replace("_", "-")
+            if name in seen or (requirement.marker and not requirement.marker.evaluate()):
+                continue
+            try:
+                dist = metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                continue
+            seen.add(name)
+            todo += [r for r in dist.requires or [] if "extra ==" not in r]
+        return seen
+
+    declared = metadata.distribution("mlops-flights").requires or []
+
+    def extra(name: str) -> list[str]:
+        return [r.split(";")[0] for r in declared if f'extra == "{name}"' in r]
+
+    base = [r for r in declared if "extra ==" not in r] + extra("train")
+    if framework == "torch":
+        own = [r for r in base if Requirement(r).name == "torch"]
+        base = [r for r in base if r not in own]
+    else:
+        own = extra(framework)
+    total = 0
+    for name in closure(own) - closure(base):
+        for file in metadata.distribution(name).files or []:
+            path = Path(str(file.locate()))
+            if path.is_file():
+                total += path.stat().st_size
+    return total / 1e6
+
+
 def run_network(
     args: argparse.Namespace,
     spec: FeatureSpec,
@@ -310,6 +412,7 @@ def run_network(
                 "epochs_run": len(result.history),
                 "best_valid_loss": result.best_valid_loss,
                 "fit_seconds": seconds,
+                "samples_per_s": _samples_per_s(result.history),
             }
         )
         logger.info(
@@ -346,9 +449,21 @@ def quality_section(
     logger.info("quality: TabularNet, %d seed(s)", args.seeds)
     net, nets = run_network(args, spec, tables, model_config, fit_config, device)
     test = tables["test"]
-    bootstrap = paired_bootstrap_by_day(
-        test["scheduled_departure"].dt.date.to_numpy(), test[LABEL].to_numpy(), nets, trees
-    )
+    days, labels = test["scheduled_departure"].dt.date.to_numpy(), test[LABEL].to_numpy()
+    bootstrap = paired_bootstrap_by_day(days, labels, nets, trees)
+    frameworks: dict = {}
+    try:
+        import jax2onnx  # noqa: F401
+    except ImportError:
+        logger.info("quality: no JAX network (the `jax` extra is not installed)")
+    else:
+        logger.info("quality: TabularNet in JAX, %d seed(s)", args.seeds)
+        jax_net, jax_nets = run_jax_network(args, spec, tables, model_config, fit_config)
+        frameworks["jax"] = jax_net | {
+            "bootstrap_vs_lightgbm": paired_bootstrap_by_day(days, labels, jax_nets, trees),
+            "bootstrap_vs_torch": paired_bootstrap_by_day(days, labels, jax_nets, nets),
+        }
+    installs = {framework: install_megabytes(framework) for framework in FRAMEWORKS}
     for name, figures in (("LightGBM untuned", untuned), ("LightGBM tuned", tuned), ("net", net)):
         logger.info(
             "%s: test AUC %.4f, log loss %.4f (mean of %d seeds)",
@@ -366,6 +481,8 @@ def quality_section(
         "auc_gap": net["test_roc_auc"] - tuned["test_roc_auc"],  # negative: the net is behind
         "log_loss_ratio": net["test_log_loss"] / tuned["test_log_loss"],  # above 1: behind
         "bootstrap": bootstrap,
+        "frameworks": frameworks,  # the network in frameworks other than torch
+        "install_megabytes": installs,
     }
 
 
@@ -661,11 +778,56 @@ def markdown(results: dict) -> list[str]:
             "| model | batch 1 | batch 1,024 | file |",
             "|---|---|---|---|",
         ]
-        for name, figures in (("LightGBM, tuned", lgbm), ("TabularNet", net)):
+        others = q.get("frameworks", {})
+        named = {"LightGBM, tuned": lgbm, "TabularNet": net}
+        named |= {f"TabularNet in {name.upper()}": f for name, f in others.items()}
+        for name, figures in named.items():
             cost = figures["onnx"]
             lines.append(
                 f"| {name} | {cost['batch_1_ms']:.3f} | {cost['batch_1024_ms']:.2f} "
                 f"| {cost['bytes'] / 1e6:.1f} MB |"
+            )
+        for name, figures in others.items():
+            lines += [
+                "",
+                f"The network in {name.upper()} (on {figures['backend']}), the same configuration "
+                "and seeds:",
+                "",
+                "| model | test ROC-AUC | test log loss | ensemble AUC | fit s | note |",
+                "|---|---|---|---|---|---|",
+                row(
+                    f"TabularNet in {name.upper()}",
+                    figures,
+                    f"best epochs {', '.join(str(r['best_epoch']) for r in figures['runs'])}",
+                ),
+                "",
+            ]
+            for against, key in (("tuned LightGBM", "lightgbm"), ("TabularNet", "torch")):
+                b = figures[f"bootstrap_vs_{key}"]
+                lines.append(
+                    f"- {name} − {against}: ROC-AUC {b['auc_difference']:+.4f} "
+                    f"[{b['auc_interval'][0]:+.4f}, {b['auc_interval'][1]:+.4f}], log loss "
+                    f"{b['log_loss_difference']:+.4f} [{b['log_loss_interval'][0]:+.4f}, "
+                    f"{b['log_loss_interval'][1]:+.4f}]"
+                )
+        installs = q.get("install_megabytes", {})
+        lines += [
+            "",
+            "| framework | fit s per seed | training samples/s (median epoch) | install MB |",
+            "|---|---|---|---|",
+        ]
+        fits = {"torch": net, "lightgbm": lgbm} | others
+        for name, figures in fits.items():
+            runs = figures["runs"]
+            speeds = [r["samples_per_s"] for r in runs if "samples_per_s" in r]
+            speed = f"{statistics.fmean(speeds):,.0f}" if speeds else "n/a (boosting)"
+            install = installs.get(name)
+            lines.append(
+                f"| {name} | {statistics.fmean(r['fit_seconds'] for r in runs):.0f} | {speed} "
+                f"| {install:.0f} |"
+                if install is not None
+                else f"| {name} | {statistics.fmean(r['fit_seconds'] for r in runs):.0f} "
+                f"| {speed} | ? |"
             )
     if "throughput" in results:
         t = results["throughput"]

@@ -142,9 +142,10 @@ def test_the_first_hour_from_a_fresh_clone(tmp_path: Path) -> None:
 
 
 def test_run_lets_the_gate_choose_between_the_network_and_trees(tmp_path: Path) -> None:
-    """`mlops run --frameworks torch,lightgbm`: both trained, exported and gated in turn; the
-    one with the better holdout ROC-AUC is the champion, and `mlops serve` serves it."""
+    """`mlops run --frameworks torch,jax,lightgbm`: each trained, exported and gated in turn;
+    the one with the best holdout ROC-AUC is the champion, and `mlops serve` serves it."""
     pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
+    pytest.importorskip("jax2onnx", reason="the `jax` extra: pip install -e '.[jax]'")
     work = tmp_path / "clone"
     (work / "user-home").mkdir(parents=True)
     (work / ".env").write_text("MLOPS_LIGHTGBM__ROUNDS=300\n")  # read at the edge, as a user's
@@ -158,13 +159,14 @@ def test_run_lets_the_gate_choose_between_the_network_and_trees(tmp_path: Path) 
         "--epochs",
         "1",
         "--frameworks",
-        "torch,lightgbm",
+        "torch,jax,lightgbm",
     ).replace("\n", " ")
     assert "first model (torch): no champion yet" in output
-    assert "challenger (lightgbm) ROC-AUC" in output and "v1 (torch)" in output
+    assert "challenger (jax) ROC-AUC" in output and "v1 (torch)" in output
+    assert "challenger (lightgbm) ROC-AUC" in output
     client = MlflowClient(f"sqlite:///{(work / '.mlops' / 'mlflow.db').resolve()}")
     versions = {v.version: v for v in client.search_model_versions("name = 'flight-delay'")}
-    assert {v.tags["framework"] for v in versions.values()} == {"torch", "lightgbm"}
+    assert {v.tags["framework"] for v in versions.values()} == {"torch", "jax", "lightgbm"}
     aucs = {
         v.tags["framework"]: client.get_run(v.run_id).data.metrics["gate_challenger_auc"]
         for v in versions.values()

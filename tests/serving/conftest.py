@@ -73,6 +73,21 @@ def trees_champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory
     return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)
 
 
+@pytest.fixture(scope="session")
+def jax_champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Champion:
+    """The network trained in JAX as the champion: the same server, no JAX in it."""
+    pytest.importorskip("jax2onnx", reason="the `jax` extra: pip install -e '.[jax]'")
+    from training.train import train_jax
+
+    home = tmp_path_factory.mktemp("jax")
+    shutil.copytree(featured_home / "data", home / "data")
+    tracking = TrackingConfig(home)
+    result = train_jax(DataLayout(home), tracking, *SMALL)
+    holdout = read_parquet_folder(DataLayout(home).split("test"))
+    decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
+    return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)
+
+
 def folder_of(champion: Champion, cache: Path) -> Bundle:
     client = TrackingConfig(champion.home).client()
     return download_version(client, champion.name, champion.version, cache)

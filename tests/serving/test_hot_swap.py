@@ -60,6 +60,16 @@ def trees_run(champion: Champion) -> str:
     return train_lightgbm(DataLayout(champion.home), tracking, TREES).run_id
 
 
+@pytest.fixture(scope="module")
+def jax_run(champion: Champion) -> str:
+    """The network trained in JAX on the champion's table, in its registry."""
+    pytest.importorskip("jax2onnx", reason="the `jax` extra: pip install -e '.[jax]'")
+    from training.train import train_jax
+
+    tracking = TrackingConfig(champion.home)
+    return train_jax(DataLayout(champion.home), tracking, *SMALL).run_id
+
+
 @pytest.mark.slow
 def test_thirty_hot_swaps_of_two_different_models_under_open_loop_load_on_two_workers(
     champion: Champion, narrower_run: str, december: pd.DataFrame, tmp_path: Path
@@ -78,6 +88,14 @@ def test_hot_swaps_between_the_network_and_lightgbm_trees_under_load(
     """The same, between a torch version and a LightGBM version: the unchanged server swaps
     frameworks as it swaps weights."""
     _swaps_under_load(champion, trees_run, "flight-delay-frameworks", 10, december, tmp_path)
+
+
+@pytest.mark.slow
+def test_hot_swaps_between_the_network_in_pytorch_and_in_jax_under_load(
+    champion: Champion, jax_run: str, december: pd.DataFrame, tmp_path: Path
+) -> None:
+    """The same, between a torch version and a JAX version."""
+    _swaps_under_load(champion, jax_run, "flight-delay-jax-swaps", 10, december, tmp_path)
 
 
 def _swaps_under_load(

@@ -96,15 +96,14 @@ def test_the_fit_is_seeded_and_keeps_the_best_epoch(
     train, valid = part_of(tables["train"], spec), part_of(tables["valid"], spec)
     once, fitted = fit_jax(spec, SMALL, train, valid, replace(FIT, epochs=3))
     again, _ = fit_jax(spec, SMALL, train, valid, replace(FIT, epochs=3))
-    np.testing.assert_array_equal(
-        once.predict(valid[0], valid[1]), again.predict(valid[0], valid[1])
-    )
+    codes, values, labels = valid
+    np.testing.assert_array_equal(once.predict(codes, values), again.predict(codes, values))
     other, _ = fit_jax(spec, SMALL, train, valid, replace(FIT, epochs=3, seed=1))
-    assert not np.array_equal(once.predict(valid[0], valid[1]), other.predict(valid[0], valid[1]))
+    assert not np.array_equal(once.predict(codes, values), other.predict(codes, values))
     losses = [e.valid_loss for e in fitted.history]
     assert fitted.best_valid_loss == min(losses) == losses[fitted.best_epoch]
-    probabilities = once.predict(valid[0], valid[1])  # the restored weights: the best loss
-    assert log_loss(valid[2], probabilities) == pytest.approx(fitted.best_valid_loss, rel=1e-4)
+    probabilities = once.predict(codes, values)  # the restored weights: the best loss again
+    assert log_loss(labels, probabilities) == pytest.approx(fitted.best_valid_loss, rel=1e-4)
 
 
 def test_a_jax_network_that_drifted_from_its_export_fails_parity_and_logs_nothing(
