@@ -43,7 +43,10 @@ def retrain_command(
         f"drift of {report.month}: " + ", ".join(f"{name} PSI {value:.3f}" for name, value in worst)
     )
     console.print(f"gate: {report.reason}")
-    console.print(f"retrain of {report.month}: {report.status} (run {report.run_id})")
+    console.print(
+        f"retrain of {report.month}: {report.status} (a {report.framework} challenger, "
+        f"run {report.run_id})"
+    )
 
 
 def schedule_command(

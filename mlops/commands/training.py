@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from typing import Annotated, Literal
 
@@ -49,6 +50,11 @@ def train_command(
         "seed": seed,
     }
     fit_config = replace(settings.fit, **{k: v for k, v in given.items() if v is not None})
+    if framework != "torch" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise typer.BadParameter(
+            f"torchrun starts the PyTorch network's data-parallel training; run --framework "
+            f"{framework} as a single process (`mlops train --framework {framework}`)"
+        )
     if framework == "lightgbm":
         if epochs is not None or batch_size is not None:
             raise typer.BadParameter(

@@ -6,7 +6,10 @@
    not when it was ingested, so a tick that failed after its ingest is retried by the next.
 2. Rebuild the features with the split moved forward: test on the new month, validate on the
    one before, train on everything earlier.
-3. Train a challenger from the study's best parameters (the settings' defaults without a study).
+3. Train a challenger of the champion's framework (the network, in PyTorch or JAX, or the
+   trees; the PyTorch network without a champion, or when the champion's framework is not
+   installed here, with a warning) from that framework's study's best parameters (the
+   settings' defaults without a study).
 4. Log the drift report to the challenger's run: the PSI of every numerical feature of the new
    month against the champion's training distribution, as metrics, JSON and a plot.
 5. Gate: the challenger is registered and takes `champion` only if it beats it on the new month.
@@ -33,7 +36,7 @@ from typing import TYPE_CHECKING
 from mlops.configs import layout_of, mlflow_client, tracking_of, tune_of
 from mlops.flows.data import build_features, ingest
 from mlops.flows.progress import Progress
-from mlops.flows.training import promote, train
+from mlops.flows.training import promote, train, with_best_trees
 from mlops.locks import WriterLock, writer_lock
 from mlops.settings import Settings
 from pipelines.errors import LockLostError, LockUnavailableError, NoDataError, WriterBusyError
@@ -57,15 +60,41 @@ class RetrainReport:
     warm_start: dict[str, object] | None = None  # the study's best parameters, when used
     reason: str = ""  # the gate's
     retried: bool = False  # the month of an earlier retrain whose gate never decided
+    framework: str = "torch"  # what made the challenger
 
 
-def _warm_start(settings: Settings) -> dict[str, object] | None:
-    """The study's best parameters, if there is a study with a complete trial."""
+# what each framework needs installed (its extra): a retrain falls back to the PyTorch network
+REQUIRES = {"torch": "torch", "jax": "jax2onnx", "lightgbm": "onnxmltools"}
+
+
+def challenger_framework(client: MlflowClient, settings: Settings) -> str:
+    """The champion's framework, when it is installed here; else the PyTorch network."""
+    from importlib.util import find_spec
+
+    from training.registry import champion_of, framework_of
+
+    champion = champion_of(client, settings.gate)
+    if champion is None:
+        return "torch"
+    framework = framework_of(client.get_run(str(champion.run_id)))
+    if framework in REQUIRES and find_spec(REQUIRES[framework]) is not None:
+        return framework
+    logger.warning(
+        "the champion was made by %s, which is not installed here (its extra: pip install "
+        "'.[%s]'): the challenger is the PyTorch network",
+        framework,
+        framework,
+    )
+    return "torch"
+
+
+def _warm_start(settings: Settings, framework: str) -> dict[str, object] | None:
+    """The framework's study's best parameters, if it has a study with a complete trial."""
     import optuna
 
     from training.study import open_storage
 
-    config = tune_of(settings)
+    config = tune_of(settings, framework=framework)
     if not config.storage and not (settings.home / "optuna.db").exists():
         return None
     try:
@@ -156,11 +185,16 @@ def _retrain(
     build_features(settings, progress, latest_plan(month))
     lock.check()
     psi = drift_report(client, settings, month)
-    best = _warm_start(settings)
+    framework = challenger_framework(client, settings)
+    best = _warm_start(settings, framework)
     model_config, fit_config = settings.model, settings.fit
-    if best is not None:
+    if best is not None and framework == "lightgbm":
+        settings = with_best_trees(settings, best)
+    elif best is not None:
         model_config, fit_config = best_configs(best, fit_config)
-    result = train(settings, progress, model_config, fit_config, f"retrain {month}:")
+    result = train(
+        settings, progress, model_config, fit_config, f"retrain {month}:", framework=framework
+    )
     if result is None:
         raise RuntimeError("retrain runs in one process")
     _log_drift(client, result.run_id, month, psi)
@@ -178,6 +212,7 @@ def _retrain(
         best,
         decision.reason,
         retried=retried is not None,
+        framework=framework,
     )
 
 

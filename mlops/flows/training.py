@@ -118,13 +118,11 @@ def best_of_study(settings: Settings, tuned: TuneResult, epochs: int | None = No
     return best_configs(tuned.best_params, fit_config)
 
 
-def with_best_trees(settings: Settings, tuned: TuneResult) -> Settings:
+def with_best_trees(settings: Settings, best_params: dict[str, object]) -> Settings:
     """The settings with the trees' study's best configuration as their `lightgbm` section."""
     from training.tune import best_lightgbm
 
-    return settings.model_copy(
-        update={"lightgbm": best_lightgbm(tuned.best_params, settings.lightgbm)}
-    )
+    return settings.model_copy(update={"lightgbm": best_lightgbm(best_params, settings.lightgbm)})
 
 
 def newest_holdout(settings: Settings) -> pd.DataFrame:

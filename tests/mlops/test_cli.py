@@ -59,16 +59,24 @@ def test_a_bad_month_is_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    ("command", "says"),
+    ("command", "env", "says"),
     [
-        (["run", "--frameworks", "torch,xgboost"], "got 'torch,xgboost'"),
-        (["run", "--frameworks", "torch,torch"], "distinct names"),
-        (["train", "--framework", "lightgbm", "--epochs", "3"], "MLOPS_LIGHTGBM__ROUNDS"),
+        (["run", "--frameworks", "torch,xgboost"], {}, "got 'torch,xgboost'"),
+        (["run", "--frameworks", "torch,torch"], {}, "distinct names"),
+        (["train", "--framework", "lightgbm", "--epochs", "3"], {}, "MLOPS_LIGHTGBM__ROUNDS"),
+        # each process torchrun starts: DDP is the PyTorch network's
+        (["train", "--framework", "jax"], {"WORLD_SIZE": "2"}, "as a single process"),
     ],
 )
 def test_a_framework_that_cannot_be_trained_is_refused_before_any_work(
-    command: list[str], says: str, tmp_path: Path
+    command: list[str],
+    env: dict[str, str],
+    says: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
     result = runner.invoke(app, ["--home", str(tmp_path), *command])
     assert result.exit_code == 2, result.output
     assert says in " ".join(result.output.split())

@@ -55,6 +55,37 @@ def test_retrain_takes_the_next_month_reports_drift_and_runs_the_gate(
 
 
 @pytest.mark.slow
+def test_a_lightgbm_champion_is_retrained_as_lightgbm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retrain's challenger is of the champion's framework, so a scheduled retrain keeps
+    renewing the model the gate chose instead of a network that already lost to it."""
+    pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
+    for name, value in {**SMALL, **SPLIT, "MLOPS_LIGHTGBM__ROUNDS": "60"}.items():
+        monkeypatch.setenv(name, value)
+    home = tmp_path / "state"
+    for command in (
+        ["data", "ingest", "--until", "2013-10"],
+        ["data", "features"],
+        ["train", "--framework", "lightgbm"],
+        ["promote"],
+        ["retrain"],
+    ):
+        result = runner.invoke(app, ["--home", str(home), *command])
+        assert result.exit_code == 0, result.output
+    assert "a lightgbm challenger" in result.output
+    client, _ = _champion(home)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("flight-delay").experiment_id],
+        "tags.retrain_month = '2013-11'",
+    )
+    assert run.data.tags["framework"] == "lightgbm"
+    assert run.data.tags["gate_challenger_framework"] == "lightgbm"
+    assert run.data.tags["gate_champion_framework"] == "lightgbm"
+    assert run.data.params["lightgbm.rounds"] == "60"
+
+
+@pytest.mark.slow
 def test_a_failed_retrain_leaves_the_champion_and_the_data(
     home_with_champion: Path, tmp_path: Path
 ) -> None:
