@@ -146,7 +146,7 @@ def _autocast(device: torch.device) -> torch.autocast:
 def tune_lightgbm(args: argparse.Namespace, home: Path) -> tuple[LightGBMConfig, dict]:
     """The trees' study as `mlops tune --framework lightgbm` runs it (TPE, Hyperband on
     rounds, early stopping on October), in a scratch store so nothing lands in `home`'s."""
-    from training.tune import best_lightgbm, tune
+    from training.tune import best_trees, tune
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-lightgbm-"))
     config = TuneConfig(trials=args.lgbm_trials, study="bench-lightgbm", framework="lightgbm")
@@ -156,7 +156,7 @@ def tune_lightgbm(args: argparse.Namespace, home: Path) -> tuple[LightGBMConfig,
     )
     seconds = _since(start)
     shutil.rmtree(scratch, ignore_errors=True)
-    best = best_lightgbm(tuned.best_params, LightGBMConfig())
+    best = best_trees(tuned.best_params, LightGBMConfig())
     logger.info(
         "LightGBM study: %s, best valid loss %.4f, %.0f s",
         tuned.counts,
@@ -175,16 +175,16 @@ def tune_lightgbm(args: argparse.Namespace, home: Path) -> tuple[LightGBMConfig,
 def run_lightgbm(
     args: argparse.Namespace, spec: FeatureSpec, tables: dict, config: LightGBMConfig
 ) -> tuple[dict, list[np.ndarray]]:
-    """`training.gbdt.fit_lightgbm`, as `mlops train --framework lightgbm` fits, for each seed."""
+    """`training.gbdt.fit_trees`, as `mlops train --framework lightgbm` fits, for each seed."""
     from pipelines.spec import part_of
-    from training.gbdt import fit_lightgbm
+    from training.gbdt import fit_trees
 
     parts = {split: part_of(tables[split], spec) for split in SPLITS}
     codes, values, labels = parts["test"]
     runs, probabilities, first = [], [], None
     for seed in range(args.seeds):
         start = time.perf_counter()
-        boosted = fit_lightgbm(spec, parts["train"], parts["valid"], replace(config, seed=seed))
+        boosted = fit_trees(spec, parts["train"], parts["valid"], replace(config, seed=seed))
         first = first or boosted.model
         seconds = _since(start)
         p = boosted.model.predict(codes, values).astype("float64")

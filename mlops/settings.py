@@ -20,7 +20,15 @@ from pipelines.cluster import ClusterConfig
 from pipelines.spec import MIN_CATEGORY_COUNT
 from pipelines.splits import SplitPlan
 from serving.config import EventsConfig, PredictionLogConfig, ServeConfig
-from training.config import FitConfig, GateConfig, LightGBMConfig, ModelConfig, TuneConfig
+from training.config import (
+    CatBoostConfig,
+    FitConfig,
+    GateConfig,
+    LightGBMConfig,
+    ModelConfig,
+    TreesConfig,
+    TuneConfig,
+)
 
 # Values that are placeholders, not secrets: refused at startup rather than served with.
 PLACEHOLDER_SECRETS = frozenset({"change-me", "changeme", "changethis", "secret", "password"})
@@ -95,6 +103,7 @@ class Settings(BaseSettings):
     model: ModelConfig = Field(default_factory=ModelConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
     lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig)
+    catboost: CatBoostConfig = Field(default_factory=CatBoostConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
@@ -135,6 +144,12 @@ class Settings(BaseSettings):
         "text", description="json: one JSON object per line (containers)"
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    def trees(self, framework: str) -> TreesConfig:
+        """The section of a trees framework (`lightgbm`, `catboost`): each is named after it."""
+        config = getattr(self, framework)
+        assert config.framework == framework
+        return config
 
     @field_validator("dask_scheduler")
     @classmethod

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, get_args
 
 from pydantic import Field
 
@@ -66,9 +66,11 @@ class FitConfig:
 
 
 # what can make a challenger (training/train.py): the network in PyTorch or in JAX (one
-# `ModelConfig` and `FitConfig` for both), or gradient-boosted trees
-Framework = Literal["torch", "jax", "lightgbm"]
+# `ModelConfig` and `FitConfig` for both), or gradient-boosted trees (LightGBM or CatBoost,
+# each with its own config below)
+Framework = Literal["torch", "jax", "lightgbm", "catboost"]
 NETWORKS: tuple[str, ...] = ("torch", "jax")
+TREES: tuple[str, ...] = ("lightgbm", "catboost")
 FRAMEWORKS: tuple[str, ...] = get_args(Framework)
 
 
@@ -78,6 +80,7 @@ class LightGBMConfig:
     a common starting point (and benchmarks/bench_training.py's untuned anchor); the number of
     rounds is chosen by early stopping on the validation months."""
 
+    framework: ClassVar[str] = "lightgbm"
     rounds: PositiveInt = 2000  # at most
     early_stopping: PositiveInt = 50  # rounds without a better validation log loss
     learning_rate: Annotated[float, Field(gt=0)] = 0.05
@@ -112,6 +115,56 @@ class LightGBMConfig:
             "force_row_wise": True,  # with `deterministic`: the same trees on every run
             "verbosity": -1,
         }
+
+
+@dataclass(frozen=True)
+class CatBoostConfig:
+    """CatBoost's oblivious trees (training/gbdt.py), the `catboost` framework: CatBoost's own
+    defaults but the learning rate, which it would otherwise pick from the data size; the
+    number of rounds is chosen by early stopping on the validation months."""
+
+    framework: ClassVar[str] = "catboost"
+    rounds: PositiveInt = 2000  # at most
+    early_stopping: PositiveInt = 50  # rounds without a better validation log loss
+    learning_rate: Annotated[float, Field(gt=0)] = 0.08
+    depth: Annotated[int, Field(ge=1, le=16)] = 6
+    l2_leaf_reg: Annotated[float, Field(ge=0)] = 3.0
+    random_strength: Annotated[float, Field(ge=0)] = 1.0  # noise on split scores
+    bagging_temperature: Annotated[float, Field(ge=0)] = 1.0  # Bayesian bootstrap's
+    border_count: Annotated[int, Field(ge=1, le=65535)] = 254  # bins per numerical feature
+    seed: int = 0
+    threads: Annotated[int, Field(ge=0)] = 0  # 0: every core
+
+    def as_params(self) -> dict[str, object]:
+        return asdict(self)
+
+    def as_catboost(self) -> dict[str, object]:
+        """CatBoost's own parameters: seeded, quiet, nothing written to the working folder."""
+        return {
+            "loss_function": "Logloss",
+            "iterations": self.rounds,
+            "learning_rate": self.learning_rate,
+            "depth": self.depth,
+            "l2_leaf_reg": self.l2_leaf_reg,
+            "random_strength": self.random_strength,
+            "bagging_temperature": self.bagging_temperature,
+            "border_count": self.border_count,
+            "random_seed": self.seed,
+            "thread_count": self.threads or -1,
+            "od_type": "Iter",
+            "od_wait": self.early_stopping,
+            "use_best_model": True,
+            "allow_writing_files": False,
+            "verbose": False,
+        }
+
+
+TreesConfig = LightGBMConfig | CatBoostConfig
+
+
+def trees_config(framework: str) -> TreesConfig:
+    """A trees framework's default config."""
+    return {"lightgbm": LightGBMConfig, "catboost": CatBoostConfig}[framework]()
 
 
 @dataclass(frozen=True)

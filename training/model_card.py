@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from pipelines.layout import SPLITS
 from pipelines.spec import FeatureSpec
-from training.config import ModelConfig
+from training.config import TREES, ModelConfig
 
 PREDICTS = (
     "Predicts the probability that a flight from New York arrives more than 15 minutes late, "
@@ -74,8 +74,9 @@ def model_card(params: Mapping[str, object], metrics: Mapping[str, float]) -> st
     """The card of a training run from its params and metrics, as MLflow stores them."""
     model = {k.removeprefix("model."): v for k, v in params.items() if k.startswith("model.")}
     fit = {k.removeprefix("fit."): v for k, v in params.items() if k.startswith("fit.")}
-    trees = {k.removeprefix("lightgbm."): v for k, v in params.items() if k.startswith("lightgbm.")}
     framework = str(params.get("framework", "torch"))
+    prefix = f"{framework}."
+    trees = {k.removeprefix(prefix): v for k, v in params.items() if k.startswith(prefix)}
     months = {split: window(str(params.get(f"{split}_months", ""))) for split in SPLITS}
     parity = {
         int(k.rsplit("_b", 1)[1]): v
@@ -90,7 +91,11 @@ def model_card(params: Mapping[str, object], metrics: Mapping[str, float]) -> st
         f"- Training months: {months['train']}",
         f"- Validation ({months['valid']}): {_figures(metrics, 'valid')}",
         f"- Test ({months['test']}): {_figures(metrics, 'test')}",
-        *(_trees(trees, metrics) if framework == "lightgbm" else _network(model, fit, metrics)),
+        *(
+            _trees(framework, trees, metrics)
+            if framework in TREES
+            else _network(model, fit, metrics)
+        ),
     ]
     if "decision_threshold" in metrics:
         lines.append(
@@ -121,12 +126,24 @@ def _network(
     ]
 
 
-def _trees(trees: Mapping[str, object], metrics: Mapping[str, float]) -> list[str]:
+def _trees(framework: str, trees: Mapping[str, object], metrics: Mapping[str, float]) -> list[str]:
+    if framework == "catboost":
+        shape = (
+            f"- Gradient-boosted oblivious trees (CatBoost): depth {trees.get('depth')}, "
+            f"learning rate {trees.get('learning_rate')}, L2 {trees.get('l2_leaf_reg')}, "
+            f"random strength {trees.get('random_strength')}; category codes as numbers "
+            "(CatBoost's ONNX export takes no categorical features)"
+        )
+    else:
+        shape = (
+            f"- Gradient-boosted trees (LightGBM): {trees.get('num_leaves')} leaves, learning "
+            f"rate {trees.get('learning_rate')}, feature fraction "
+            f"{trees.get('feature_fraction')}, bagging fraction "
+            f"{trees.get('bagging_fraction')}, L2 {trees.get('lambda_l2')}; category codes as "
+            "categorical splits"
+        )
     return [
-        f"- Gradient-boosted trees (LightGBM): {trees.get('num_leaves')} leaves, learning rate "
-        f"{trees.get('learning_rate')}, feature fraction {trees.get('feature_fraction')}, "
-        f"bagging fraction {trees.get('bagging_fraction')}, L2 {trees.get('lambda_l2')}; "
-        "category codes as categorical splits",
+        shape,
         f"- Fit: {int(metrics.get('best_round', -2)) + 1} rounds (the best validation loss) of "
         f"at most {trees.get('rounds')}",
     ]

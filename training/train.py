@@ -1,9 +1,10 @@
 """One training run of any framework, tracked in MLflow: data, model, fit, test-month figures.
 
-`train` fits the PyTorch network, `train_jax` the same network in JAX, `train_lightgbm`
-gradient-boosted trees; each hands its fitted model (a `training.export.Candidate`) to the same
-tracked run, which scores it, draws its plots, exports it to ONNX with a parity check and logs
-it on the one contract, so the gate and the server never need to know which framework made it.
+`train` fits the PyTorch network, `train_jax` the same network in JAX, `train_trees`
+gradient-boosted trees (LightGBM or CatBoost); each hands its fitted model (a
+`training.export.Candidate`) to the same tracked run, which scores it, draws its plots, exports
+it to ONNX with a parity check and logs it on the one contract, so the gate and the server
+never need to know which framework made it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pipelines.spec import LABEL, Encoded, FeatureSpec, encode, part_of, psi_bin
 from pipelines.storage import read_parquet_folder
 from training import plots
 from training.bundle import LoggedModel, decision_threshold, log_onnx_model
-from training.config import FitConfig, LightGBMConfig, ModelConfig, TrackingConfig
+from training.config import FitConfig, ModelConfig, TrackingConfig, TreesConfig
 from training.export import Candidate
 from training.importance import permutation_importance
 from training.model_card import model_card, run_name
@@ -184,41 +185,42 @@ def _fitted_network(candidate: Candidate, result: FitResult) -> Fitted:
     )
 
 
-def train_lightgbm(
+def train_trees(
     layout: DataLayout,
     tracking: TrackingConfig,
-    config: LightGBMConfig,
+    config: TreesConfig,
     on_round: OnRound | None = None,
     name_prefix: str = "train",
 ) -> TrainResult:
-    """Gradient-boosted trees on the same feature table, encoding and holdout as the network."""
-    from training.gbdt import fit_lightgbm
+    """Gradient-boosted trees of the framework `config` is for (LightGBM or CatBoost) on the
+    same feature table, encoding and holdout as the network."""
+    from training.gbdt import fit_trees
+
+    framework = config.framework
 
     layout = layout.pinned()
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
     encoded = {split: encode(table, spec) for split, table in tables.items()}
     parts = {split: part_of(tables[split], spec, encoded[split]) for split in ("train", "valid")}
-    params = {f"lightgbm.{k}": v for k, v in config.as_params().items()} | {"device": "cpu"}
+    params = {f"{framework}.{k}": v for k, v in config.as_params().items()} | {"device": "cpu"}
 
-    def fit_trees() -> Fitted:
+    def fit() -> Fitted:
         def log_round(round_: int, valid_loss: float) -> None:
             if round_ % 10 == 0:
                 mlflow.log_metric("valid_loss", valid_loss, step=round_)
             if on_round:
                 on_round(round_, valid_loss)
 
-        boosted = fit_lightgbm(spec, parts["train"], parts["valid"], config, log_round)
+        boosted = fit_trees(spec, parts["train"], parts["valid"], config, log_round)
         metrics = {
             "best_valid_loss": boosted.valid_loss[boosted.best_round],
             "best_round": boosted.best_round,
         }
         return Fitted(boosted.model, metrics, boosted.train_loss, boosted.valid_loss, "round")
 
-    name = run_name(spec, "lightgbm", name_prefix)
-    return _tracked_run(
-        layout, tracking, spec, tables, encoded, name, "lightgbm", params, fit_trees
-    )
+    name = run_name(spec, framework, name_prefix)
+    return _tracked_run(layout, tracking, spec, tables, encoded, name, framework, params, fit)
 
 
 def _tracked_run(

@@ -2,7 +2,7 @@
 
 A study searches one framework's space. TPE proposes a configuration; a trial of the network
 trains it for at most `epochs` epochs and reports the validation loss after every epoch, a
-trial of LightGBM boosts until early stopping and reports every ROUNDS_PER_REPORT rounds, so
+trial of the trees boosts until early stopping and reports every ROUNDS_PER_REPORT rounds, so
 Hyperband (or successive halving) stops the poor ones early. The study lives in an Optuna
 storage: SQLite under MLOPS_HOME by default, or a shared database
 (`MLOPS_OPTUNA_STORAGE=postgresql://...`) so that several processes, on one machine or many,
@@ -38,7 +38,16 @@ from pipelines.layout import DataLayout
 from pipelines.metrics import roc_auc
 from pipelines.spec import FeatureSpec, part_of
 from training import plots
-from training.config import FitConfig, LightGBMConfig, ModelConfig, TrackingConfig, TuneConfig
+from training.config import (
+    TREES,
+    CatBoostConfig,
+    FitConfig,
+    ModelConfig,
+    TrackingConfig,
+    TreesConfig,
+    TuneConfig,
+    trees_config,
+)
 from training.fit import EpochResult, fit, fresh_model, predict_logits
 from training.metrics import sigmoid
 from training.study import (
@@ -56,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 RUN_ATTR = "mlflow_run_id"
 FRAMEWORK_ATTR = "framework"  # the study's: whose search space its trials sample
-ROUNDS_PER_REPORT = 10  # a LightGBM trial reports its validation loss this often
+ROUNDS_PER_REPORT = 10  # a trees trial reports its validation loss this often
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 OnProgress = Callable[[int], None]  # called with the number of finished trials
@@ -101,7 +110,7 @@ def suggest(trial: optuna.Trial, fit_config: FitConfig) -> tuple[ModelConfig, Fi
 LATER_PARAMS = {"members": 1}
 
 
-# the names `suggest` and `suggest_lightgbm` search, as their configs spell them
+# the names `suggest` and `suggest_trees` search, as their configs spell them
 NETWORK_SEARCHED = (
     "numeric_embedding",
     "numeric_dim",
@@ -113,25 +122,36 @@ NETWORK_SEARCHED = (
     "members",
 )
 FIT_SEARCHED = ("learning_rate", "weight_decay", "batch_size")
-TREES_SEARCHED = (
-    "learning_rate",
-    "num_leaves",
-    "min_child_samples",
-    "feature_fraction",
-    "bagging_fraction",
-    "lambda_l2",
-    "cat_smooth",
-)
+TREES_SEARCHED = {
+    "lightgbm": (
+        "learning_rate",
+        "num_leaves",
+        "min_child_samples",
+        "feature_fraction",
+        "bagging_fraction",
+        "lambda_l2",
+        "cat_smooth",
+    ),
+    "catboost": (
+        "learning_rate",
+        "depth",
+        "l2_leaf_reg",
+        "random_strength",
+        "bagging_temperature",
+    ),
+}
 
 
 def defaults_as_params(framework: str, fit_config: FitConfig) -> dict[str, object]:
     """The default configuration as a trial's parameters: a new study's first trial, so that
     a small study (`mlops run`'s six) never ends on something worse, on validation, than the
     defaults it started from."""
-    if framework == "lightgbm":
-        trees = asdict(LightGBMConfig())
-        params = {name: trees[name] for name in TREES_SEARCHED}
-        return params | {"lambda_l2": max(trees["lambda_l2"], 1e-3)}  # the space is logarithmic
+    if framework in TREES:
+        trees = asdict(trees_config(framework))
+        params = {name: trees[name] for name in TREES_SEARCHED[framework]}
+        if framework == "lightgbm":  # its default is 0, below the logarithmic space
+            params["lambda_l2"] = max(trees["lambda_l2"], 1e-3)
+        return params
     model, fit = asdict(ModelConfig()), asdict(fit_config)
     params = {name: model[name] for name in NETWORK_SEARCHED} | {
         name: fit[name] for name in FIT_SEARCHED
@@ -146,9 +166,18 @@ def best_configs(params: dict[str, object], fit_config: FitConfig) -> tuple[Mode
     return suggest(optuna.trial.FixedTrial(LATER_PARAMS | params), fit_config)
 
 
-def suggest_lightgbm(trial: optuna.Trial, base: LightGBMConfig) -> LightGBMConfig:
-    """The trees' search space, the usual one for LightGBM: the number of rounds is left to
-    early stopping, the rest searched on log scales where it spans orders of magnitude."""
+def suggest_trees(trial: optuna.Trial, base: TreesConfig) -> TreesConfig:
+    """The trees' search space, the usual one for each library: the number of rounds is left
+    to early stopping, the rest searched on log scales where it spans orders of magnitude."""
+    if isinstance(base, CatBoostConfig):
+        return replace(
+            base,
+            learning_rate=trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
+            depth=trial.suggest_int("depth", 4, 10),
+            l2_leaf_reg=trial.suggest_float("l2_leaf_reg", 0.1, 30.0, log=True),
+            random_strength=trial.suggest_float("random_strength", 0.01, 10.0, log=True),
+            bagging_temperature=trial.suggest_float("bagging_temperature", 0.0, 1.0),
+        )
     return replace(
         base,
         learning_rate=trial.suggest_float("learning_rate", 0.01, 0.2, log=True),
@@ -161,13 +190,13 @@ def suggest_lightgbm(trial: optuna.Trial, base: LightGBMConfig) -> LightGBMConfi
     )
 
 
-def best_lightgbm(params: dict[str, object], base: LightGBMConfig) -> LightGBMConfig:
+def best_trees(params: dict[str, object], base: TreesConfig) -> TreesConfig:
     """The trees' config of a study's best trial."""
-    return suggest_lightgbm(optuna.trial.FixedTrial(params), base)
+    return suggest_trees(optuna.trial.FixedTrial(params), base)
 
 
 def _pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
-    if config.pruner == "hyperband" and config.framework == "lightgbm":
+    if config.pruner == "hyperband" and config.framework in TREES:
         # the resource is boosting rounds, reported every ROUNDS_PER_REPORT: the most rounds a
         # trial takes is early stopping's to decide, so Optuna estimates it from the first trials
         return optuna.pruners.HyperbandPruner(min_resource=ROUNDS_PER_REPORT, max_resource="auto")
@@ -252,26 +281,24 @@ class NetworkTrials:
 
 
 class TreesTrials:
-    """LightGBM's trials: a configuration from `suggest_lightgbm`, boosted on arrays encoded
+    """The trees' trials: a configuration from `suggest_trees`, boosted on arrays encoded
     once, reporting every ROUNDS_PER_REPORT rounds."""
 
-    def __init__(self, spec: FeatureSpec, tables: dict, base: LightGBMConfig) -> None:
+    def __init__(self, spec: FeatureSpec, tables: dict, base: TreesConfig) -> None:
         self.spec, self.base = spec, base
         self.parts = {split: part_of(tables[split], spec) for split in ("train", "valid")}
 
     def __call__(self, trial: optuna.Trial, report: Report) -> tuple[float, float]:
-        from training.gbdt import fit_lightgbm
+        from training.gbdt import fit_trees
 
-        config = suggest_lightgbm(trial, self.base)
-        mlflow.log_params({f"lightgbm.{k}": v for k, v in config.as_params().items()})
+        config = suggest_trees(trial, self.base)
+        mlflow.log_params({f"{config.framework}.{k}": v for k, v in config.as_params().items()})
 
         def on_round(round_: int, valid_loss: float) -> None:
             if (round_ + 1) % ROUNDS_PER_REPORT == 0:
                 report(round_, round_ + 1, None, valid_loss)
 
-        boosted = fit_lightgbm(
-            self.spec, self.parts["train"], self.parts["valid"], config, on_round
-        )
+        boosted = fit_trees(self.spec, self.parts["train"], self.parts["valid"], config, on_round)
         codes, values, labels = self.parts["valid"]
         probabilities = boosted.model.predict(codes, values)
         return boosted.valid_loss[boosted.best_round], roc_auc(labels, probabilities)
@@ -344,7 +371,7 @@ def _work(
     tracking: TrackingConfig,
     config: TuneConfig,
     fit_config: FitConfig,
-    lightgbm: LightGBMConfig,
+    trees: TreesConfig | None,
     worker: int = 0,
     threads: int | None = None,
     on_progress: OnProgress | None = None,
@@ -354,15 +381,18 @@ def _work(
 
     if threads:
         torch.set_num_threads(threads)
-        lightgbm = replace(lightgbm, threads=threads)
     layout = DataLayout(layout_home).pinned()  # one build for the spec and the splits
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout)
-    trials: Trials = (
-        TreesTrials(spec, tables, lightgbm)
-        if config.framework == "lightgbm"
-        else NetworkTrials(spec, tables, fit_config, config.epochs, config.framework)
-    )
+    if config.framework in TREES:
+        base = trees or trees_config(config.framework)
+        if base.framework != config.framework:
+            raise ValueError(f"a {base.framework} config for a {config.framework} study")
+        trials: Trials = TreesTrials(
+            spec, tables, replace(base, threads=threads) if threads else base
+        )
+    else:
+        trials = NetworkTrials(spec, tables, fit_config, config.epochs, config.framework)
     del tables  # the trials keep what they encoded
     client = tracking.client()
     # trials log through MLflow's fluent API: the whole worker runs inside the store's scope
@@ -444,7 +474,7 @@ def tune(
     config: TuneConfig,
     fit_config: FitConfig,
     on_progress: OnProgress | None = None,
-    lightgbm: LightGBMConfig | None = None,
+    trees: TreesConfig | None = None,
 ) -> TuneResult:
     """Run (or resume) the study to its budget in `config.workers` processes."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -455,11 +485,10 @@ def tune(
     client.update_run(parent, status="RUNNING")
     if on_progress:
         on_progress(finished_count(study))
-    lightgbm = lightgbm or LightGBMConfig()
     if config.workers == 1:
-        _work(layout.home, tracking, config, fit_config, lightgbm, on_progress=on_progress)
+        _work(layout.home, tracking, config, fit_config, trees, on_progress=on_progress)
     else:
-        _work_in_processes(layout, tracking, config, fit_config, lightgbm, study, on_progress)
+        _work_in_processes(layout, tracking, config, fit_config, trees, study, on_progress)
     counts = _log_study(client, study, parent, config.trials)
     if not counts["complete"]:
         raise RuntimeError(f"study {config.study!r} has no complete trial: {counts}")
@@ -471,7 +500,7 @@ def _work_in_processes(
     tracking: TrackingConfig,
     config: TuneConfig,
     fit_config: FitConfig,
-    lightgbm: LightGBMConfig,
+    trees: TreesConfig | None,
     study: optuna.Study,
     on_progress: OnProgress | None,
 ) -> None:
@@ -481,7 +510,7 @@ def _work_in_processes(
     processes = [
         context.Process(
             target=_work,
-            args=(layout.home, tracking, config, fit_config, lightgbm, worker, threads),
+            args=(layout.home, tracking, config, fit_config, trees, worker, threads),
             name=f"tune-worker-{worker}",
         )
         for worker in range(config.workers)

@@ -12,14 +12,14 @@ from mlops.configs import tracking_of, tune_of
 from mlops.console import Bars, console, decision_line, show_metrics
 from mlops.settings import Settings
 from pipelines.redact import redact
-from training.config import Framework
+from training.config import TREES, Framework
 
 RunOption = Annotated[str | None, typer.Option(help="the run (default: the latest)")]
 FrameworkOption = Annotated[
     Framework,
     typer.Option(
         help="what makes the model: the network in PyTorch or in JAX (the `jax` extra), or "
-        "gradient-boosted trees (MLOPS_LIGHTGBM__*)"
+        "gradient-boosted trees (LightGBM: MLOPS_LIGHTGBM__*, CatBoost: MLOPS_CATBOOST__*)"
     ),
 ]
 
@@ -36,8 +36,8 @@ def train_command(
 
     The network by default; data-parallel on N GPUs or processes with
     `torchrun --nproc_per_node N -m mlops train`. `--framework jax` trains the same network
-    in JAX (the `jax` extra), `--framework lightgbm` boosts trees (the `lightgbm` extra); each
-    is registered, gated and served the same way.
+    in JAX (the `jax` extra), `--framework lightgbm` or `catboost` boosts trees (the extra of
+    that name); each is registered, gated and served the same way.
     """
     from mlops.flows import training
     from training.distributed import process_group
@@ -55,21 +55,21 @@ def train_command(
             f"torchrun starts the PyTorch network's data-parallel training; run --framework "
             f"{framework} as a single process (`mlops train --framework {framework}`)"
         )
-    if framework == "lightgbm":
+    if framework in TREES:
         if epochs is not None or batch_size is not None:
             raise typer.BadParameter(
                 "--epochs and --batch-size are the network's; boosting stops early on its own "
-                "(its most rounds: MLOPS_LIGHTGBM__ROUNDS)"
+                f"(its most rounds: MLOPS_{framework.upper()}__ROUNDS)"
             )
         if learning_rate is not None or seed is not None:
-            lightgbm = settings.lightgbm
-            lightgbm = replace(
-                lightgbm,
-                learning_rate=learning_rate or lightgbm.learning_rate,
-                seed=lightgbm.seed if seed is None else seed,
+            trees = settings.trees(framework)
+            trees = replace(
+                trees,
+                learning_rate=learning_rate or trees.learning_rate,
+                seed=trees.seed if seed is None else seed,
             )
-            settings = settings.model_copy(update={"lightgbm": lightgbm})
-        result = training.train(settings, Bars(), framework="lightgbm")
+            settings = settings.model_copy(update={framework: trees})
+        result = training.train(settings, Bars(), framework=framework)
     elif framework == "jax":
         result = training.train(settings, Bars(), fit_config=fit_config, framework="jax")
     else:

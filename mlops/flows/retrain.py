@@ -43,6 +43,7 @@ from pipelines.errors import LockLostError, LockUnavailableError, NoDataError, W
 from pipelines.ingest import MonthWindow
 from pipelines.splits import latest_plan, next_month
 from pipelines.storage import write_bytes_atomic
+from training.config import TREES
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -64,7 +65,7 @@ class RetrainReport:
 
 
 # what each framework needs installed (its extra): a retrain falls back to the PyTorch network
-REQUIRES = {"torch": "torch", "jax": "jax2onnx", "lightgbm": "onnxmltools"}
+REQUIRES = {"torch": "torch", "jax": "jax2onnx", "lightgbm": "onnxmltools", "catboost": "catboost"}
 
 
 def challenger_framework(client: MlflowClient, settings: Settings) -> str:
@@ -188,8 +189,8 @@ def _retrain(
     framework = challenger_framework(client, settings)
     best = _warm_start(settings, framework)
     model_config, fit_config = settings.model, settings.fit
-    if best is not None and framework == "lightgbm":
-        settings = with_best_trees(settings, best)
+    if best is not None and framework in TREES:
+        settings = with_best_trees(settings, framework, best)
     elif best is not None:
         model_config, fit_config = best_configs(best, fit_config)
     result = train(

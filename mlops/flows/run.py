@@ -67,7 +67,7 @@ def run(
                 model_config, fit_config = best_of_study(settings, tuned, epochs)
                 trained = train(settings, progress, model_config, fit_config, framework=framework)
             else:
-                best = with_best_trees(settings, tuned.best_params)
+                best = with_best_trees(settings, framework, tuned.best_params)
                 trained = train(best, progress, framework=framework)
             if trained is None:
                 raise RuntimeError(

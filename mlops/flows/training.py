@@ -10,7 +10,7 @@ from mlops.flows.data import require_features
 from mlops.flows.progress import Progress
 from mlops.settings import Settings
 from pipelines.errors import ChallengerRejectedError, NoDataError
-from training.config import FitConfig, Framework, GateConfig, ModelConfig, TuneConfig
+from training.config import TREES, FitConfig, Framework, GateConfig, ModelConfig, TuneConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,12 +42,12 @@ def train(
 ) -> TrainResult | None:
     """One tracked run on the feature table; None on the helper ranks of a torchrun job.
     `framework`: the network (`torch`, or `jax`, with `model_config` and `fit_config`) or
-    gradient-boosted trees (`lightgbm`, with `settings.lightgbm`)."""
+    gradient-boosted trees (`lightgbm` or `catboost`, with the settings' section of that name)."""
     layout = layout_of(settings)
     require_features(layout)
     require_store(settings)  # it answers before minutes of training are spent (every rank)
-    if framework == "lightgbm":
-        return _train_lightgbm(settings, progress, name_prefix)
+    if framework in TREES:
+        return _train_trees(settings, progress, name_prefix, framework)
     from mlops.logs import adopt
     from training.fit import EpochResult
     from training.train import train as train_torch
@@ -76,18 +76,18 @@ def train(
         )
 
 
-def _train_lightgbm(settings: Settings, progress: Progress, name_prefix: str) -> TrainResult:
-    from training.train import train_lightgbm
+def _train_trees(
+    settings: Settings, progress: Progress, name_prefix: str, framework: str
+) -> TrainResult:
+    from training.train import train_trees
 
-    config = settings.lightgbm
-    with progress.stage("training lightgbm", total=config.rounds) as update:
+    config = settings.trees(framework)
+    with progress.stage(f"training {framework}", total=config.rounds) as update:
 
         def advance(round_: int, valid_loss: float) -> None:
-            update(completed=round_ + 1, description=f"lightgbm: valid loss {valid_loss:.4f}")
+            update(completed=round_ + 1, description=f"{framework}: valid loss {valid_loss:.4f}")
 
-        return train_lightgbm(
-            layout_of(settings), tracking_of(settings), config, advance, name_prefix
-        )
+        return train_trees(layout_of(settings), tracking_of(settings), config, advance, name_prefix)
 
 
 def tune(settings: Settings, progress: Progress, config: TuneConfig) -> TuneResult:
@@ -105,9 +105,8 @@ def tune(settings: Settings, progress: Progress, config: TuneConfig) -> TuneResu
         def advance(finished: int) -> None:
             update(completed=min(finished, config.trials))
 
-        return tune_study(
-            layout, tracking_of(settings), config, settings.fit, advance, settings.lightgbm
-        )
+        trees = settings.trees(config.framework) if config.framework in TREES else None
+        return tune_study(layout, tracking_of(settings), config, settings.fit, advance, trees)
 
 
 def best_of_study(settings: Settings, tuned: TuneResult, epochs: int | None = None):
@@ -118,11 +117,12 @@ def best_of_study(settings: Settings, tuned: TuneResult, epochs: int | None = No
     return best_configs(tuned.best_params, fit_config)
 
 
-def with_best_trees(settings: Settings, best_params: dict[str, object]) -> Settings:
-    """The settings with the trees' study's best configuration as their `lightgbm` section."""
-    from training.tune import best_lightgbm
+def with_best_trees(settings: Settings, framework: str, best_params: dict[str, object]) -> Settings:
+    """The settings with the trees' study's best configuration as their `framework` section."""
+    from training.tune import best_trees
 
-    return settings.model_copy(update={"lightgbm": best_lightgbm(best_params, settings.lightgbm)})
+    best = best_trees(best_params, settings.trees(framework))
+    return settings.model_copy(update={framework: best})
 
 
 def newest_holdout(settings: Settings) -> pd.DataFrame:

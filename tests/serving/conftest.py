@@ -25,7 +25,7 @@ from training.config import LightGBMConfig, TrackingConfig
 from training.fit import FitConfig
 from training.model import ModelConfig
 from training.registry import GateConfig, promote
-from training.train import train, train_lightgbm
+from training.train import train, train_trees
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ def trees_champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory
     home = tmp_path_factory.mktemp("trees")
     shutil.copytree(featured_home / "data", home / "data")
     tracking = TrackingConfig(home)
-    result = train_lightgbm(DataLayout(home), tracking, TREES)
+    result = train_trees(DataLayout(home), tracking, TREES)
     holdout = read_parquet_folder(DataLayout(home).split("test"))
     decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
     return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)

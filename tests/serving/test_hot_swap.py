@@ -24,7 +24,7 @@ from tests.load import collect, open_loop_process, p99
 from tests.processes import clean_env, mlops_serve
 from training.config import GateConfig, TrackingConfig
 from training.registry import register as register_version
-from training.train import train, train_lightgbm
+from training.train import train, train_trees
 
 from .conftest import SMALL, TREES, Champion, Server, as_requests, ready_client
 
@@ -57,7 +57,7 @@ def trees_run(champion: Champion) -> str:
     """LightGBM trees on the champion's table, in its registry: another framework's model."""
     pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
     tracking = TrackingConfig(champion.home)
-    return train_lightgbm(DataLayout(champion.home), tracking, TREES).run_id
+    return train_trees(DataLayout(champion.home), tracking, TREES).run_id
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,10 @@
-"""Gradient-boosted trees (LightGBM) as a second framework: the same encoded inputs, the same ONNX
-contract and parity check, the same tracked run, and a gate that compares across frameworks."""
+"""Gradient-boosted trees (LightGBM, CatBoost) as other frameworks: the same encoded inputs, the
+same ONNX contract and parity check, the same tracked run, and a gate that compares across
+frameworks."""
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
 import mlflow
@@ -16,28 +18,43 @@ from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec, encode, part_of, psi_bins
 from pipelines.storage import read_parquet_folder
 from training.bundle import log_onnx_model
-from training.config import GateConfig, LightGBMConfig, TrackingConfig
+from training.config import CatBoostConfig, GateConfig, LightGBMConfig, TrackingConfig
 from training.export import INPUTS, OUTPUT, ParityError, check_parity
 from training.fit import FitConfig
-from training.gbdt import GradientBoosting, fit_lightgbm
+from training.gbdt import CatBoosting, GradientBoosting, fit_trees
 from training.model import ModelConfig
 from training.registry import download_model, promote
 from training.tracking import fluent_tracking
-from training.train import train, train_lightgbm
+from training.train import train, train_trees
 
 pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
 
 SMALL = LightGBMConfig(
     rounds=300, early_stopping=10, learning_rate=0.3, num_leaves=15, threads=2
 )  # stops early in a few seconds
+SMALL_CATBOOST = CatBoostConfig(rounds=300, early_stopping=10, learning_rate=0.3, threads=2)
+CATBOOST = pytest.mark.skipif(
+    find_spec("catboost") is None, reason="the `catboost` extra: pip install -e '.[catboost]'"
+)
+EACH = [
+    pytest.param(SMALL, id="lightgbm"),
+    pytest.param(SMALL_CATBOOST, id="catboost", marks=CATBOOST),
+]
 
 
-@pytest.fixture(scope="module")
-def boosted(tables: dict[str, pd.DataFrame], spec: FeatureSpec):
-    return fit_lightgbm(spec, part_of(tables["train"], spec), part_of(tables["valid"], spec), SMALL)
+@pytest.fixture(scope="module", params=EACH)
+def boosted(request: pytest.FixtureRequest, tables: dict[str, pd.DataFrame], spec: FeatureSpec):
+    train, valid = part_of(tables["train"], spec), part_of(tables["valid"], spec)
+    return fit_trees(spec, train, valid, request.param)
 
 
-def test_the_export_matches_lightgbm_at_every_batch_size(
+def trees_in(model: GradientBoosting | CatBoosting) -> int:
+    if isinstance(model, CatBoosting):
+        return model.model.tree_count_
+    return model.booster.num_trees()
+
+
+def test_the_export_matches_the_library_at_every_batch_size(
     boosted, tables: dict[str, pd.DataFrame], spec: FeatureSpec, tmp_path: Path
 ) -> None:
     codes, values, _ = part_of(tables["valid"], spec)
@@ -46,8 +63,9 @@ def test_the_export_matches_lightgbm_at_every_batch_size(
     assert report.rows == len(codes)
     assert set(report.max_abs_diff) == {1, 7, 4096}
     assert max(report.max_abs_diff.values()) <= 1e-5
-    assert boosted.model.booster.num_trees() == boosted.best_round + 1  # cut to its best round
+    assert trees_in(boosted.model) == boosted.best_round + 1  # cut to its best round
     assert len(boosted.valid_loss) > boosted.best_round + 1  # it stopped past the best
+    assert boosted.valid_loss[boosted.best_round] == min(boosted.valid_loss)
 
 
 def test_the_trees_file_is_on_the_contract(
@@ -66,24 +84,29 @@ def test_the_trees_file_is_on_the_contract(
         assert batch.dim_param and not batch.HasField("dim_value")
 
 
+@pytest.mark.parametrize("config", EACH)
 def test_trees_that_drifted_from_their_export_fail_parity_and_log_nothing(
-    featured_home: Path, tables: dict[str, pd.DataFrame], spec: FeatureSpec
+    config: LightGBMConfig | CatBoostConfig, featured_home: Path
 ) -> None:
     """A candidate whose own predictions differ from its file: nothing is logged."""
 
-    class DriftsWhenExported(GradientBoosting):
+    class DriftsWhenExported:
+        def __init__(self, model: GradientBoosting | CatBoosting) -> None:
+            self.model, self.framework = model, model.framework
+            self.export_onnx = model.export_onnx
+
         def predict(self, categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:
-            return super().predict(categorical, numerical) + np.float32(1e-4)
+            return self.model.predict(categorical, numerical) + np.float32(1e-4)
 
     layout = DataLayout(featured_home)
     real = FeatureSpec.load(layout.spec)
     table = read_parquet_folder(layout.split("train")).head(5_000)
-    fitted = fit_lightgbm(real, part_of(table, real), part_of(table, real), SMALL).model
-    drifting = DriftsWhenExported(fitted.booster, fitted.categorical)
+    fitted = fit_trees(real, part_of(table, real), part_of(table, real), config).model
+    drifting = DriftsWhenExported(fitted)
     data = encode(read_parquet_folder(layout.split("test")).head(1_000), real)
-    tracking = TrackingConfig(featured_home, experiment="trees-parity-failure")
+    tracking = TrackingConfig(featured_home, experiment=f"{config.framework}-parity-failure")
     with (
-        pytest.raises(ParityError, match="differs from lightgbm"),
+        pytest.raises(ParityError, match=f"differs from {config.framework}"),
         fluent_tracking(tracking) as experiment_id,
         mlflow.start_run(experiment_id=experiment_id) as run,
     ):
@@ -95,27 +118,30 @@ def test_trees_that_drifted_from_their_export_fail_parity_and_log_nothing(
     assert client.search_logged_models([run.info.experiment_id]) == []
 
 
-def test_a_lightgbm_run_is_tracked_and_logged_like_the_networks(
-    featured_home: Path, tmp_path: Path
+@pytest.mark.parametrize("config", EACH)
+def test_a_trees_run_is_tracked_and_logged_like_the_networks(
+    config: LightGBMConfig | CatBoostConfig, featured_home: Path, tmp_path: Path
 ) -> None:
-    tracking = TrackingConfig(featured_home, experiment="trees")
-    result = train_lightgbm(DataLayout(featured_home), tracking, SMALL)
+    framework = config.framework
+    tracking = TrackingConfig(featured_home, experiment=framework)
+    result = train_trees(DataLayout(featured_home), tracking, config)
     client = MlflowClient(tracking.resolved_uri)
     run = client.get_run(result.run_id)
-    assert result.framework == "lightgbm"
-    assert run.data.tags["framework"] == run.data.params["framework"] == "lightgbm"
-    assert run.data.params["lightgbm.num_leaves"] == "15"
-    assert run.info.run_name.endswith(" lightgbm")
+    assert result.framework == framework
+    assert run.data.tags["framework"] == run.data.params["framework"] == framework
+    assert run.data.params[f"{framework}.learning_rate"] == "0.3"
+    assert run.info.run_name.endswith(f" {framework}")
     assert run.data.metrics["test_roc_auc"] > 0.65
     assert run.data.metrics["best_round"] >= 0
     for size in (1, 7, 4096):
         assert run.data.metrics[f"onnx_parity_max_abs_diff_b{size}"] <= 1e-5
     card = run.data.tags["mlflow.note.content"]
-    assert card.startswith("lightgbm trained on 2013-01..2013-09")
-    assert "Gradient-boosted trees (LightGBM)" in card and "max |ONNX - lightgbm|" in card
+    assert card.startswith(f"{framework} trained on 2013-01..2013-09")
+    library = {"lightgbm": "LightGBM", "catboost": "CatBoost"}[framework]
+    assert f"({library})" in card and f"max |ONNX - {framework}|" in card
     model_dir = download_model(client, result.run_id, tmp_path / "model")
     info = mlflow.models.Model.load(str(model_dir / "MLmodel"))
-    assert info.metadata["framework"] == "lightgbm"
+    assert info.metadata["framework"] == framework
     assert info.metadata["onnx_sha256"] == result.model.onnx_sha256
     plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
     for name in ("learning_curves", "roc", "calibration", "permutation_importance"):
@@ -144,7 +170,7 @@ def test_the_gate_compares_across_frameworks_and_promotes_only_on_a_gain(
     first = promote(client, network.run_id, holdout, gate)
     assert first.promoted and first.challenger_framework == "torch"
 
-    trees = train_lightgbm(layout, tracking, SMALL)
+    trees = train_trees(layout, tracking, SMALL)
     won = promote(client, trees.run_id, holdout, gate)
     assert won.promoted, won.reason
     assert won.challenger_auc > won.champion_auc

@@ -29,7 +29,7 @@ from training.jax_network import JaxNetwork, fit_jax, fresh_jax_model
 from training.model import TabularNet
 from training.registry import download_model, promote
 from training.tracking import fluent_tracking
-from training.train import train_jax, train_lightgbm
+from training.train import train_jax, train_trees
 
 SMALL = ModelConfig(width=16, depth=1, numeric_dim=2, members=1)
 FIT = FitConfig(epochs=2, batch_size=512)
@@ -166,7 +166,7 @@ def test_a_jax_run_is_tracked_logged_and_gated_like_the_others(
     holdout = read_parquet_folder(layout.split("test"))
     first = promote(client, result.run_id, holdout, gate)
     assert first.promoted and first.challenger_framework == "jax"
-    trees = train_lightgbm(layout, tracking, TREES)
+    trees = train_trees(layout, tracking, TREES)
     second = promote(client, trees.run_id, holdout, gate)
     assert (second.challenger_framework, second.champion_framework) == ("lightgbm", "jax")
     assert second.promoted == (second.challenger_auc > second.champion_auc)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -13,7 +14,7 @@ from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec
-from training.config import LightGBMConfig, TrackingConfig
+from training.config import CatBoostConfig, LightGBMConfig, TrackingConfig
 from training.fit import FitConfig
 from training.study import PARENT_RUN_ATTR, open_storage
 from training.tracking import experiment_id, fluent_tracking
@@ -26,10 +27,10 @@ from training.tune import (
     Objective,
     TuneConfig,
     best_configs,
-    best_lightgbm,
+    best_trees,
     defaults_as_params,
     suggest,
-    suggest_lightgbm,
+    suggest_trees,
     tune,
 )
 
@@ -137,29 +138,43 @@ def test_workers_run_the_trials_in_their_own_processes(home: Path) -> None:
 
 
 TREES = LightGBMConfig(rounds=200, early_stopping=10, threads=2)
+CATBOOST = CatBoostConfig(rounds=200, early_stopping=10, threads=2)
 
 
-def test_a_trees_study_searches_lightgbm_in_a_study_of_its_own(home: Path) -> None:
-    """`framework="lightgbm"`: each trial boosts until early stopping and reports every
-    ROUNDS_PER_REPORT rounds; its nested run logs the trees' parameters; the best parameters
-    rebuild the best config; the study cannot be resumed as the network's."""
-    pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
+@pytest.mark.parametrize(
+    ("trees", "extra", "searched"),
+    [
+        pytest.param(TREES, "lightgbm", "num_leaves", id="lightgbm"),
+        pytest.param(CATBOOST, "catboost", "depth", id="catboost"),
+    ],
+)
+def test_a_trees_study_searches_its_library_in_a_study_of_its_own(
+    trees: LightGBMConfig | CatBoostConfig, extra: str, searched: str, home: Path
+) -> None:
+    """`framework="lightgbm"` (or `catboost`): each trial boosts until early stopping and
+    reports every ROUNDS_PER_REPORT rounds; its nested run logs the trees' parameters; the best
+    parameters rebuild the best config; the study cannot be resumed as the network's."""
+    pytest.importorskip(extra, reason=f"the `{extra}` extra: pip install -e '.[{extra}]'")
+    framework = trees.framework
     tracking = TrackingConfig(home)
-    config = TuneConfig(trials=3, study="trees", framework="lightgbm")
-    result = tune(DataLayout(home), tracking, config, SMALL_FIT, lightgbm=TREES)
+    config = TuneConfig(trials=3, study=framework, framework=framework)
+    result = tune(DataLayout(home), tracking, config, SMALL_FIT, trees=trees)
     assert result.counts["complete"] + result.counts["pruned"] == 3
-    study = optuna.load_study(study_name="trees", storage=open_storage(config, home))
-    assert study.user_attrs["framework"] == "lightgbm"
-    assert study.trials[0].params == pytest.approx(defaults_as_params("lightgbm", SMALL_FIT))
+    study = optuna.load_study(study_name=framework, storage=open_storage(config, home))
+    assert study.user_attrs["framework"] == framework
+    assert study.trials[0].params == pytest.approx(defaults_as_params(framework, SMALL_FIT))
     best = study.best_trial
-    assert set(best.params) >= {"num_leaves", "learning_rate", "min_child_samples"}
+    assert set(best.params) >= {searched, "learning_rate"}
     assert all(step % ROUNDS_PER_REPORT == 0 for step in best.intermediate_values)
-    rebuilt = best_lightgbm(result.best_params, TREES)
-    assert rebuilt == suggest_lightgbm(optuna.trial.FixedTrial(best.params), TREES)
-    assert (rebuilt.rounds, rebuilt.threads) == (TREES.rounds, TREES.threads)
+    rebuilt = best_trees(result.best_params, trees)
+    assert rebuilt == suggest_trees(optuna.trial.FixedTrial(best.params), trees)
+    assert (rebuilt.rounds, rebuilt.threads) == (trees.rounds, trees.threads)
     client = MlflowClient(tracking.resolved_uri)
     run = client.get_run(best.user_attrs[RUN_ATTR])
-    assert run.data.params["lightgbm.num_leaves"] == str(best.params["num_leaves"])
+    assert run.data.params[f"{framework}.{searched}"] == str(best.params[searched])
     assert run.data.metrics["valid_roc_auc"] == best.user_attrs["valid_roc_auc"]
-    with pytest.raises(ValueError, match="searches lightgbm's space, not torch's"):
-        tune(DataLayout(home), tracking, TuneConfig(trials=4, study="trees"), SMALL_FIT)
+    with pytest.raises(ValueError, match=f"searches {framework}'s space, not torch's"):
+        tune(DataLayout(home), tracking, TuneConfig(trials=4, study=framework), SMALL_FIT)
+    other = LightGBMConfig() if framework == "catboost" else CatBoostConfig()
+    with pytest.raises(ValueError, match=f"a {other.framework} config for a {framework} study"):
+        tune(DataLayout(home), tracking, replace(config, trials=4), SMALL_FIT, trees=other)
