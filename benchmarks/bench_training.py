@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from datetime import UTC, datetime
+from importlib.util import find_spec
 from pathlib import Path
 
 # ruff: noqa: E402
@@ -58,7 +59,14 @@ from pipelines.layout import SPLITS, DataLayout
 from pipelines.metrics import log_loss, roc_auc
 from pipelines.spec import LABEL, FeatureSpec
 from pipelines.storage import read_parquet_folder
-from training.config import FRAMEWORKS, LightGBMConfig, TrackingConfig, TuneConfig
+from training.config import (
+    FRAMEWORKS,
+    TREES,
+    TrackingConfig,
+    TreesConfig,
+    TuneConfig,
+    trees_config,
+)
 from training.fit import FitConfig, fit, fresh_model, predict_logits
 from training.metrics import sigmoid
 from training.model import ModelConfig, TabularNet
@@ -143,22 +151,22 @@ def _autocast(device: torch.device) -> torch.autocast:
 # --- quality ------------------------------------------------------------------------------
 
 
-def tune_lightgbm(args: argparse.Namespace, home: Path) -> tuple[LightGBMConfig, dict]:
-    """The trees' study as `mlops tune --framework lightgbm` runs it (TPE, Hyperband on
+def tune_trees(args: argparse.Namespace, home: Path, framework: str) -> tuple[TreesConfig, dict]:
+    """The trees' study as `mlops tune --framework <framework>` runs it (TPE, Hyperband on
     rounds, early stopping on October), in a scratch store so nothing lands in `home`'s."""
     from training.tune import best_trees, tune
 
-    scratch = Path(tempfile.mkdtemp(prefix="bench-lightgbm-"))
-    config = TuneConfig(trials=args.lgbm_trials, study="bench-lightgbm", framework="lightgbm")
+    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{framework}-"))
+    config = TuneConfig(trials=args.lgbm_trials, study=f"bench-{framework}", framework=framework)
     start = time.perf_counter()
-    tuned = tune(
-        DataLayout(home), TrackingConfig(scratch), config, FitConfig(), None, LightGBMConfig()
-    )
+    base = trees_config(framework)
+    tuned = tune(DataLayout(home), TrackingConfig(scratch), config, FitConfig(), None, base)
     seconds = _since(start)
     shutil.rmtree(scratch, ignore_errors=True)
-    best = best_trees(tuned.best_params, LightGBMConfig())
+    best = best_trees(tuned.best_params, base)
     logger.info(
-        "LightGBM study: %s, best valid loss %.4f, %.0f s",
+        "%s study: %s, best valid loss %.4f, %.0f s",
+        framework,
         tuned.counts,
         tuned.best_valid_loss,
         seconds,
@@ -172,10 +180,11 @@ def tune_lightgbm(args: argparse.Namespace, home: Path) -> tuple[LightGBMConfig,
     }
 
 
-def run_lightgbm(
-    args: argparse.Namespace, spec: FeatureSpec, tables: dict, config: LightGBMConfig
+def run_trees(
+    args: argparse.Namespace, spec: FeatureSpec, tables: dict, config: TreesConfig
 ) -> tuple[dict, list[np.ndarray]]:
-    """`training.gbdt.fit_trees`, as `mlops train --framework lightgbm` fits, for each seed."""
+    """`training.gbdt.fit_trees`, as `mlops train --framework lightgbm` (or `catboost`) fits,
+    for each seed."""
     from pipelines.spec import part_of
     from training.gbdt import fit_trees
 
@@ -441,30 +450,38 @@ def quality_section(
     fit_config: FitConfig,
     device: torch.device,
 ) -> dict:
-    logger.info("quality: LightGBM untuned (the defaults), %d seed(s)", args.seeds)
-    untuned, _ = run_lightgbm(args, spec, tables, LightGBMConfig())
-    logger.info("quality: LightGBM tuned, a study of %d trials", args.lgbm_trials)
-    best, study = tune_lightgbm(args, args.tuning_home)
-    tuned, trees = run_lightgbm(args, spec, tables, best)
+    gbdt: dict[str, dict] = {}
+    probabilities: dict[str, list[np.ndarray]] = {}
+    for framework in TREES:
+        if find_spec(framework) is None:
+            logger.info("quality: no %s (the `%s` extra is not installed)", framework, framework)
+            continue
+        logger.info("quality: %s untuned (the defaults), %d seed(s)", framework, args.seeds)
+        gbdt[f"{framework}_untuned"], _ = run_trees(args, spec, tables, trees_config(framework))
+        logger.info("quality: %s tuned, a study of %d trials", framework, args.lgbm_trials)
+        best, study = tune_trees(args, args.tuning_home, framework)
+        tuned, probabilities[framework] = run_trees(args, spec, tables, best)
+        gbdt[framework] = tuned | {"study": study}
+    # the best GBDT: the tuned library with the higher mean test ROC-AUC
+    best_gbdt = max(probabilities, key=lambda name: gbdt[name]["test_roc_auc"])
+    trees, tuned = probabilities[best_gbdt], gbdt[best_gbdt]
     logger.info("quality: TabularNet, %d seed(s)", args.seeds)
     net, nets = run_network(args, spec, tables, model_config, fit_config, device)
     test = tables["test"]
     days, labels = test["scheduled_departure"].dt.date.to_numpy(), test[LABEL].to_numpy()
     bootstrap = paired_bootstrap_by_day(days, labels, nets, trees)
     frameworks: dict = {}
-    try:
-        import jax2onnx  # noqa: F401
-    except ImportError:
+    if find_spec("jax2onnx") is None:
         logger.info("quality: no JAX network (the `jax` extra is not installed)")
     else:
         logger.info("quality: TabularNet in JAX, %d seed(s)", args.seeds)
         jax_net, jax_nets = run_jax_network(args, spec, tables, model_config, fit_config)
         frameworks["jax"] = jax_net | {
-            "bootstrap_vs_lightgbm": paired_bootstrap_by_day(days, labels, jax_nets, trees),
+            "bootstrap_vs_gbdt": paired_bootstrap_by_day(days, labels, jax_nets, trees),
             "bootstrap_vs_torch": paired_bootstrap_by_day(days, labels, jax_nets, nets),
         }
     installs = {framework: install_megabytes(framework) for framework in FRAMEWORKS}
-    for name, figures in (("LightGBM untuned", untuned), ("LightGBM tuned", tuned), ("net", net)):
+    for name, figures in {**gbdt, "net": net}.items():
         logger.info(
             "%s: test AUC %.4f, log loss %.4f (mean of %d seeds)",
             name,
@@ -475,8 +492,8 @@ def quality_section(
     return {
         "test_rows": len(test),
         "test_positive_rate": float(test[LABEL].mean()),
-        "lightgbm_untuned": untuned,
-        "lightgbm": tuned | {"study": study},
+        **gbdt,  # <library>_untuned and <library> (tuned) for each library installed
+        "best_gbdt": best_gbdt,
         "network": net,
         "auc_gap": net["test_roc_auc"] - tuned["test_roc_auc"],  # negative: the net is behind
         "log_loss_ratio": net["test_log_loss"] / tuned["test_log_loss"],  # above 1: behind
@@ -731,12 +748,9 @@ def markdown(results: dict) -> list[str]:
     ]
     if "quality" in results:
         q = results["quality"]
-        untuned, lgbm, net, boot = (
-            q["lightgbm_untuned"],
-            q["lightgbm"],
-            q["network"],
-            q["bootstrap"],
-        )
+        net, boot, best = q["network"], q["bootstrap"], q.get("best_gbdt", "lightgbm")
+        libraries = [name for name in TREES if name in q]
+        library_name = {"lightgbm": "LightGBM", "catboost": "CatBoost"}
 
         def row(name: str, figures: dict, note: str) -> str:
             return (
@@ -745,90 +759,86 @@ def markdown(results: dict) -> list[str]:
                 f"| {sum(r['fit_seconds'] for r in figures['runs']):.0f} | {note} |"
             )
 
-        rounds = ", ".join(str(r["best_round"] + 1) for r in lgbm["runs"])
         lines += [
             "",
             f"Mean of {net['seeds']} seeds; the ensemble is the seeds' mean probability.",
             "",
             "| model | test ROC-AUC | test log loss | ensemble AUC | fit s | note |",
             "|---|---|---|---|---|---|",
-            row("LightGBM, defaults", untuned, "LightGBMConfig()"),
-            row(
-                f"LightGBM, tuned ({lgbm['study']['trials']} trials)",
-                lgbm,
-                f"rounds {rounds}; study {lgbm['study']['tune_seconds']:.0f} s",
-            ),
-            row(
-                "TabularNet",
-                net,
-                f"best epochs {', '.join(str(r['best_epoch']) for r in net['runs'])}",
-            ),
-            f"| net − tuned LightGBM | **{q['auc_gap']:+.4f}** | **{q['log_loss_ratio']:.3f}x** "
-            "| | | |",
+        ]
+        for name in libraries:
+            tuned = q[name]
+            rounds = ", ".join(str(r["best_round"] + 1) for r in tuned["runs"])
+            lines += [
+                row(f"{library_name[name]}, defaults", q[f"{name}_untuned"], "its config's"),
+                row(
+                    f"{library_name[name]}, tuned ({tuned['study']['trials']} trials)",
+                    tuned,
+                    f"rounds {rounds}; study {tuned['study']['tune_seconds']:.0f} s",
+                ),
+            ]
+        others = q.get("frameworks", {})
+        networks = {"TabularNet": net} | {
+            f"TabularNet in {n.upper()}": f for n, f in others.items()
+        }
+        for name, figures in networks.items():
+            epochs = ", ".join(str(r["best_epoch"]) for r in figures["runs"])
+            lines.append(row(name, figures, f"best epochs {epochs}"))
+        lines += [
+            f"| net − best GBDT ({library_name[best]}, tuned) | **{q['auc_gap']:+.4f}** "
+            f"| **{q['log_loss_ratio']:.3f}x** | | | |",
             "",
-            f"Paired bootstrap over the {boot['days']} test days ({boot['resamples']} "
-            f"resamples), net − tuned LightGBM: ROC-AUC {boot['auc_difference']:+.4f} "
-            f"[{boot['auc_interval'][0]:+.4f}, {boot['auc_interval'][1]:+.4f}], log loss "
-            f"{boot['log_loss_difference']:+.4f} [{boot['log_loss_interval'][0]:+.4f}, "
-            f"{boot['log_loss_interval'][1]:+.4f}].",
-            f"Tuned LightGBM: `{json.dumps(lgbm['study']['best_params'])}`.",
+            "Paired bootstraps over the test days (1,000 resamples each), mean-of-seeds "
+            "ROC-AUC and log loss with 95% intervals:",
+            "",
+        ]
+
+        def interval(name: str, b: dict) -> str:
+            return (
+                f"- {name}: ROC-AUC {b['auc_difference']:+.4f} [{b['auc_interval'][0]:+.4f}, "
+                f"{b['auc_interval'][1]:+.4f}], log loss {b['log_loss_difference']:+.4f} "
+                f"[{b['log_loss_interval'][0]:+.4f}, {b['log_loss_interval'][1]:+.4f}]"
+            )
+
+        lines.append(interval(f"net − tuned {library_name[best]} ({boot['days']} days)", boot))
+        for name, figures in others.items():
+            lines.append(
+                interval(f"{name} − tuned {library_name[best]}", figures["bootstrap_vs_gbdt"])
+            )
+            lines.append(interval(f"{name} − TabularNet", figures["bootstrap_vs_torch"]))
+        lines.append("")
+        for name in libraries:
+            params = json.dumps(q[name]["study"]["best_params"])
+            lines.append(f"Tuned {library_name[name]}: `{params}`.")
+        lines += [
             "",
             "ONNX Runtime, one thread, median ms per call (the first seed's model):",
             "",
             "| model | batch 1 | batch 1,024 | file |",
             "|---|---|---|---|",
         ]
-        others = q.get("frameworks", {})
-        named = {"LightGBM, tuned": lgbm, "TabularNet": net}
-        named |= {f"TabularNet in {name.upper()}": f for name, f in others.items()}
+        named = {f"{library_name[n]}, tuned": q[n] for n in libraries} | networks
         for name, figures in named.items():
             cost = figures["onnx"]
             lines.append(
                 f"| {name} | {cost['batch_1_ms']:.3f} | {cost['batch_1024_ms']:.2f} "
                 f"| {cost['bytes'] / 1e6:.1f} MB |"
             )
-        for name, figures in others.items():
-            lines += [
-                "",
-                f"The network in {name.upper()} (on {figures['backend']}), the same configuration "
-                "and seeds:",
-                "",
-                "| model | test ROC-AUC | test log loss | ensemble AUC | fit s | note |",
-                "|---|---|---|---|---|---|",
-                row(
-                    f"TabularNet in {name.upper()}",
-                    figures,
-                    f"best epochs {', '.join(str(r['best_epoch']) for r in figures['runs'])}",
-                ),
-                "",
-            ]
-            for against, key in (("tuned LightGBM", "lightgbm"), ("TabularNet", "torch")):
-                b = figures[f"bootstrap_vs_{key}"]
-                lines.append(
-                    f"- {name} − {against}: ROC-AUC {b['auc_difference']:+.4f} "
-                    f"[{b['auc_interval'][0]:+.4f}, {b['auc_interval'][1]:+.4f}], log loss "
-                    f"{b['log_loss_difference']:+.4f} [{b['log_loss_interval'][0]:+.4f}, "
-                    f"{b['log_loss_interval'][1]:+.4f}]"
-                )
         installs = q.get("install_megabytes", {})
         lines += [
             "",
             "| framework | fit s per seed | training samples/s (median epoch) | install MB |",
             "|---|---|---|---|",
         ]
-        fits = {"torch": net, "lightgbm": lgbm} | others
+        fits = {"torch": net} | others | {n: q[n] for n in libraries}
         for name, figures in fits.items():
             runs = figures["runs"]
             speeds = [r["samples_per_s"] for r in runs if "samples_per_s" in r]
             speed = f"{statistics.fmean(speeds):,.0f}" if speeds else "n/a (boosting)"
             install = installs.get(name)
-            lines.append(
-                f"| {name} | {statistics.fmean(r['fit_seconds'] for r in runs):.0f} | {speed} "
-                f"| {install:.0f} |"
-                if install is not None
-                else f"| {name} | {statistics.fmean(r['fit_seconds'] for r in runs):.0f} "
-                f"| {speed} | ? |"
-            )
+            size = f"{install:.0f}" if install is not None else "?"
+            seconds = statistics.fmean(r["fit_seconds"] for r in runs)
+            lines.append(f"| {name} | {seconds:.0f} | {speed} | {size} |")
     if "throughput" in results:
         t = results["throughput"]
         sps = t["samples_per_s"]
