@@ -5,10 +5,11 @@ process, because the machines are shared and noisy:
 
 - quality: test ROC-AUC and log loss, the mean of `--seeds` seeds, of TabularNet
   (`training.fit.fit`) and of the same network in JAX (`training.jax_network`, when the `jax`
-  extra is installed) against the project's LightGBM (`training.gbdt`, what
-  `mlops train --framework lightgbm` fits) with its defaults and tuned by an Optuna study of
-  `--lgbm-trials` trials on the validation month (`training.tune`, as `mlops tune --framework
-  lightgbm`), and a paired bootstrap over test days of (net - tuned LightGBM); per framework,
+  extra is installed) against the project's LightGBM and CatBoost (`training.gbdt`, what
+  `mlops train --framework lightgbm|catboost` fits), each with its defaults and tuned by an
+  Optuna study of `--lgbm-trials` trials on the validation month (`training.tune`, as
+  `mlops tune --framework ...`), and paired bootstraps over test days of (net - the best tuned
+  GBDT, the one with the higher mean test ROC-AUC); per framework,
   training samples/s, its ONNX model's latency, and what its extra adds to an install;
 - throughput: training samples/s of `training.fit.fit` against a bare loop over the same
   device-resident tensors (goal: at least 0.9x) and against a per-sample Dataset/DataLoader;

@@ -142,13 +142,15 @@ def test_the_first_hour_from_a_fresh_clone(tmp_path: Path) -> None:
 
 
 def test_run_lets_the_gate_choose_between_the_network_and_trees(tmp_path: Path) -> None:
-    """`mlops run --frameworks torch,jax,lightgbm`: each trained, exported and gated in turn;
-    the one with the best holdout ROC-AUC is the champion, and `mlops serve` serves it."""
+    """`mlops run --frameworks torch,jax,lightgbm,catboost`: each trained, exported and gated
+    in turn; the one with the best holdout ROC-AUC is the champion, `mlops serve` serves it."""
     pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
     pytest.importorskip("jax2onnx", reason="the `jax` extra: pip install -e '.[jax]'")
+    pytest.importorskip("catboost", reason="the `catboost` extra: pip install -e '.[catboost]'")
     work = tmp_path / "clone"
     (work / "user-home").mkdir(parents=True)
-    (work / ".env").write_text("MLOPS_LIGHTGBM__ROUNDS=300\n")  # read at the edge, as a user's
+    # read at the edge, as a user's
+    (work / ".env").write_text("MLOPS_LIGHTGBM__ROUNDS=300\nMLOPS_CATBOOST__ROUNDS=300\n")
     output = mlops(
         work,
         "run",
@@ -159,14 +161,16 @@ def test_run_lets_the_gate_choose_between_the_network_and_trees(tmp_path: Path) 
         "--epochs",
         "1",
         "--frameworks",
-        "torch,jax,lightgbm",
+        "torch,jax,lightgbm,catboost",
     ).replace("\n", " ")
     assert "first model (torch): no champion yet" in output
     assert "challenger (jax) ROC-AUC" in output and "v1 (torch)" in output
     assert "challenger (lightgbm) ROC-AUC" in output
+    assert "challenger (catboost) ROC-AUC" in output
     client = MlflowClient(f"sqlite:///{(work / '.mlops' / 'mlflow.db').resolve()}")
     versions = {v.version: v for v in client.search_model_versions("name = 'flight-delay'")}
-    assert {v.tags["framework"] for v in versions.values()} == {"torch", "jax", "lightgbm"}
+    frameworks = {v.tags["framework"] for v in versions.values()}
+    assert frameworks == {"torch", "jax", "lightgbm", "catboost"}
     aucs = {
         v.tags["framework"]: client.get_run(v.run_id).data.metrics["gate_challenger_auc"]
         for v in versions.values()

@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 from pipelines.layout import DataLayout
 from pipelines.storage import read_parquet_folder
 from serving.bundle import Bundle, download_version
-from training.config import LightGBMConfig, TrackingConfig
+from training.config import CatBoostConfig, LightGBMConfig, TrackingConfig
 from training.fit import FitConfig
 from training.model import ModelConfig
 from training.registry import GateConfig, promote
@@ -83,6 +83,20 @@ def jax_champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) 
     shutil.copytree(featured_home / "data", home / "data")
     tracking = TrackingConfig(home)
     result = train_jax(DataLayout(home), tracking, *SMALL)
+    holdout = read_parquet_folder(DataLayout(home).split("test"))
+    decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
+    return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)
+
+
+@pytest.fixture(scope="session")
+def catboost_champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Champion:
+    """CatBoost's trees as the champion: the same server, no CatBoost in it."""
+    pytest.importorskip("catboost", reason="the `catboost` extra: pip install -e '.[catboost]'")
+    home = tmp_path_factory.mktemp("catboost")
+    shutil.copytree(featured_home / "data", home / "data")
+    tracking = TrackingConfig(home)
+    config = CatBoostConfig(rounds=200, early_stopping=20, learning_rate=0.2, threads=2)
+    result = train_trees(DataLayout(home), tracking, config)
     holdout = read_parquet_folder(DataLayout(home).split("test"))
     decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
     return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)

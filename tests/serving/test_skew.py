@@ -28,12 +28,14 @@ def _mlops_predict(champion: Champion, source: Path, output: Path, model: Bundle
     return CliRunner().invoke(cli, command)
 
 
-@pytest.mark.parametrize("made_by", ["champion", "trees_champion", "jax_champion"])
+@pytest.mark.parametrize(
+    "made_by", ["champion", "trees_champion", "jax_champion", "catboost_champion"]
+)
 def test_predict_equals_batch_scoring_on_every_test_month_flight(
     made_by: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """The network's champion, a LightGBM champion and a JAX champion alike: the server never
-    looks at the framework, and neither does the batch scorer."""
+    """The network's champion, the network in JAX, LightGBM and CatBoost alike: the server
+    never looks at the framework, and neither does the batch scorer."""
     champion: Champion = request.getfixturevalue(made_by)
     model_folder = folder_of(champion, tmp_path / "cache")
     layout = DataLayout(champion.home)
