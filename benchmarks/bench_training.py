@@ -50,6 +50,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
     sys.path[0] = str(ROOT)
 
 import numpy as np
+import pandas as pd
 import torch
 from rich.console import Console
 from rich.logging import RichHandler
@@ -73,7 +74,7 @@ from training.metrics import sigmoid
 from training.model import ModelConfig, TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
 
-SECTIONS = ("quality", "throughput", "tuning")
+SECTIONS = ("quality", "throughput", "tuning", "selection")
 THROUGHPUT_GOAL = 0.9  # fit / bare loop
 
 logger = logging.getLogger("benchmarks.training")
@@ -721,6 +722,84 @@ def tuning_section(
     }
 
 
+# --- model selection ----------------------------------------------------------------------
+
+
+def selection_section(
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    tables: dict,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    device: torch.device,
+) -> dict:
+    """Three ways to choose the network's weights from the labelled months L, chosen by a
+    backtest that never sees the test months:
+
+    - `early stopping`: train on L but its last month, stop early on that month (today's);
+    - `refit`: then train again on all of L for the number of epochs early stopping chose;
+    - `random split`: stop early on a random 10% of L, train on the rest.
+
+    The backtest runs each protocol one month earlier (L = Jan–Sep, scored on October), the
+    final run on L = Jan–Oct, scored once on Nov–Dec. The feature spec (vocabularies,
+    statistics, the clipping range) is the table's, built on Jan–Sep: the backtest's October
+    is outside it, as the test months are outside the final run's.
+    """
+    months = {split: tables[split]["scheduled_departure"].dt.strftime("%Y-%m") for split in SPLITS}
+    last = sorted(months["train"].unique())[-1]
+    plans = {
+        "backtest": (
+            tables["train"],
+            tables["train"][months["train"] == last],
+            tables["train"][months["train"] != last],
+            tables["valid"],
+        ),
+        "final": (
+            pd.concat([tables["train"], tables["valid"]], ignore_index=True),
+            tables["valid"],
+            tables["train"],
+            tables["test"],
+        ),
+    }
+    results: dict[str, dict] = {}
+    for stage, (labelled, last_month, before, target) in plans.items():
+        rng = np.random.default_rng(fit_config.seed)
+        held = rng.random(len(labelled)) < 0.1
+        target_set = to_tensors(target, spec, device)
+        labels = target[LABEL].to_numpy("int64")
+
+        def score(model: nn.Module, target_set: Tensors = target_set, labels=labels) -> dict:
+            p = sigmoid(predict_logits(model, target_set).cpu().numpy().astype("float64"))
+            return {"roc_auc": roc_auc(labels, p), "log_loss": log_loss(labels, p)}
+
+        def fitted(train_table, valid_table, config: FitConfig, restore_best: bool = True):
+            model = fresh_model(spec, model_config, config.seed, device)
+            start = time.perf_counter()
+            result = fit(
+                model,
+                to_tensors(train_table, spec, device),
+                to_tensors(valid_table, spec, device),
+                config,
+                restore_best=restore_best,
+            )
+            return model, result, _since(start)
+
+        stopped, result, seconds = fitted(before, last_month, fit_config)
+        epochs = result.best_epoch + 1
+        refit_config = replace(fit_config, epochs=epochs, patience=epochs)
+        refit, _, refit_seconds = fitted(labelled, last_month, refit_config, restore_best=False)
+        split, split_result, split_seconds = fitted(labelled[~held], labelled[held], fit_config)
+        results[stage] = {
+            "early stopping": score(stopped) | {"epochs": epochs, "fit_seconds": seconds},
+            "refit": score(refit) | {"epochs": epochs, "fit_seconds": refit_seconds},
+            "random split": score(split)
+            | {"epochs": split_result.best_epoch + 1, "fit_seconds": split_seconds},
+        }
+        logger.info("selection, %s: %s", stage, results[stage])
+    chosen = max(results["backtest"], key=lambda name: results["backtest"][name]["roc_auc"])
+    return {"backtest": results["backtest"], "final": results["final"], "chosen": chosen}
+
+
 # --- report -------------------------------------------------------------------------------
 
 
@@ -873,6 +952,25 @@ def markdown(results: dict) -> list[str]:
         lines.append(
             f"| hyperband / none | **{t['speedup']:.2f}x** | | | {t['best_valid_loss_ratio']:.4f} |"
         )
+    if "selection" in results:
+        sel = results["selection"]
+        lines += [
+            "",
+            "Model selection, one seed: the backtest scores each protocol one month earlier "
+            "(labelled Jan–Sep, scored on October), the final run on labelled Jan–Oct, scored "
+            "once on Nov–Dec.",
+            "",
+            "| protocol | backtest ROC-AUC (Oct) | final ROC-AUC (Nov–Dec) | final log loss "
+            "| epochs (final) | fit s (final) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, final in sel["final"].items():
+            backtest = sel["backtest"][name]
+            lines.append(
+                f"| {name} | {backtest['roc_auc']:.4f} | {final['roc_auc']:.4f} "
+                f"| {final['log_loss']:.4f} | {final['epochs']} | {final['fit_seconds']:.0f} |"
+            )
+        lines.append(f"\nChosen by the backtest: **{sel['chosen']}**.")
     return lines
 
 
@@ -926,6 +1024,7 @@ def main() -> None:
         "quality": quality_section,
         "throughput": throughput_section,
         "tuning": tuning_section,
+        "selection": selection_section,
     }
     for name in args.sections:
         start = time.perf_counter()

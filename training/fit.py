@@ -86,8 +86,10 @@ def fit(
     valid: Tensors,
     config: FitConfig,
     on_epoch: OnEpoch | None = None,
+    restore_best: bool = True,
 ) -> FitResult:
-    """Train until the validation loss stops improving; the model ends on its best weights.
+    """Train until the validation loss stops improving; the model ends on its best weights
+    (`restore_best=False`: on the last epoch's, as a refit for a fixed number of epochs).
 
     Under torchrun every rank calls this with the same data and seed: the model is wrapped in
     DDP, each rank steps through its own stride of the shared permutation, and rank 0's
@@ -139,7 +141,8 @@ def fit(
         elif epoch - result.best_epoch >= config.patience:
             result.stopped_early = True
             break
-    model.load_state_dict(best_state)
+    if restore_best:
+        model.load_state_dict(best_state)
     return result
 
 
