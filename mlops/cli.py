@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from mlops.commands import data, events, retrain, run, serving, training
 from mlops.console import console
 from mlops.errors import EPILOG, MappedErrors
-from mlops.logs import configure_batch, configure_service
+from mlops.logs import configure_batch
 from mlops.settings import Settings, secrets_from_files
 from pipelines.redact import redact
 
@@ -66,8 +66,7 @@ def main(
         raise typer.BadParameter(redact(str(error)), param_hint="the environment") from None
     ctx.obj = settings
     command = ctx.invoked_subcommand or "mlops"
-    if command in SERVICES:
-        configure_service(settings.home, settings.log_format, settings.log_level)
+    if command in SERVICES:  # they configure their logging when they start (`service_logging`)
         return
     log = configure_batch(settings.home, command, console, verbose)
 

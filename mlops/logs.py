@@ -13,11 +13,14 @@ import logging.config
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
 
 from pipelines.redact import redact
+
+if TYPE_CHECKING:
+    from mlops.settings import Settings
 
 LogFormat = Literal["text", "json"]
 TEXT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -108,6 +111,13 @@ def configure_service(home: Path, fmt: LogFormat = "text", level: str = "INFO") 
     logging.config.dictConfig(service_config(fmt, level))
     adopt("mlflow")  # in case it was imported (and wired itself) before this
     logging.captureWarnings(True)
+
+
+def service_logging(settings: Settings) -> None:
+    """A service's logging (`mlops serve`, `mlops schedule`, the serving image's factory), set
+    when the service starts, not by the CLI's callback: `--help` leaves the process's logging
+    as it found it (dictConfig closes every handler it finds, a library's included)."""
+    configure_service(settings.home, settings.log_format, settings.log_level)
 
 
 class LazyFileHandler(logging.FileHandler):

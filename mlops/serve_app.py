@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING
 
 from mlops.configs import events_of, model_source, predictions_of
-from mlops.logs import configure_service
+from mlops.logs import service_logging
 from mlops.settings import Settings, secrets_from_files
 
 if TYPE_CHECKING:
@@ -23,7 +23,7 @@ def create() -> FastAPI:
 
     secrets_from_files()
     settings = Settings()
-    configure_service(settings.home, settings.log_format, settings.log_level)
+    service_logging(settings)
     os.environ.update(settings.serve.mlflow_environment())  # this process serves, only
     return create_app(
         settings.serve, model_source(settings), events_of(settings), predictions_of(settings)

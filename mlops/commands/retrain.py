@@ -10,7 +10,7 @@ import typer
 
 from mlops.commands import PathOption, given_sources
 from mlops.console import Bars, console
-from mlops.logs import service_config
+from mlops.logs import service_config, service_logging
 from mlops.settings import Settings
 
 
@@ -62,6 +62,7 @@ def schedule_command(
     from mlops.flows.retrain import scheduled_retrain
 
     settings: Settings = ctx.obj
+    service_logging(settings)
     if once:
         console.print(f"tick: {scheduled_retrain(settings)}")
         return

@@ -12,7 +12,7 @@ import typer
 
 from mlops.configs import model_source
 from mlops.console import Bars, console
-from mlops.logs import service_config
+from mlops.logs import service_config, service_logging
 from mlops.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ def serve_command(
     from serving.connection import HTTP_PROTOCOL
 
     settings: Settings = ctx.obj
+    service_logging(settings)
     serve = settings.serve
     workers = workers or serve.workers
     # uvicorn's workers build the app from the environment: hand the effective settings over
