@@ -29,7 +29,14 @@ def _mlops_predict(champion: Champion, source: Path, output: Path, model: Bundle
 
 
 @pytest.mark.parametrize(
-    "made_by", ["champion", "trees_champion", "jax_champion", "catboost_champion"]
+    "made_by",
+    [
+        "champion",
+        "trees_champion",
+        # the other frameworks in the long variant (`make test` stays inside its budget)
+        pytest.param("jax_champion", marks=pytest.mark.slow),
+        pytest.param("catboost_champion", marks=pytest.mark.slow),
+    ],
 )
 def test_predict_equals_batch_scoring_on_every_test_month_flight(
     made_by: str, request: pytest.FixtureRequest, tmp_path: Path
