@@ -25,7 +25,7 @@ from training.config import CatBoostConfig, LightGBMConfig, TrackingConfig
 from training.fit import FitConfig
 from training.model import ModelConfig
 from training.registry import GateConfig, promote
-from training.train import train, train_trees
+from training.train import TrainResult, train, train_trees
 
 
 @dataclass(frozen=True)
@@ -59,18 +59,32 @@ def champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> C
     return Champion(home, TrackingConfig(home).resolved_uri, "flight-delay", version, run_id)
 
 
+def promoted(
+    featured_home: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    train_run: Callable[[DataLayout, TrackingConfig], TrainResult],
+) -> Champion:
+    """A champion of another framework: `train_run` on a copy of the feature table, gated."""
+    home = tmp_path_factory.mktemp(name)
+    shutil.copytree(featured_home / "data", home / "data")
+    tracking = TrackingConfig(home)
+    result = train_run(DataLayout(home), tracking)
+    holdout = read_parquet_folder(DataLayout(home).split("test"))
+    decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
+    return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)
+
+
 @pytest.fixture(scope="session")
 def trees_champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Champion:
     """Gradient-boosted trees as the champion: served by the same server, which never looks
     at the framework."""
     pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
-    home = tmp_path_factory.mktemp("trees")
-    shutil.copytree(featured_home / "data", home / "data")
-    tracking = TrackingConfig(home)
-    result = train_trees(DataLayout(home), tracking, TREES)
-    holdout = read_parquet_folder(DataLayout(home).split("test"))
-    decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
-    return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)
+
+    def boost(layout: DataLayout, tracking: TrackingConfig) -> TrainResult:
+        return train_trees(layout, tracking, TREES)
+
+    return promoted(featured_home, tmp_path_factory, "trees", boost)
 
 
 @pytest.fixture(scope="session")
@@ -79,27 +93,22 @@ def jax_champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) 
     pytest.importorskip("jax2onnx", reason="the `jax` extra: pip install -e '.[jax]'")
     from training.train import train_jax
 
-    home = tmp_path_factory.mktemp("jax")
-    shutil.copytree(featured_home / "data", home / "data")
-    tracking = TrackingConfig(home)
-    result = train_jax(DataLayout(home), tracking, *SMALL)
-    holdout = read_parquet_folder(DataLayout(home).split("test"))
-    decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
-    return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)
+    def fit(layout: DataLayout, tracking: TrackingConfig) -> TrainResult:
+        return train_jax(layout, tracking, *SMALL)
+
+    return promoted(featured_home, tmp_path_factory, "jax", fit)
 
 
 @pytest.fixture(scope="session")
 def catboost_champion(featured_home: Path, tmp_path_factory: pytest.TempPathFactory) -> Champion:
     """CatBoost's trees as the champion: the same server, no CatBoost in it."""
     pytest.importorskip("catboost", reason="the `catboost` extra: pip install -e '.[catboost]'")
-    home = tmp_path_factory.mktemp("catboost")
-    shutil.copytree(featured_home / "data", home / "data")
-    tracking = TrackingConfig(home)
     config = CatBoostConfig(rounds=200, early_stopping=20, learning_rate=0.2, threads=2)
-    result = train_trees(DataLayout(home), tracking, config)
-    holdout = read_parquet_folder(DataLayout(home).split("test"))
-    decision = promote(tracking.client(), result.run_id, holdout, GateConfig())
-    return Champion(home, tracking.resolved_uri, "flight-delay", decision.version, result.run_id)
+
+    def boost(layout: DataLayout, tracking: TrackingConfig) -> TrainResult:
+        return train_trees(layout, tracking, config)
+
+    return promoted(featured_home, tmp_path_factory, "catboost", boost)
 
 
 def folder_of(champion: Champion, cache: Path) -> Bundle:

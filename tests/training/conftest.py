@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
-from pipelines.spec import LABEL, FeatureSpec, build_spec, summarize
+from pipelines.spec import LABEL, FeatureSpec, build_spec, encode, psi_bins, summarize
+from pipelines.storage import read_parquet_folder
 from pipelines.transform import CATEGORICAL, NUMERICAL
+from training.bundle import log_onnx_model
+from training.config import TrackingConfig
+from training.export import Candidate, ParityError
+from training.tracking import fluent_tracking
 
 
 def synthetic_table(rows: int, seed: int) -> pd.DataFrame:
@@ -66,3 +73,32 @@ def synthetic_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("synthetic")
     write_feature_table(home)
     return home
+
+
+def assert_a_drifted_export_logs_nothing(candidate: Candidate, home: Path) -> None:
+    """`candidate` made to predict 1e-4 off its own ONNX file, then logged on `home`'s real
+    feature table: the parity check refuses it, the run fails and logs no artifact, no model."""
+
+    class DriftsWhenExported:
+        framework = candidate.framework
+        export_onnx = candidate.export_onnx
+
+        def predict(self, categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:
+            return candidate.predict(categorical, numerical) + np.float32(1e-4)
+
+    layout = DataLayout(home)
+    real = FeatureSpec.load(layout.spec)
+    data = encode(read_parquet_folder(layout.split("test")).head(1_000), real)
+    tracking = TrackingConfig(home, experiment=f"{candidate.framework}-parity-failure")
+    with (
+        pytest.raises(ParityError, match=f"differs from {candidate.framework}"),
+        fluent_tracking(tracking) as experiment_id,
+        mlflow.start_run(experiment_id=experiment_id) as run,
+    ):
+        holdout = {"roc_auc": 0.5, "log_loss": 0.7, "mean_probability": 0.2, "delay_rate": 0.2}
+        output = psi_bins(np.linspace(0, 1, 99))
+        log_onnx_model(DriftsWhenExported(), layout, real, data, 0.5, holdout, output)
+    client = MlflowClient(tracking.resolved_uri)
+    assert client.get_run(run.info.run_id).info.status == "FAILED"
+    assert client.list_artifacts(run.info.run_id) == []
+    assert client.search_logged_models([run.info.experiment_id]) == []

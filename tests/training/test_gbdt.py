@@ -8,24 +8,23 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import onnx
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
-from pipelines.spec import FeatureSpec, encode, part_of, psi_bins
+from pipelines.spec import FeatureSpec, part_of
 from pipelines.storage import read_parquet_folder
-from training.bundle import log_onnx_model
 from training.config import CatBoostConfig, GateConfig, LightGBMConfig, TrackingConfig
-from training.export import INPUTS, OUTPUT, ParityError, check_parity
+from training.export import INPUTS, OUTPUT, check_parity
 from training.fit import FitConfig
 from training.gbdt import CatBoosting, GradientBoosting, fit_trees
 from training.model import ModelConfig
 from training.registry import download_model, promote
-from training.tracking import fluent_tracking
 from training.train import train, train_trees
+
+from .conftest import assert_a_drifted_export_logs_nothing
 
 pytest.importorskip("lightgbm", reason="the `lightgbm` extra: pip install -e '.[lightgbm]'")
 
@@ -90,32 +89,11 @@ def test_trees_that_drifted_from_their_export_fail_parity_and_log_nothing(
 ) -> None:
     """A candidate whose own predictions differ from its file: nothing is logged."""
 
-    class DriftsWhenExported:
-        def __init__(self, model: GradientBoosting | CatBoosting) -> None:
-            self.model, self.framework = model, model.framework
-            self.export_onnx = model.export_onnx
-
-        def predict(self, categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:
-            return self.model.predict(categorical, numerical) + np.float32(1e-4)
-
     layout = DataLayout(featured_home)
     real = FeatureSpec.load(layout.spec)
     table = read_parquet_folder(layout.split("train")).head(5_000)
     fitted = fit_trees(real, part_of(table, real), part_of(table, real), config).model
-    drifting = DriftsWhenExported(fitted)
-    data = encode(read_parquet_folder(layout.split("test")).head(1_000), real)
-    tracking = TrackingConfig(featured_home, experiment=f"{config.framework}-parity-failure")
-    with (
-        pytest.raises(ParityError, match=f"differs from {config.framework}"),
-        fluent_tracking(tracking) as experiment_id,
-        mlflow.start_run(experiment_id=experiment_id) as run,
-    ):
-        holdout = {"roc_auc": 0.5, "log_loss": 0.7, "mean_probability": 0.2, "delay_rate": 0.2}
-        log_onnx_model(drifting, layout, real, data, 0.5, holdout, psi_bins(np.linspace(0, 1, 99)))
-    client = MlflowClient(tracking.resolved_uri)
-    assert client.get_run(run.info.run_id).info.status == "FAILED"
-    assert client.list_artifacts(run.info.run_id) == []
-    assert client.search_logged_models([run.info.experiment_id]) == []
+    assert_a_drifted_export_logs_nothing(fitted, featured_home)
 
 
 @pytest.mark.parametrize("config", EACH)

@@ -20,15 +20,14 @@ from flax import nnx
 
 from pipelines.layout import DataLayout
 from pipelines.metrics import log_loss
-from pipelines.spec import FeatureSpec, encode, part_of, psi_bins
+from pipelines.spec import FeatureSpec, part_of
 from pipelines.storage import read_parquet_folder
-from training.bundle import log_onnx_model
+from tests.training.conftest import assert_a_drifted_export_logs_nothing
 from training.config import FitConfig, GateConfig, ModelConfig, TrackingConfig
-from training.export import INPUTS, OUTPUT, ParityError, check_parity
+from training.export import INPUTS, OUTPUT, check_parity
 from training.jax_network import JaxNetwork, fit_jax, fresh_jax_model
 from training.model import TabularNet
 from training.registry import download_model, promote
-from training.tracking import fluent_tracking
 from training.train import train_jax, train_trees
 
 SMALL = ModelConfig(width=16, depth=1, numeric_dim=2, members=1)
@@ -109,26 +108,8 @@ def test_the_fit_is_seeded_and_keeps_the_best_epoch(
 def test_a_jax_network_that_drifted_from_its_export_fails_parity_and_logs_nothing(
     featured_home: Path,
 ) -> None:
-    class DriftsWhenExported(JaxNetwork):
-        def predict(self, categorical: np.ndarray, numerical: np.ndarray) -> np.ndarray:
-            return super().predict(categorical, numerical) + np.float32(1e-4)
-
-    layout = DataLayout(featured_home)
-    real = FeatureSpec.load(layout.spec)
-    drifting = DriftsWhenExported(fresh_jax_model(real, SMALL, 0))
-    data = encode(read_parquet_folder(layout.split("test")).head(1_000), real)
-    tracking = TrackingConfig(featured_home, experiment="jax-parity-failure")
-    with (
-        pytest.raises(ParityError, match="differs from jax"),
-        fluent_tracking(tracking) as experiment_id,
-        mlflow.start_run(experiment_id=experiment_id) as run,
-    ):
-        holdout = {"roc_auc": 0.5, "log_loss": 0.7, "mean_probability": 0.2, "delay_rate": 0.2}
-        log_onnx_model(drifting, layout, real, data, 0.5, holdout, psi_bins(np.linspace(0, 1, 99)))
-    client = MlflowClient(tracking.resolved_uri)
-    assert client.get_run(run.info.run_id).info.status == "FAILED"
-    assert client.list_artifacts(run.info.run_id) == []
-    assert client.search_logged_models([run.info.experiment_id]) == []
+    real = FeatureSpec.load(DataLayout(featured_home).spec)
+    assert_a_drifted_export_logs_nothing(JaxNetwork(fresh_jax_model(real, SMALL, 0)), featured_home)
 
 
 @pytest.mark.slow
