@@ -299,6 +299,33 @@ def _samples_per_s(history: list) -> float:
     return statistics.median(e.samples_per_s for e in history)
 
 
+def _network_run(
+    name: str, seed: int, labels: np.ndarray, p: np.ndarray, result, seconds: float
+) -> dict:
+    """One seed's figures of a network fit (either framework's `FitResult`), logged."""
+    run = {
+        "seed": seed,
+        "test_roc_auc": roc_auc(labels, p),
+        "test_log_loss": log_loss(labels, p),
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "best_valid_loss": result.best_valid_loss,
+        "fit_seconds": seconds,
+        "samples_per_s": _samples_per_s(result.history),
+    }
+    logger.info(
+        "%s seed %d: test AUC %.4f, log loss %.4f, best epoch %d of %d, %.0f s",
+        name,
+        seed,
+        run["test_roc_auc"],
+        run["test_log_loss"],
+        result.best_epoch,
+        len(result.history),
+        seconds,
+    )
+    return run
+
+
 def run_jax_network(
     args: argparse.Namespace,
     spec: FeatureSpec,
@@ -324,25 +351,7 @@ def run_jax_network(
         first = first or network
         p = network.predict(codes, values).astype("float64")
         probabilities.append(p)
-        runs.append(
-            {
-                "seed": seed,
-                "test_roc_auc": roc_auc(labels, p),
-                "test_log_loss": log_loss(labels, p),
-                "best_epoch": result.best_epoch,
-                "epochs_run": len(result.history),
-                "fit_seconds": seconds,
-                "samples_per_s": _samples_per_s(result.history),
-            }
-        )
-        logger.info(
-            "jax seed %d: test AUC %.4f, best epoch %d of %d, %.0f s",
-            seed,
-            runs[-1]["test_roc_auc"],
-            result.best_epoch,
-            len(result.history),
-            seconds,
-        )
+        runs.append(_network_run("jax", seed, labels, p, result, seconds))
     summary = _summary(runs, labels, probabilities) | {
         "onnx": onnx_latency(first, codes, values),
         "backend": jax.default_backend(),
@@ -414,27 +423,7 @@ def run_network(
         seconds = _since(start)
         p = sigmoid(predict_logits(model, tensors["test"]).cpu().numpy().astype("float64"))
         probabilities.append(p)
-        runs.append(
-            {
-                "seed": seed,
-                "test_roc_auc": roc_auc(labels, p),
-                "test_log_loss": log_loss(labels, p),
-                "best_epoch": result.best_epoch,
-                "epochs_run": len(result.history),
-                "best_valid_loss": result.best_valid_loss,
-                "fit_seconds": seconds,
-                "samples_per_s": _samples_per_s(result.history),
-            }
-        )
-        logger.info(
-            "net seed %d: test AUC %.4f, log loss %.4f, best epoch %d of %d, %.0f s",
-            seed,
-            runs[-1]["test_roc_auc"],
-            runs[-1]["test_log_loss"],
-            result.best_epoch,
-            len(result.history),
-            seconds,
-        )
+        runs.append(_network_run("net", seed, labels, p, result, seconds))
     from training.network import Network
 
     test = tensors["test"]
