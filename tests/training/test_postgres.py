@@ -22,7 +22,7 @@ from training.registry import GateConfig, promote
 from training.study import open_storage
 from training.tracking import experiment_id
 from training.train import train
-from training.tune import FINISHED, RUN_ATTR, TuneConfig
+from training.tune import FINISHED, FIT_SEARCHED, NETWORK_SEARCHED, RUN_ATTR, TuneConfig
 
 from .conftest import write_feature_table
 
@@ -58,13 +58,17 @@ def _tune_process(home: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
+DRAWN = set(NETWORK_SEARCHED + FIT_SEARCHED)
+
+
 def _wait_for_running_trial(study: optuna.Study, pid: int, timeout: float) -> int:
-    """A trial of process `pid` that is training: its MLflow run has started."""
+    """A trial of process `pid` that is training: its MLflow run has started and it has drawn
+    every parameter (the run starts before the draw; a kill in between leaves fewer to retry)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
             mine = trial.user_attrs.get("worker", "").endswith(f":{pid}")
-            if mine and RUN_ATTR in trial.user_attrs:
+            if mine and RUN_ATTR in trial.user_attrs and trial.params.keys() >= DRAWN:
                 return trial.number
         time.sleep(0.2)
     raise AssertionError(f"process {pid} never started a trial")
