@@ -13,6 +13,8 @@ process, because the machines are shared and noisy:
   training samples/s, its ONNX model's latency, and what its extra adds to an install;
 - throughput: training samples/s of `training.fit.fit` against a bare loop over the same
   device-resident tensors (goal: at least 0.9x) and against a per-sample Dataset/DataLoader;
+- ensemble: samples/s of the default ensemble's training step as `TabularNet` computes it
+  (fp32, and bf16 autocast) against the formulation it replaced (`PaperTabM`);
 - tuning: `training.tune.tune` with Hyperband pruning against no pruning, the same budget of
   trials and the same TPE seed: trials per minute and the best validation loss.
 
@@ -69,12 +71,12 @@ from training.config import (
     TuneConfig,
     trees_config,
 )
-from training.fit import FitConfig, fit, fresh_model, predict_logits
+from training.fit import FitConfig, autocast, fit, fresh_model, predict_logits
 from training.metrics import sigmoid
 from training.model import ModelConfig, TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
 
-SECTIONS = ("quality", "throughput", "tuning", "selection")
+SECTIONS = ("quality", "throughput", "ensemble", "tuning", "selection")
 THROUGHPUT_GOAL = 0.9  # fit / bare loop
 
 logger = logging.getLogger("benchmarks.training")
@@ -143,11 +145,6 @@ def _since(start: float) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device) -> torch.autocast:
-    # As training.fit does: bf16 on CUDA, fp32 on the CPU.
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 # --- quality ------------------------------------------------------------------------------
@@ -510,8 +507,8 @@ class RowDataset(torch.utils.data.Dataset):
         return self.data.categorical[i], self.data.numerical[i], self.data.label[i]
 
 
-def _step(model, optimizer, categorical, numerical, label, device) -> None:
-    with _autocast(device):
+def _step(model, optimizer, categorical, numerical, label, device, precision: str) -> None:
+    with autocast(device, precision):  # as training.fit's steps
         logits = model(categorical, numerical)
     loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), label)
     optimizer.zero_grad(set_to_none=True)
@@ -561,6 +558,7 @@ def time_bare(model, train: Tensors, config: FitConfig, device, steps: int | Non
                 train.numerical[index],
                 train.label[index],
                 device,
+                config.precision,
             )
             samples += len(index)
             done += 1
@@ -596,6 +594,7 @@ def time_dataloader(model, train_cpu: Tensors, config: FitConfig, device) -> dic
                 numerical.to(device, non_blocking=True),
                 label.to(device, non_blocking=True),
                 device,
+                config.precision,
             )
             samples += len(label)
     _sync(device)
@@ -653,6 +652,70 @@ def throughput_section(
         "fit_over_dataloader": median["fit"] / median["dataloader"],
         "goal_fit_over_bare": THROUGHPUT_GOAL,
         "goal_met": median["fit"] / median["bare"] >= THROUGHPUT_GOAL,
+    }
+
+
+# --- the ensemble's step ---------------------------------------------------------------------
+
+
+class PaperTabM(TabularNet):
+    """The ensemble as it was computed before (and as the TabM paper writes it): each member's
+    copy of the backbone's input, scaled by its signs, through the whole backbone, with
+    torch's own dropout. The same parameters and function as `TabularNet`."""
+
+    def __init__(self, spec: FeatureSpec, config: ModelConfig) -> None:
+        super().__init__(spec, config)
+        for module in self.modules():
+            for name, child in module.named_children():
+                if isinstance(child, nn.Dropout):
+                    setattr(module, name, nn.Dropout(child.p))
+
+    def forward(self, categorical: torch.Tensor, numerical: torch.Tensor) -> torch.Tensor:
+        members = self.config.members
+        inputs = self.embed(categorical, numerical)
+        hidden = self.backbone((inputs.unsqueeze(1) * self.adapter).flatten(0, 1))
+        logits = (hidden.unflatten(0, (-1, members)) * self.member_head).sum(-1)
+        return logits + self.member_bias  # training mode only: the members' logits
+
+
+def ensemble_section(
+    args: argparse.Namespace,
+    spec: FeatureSpec,
+    tables: dict,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    device: torch.device,
+) -> dict:
+    """Training samples/s of the default ensemble's step: as computed before (`PaperTabM`,
+    fp32), as `TabularNet` computes it (the signs folded into the first layer, the CPU's
+    dropout drawn four values per random word) in fp32, and with bf16 autocast; the same
+    `--ensemble-steps` steps of the bare loop each, interleaved over `--repeats` rounds."""
+    train = to_tensors(tables["train"], spec, device)
+    variants = {
+        "before (paper's formulation, torch's dropout), fp32": (PaperTabM, "fp32"),
+        "folded first layer, CPU dropout, fp32": (TabularNet, "fp32"),
+        "folded first layer, CPU dropout, bf16": (TabularNet, "bf16"),
+    }
+    speeds: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(args.repeats):
+        for name, (kind, precision) in variants.items():
+            config = replace(fit_config, precision=precision)
+            torch.manual_seed(config.seed)
+            model = kind(spec, model_config).to(device)
+            time_bare(model, train, config, device, steps=args.warmup_steps)
+            figures = time_bare(model, train, config, device, steps=args.ensemble_steps)
+            speeds[name].append(figures["samples_per_s"])
+            logger.info("ensemble round %d, %s: %.0f samples/s", r, name, speeds[name][-1])
+    median = {name: statistics.median(v) for name, v in speeds.items()}
+    baseline = median[next(iter(variants))]
+    return {
+        "members": model_config.members,
+        "batch_size": fit_config.batch_size,
+        "steps": args.ensemble_steps,
+        "rounds": args.repeats,
+        "repeats": speeds,
+        "samples_per_s": median,
+        "over_before": {name: v / baseline for name, v in median.items()},
     }
 
 
@@ -924,6 +987,18 @@ def markdown(results: dict) -> list[str]:
             f"| per-sample Dataset + DataLoader | {sps['dataloader']:,.0f} "
             f"| {t['fit_over_dataloader']:.2f}x |",
         ]
+    if "ensemble" in results:
+        e = results["ensemble"]
+        lines += [
+            "",
+            f"The ensemble's training step: {e['members']} members, batch {e['batch_size']}, "
+            f"{e['steps']} steps of the bare loop, median of {e['rounds']} interleaved rounds.",
+            "",
+            "| step | samples/s | / before |",
+            "|---|---|---|",
+        ]
+        for name, speed in e["samples_per_s"].items():
+            lines.append(f"| {name} | {speed:,.0f} | **{e['over_before'][name]:.2f}x** |")
     if "tuning" in results:
         t = results["tuning"]
         lines += [
@@ -981,6 +1056,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--throughput-epochs", type=int, default=2)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="throughput runs per variant")
+    parser.add_argument("--ensemble-steps", type=int, default=60, help="steps per variant")
     parser.add_argument("--tune-trials", type=int, default=12, help="each study's budget")
     parser.add_argument("--tune-epochs", type=int, default=4, help="the most epochs a trial")
     args = parser.parse_args()
@@ -1012,6 +1088,7 @@ def main() -> None:
     sections = {
         "quality": quality_section,
         "throughput": throughput_section,
+        "ensemble": ensemble_section,
         "tuning": tuning_section,
         "selection": selection_section,
     }

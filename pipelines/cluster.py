@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
             yield client
         return
     with (
+        _environ_restored() as restore,
         LocalCluster(
             n_workers=config.n_workers,
             threads_per_worker=config.threads_per_worker,
@@ -46,5 +48,33 @@ def dask_client(config: ClusterConfig) -> Iterator[Client]:
         ) as cluster,
         Client(cluster) as client,
     ):
+        restore()
         logger.info("started a LocalCluster: %s", cluster)
         yield client
+
+
+@contextmanager
+def _environ_restored() -> Iterator[Callable[[], None]]:
+    """A LocalCluster's nannies set their workers' `distributed.nanny.pre-spawn-environ`
+    (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, ...) in this process's own environment before they
+    spawn them ("even if this means poisoning the process running the Nanny", distributed's
+    docstring), and leave it there: everything this command ran afterwards on a thread pool
+    sized from it (torch, LightGBM) ran on one thread (`mlops run` trained 1.6x slower after
+    its Dask stage). Yields a function that puts those variables back as they were; it is
+    called once the workers are up, and again at the end (a restarted worker sets them anew)."""
+    import dask
+
+    keys = set(dask.config.get("distributed.nanny.pre-spawn-environ", {})) | {"PYTHONHASHSEED"}
+    saved = {key: os.environ.get(key) for key in keys}
+
+    def restore() -> None:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+    try:
+        yield restore
+    finally:
+        restore()

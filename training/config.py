@@ -60,6 +60,9 @@ class FitConfig:
     weight_decay: Annotated[float, Field(ge=0)] = 1e-5
     patience: PositiveInt = 3  # epochs without a better validation loss before stopping
     seed: int = 0
+    # the PyTorch network's training steps (JAX's are fp32): "auto" is bf16 autocast where the
+    # device computes bf16 natively (CUDA with bf16; a CPU with AVX512-BF16 or AMX), else fp32
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
 
     def as_params(self) -> dict[str, object]:
         return asdict(self)

@@ -1,4 +1,5 @@
-"""The fit loop: device-resident batches, bf16 autocast on CUDA, early stopping, fixed seeds."""
+"""The fit loop: device-resident batches, bf16 autocast where the device has it natively,
+early stopping, fixed seeds."""
 
 from __future__ import annotations
 
@@ -58,8 +59,32 @@ def fresh_model(
     return TabularNet(spec, config).to(device)
 
 
+def training_precision(device: torch.device, precision: str = "auto") -> str:
+    """ "bf16" or "fp32": what `precision` ("auto", "bf16" or "fp32") trains in on `device`.
+
+    "auto" picks bf16 where the hardware computes it natively: a CUDA device that supports it,
+    or a CPU with AVX512-BF16 or AMX, where oneDNN runs bf16 matmuls (2.6x fp32's on this
+    project's 2-core machines, benchmarks/RESULTS.md); elsewhere the CPU emulates bf16, slower
+    than fp32. bf16 keeps fp32's range, so no loss scaling is needed."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = (
+        getattr(torch.cpu, name, lambda: False)()
+        for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    )
+    return "bf16" if device.type == "cpu" and any(native) else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """The training step's autocast for `training_precision(device, precision)`."""
+    bf16 = training_precision(device, precision) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 def _autocast(device: torch.device) -> torch.autocast:
-    # bf16 keeps fp32's range, so no loss scaling is needed; CPU stays in fp32.
+    # scoring: bf16 on CUDA; fp32 on the CPU, as the ONNX export computes (the parity check)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
@@ -118,7 +143,7 @@ def fit(
         total = torch.zeros((), device=device)
         for begin in range(0, len(order), config.batch_size):
             batch = train.take(order[begin : begin + config.batch_size])
-            with _autocast(device):
+            with autocast(device, config.precision):
                 logits = net(batch.categorical, batch.numerical)
             target = batch.label
             if logits.dim() == 2:  # an ensemble's members, each on its own loss

@@ -82,7 +82,7 @@ def train(
     exports and returns a result; the others help fit.
     """
     from training import distributed
-    from training.fit import fit, fresh_model
+    from training.fit import fit, fresh_model, training_precision
     from training.network import Network
     from training.tensors import pick_device, tensors_of
 
@@ -105,6 +105,7 @@ def train(
         return None
     params = _network_params(model_config, fit_config) | {
         "device": device.type,
+        "precision": training_precision(device, fit_config.precision),
         "world_size": distributed.world_size(),
     }
 
@@ -138,6 +139,7 @@ def train_jax(
     parts = {split: part_of(tables[split], spec, encoded[split]) for split in ("train", "valid")}
     params = _network_params(model_config, fit_config) | {
         "device": jax.default_backend(),
+        "precision": "fp32",
         "world_size": 1,
     }
 
