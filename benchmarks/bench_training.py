@@ -71,7 +71,7 @@ from training.config import (
     TuneConfig,
     trees_config,
 )
-from training.fit import FitConfig, autocast, fit, fresh_model, predict_logits
+from training.fit import FitConfig, autocast, fit, fresh_model, predict_logits, training_loss
 from training.metrics import sigmoid
 from training.model import ModelConfig, TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
@@ -510,7 +510,7 @@ class RowDataset(torch.utils.data.Dataset):
 def _step(model, optimizer, categorical, numerical, label, device, precision: str) -> None:
     with autocast(device, precision):  # as training.fit's steps
         logits = model(categorical, numerical)
-    loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), label)
+    loss = training_loss(logits, label)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

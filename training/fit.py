@@ -100,6 +100,13 @@ def predict_logits(model: nn.Module, data: Tensors, batch_size: int = 65_536) ->
     return torch.cat(out) if out else torch.empty(0, device=device)
 
 
+def training_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """A batch's log loss: of its one logit per row, or of each ensemble member's, alike."""
+    if logits.dim() == 2:  # [rows, members]: each member learns on its own loss
+        label = label.unsqueeze(1).expand_as(logits)
+    return nn.functional.binary_cross_entropy_with_logits(logits.float(), label)
+
+
 def evaluate_loss(model: nn.Module, data: Tensors) -> float:
     logits = predict_logits(model, data)
     return float(nn.functional.binary_cross_entropy_with_logits(logits, data.label))
@@ -145,10 +152,7 @@ def fit(
             batch = train.take(order[begin : begin + config.batch_size])
             with autocast(device, config.precision):
                 logits = net(batch.categorical, batch.numerical)
-            target = batch.label
-            if logits.dim() == 2:  # an ensemble's members, each on its own loss
-                target = target.unsqueeze(1).expand_as(logits)
-            loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), target)
+            loss = training_loss(logits, batch.label)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
