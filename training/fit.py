@@ -60,12 +60,12 @@ def fresh_model(
 
 
 def training_precision(device: torch.device, precision: str = "auto") -> str:
-    """ "bf16" or "fp32": what `precision` ("auto", "bf16" or "fp32") trains in on `device`.
+    """What `precision` ("auto", "bf16" or "fp32") trains in on `device`: bf16 or fp32.
 
     "auto" picks bf16 where the hardware computes it natively: a CUDA device that supports it,
-    or a CPU with AVX512-BF16 or AMX, where oneDNN runs bf16 matmuls (2.6x fp32's on this
-    project's 2-core machines, benchmarks/RESULTS.md); elsewhere the CPU emulates bf16, slower
-    than fp32. bf16 keeps fp32's range, so no loss scaling is needed."""
+    or a CPU with AVX512-BF16 or AMX, where oneDNN runs bf16 matmuls (the ensemble's step 1.4x
+    fp32's on this project's 2-core machines, benchmarks/RESULTS.md); elsewhere the CPU would
+    emulate bf16, slower than fp32. bf16 keeps fp32's range, so no loss scaling is needed."""
     if precision != "auto":
         return precision
     if device.type == "cuda":
