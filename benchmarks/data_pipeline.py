@@ -6,6 +6,9 @@ whole process tree (Dask's scheduler and workers included) is sampled for RSS:
 
     python benchmarks/data_pipeline.py --scales 1 10 30
 
+Then the same table by Polars and by DuckDB (`benchmarks/engines.py`, `--engines`), each in a
+child sampled the same way and compared with the table the Dask child published.
+
 Writes benchmarks/results/data_pipeline.json and prints the rows for benchmarks/RESULTS.md.
 """
 
@@ -19,10 +22,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
 
+if TYPE_CHECKING:
+    from pipelines.layout import DataLayout
+
 REAL_ROWS = 336_776
+ENGINES = ("polars", "duckdb")  # benchmarks/engines.py: the same table, not the project's code
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -69,6 +77,9 @@ def child_main(variant: str, home: Path, workers: int) -> None:
     from pipelines.splits import SplitPlan
 
     layout = DataLayout(home)
+    if variant in ENGINES:
+        engine_child(variant, layout)
+        return
     start = time.perf_counter()
     if variant == "pandas":
         from pipelines.features import build_features_pandas
@@ -93,6 +104,27 @@ def child_main(variant: str, home: Path, workers: int) -> None:
             }
         )
     )
+
+
+def engine_child(variant: str, layout: DataLayout) -> None:
+    """Polars or DuckDB (benchmarks/engines.py): the same tables in memory, compared with the
+    ones the Dask child just published in this home."""
+    from engines import build_duckdb, build_polars, compare
+
+    from pipelines.layout import SPLITS
+    from pipelines.partitions import plan_partitions
+    from pipelines.storage import read_parquet_folder
+
+    build = {"polars": build_polars, "duckdb": build_duckdb}[variant]
+    start = time.perf_counter()
+    tables = build(layout.home)
+    seconds = time.perf_counter() - start
+    verdicts = {
+        split: compare(tables[split], read_parquet_folder(layout.split(split))) for split in SPLITS
+    }
+    rows = sum(p.rows for p in plan_partitions(layout))
+    labelled = sum(len(t) for t in tables.values())
+    print(json.dumps({"seconds": seconds, "rows": rows, "labelled": labelled, "equal": verdicts}))
 
 
 def prepare(scale: int, home: Path) -> dict:
@@ -126,7 +158,8 @@ def main() -> None:
     parser.add_argument("--scales", type=int, nargs="+", default=[1, 10, 30])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mlops-bench"))
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--child", choices=["pandas", "dask"])
+    parser.add_argument("--child", choices=["pandas", "dask", *ENGINES])
+    parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--home", type=Path)
     args = parser.parse_args()
     if args.child:
@@ -137,7 +170,7 @@ def main() -> None:
     for scale in args.scales:
         home = args.workdir / f"x{scale}"
         figures = {"scale": scale, **prepare(scale, home)}
-        for variant in ("pandas", "dask"):
+        for variant in ("pandas", "dask", *args.engines):  # the engines compare with dask's
             report, peak, wall = run_child(
                 ["--child", variant, "--home", str(home), "--workers", str(args.workers)]
             )
@@ -147,8 +180,7 @@ def main() -> None:
                 "rows": report["rows"],
                 "rows_per_s": report["rows"] / report["seconds"],
                 "peak_rss_mb": peak / 2**20,
-                "partitions": report["partitions"],
-            }
+            } | {key: report[key] for key in ("partitions", "equal") if key in report}
         figures["dask_speedup"] = figures["pandas"]["seconds"] / figures["dask"]["seconds"]
         figures["dask_memory_ratio"] = (
             figures["dask"]["peak_rss_mb"] / figures["pandas"]["peak_rss_mb"]
@@ -172,6 +204,23 @@ def main() -> None:
             f"| {d['peak_rss_mb']:,.0f} | {d['partitions']} | {r['dask_speedup']:.2f}x "
             f"| {r['dask_memory_ratio']:.2f} |"
         )
+    engines = [name for name in ENGINES if name in results[0]]
+    if engines:
+        print(
+            "\n| scale | engine | s | rows/s | peak MB | / pandas throughput | / dask throughput "
+            "| equal to the Dask build |"
+        )
+        print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        for name in engines:
+            e = r[name]
+            equal = "yes" if set(e["equal"].values()) == {"equal"} else json.dumps(e["equal"])
+            print(
+                f"| {r['scale']}x | {name} | {e['seconds']:.1f} | {e['rows_per_s']:,.0f} "
+                f"| {e['peak_rss_mb']:,.0f} "
+                f"| {r['pandas']['seconds'] / e['seconds']:.2f}x "
+                f"| {r['dask']['seconds'] / e['seconds']:.2f}x | {equal} |"
+            )
 
 
 if __name__ == "__main__":

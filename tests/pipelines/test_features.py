@@ -56,14 +56,19 @@ def test_two_worker_processes_give_the_same_table_as_the_default_run(built) -> N
             pd.testing.assert_frame_equal(table, reference[split], check_exact=True)
 
 
-def test_three_day_partitions_give_the_same_table(
-    ingested_home: Path, tmp_path: Path, built
+@pytest.mark.parametrize(
+    ("target_rows", "partitions"),
+    [(7_400, 48), (2_000, 127)],  # 8-day and 3-day partitions (the default: 12, one a month)
+)
+def test_partitions_of_any_length_give_the_same_table(
+    ingested_home: Path, tmp_path: Path, built, target_rows: int, partitions: int
 ) -> None:
-    """Partitions shorter than the look-back: each reads events from several neighbours."""
+    """Partitions shorter than the look-back: each reads events from several neighbours. The
+    reference is the monthly build, itself equal to the single-process pandas build above."""
     layout = _copy_home(ingested_home, tmp_path)
     with dask_client(ClusterConfig(n_workers=2)) as client:
-        report = build_feature_tables(layout, SplitPlan(), client, target_rows=2_000)
-    assert report.partitions > 100
+        report = build_feature_tables(layout, SplitPlan(), client, target_rows=target_rows)
+    assert report.partitions == partitions
     reference = _tables(built["in_process"])
     for split, table in _tables(layout).items():
         pd.testing.assert_frame_equal(table, reference[split], check_exact=True)
