@@ -71,7 +71,15 @@ from training.config import (
     TuneConfig,
     trees_config,
 )
-from training.fit import FitConfig, autocast, fit, fresh_model, predict_logits, training_loss
+from training.fit import (
+    FitConfig,
+    autocast,
+    fit,
+    fresh_model,
+    predict_logits,
+    training_loss,
+    training_precision,
+)
 from training.metrics import sigmoid
 from training.model import ModelConfig, TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
@@ -542,6 +550,7 @@ def time_fit(model, train: Tensors, valid: Tensors, config: FitConfig, device) -
 def time_bare(model, train: Tensors, config: FitConfig, device, steps: int | None = None) -> dict:
     """randperm, slice, forward, BCE-with-logits, backward, step; nothing else."""
     optimizer = _optimizer(model, config)
+    precision = training_precision(device, config.precision)  # as fit: once, not per step
     model.train()
     generator = torch.Generator(device=device).manual_seed(config.seed)
     samples, done = 0, 0
@@ -558,7 +567,7 @@ def time_bare(model, train: Tensors, config: FitConfig, device, steps: int | Non
                 train.numerical[index],
                 train.label[index],
                 device,
-                config.precision,
+                precision,
             )
             samples += len(index)
             done += 1
@@ -574,6 +583,7 @@ def time_bare(model, train: Tensors, config: FitConfig, device, steps: int | Non
 def time_dataloader(model, train_cpu: Tensors, config: FitConfig, device) -> dict:
     """A per-sample Dataset and a DataLoader (default collate, no workers), copied per batch."""
     optimizer = _optimizer(model, config)
+    precision = training_precision(device, config.precision)  # as fit: once, not per step
     model.train()
     loader = torch.utils.data.DataLoader(
         RowDataset(train_cpu),
@@ -594,7 +604,7 @@ def time_dataloader(model, train_cpu: Tensors, config: FitConfig, device) -> dic
                 numerical.to(device, non_blocking=True),
                 label.to(device, non_blocking=True),
                 device,
-                config.precision,
+                precision,
             )
             samples += len(label)
     _sync(device)

@@ -46,12 +46,17 @@ from pipelines.partitions import plan_partitions
 from pipelines.rules import DELAYED_MIN
 from pipelines.spec import LABEL
 from pipelines.splits import SplitPlan
-from pipelines.storage import read_parquet_folder
-from pipelines.transform import HOUR, TAIL_LOOKBACK_H, WINDOW_GROUPS, WindowGroup
+from pipelines.storage import parquet_files, read_parquet_folder
+from pipelines.transform import (
+    HOLIDAY_CAP_DAYS,
+    HOUR,
+    TAIL_LOOKBACK_H,
+    WINDOW_GROUPS,
+    WindowGroup,
+)
 
 DAY = 24 * HOUR
 TAIL_LOOKBACK_MIN = TAIL_LOOKBACK_H * HOUR
-HOLIDAY_CAP_DAYS = 60  # `pipelines.transform`: a holiday further than this is no signal
 TEXT = ["carrier", "tailnum", "origin", "dest", *[f"plane_{c}" for c in PLANE_TEXT]]
 # The reference table's dtypes as training reads it back (`training.train.load_splits`)
 DTYPES = dict.fromkeys(TABLE_COLUMNS, "float64") | dict.fromkeys(TEXT, "str")
@@ -66,12 +71,7 @@ T = TypeVar("T")
 
 def bronze_files(layout: DataLayout, table: str) -> list[str]:
     """The files `storage.read_parquet_folder` reads, in its order (the table's row order)."""
-    folder = layout.bronze(table)
-    return [
-        str(p)
-        for p in sorted(folder.rglob("*.parquet"))
-        if not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
+    return [str(p) for p in parquet_files(layout.bronze(table))]
 
 
 def partition_frame(layout: DataLayout, plan: SplitPlan) -> pd.DataFrame:

@@ -349,13 +349,19 @@ class StagedTable:
         shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def read_parquet_folder(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read every parquet file under `folder` (hidden and staging files excluded)."""
-    files = sorted(
+def parquet_files(folder: Path) -> list[Path]:
+    """The parquet files that make the table under `folder`, in its row order (hidden and
+    staging files excluded)."""
+    return sorted(
         p
         for p in folder.rglob("*.parquet")
         if not any(part.startswith(".") for part in p.relative_to(folder).parts)
     )
+
+
+def read_parquet_folder(folder: Path, columns: list[str] | None = None) -> pd.DataFrame:
+    """Read every parquet file under `folder` (`parquet_files`)."""
+    files = parquet_files(folder)
     if not files:
         return pd.DataFrame(columns=columns or [])
     return pd.concat([pd.read_parquet(p, columns=columns) for p in files], ignore_index=True)

@@ -35,13 +35,7 @@ def _copy_rank(real: pd.DataFrame, picks: np.ndarray, day_of: np.ndarray) -> np.
     keys = ["carrier", "flight", "origin", "sched_dep_time"]
     identity = real.groupby(keys, sort=False, dropna=False).ngroup().to_numpy("int64")
     group = identity[picks] * 366 + day_of
-    order = np.argsort(group, kind="stable")
-    ordered = group[order]
-    first = np.r_[0, np.flatnonzero(ordered[1:] != ordered[:-1]) + 1]
-    starts = np.repeat(first, np.diff(np.r_[first, len(ordered)]))
-    rank = np.empty(len(group), dtype="int64")
-    rank[order] = np.arange(len(group)) - starts
-    return rank
+    return pd.Series(group).groupby(group, sort=False).cumcount().to_numpy("int64")
 
 
 def synthesize(

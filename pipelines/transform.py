@@ -43,6 +43,7 @@ WINDOWS: list[tuple[str, str, str, float, float]] = [
 ]
 OWN_EVENT = {"dep": ("departed_at", "dep_delay"), "arr": ("arrived_at", "arr_delay")}
 TAIL_LOOKBACK_H = 48  # an aircraft's "previous departure" older than this is no signal
+HOLIDAY_CAP_DAYS = 60  # `days_to_holiday` stops counting here: a holiday further off is no signal
 # The longest any feature looks back or forward from t, in event time. The Dask graph hands
 # each month partition this much of its neighbours' events; the delay bounds in
 # `pipelines.schemas` (at most a day late, 3 hours early) are what make it sufficient.
@@ -201,7 +202,7 @@ def feature_arrays(columns: Columns, lookups: Lookups, rows: int) -> dict[str, n
     nearest = np.minimum(
         np.abs(lookups.holidays[pos] - day), np.abs(day - lookups.holidays[pos - 1])
     )
-    out["days_to_holiday"] = np.minimum(nearest, 60).astype("float64")
+    out["days_to_holiday"] = np.minimum(nearest, HOLIDAY_CAP_DAYS).astype("float64")
     out["distance"] = _number(columns, "distance", rows)
 
     hour_start = t - t % HOUR

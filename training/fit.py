@@ -83,8 +83,8 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
 
-def _autocast(device: torch.device) -> torch.autocast:
-    # scoring: bf16 on CUDA; fp32 on the CPU, as the ONNX export computes (the parity check)
+def _scoring_autocast(device: torch.device) -> torch.autocast:
+    # bf16 on CUDA; fp32 on the CPU, as the ONNX export computes (the parity check)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
@@ -93,7 +93,7 @@ def predict_logits(model: nn.Module, data: Tensors, batch_size: int = 65_536) ->
     model.eval()
     device = data.label.device
     out = []
-    with _autocast(device):
+    with _scoring_autocast(device):
         for start in range(0, len(data), batch_size):
             part = slice(start, start + batch_size)
             out.append(model(data.categorical[part], data.numerical[part]).float())
@@ -108,8 +108,7 @@ def training_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_loss(model: nn.Module, data: Tensors) -> float:
-    logits = predict_logits(model, data)
-    return float(nn.functional.binary_cross_entropy_with_logits(logits, data.label))
+    return float(training_loss(predict_logits(model, data), data.label))
 
 
 def fit(
@@ -142,6 +141,7 @@ def fit(
     generator = torch.Generator(device=device).manual_seed(config.seed)
     result = FitResult(best_epoch=-1, best_valid_loss=float("inf"))
     best_state = copy.deepcopy(model.state_dict())
+    precision = training_precision(device, config.precision)  # once, not per step
     for epoch in range(config.epochs):
         clock = _Clock(device)
         model.train()
@@ -150,7 +150,7 @@ def fit(
         total = torch.zeros((), device=device)
         for begin in range(0, len(order), config.batch_size):
             batch = train.take(order[begin : begin + config.batch_size])
-            with autocast(device, config.precision):
+            with autocast(device, precision):
                 logits = net(batch.categorical, batch.numerical)
             loss = training_loss(logits, batch.label)
             optimizer.zero_grad(set_to_none=True)
