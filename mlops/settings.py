@@ -28,6 +28,7 @@ from training.config import (
     ModelConfig,
     TreesConfig,
     TuneConfig,
+    ValidationConfig,
 )
 
 # Values that are placeholders, not secrets: refused at startup rather than served with.
@@ -102,6 +103,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     model: ModelConfig = Field(default_factory=ModelConfig)
     fit: FitConfig = Field(default_factory=FitConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
     lightgbm: LightGBMConfig = Field(default_factory=LightGBMConfig)
     catboost: CatBoostConfig = Field(default_factory=CatBoostConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)

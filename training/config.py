@@ -68,6 +68,31 @@ class FitConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Where every framework's validation rows come from: what early stopping, the study's
+    trials, the trees' rounds and the decision threshold read (training/train.py,
+    `held_out`).
+
+    "random" (the default) trains on the labelled months (those before the test months) but a
+    random `fraction` of their rows, and validates on those; "month" trains on the months
+    before the feature build's validation months and validates on them. A backtest one month
+    earlier chose "random" over "month" and over a refit (benchmarks/RESULTS.md, "Model
+    selection", 3 seeds): October is unlike the months before it (delay rate 0.17 against
+    0.24), so early stopping on it stopped the network after 2 to 7 epochs, and the newest
+    labelled month was never trained on.
+    """
+
+    split: Literal["random", "month"] = "random"
+    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1  # of the labelled rows, when random
+    seed: int = 0  # the draw of the held-out rows
+
+    def as_params(self) -> dict[str, object]:
+        if self.split == "month":
+            return {"validation": "month"}
+        return {"validation": "random", "validation_fraction": self.fraction}
+
+
 # what can make a challenger (training/train.py): the network in PyTorch or in JAX (one
 # `ModelConfig` and `FitConfig` for both), or gradient-boosted trees (LightGBM or CatBoost,
 # each with its own config below)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pipelines.layout import SPLITS
-from pipelines.spec import FeatureSpec
 from training.config import TREES, ModelConfig
 
 PREDICTS = (
@@ -40,11 +39,11 @@ def architecture(model: ModelConfig | str, framework: str = "torch") -> str:
 
 
 def run_name(
-    spec: FeatureSpec, model: ModelConfig | str, prefix: str = "train", framework: str = "torch"
+    months: list[str], model: ModelConfig | str, prefix: str = "train", framework: str = "torch"
 ) -> str:
-    """'train 2013-01..2013-09 mlp+periodic' (or '... jax mlp+periodic', '... lightgbm'): the
-    window and the model, not a random name."""
-    return f"{prefix} {window(spec.splits['train'].months)} {architecture(model, framework)}"
+    """'train 2013-01..2013-10 mlp+periodic' (or '... jax mlp+periodic', '... lightgbm'): the
+    months trained on and the model, not a random name."""
+    return f"{prefix} {window(months)} {architecture(model, framework)}"
 
 
 def _figures(metrics: Mapping[str, float], split: str) -> str:
@@ -83,13 +82,19 @@ def model_card(params: Mapping[str, object], metrics: Mapping[str, float]) -> st
         for k, v in metrics.items()
         if k.startswith("onnx_parity_max_abs_diff_b")
     }
+    held = params.get("validation_fraction")
+    validation = (
+        f"a random {float(held):.0%} of the rows of {months['valid']}, not trained on"
+        if params.get("validation") == "random" and held is not None
+        else months["valid"]
+    )
     lines = [
         _headline(model, framework, months, metrics),
         "",
         PREDICTS,
         "",
         f"- Training months: {months['train']}",
-        f"- Validation ({months['valid']}): {_figures(metrics, 'valid')}",
+        f"- Validation ({validation}): {_figures(metrics, 'valid')}",
         f"- Test ({months['test']}): {_figures(metrics, 'test')}",
         *(
             _trees(framework, trees, metrics)
@@ -100,7 +105,7 @@ def model_card(params: Mapping[str, object], metrics: Mapping[str, float]) -> st
     if "decision_threshold" in metrics:
         lines.append(
             f"- Decision threshold: {metrics['decision_threshold']:.4f} "
-            "(the best F1 on the validation months)"
+            "(the best F1 on the validation rows)"
         )
     if parity:
         sizes = ", ".join(str(size) for size in sorted(parity))

@@ -23,11 +23,17 @@ from pandas.api.types import is_integer_dtype
 
 from pipelines.layout import SPLITS, DataLayout
 from pipelines.metrics import log_loss, roc_auc
-from pipelines.spec import LABEL, Encoded, FeatureSpec, encode, part_of, psi_bins
+from pipelines.spec import LABEL, Encoded, FeatureSpec, Part, encode, part_of, psi_bins
 from pipelines.storage import read_parquet_folder
 from training import plots
 from training.bundle import LoggedModel, decision_threshold, log_onnx_model
-from training.config import FitConfig, ModelConfig, TrackingConfig, TreesConfig
+from training.config import (
+    FitConfig,
+    ModelConfig,
+    TrackingConfig,
+    TreesConfig,
+    ValidationConfig,
+)
 from training.export import Candidate
 from training.importance import permutation_importance
 from training.model_card import model_card, run_name
@@ -62,8 +68,67 @@ class Fitted:
     step: str  # "epoch" or "round"
 
 
-def load_splits(layout: DataLayout) -> dict[str, pd.DataFrame]:
-    return {split: read_parquet_folder(layout.split(split)) for split in SPLITS}
+DEFAULT_VALIDATION = ValidationConfig()
+
+
+def load_splits(layout: DataLayout, validation: ValidationConfig) -> dict[str, pd.DataFrame]:
+    """The feature table's train, valid and test rows, the validation rows as `validation`
+    draws them (`held_out`)."""
+    tables = {split: read_parquet_folder(layout.split(split)) for split in SPLITS}
+    return held_out(tables, validation)
+
+
+def held_out(
+    tables: dict[str, pd.DataFrame], validation: ValidationConfig
+) -> dict[str, pd.DataFrame]:
+    """The build's time split as is ("month"), or ("random") the labelled months' rows, train
+    and valid together, with a seeded random `fraction` of them held out to validate on. The
+    test months are never touched: the gate scores every model on them alone."""
+    if validation.split == "month":
+        return tables
+    labelled = pd.concat([tables["train"], tables["valid"]], ignore_index=True)
+    held = np.random.default_rng(validation.seed).random(len(labelled)) < validation.fraction
+    return {
+        "train": labelled[~held].reset_index(drop=True),
+        "valid": labelled[held].reset_index(drop=True),
+        "test": tables["test"],
+    }
+
+
+def split_months(spec: FeatureSpec, validation: ValidationConfig) -> dict[str, list[str]]:
+    """The months each split's rows come from under `validation`."""
+    months = {split: list(summary.months) for split, summary in spec.splits.items()}
+    if validation.split == "random":
+        labelled = sorted(set(months.get("train", [])) | set(months.get("valid", [])))
+        months["train"] = months["valid"] = labelled
+    return months
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """What every framework's run reads: one pinned feature build, its spec, the splits as
+    `validation` draws them and their encoded inputs."""
+
+    layout: DataLayout
+    spec: FeatureSpec
+    validation: ValidationConfig
+    tables: dict[str, pd.DataFrame]
+    encoded: dict[str, Encoded]
+
+    @classmethod
+    def load(cls, layout: DataLayout, validation: ValidationConfig) -> TrainingData:
+        layout = layout.pinned()  # a build published meanwhile must not mix into the reads
+        spec = FeatureSpec.load(layout.spec)
+        tables = load_splits(layout, validation)
+        encoded = {split: encode(table, spec) for split, table in tables.items()}
+        return cls(layout, spec, validation, tables, encoded)
+
+    @property
+    def months(self) -> dict[str, list[str]]:
+        return split_months(self.spec, self.validation)
+
+    def part(self, split: str) -> Part:
+        return part_of(self.tables[split], self.spec, self.encoded[split])
 
 
 def train(
@@ -73,6 +138,7 @@ def train(
     fit_config: FitConfig,
     on_epoch: OnEpoch | None = None,
     name_prefix: str = "train",
+    validation: ValidationConfig = DEFAULT_VALIDATION,
 ) -> TrainResult | None:
     """The network: fit on the training months, stop early on validation, report the test
     months.
@@ -86,13 +152,11 @@ def train(
     from training.network import Network
     from training.tensors import pick_device, tensors_of
 
-    layout = layout.pinned()  # a build published meanwhile must not mix into this run's reads
-    spec = FeatureSpec.load(layout.spec)
-    tables = load_splits(layout)
-    encoded = {split: encode(table, spec) for split, table in tables.items()}
+    data = TrainingData.load(layout, validation)
+    spec = data.spec
     device = pick_device()
     train_set, valid_set = (
-        tensors_of(encoded[split], tables[split][LABEL].to_numpy(), device)
+        tensors_of(data.encoded[split], data.tables[split][LABEL].to_numpy(), device)
         for split in ("train", "valid")
     )
     if not distributed.is_main():
@@ -114,8 +178,8 @@ def train(
         result = fit(model, train_set, valid_set, fit_config, on_epoch=_logged(on_epoch))
         return _fitted_network(Network(model), result)
 
-    name = run_name(spec, model_config, name_prefix)
-    return _tracked_run(layout, tracking, spec, tables, encoded, name, "torch", params, fit_network)
+    name = run_name(data.months["train"], model_config, name_prefix)
+    return _tracked_run(data, tracking, name, "torch", params, fit_network)
 
 
 def train_jax(
@@ -125,6 +189,7 @@ def train_jax(
     fit_config: FitConfig,
     on_epoch: OnEpoch | None = None,
     name_prefix: str = "train",
+    validation: ValidationConfig = DEFAULT_VALIDATION,
 ) -> TrainResult:
     """The network's architecture and fit in JAX (training/jax_network.py), on the same
     feature table, encoding and holdout."""
@@ -132,11 +197,7 @@ def train_jax(
 
     from training.jax_network import fit_jax
 
-    layout = layout.pinned()
-    spec = FeatureSpec.load(layout.spec)
-    tables = load_splits(layout)
-    encoded = {split: encode(table, spec) for split, table in tables.items()}
-    parts = {split: part_of(tables[split], spec, encoded[split]) for split in ("train", "valid")}
+    data = TrainingData.load(layout, validation)
     params = _network_params(model_config, fit_config) | {
         "device": jax.default_backend(),
         "precision": "fp32",
@@ -145,12 +206,17 @@ def train_jax(
 
     def fit_network() -> Fitted:
         network, result = fit_jax(
-            spec, model_config, parts["train"], parts["valid"], fit_config, _logged(on_epoch)
+            data.spec,
+            model_config,
+            data.part("train"),
+            data.part("valid"),
+            fit_config,
+            _logged(on_epoch),
         )
         return _fitted_network(network, result)
 
-    name = run_name(spec, model_config, name_prefix, "jax")
-    return _tracked_run(layout, tracking, spec, tables, encoded, name, "jax", params, fit_network)
+    name = run_name(data.months["train"], model_config, name_prefix, "jax")
+    return _tracked_run(data, tracking, name, "jax", params, fit_network)
 
 
 def _network_params(model_config: ModelConfig, fit_config: FitConfig) -> dict[str, object]:
@@ -193,18 +259,14 @@ def train_trees(
     config: TreesConfig,
     on_round: OnRound | None = None,
     name_prefix: str = "train",
+    validation: ValidationConfig = DEFAULT_VALIDATION,
 ) -> TrainResult:
     """Gradient-boosted trees of the framework `config` is for (LightGBM or CatBoost) on the
     same feature table, encoding and holdout as the network."""
     from training.gbdt import fit_trees
 
     framework = config.framework
-
-    layout = layout.pinned()
-    spec = FeatureSpec.load(layout.spec)
-    tables = load_splits(layout)
-    encoded = {split: encode(table, spec) for split, table in tables.items()}
-    parts = {split: part_of(tables[split], spec, encoded[split]) for split in ("train", "valid")}
+    data = TrainingData.load(layout, validation)
     params = {f"{framework}.{k}": v for k, v in config.as_params().items()} | {"device": "cpu"}
 
     def fit() -> Fitted:
@@ -214,23 +276,20 @@ def train_trees(
             if on_round:
                 on_round(round_, valid_loss)
 
-        boosted = fit_trees(spec, parts["train"], parts["valid"], config, log_round)
+        boosted = fit_trees(data.spec, data.part("train"), data.part("valid"), config, log_round)
         metrics = {
             "best_valid_loss": boosted.valid_loss[boosted.best_round],
             "best_round": boosted.best_round,
         }
         return Fitted(boosted.model, metrics, boosted.train_loss, boosted.valid_loss, "round")
 
-    name = run_name(spec, framework, name_prefix)
-    return _tracked_run(layout, tracking, spec, tables, encoded, name, framework, params, fit)
+    name = run_name(data.months["train"], framework, name_prefix)
+    return _tracked_run(data, tracking, name, framework, params, fit)
 
 
 def _tracked_run(
-    layout: DataLayout,
+    data: TrainingData,
     tracking: TrackingConfig,
-    spec: FeatureSpec,
-    tables: dict[str, pd.DataFrame],
-    encoded: dict[str, Encoded],
     name: str,
     framework: str,
     params: dict[str, object],
@@ -238,6 +297,7 @@ def _tracked_run(
 ) -> TrainResult:
     """One MLflow run around a framework's fit: its inputs, then its model scored, drawn,
     exported, checked and logged the same way whatever the framework."""
+    layout, spec, tables, encoded = data.layout, data.spec, data.tables, data.encoded
     with (
         fluent_tracking(tracking) as experiment_id,
         mlflow.start_run(
@@ -246,17 +306,18 @@ def _tracked_run(
     ):
         mlflow.log_params(
             params
-            | {"framework": framework, "train_months": ",".join(spec.splits["train"].months)}
-            | {
-                f"{split}_months": ",".join(spec.splits[split].months)
-                for split in ("valid", "test")
-                if split in spec.splits
-            }
+            | {"framework": framework}
+            | data.validation.as_params()
+            | {f"{split}_months": ",".join(months) for split, months in data.months.items()}
         )
+        # a random validation split draws its rows from the train and valid folders alike
+        random = data.validation.split == "random"
         for split, table in tables.items():
             dataset = mlflow.data.from_pandas(
                 _integers_as_floats(table),
-                source=local_dataset_source(layout.split(split)),
+                source=local_dataset_source(
+                    layout.features if random and split != "test" else layout.split(split)
+                ),
                 targets=LABEL,
                 name=f"flights-{split}",
             )

@@ -46,6 +46,7 @@ from training.config import (
     TrackingConfig,
     TreesConfig,
     TuneConfig,
+    ValidationConfig,
     trees_config,
 )
 from training.fit import EpochResult, fit, fresh_model, predict_logits
@@ -59,12 +60,13 @@ from training.study import (
 )
 from training.tensors import pick_device, to_tensors
 from training.tracking import experiment_id, fluent_tracking
-from training.train import load_splits
+from training.train import DEFAULT_VALIDATION, load_splits
 
 logger = logging.getLogger(__name__)
 
 RUN_ATTR = "mlflow_run_id"
 FRAMEWORK_ATTR = "framework"  # the study's: whose search space its trials sample
+VALIDATION_ATTR = "validation"  # the study's: which rows its trials' losses are measured on
 ROUNDS_PER_REPORT = 10  # a trees trial reports its validation loss this often
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -207,29 +209,35 @@ def _pruner(config: TuneConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _study(storage: RDBStorage, config: TuneConfig, seed: int) -> optuna.Study:
+def _study(
+    storage: RDBStorage, config: TuneConfig, seed: int, validation: ValidationConfig
+) -> optuna.Study:
     """Create the study, or load it when another process (or an earlier run) already did; a
-    study searches one framework's space, recorded when it is made."""
+    study searches one framework's space on one validation split, recorded when it is made
+    (its trials' losses are comparable only on the same rows)."""
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    recorded = {FRAMEWORK_ATTR: config.framework, VALIDATION_ATTR: validation.as_params()}
     try:
         study = optuna.create_study(
             storage=storage, study_name=config.study, sampler=sampler, pruner=_pruner(config)
         )
-        study.set_user_attr(FRAMEWORK_ATTR, config.framework)
+        for key, value in recorded.items():
+            study.set_user_attr(key, value)
         study.enqueue_trial(defaults_as_params(config.framework, FitConfig()))
         return study
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(
             study_name=config.study, storage=storage, sampler=sampler, pruner=_pruner(config)
         )
-    searched = study.user_attrs.get(FRAMEWORK_ATTR)
-    if searched is None:  # made by a process that has not recorded it yet, or before frameworks
-        study.set_user_attr(FRAMEWORK_ATTR, config.framework)
-    elif searched != config.framework:
-        raise ValueError(
-            f"study {config.study!r} searches {searched}'s space, not {config.framework}'s: "
-            "name another study (--study)"
-        )
+    for key, value in recorded.items():
+        searched = study.user_attrs.get(key)
+        if searched is None:  # made by a process that has not recorded it yet, or before it was
+            study.set_user_attr(key, value)
+        elif searched != value:
+            raise ValueError(
+                f"study {config.study!r} searches with {key} {searched}, not {value}: "
+                "name another study (--study)"
+            )
     return study
 
 
@@ -372,6 +380,7 @@ def _work(
     config: TuneConfig,
     fit_config: FitConfig,
     trees: TreesConfig | None,
+    validation: ValidationConfig,
     worker: int = 0,
     threads: int | None = None,
     on_progress: OnProgress | None = None,
@@ -383,7 +392,7 @@ def _work(
         torch.set_num_threads(threads)
     layout = DataLayout(layout_home).pinned()  # one build for the spec and the splits
     spec = FeatureSpec.load(layout.spec)
-    tables = load_splits(layout)
+    tables = load_splits(layout, validation)
     if config.framework in TREES:
         base = trees or trees_config(config.framework)
         if base.framework != config.framework:
@@ -398,7 +407,7 @@ def _work(
     # trials log through MLflow's fluent API: the whole worker runs inside the store's scope
     with fluent_tracking(tracking) as experiment:
         storage = open_storage(config, tracking.home)
-        study = _study(storage, config, config.seed + worker)
+        study = _study(storage, config, config.seed + worker, validation)
         parent = parent_run(client, storage, study, experiment)
         if finished_count(study) >= config.trials:
             return
@@ -475,20 +484,23 @@ def tune(
     fit_config: FitConfig,
     on_progress: OnProgress | None = None,
     trees: TreesConfig | None = None,
+    validation: ValidationConfig = DEFAULT_VALIDATION,
 ) -> TuneResult:
     """Run (or resume) the study to its budget in `config.workers` processes."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     client = tracking.client()
     storage = open_storage(config, tracking.home)
-    study = _study(storage, config, seed=config.seed)
+    study = _study(storage, config, config.seed, validation)
     parent = parent_run(client, storage, study, experiment_id(client, tracking))
     client.update_run(parent, status="RUNNING")
     if on_progress:
         on_progress(finished_count(study))
     if config.workers == 1:
-        _work(layout.home, tracking, config, fit_config, trees, on_progress=on_progress)
+        _work(layout.home, tracking, config, fit_config, trees, validation, on_progress=on_progress)
     else:
-        _work_in_processes(layout, tracking, config, fit_config, trees, study, on_progress)
+        _work_in_processes(
+            layout, tracking, config, fit_config, trees, validation, study, on_progress
+        )
     counts = _log_study(client, study, parent, config.trials)
     if not counts["complete"]:
         raise RuntimeError(f"study {config.study!r} has no complete trial: {counts}")
@@ -501,6 +513,7 @@ def _work_in_processes(
     config: TuneConfig,
     fit_config: FitConfig,
     trees: TreesConfig | None,
+    validation: ValidationConfig,
     study: optuna.Study,
     on_progress: OnProgress | None,
 ) -> None:
@@ -510,7 +523,7 @@ def _work_in_processes(
     processes = [
         context.Process(
             target=_work,
-            args=(layout.home, tracking, config, fit_config, trees, worker, threads),
+            args=(layout.home, tracking, config, fit_config, trees, validation, worker, threads),
             name=f"tune-worker-{worker}",
         )
         for worker in range(config.workers)

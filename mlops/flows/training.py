@@ -73,6 +73,7 @@ def train(
             fit_config,
             advance,
             name_prefix,
+            settings.validation,
         )
 
 
@@ -87,7 +88,14 @@ def _train_trees(
         def advance(round_: int, valid_loss: float) -> None:
             update(completed=round_ + 1, description=f"{framework}: valid loss {valid_loss:.4f}")
 
-        return train_trees(layout_of(settings), tracking_of(settings), config, advance, name_prefix)
+        return train_trees(
+            layout_of(settings),
+            tracking_of(settings),
+            config,
+            advance,
+            name_prefix,
+            settings.validation,
+        )
 
 
 def tune(settings: Settings, progress: Progress, config: TuneConfig) -> TuneResult:
@@ -106,7 +114,9 @@ def tune(settings: Settings, progress: Progress, config: TuneConfig) -> TuneResu
             update(completed=min(finished, config.trials))
 
         trees = settings.trees(config.framework) if config.framework in TREES else None
-        return tune_study(layout, tracking_of(settings), config, settings.fit, advance, trees)
+        return tune_study(
+            layout, tracking_of(settings), config, settings.fit, advance, trees, settings.validation
+        )
 
 
 def best_of_study(settings: Settings, tuned: TuneResult, epochs: int | None = None):

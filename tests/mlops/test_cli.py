@@ -101,6 +101,13 @@ def test_settings_read_the_environment_at_the_edge(monkeypatch: pytest.MonkeyPat
     settings = Settings(_env_file=None)
     assert settings.dask.n_workers == 3
     assert settings.features.valid_start == "2013-09"
+    assert settings.validation.split == "random"
+    monkeypatch.setenv("MLOPS_VALIDATION__SPLIT", "month")
+    assert Settings(_env_file=None).validation.split == "month"
+    monkeypatch.setenv("MLOPS_VALIDATION__FRACTION", "1.5")
+    with pytest.raises(ValueError, match="validation.fraction"):
+        Settings(_env_file=None)
+    monkeypatch.delenv("MLOPS_VALIDATION__FRACTION")
     monkeypatch.setenv("MLOPS_DASK_SCHEDULER", "not-an-address")
     with pytest.raises(ValueError, match="tcp://host:8786"):
         Settings(_env_file=None)

@@ -45,6 +45,10 @@ def test_retrain_takes_the_next_month_reports_drift_and_runs_the_gate(
     assert run.data.tags["gate_decision"] in {"promoted", "rejected"}
     assert run.data.tags["retrain_trigger"] == "cli"
     assert "gate_challenger_auc" in run.data.metrics
+    # validated on a random tenth of every month before November, trained on the rest
+    assert run.data.params["validation"] == "random"
+    labelled = ",".join(f"2013-{month:02d}" for month in range(1, 11))
+    assert run.data.params["train_months"] == run.data.params["valid_months"] == labelled
     psi = {k: v for k, v in run.data.metrics.items() if k.startswith("psi.")}
     assert len(psi) == 39 and all(v >= 0 for v in psi.values())
     assert psi["psi.month"] > 1  # November is a month training never saw

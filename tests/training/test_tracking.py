@@ -39,10 +39,16 @@ def test_runs_and_the_registered_model_carry_names_and_model_cards(tmp_path: Pat
     assert "trial-N" in experiment.tags[DESCRIPTION_TAG]
 
     run = client.get_run(result.run_id)
-    assert run.info.run_name == "train 2013-01 mlp+periodic"  # the synthetic table's one month
+    # the synthetic table's training month and validation month, a random 10% held out
+    assert run.info.run_name == "train 2013-01..2013-10 mlp+periodic"
     card = run.data.tags[DESCRIPTION_TAG]
-    assert card.startswith("mlp+periodic trained on 2013-01: test ROC-AUC 0.") and PREDICTS in card
-    for line in ("Training months: 2013-01", "Validation (2013-10): ROC-AUC", "Test (2013-11)"):
+    assert card.startswith("mlp+periodic trained on 2013-01..2013-10: test ROC-AUC 0.")
+    assert PREDICTS in card
+    for line in (
+        "Training months: 2013-01..2013-10",
+        "Validation (a random 10% of the rows of 2013-01..2013-10, not trained on): ROC-AUC",
+        "Test (2013-11)",
+    ):
         assert line in card
     assert "mlp backbone" in card and "`periodic`" in card and "ONNX parity: max" in card
 
@@ -67,8 +73,9 @@ def test_an_older_experiment_gets_the_kind_and_keeps_its_own_description(tmp_pat
 
 def test_run_names_say_window_architecture_and_purpose(spec: FeatureSpec) -> None:
     resnet = ModelConfig(backbone="resnet", numeric_embedding="ple")
-    assert run_name(spec, resnet) == "train 2013-01 resnet+ple"
-    assert run_name(spec, resnet, "retrain 2013-12:") == "retrain 2013-12: 2013-01 resnet+ple"
+    months = spec.splits["train"].months
+    assert run_name(months, resnet) == "train 2013-01 resnet+ple"
+    assert run_name(months, resnet, "retrain 2013-12:") == "retrain 2013-12: 2013-01 resnet+ple"
     assert window(["2013-03", "2013-01", "2013-02"]) == window("2013-01,2013-02,2013-03")
     assert window("2013-01,2013-02,2013-03") == "2013-01..2013-03"
 

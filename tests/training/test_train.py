@@ -16,14 +16,14 @@ from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec, encode, psi_bins, sha256_of
 from pipelines.storage import read_parquet_folder
 from training.bundle import log_onnx_model
-from training.config import TrackingConfig
+from training.config import TrackingConfig, ValidationConfig
 from training.export import ParityError
 from training.fit import FitConfig
 from training.model import ModelConfig, TabularNet
 from training.network import Network
 from training.registry import GateConfig, download_model, promote
 from training.tracking import fluent_tracking
-from training.train import train
+from training.train import load_splits, train
 
 
 def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path, tmp_path: Path) -> None:
@@ -38,6 +38,12 @@ def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path, tmp_
     run = client.get_run(result.run_id)
     assert run.data.params["model.width"] == "16"
     assert run.data.params["fit.epochs"] == "2"
+    # the default validation: a random 10% of every labelled month, the rest trained on
+    assert run.data.params["validation"] == "random"
+    assert run.data.params["validation_fraction"] == "0.1"
+    labelled = ",".join(f"2013-{month:02d}" for month in range(1, 11))
+    assert run.data.params["train_months"] == run.data.params["valid_months"] == labelled
+    assert run.data.params["test_months"] == "2013-11,2013-12"
     assert [m.step for m in client.get_metric_history(result.run_id, "valid_loss")] == [0, 1]
     assert run.data.metrics["test_roc_auc"] > 0.65
     inputs = {d.dataset.name: d.dataset for d in run.inputs.dataset_inputs}
@@ -61,6 +67,39 @@ def test_a_run_records_parameters_epochs_data_and_spec(featured_home: Path, tmp_
     contract = [a.path for a in client.list_artifacts(result.run_id, "contract")]
     assert "contract/feature_spec.json" in contract and "contract/lookups" in contract
     assert not mlflow.is_tracking_uri_set()  # the run's store was not left as the global
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    return table.sort_values(list(table.columns)).reset_index(drop=True)
+
+
+def test_a_random_validation_split_holds_out_a_seeded_tenth_of_the_labelled_months(
+    featured_home: Path,
+) -> None:
+    layout = DataLayout(featured_home)
+    by_month = load_splits(layout, ValidationConfig(split="month"))
+    built = {split: read_parquet_folder(layout.split(split)) for split in by_month}
+    for split, table in by_month.items():  # "month" is the feature build's own time split
+        pd.testing.assert_frame_equal(table, built[split])
+    random = load_splits(layout, ValidationConfig())
+    labelled = pd.concat([by_month["train"], by_month["valid"]], ignore_index=True)
+    # every labelled row is in exactly one of train and valid, and the test months untouched
+    pd.testing.assert_frame_equal(
+        _sorted(pd.concat([random["train"], random["valid"]], ignore_index=True)),
+        _sorted(labelled),
+    )
+    pd.testing.assert_frame_equal(random["test"], by_month["test"])
+    assert len(random["valid"]) / len(labelled) == pytest.approx(0.1, abs=0.005)
+    month = {split: random[split]["scheduled_departure"].dt.month for split in ("train", "valid")}
+    assert set(month["valid"]) == set(month["train"]) == set(range(1, 11))
+    held = month["valid"].value_counts(normalize=True).sort_index()
+    everywhere = labelled["scheduled_departure"].dt.month.value_counts(normalize=True)
+    assert np.allclose(held, everywhere.sort_index(), atol=0.01)  # no month favoured
+    again = load_splits(layout, ValidationConfig())
+    pd.testing.assert_frame_equal(again["valid"], random["valid"])  # seeded
+    other = load_splits(layout, ValidationConfig(seed=1, fraction=0.2))
+    assert len(other["valid"]) / len(labelled) == pytest.approx(0.2, abs=0.005)
+    assert not other["valid"].head(100).equals(random["valid"].head(100))
 
 
 class DriftsWhenExported(TabularNet):

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from pipelines.layout import DataLayout
 from pipelines.spec import FeatureSpec
-from training.config import CatBoostConfig, LightGBMConfig, TrackingConfig
+from training.config import CatBoostConfig, LightGBMConfig, TrackingConfig, ValidationConfig
 from training.fit import FitConfig
 from training.study import PARENT_RUN_ATTR, open_storage
 from training.tracking import experiment_id, fluent_tracking
@@ -99,7 +99,7 @@ def test_the_best_parameters_rebuild_the_best_configs(home: Path) -> None:
 def test_a_pruned_trial_stops_after_its_first_epoch_and_says_so(home: Path) -> None:
     layout = DataLayout(home)
     spec = FeatureSpec.load(layout.spec)
-    tables = load_splits(layout)
+    tables = load_splits(layout, ValidationConfig())
     tracking = TrackingConfig(home, experiment="pruning")
     client = tracking.client()
     experiment = experiment_id(client, tracking)
@@ -173,8 +173,13 @@ def test_a_trees_study_searches_its_library_in_a_study_of_its_own(
     run = client.get_run(best.user_attrs[RUN_ATTR])
     assert run.data.params[f"{framework}.{searched}"] == str(best.params[searched])
     assert run.data.metrics["valid_roc_auc"] == best.user_attrs["valid_roc_auc"]
-    with pytest.raises(ValueError, match=f"searches {framework}'s space, not torch's"):
+    with pytest.raises(ValueError, match=f"searches with framework {framework}, not torch"):
         tune(DataLayout(home), tracking, TuneConfig(trials=4, study=framework), SMALL_FIT)
+    # its losses were measured on the random split's rows: not resumable on another split
+    assert study.user_attrs["validation"] == ValidationConfig().as_params()
+    month = ValidationConfig(split="month")
+    with pytest.raises(ValueError, match=r"searches with validation .*'random'.*, not"):
+        tune(DataLayout(home), tracking, config, SMALL_FIT, trees=trees, validation=month)
     other = LightGBMConfig() if framework == "catboost" else CatBoostConfig()
     with pytest.raises(ValueError, match=f"a {other.framework} config for a {framework} study"):
         tune(DataLayout(home), tracking, replace(config, trials=4), SMALL_FIT, trees=other)
