@@ -69,6 +69,7 @@ from training.config import (
     TrackingConfig,
     TreesConfig,
     TuneConfig,
+    ValidationConfig,
     trees_config,
 )
 from training.fit import (
@@ -83,6 +84,7 @@ from training.fit import (
 from training.metrics import sigmoid
 from training.model import ModelConfig, TabularNet
 from training.tensors import Tensors, pick_device, to_tensors
+from training.train import held_out
 
 SECTIONS = ("quality", "throughput", "ensemble", "tuning", "selection")
 THROUGHPUT_GOAL = 0.9  # fit / bare loop
@@ -146,6 +148,12 @@ def configs(args: argparse.Namespace) -> tuple[ModelConfig, FitConfig]:
     return model, fit_config
 
 
+def validation_of(args: argparse.Namespace) -> ValidationConfig:
+    """The validation split `mlops train` uses (`MLOPS_VALIDATION__*`), or `--validation`'s."""
+    validation = Settings().validation
+    return replace(validation, split=args.validation) if args.validation else validation
+
+
 def _since(start: float) -> float:
     return time.perf_counter() - start
 
@@ -160,14 +168,18 @@ def _sync(device: torch.device) -> None:
 
 def tune_trees(args: argparse.Namespace, home: Path, framework: str) -> tuple[TreesConfig, dict]:
     """The trees' study as `mlops tune --framework <framework>` runs it (TPE, Hyperband on
-    rounds, early stopping on October), in a scratch store so nothing lands in `home`'s."""
+    rounds, early stopping on the validation rows), in a scratch store so nothing lands in
+    `home`'s."""
     from training.tune import best_trees, tune
 
     scratch = Path(tempfile.mkdtemp(prefix=f"bench-{framework}-"))
     config = TuneConfig(trials=args.lgbm_trials, study=f"bench-{framework}", framework=framework)
     start = time.perf_counter()
     base = trees_config(framework)
-    tuned = tune(DataLayout(home), TrackingConfig(scratch), config, FitConfig(), None, base)
+    validation = validation_of(args)
+    tuned = tune(
+        DataLayout(home), TrackingConfig(scratch), config, FitConfig(), None, base, validation
+    )
     seconds = _since(start)
     shutil.rmtree(scratch, ignore_errors=True)
     best = best_trees(tuned.best_params, base)
@@ -446,6 +458,8 @@ def quality_section(
     fit_config: FitConfig,
     device: torch.device,
 ) -> dict:
+    # every model validates on the rows `mlops train` would (the test months untouched)
+    tables = held_out(tables, validation_of(args))
     gbdt: dict[str, dict] = {}
     probabilities: dict[str, list[np.ndarray]] = {}
     for framework in TREES:
@@ -486,6 +500,7 @@ def quality_section(
             figures["seeds"],
         )
     return {
+        "validation": validation_of(args).as_params(),
         "test_rows": len(test),
         "test_positive_rate": float(test[LABEL].mean()),
         **gbdt,  # <library>_untuned and <library> (tuned) for each library installed
@@ -1097,6 +1112,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--depth", type=int)
     parser.add_argument("--numeric-embedding", choices=["none", "ple", "periodic"])
     parser.add_argument("--lgbm-trials", type=int, default=30, help="the trees' study's budget")
+    parser.add_argument(
+        "--validation",
+        choices=["random", "month"],
+        help="the quality section's validation split; default: Settings().validation",
+    )
     parser.add_argument("--throughput-epochs", type=int, default=2)
     parser.add_argument("--warmup-steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3, help="throughput runs per variant")
