@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet '$(TORCH)'
-	$(BIN)/python -m pip install --quiet -e '.[data,train,lightgbm,catboost,jax,serve,schedule,postgres,replay,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[data,train,lightgbm,catboost,jax,tf,serve,schedule,postgres,replay,dev]'
 	touch $(STAMP)
 
 run: $(STAMP)  ## set up and run the whole chain on embedded defaults

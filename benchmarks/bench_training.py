@@ -4,10 +4,12 @@ Every figure is a ratio against a baseline run by this script, on the same data,
 process, because the machines are shared and noisy:
 
 - quality: test ROC-AUC and log loss, the mean of `--seeds` seeds, of TabularNet
-  (`training.fit.fit`) and of the same network in JAX (`training.jax_network`, when the `jax`
-  extra is installed) against the project's LightGBM and CatBoost (`training.gbdt`, what
-  `mlops train --framework lightgbm|catboost` fits), each with its defaults and tuned by an
-  Optuna study of `--lgbm-trials` trials on the validation month (`training.tune`, as
+  (`training.fit.fit`) and of the same network in JAX and in TensorFlow (`training.jax_network`,
+  `training.tf_network`, when their extras are installed), every model validated on the rows
+  `mlops train` validates on (`--validation`), against the project's LightGBM and CatBoost
+  (`training.gbdt`, what `mlops train --framework lightgbm|catboost` fits), each with its
+  defaults and tuned by an Optuna study of `--lgbm-trials` trials on those rows
+  (`training.tune`, as
   `mlops tune --framework ...`), and paired bootstraps over test days of (net - the best tuned
   GBDT, the one with the higher mean test ROC-AUC); per framework,
   training samples/s, its ONNX model's latency, and what its extra adds to an install;
@@ -343,37 +345,41 @@ def _network_run(
     return run
 
 
-def run_jax_network(
+def run_ported_network(
     args: argparse.Namespace,
+    framework: str,
     spec: FeatureSpec,
     tables: dict,
     model_config: ModelConfig,
     fit_config: FitConfig,
 ) -> tuple[dict, list[np.ndarray]]:
-    """`training.jax_network.fit_jax`, as `mlops train --framework jax` fits, for each seed."""
-    import jax
-
+    """The network ported to `framework` ("jax": `training.jax_network.fit_jax`, "tf":
+    `training.tf_network.fit_tf`), as `mlops train --framework <framework>` fits, each seed."""
     from pipelines.spec import part_of
-    from training.jax_network import fit_jax
+    from training.train import ported
 
+    fit_ported, backend = ported(framework)
     parts = {split: part_of(tables[split], spec) for split in SPLITS}
     codes, values, labels = parts["test"]
     runs, probabilities, first = [], [], None
     for seed in range(fit_config.seed, fit_config.seed + args.seeds):
         start = time.perf_counter()
-        network, result = fit_jax(
+        network, result = fit_ported(
             spec, model_config, parts["train"], parts["valid"], replace(fit_config, seed=seed)
         )
         seconds = _since(start)
         first = first or network
         p = network.predict(codes, values).astype("float64")
         probabilities.append(p)
-        runs.append(_network_run("jax", seed, labels, p, result, seconds))
+        runs.append(_network_run(framework, seed, labels, p, result, seconds))
     summary = _summary(runs, labels, probabilities) | {
         "onnx": onnx_latency(first, codes, values),
-        "backend": jax.default_backend(),
+        "backend": backend,
     }
     return summary, probabilities
+
+
+PORTS = {"jax": "jax2onnx", "tf": "tf2onnx"}  # the network's other frameworks, by their export
 
 
 def install_megabytes(framework: str) -> float:
@@ -481,14 +487,17 @@ def quality_section(
     days, labels = test["scheduled_departure"].dt.date.to_numpy(), test[LABEL].to_numpy()
     bootstrap = paired_bootstrap_by_day(days, labels, nets, trees)
     frameworks: dict = {}
-    if find_spec("jax2onnx") is None:
-        logger.info("quality: no JAX network (the `jax` extra is not installed)")
-    else:
-        logger.info("quality: TabularNet in JAX, %d seed(s)", args.seeds)
-        jax_net, jax_nets = run_jax_network(args, spec, tables, model_config, fit_config)
-        frameworks["jax"] = jax_net | {
-            "bootstrap_vs_gbdt": paired_bootstrap_by_day(days, labels, jax_nets, trees),
-            "bootstrap_vs_torch": paired_bootstrap_by_day(days, labels, jax_nets, nets),
+    for framework, export in PORTS.items():
+        if find_spec(export) is None:
+            logger.info("quality: no %s network (its extra is not installed)", framework)
+            continue
+        logger.info("quality: TabularNet in %s, %d seed(s)", framework, args.seeds)
+        ported_net, ported_nets = run_ported_network(
+            args, framework, spec, tables, model_config, fit_config
+        )
+        frameworks[framework] = ported_net | {
+            "bootstrap_vs_gbdt": paired_bootstrap_by_day(days, labels, ported_nets, trees),
+            "bootstrap_vs_torch": paired_bootstrap_by_day(days, labels, ported_nets, nets),
         }
     installs = {framework: install_megabytes(framework) for framework in FRAMEWORKS}
     for name, figures in {**gbdt, "net": net}.items():

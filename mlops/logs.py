@@ -71,6 +71,8 @@ def route_library_output(home: Path) -> None:
     os.environ.setdefault(
         "TORCHINDUCTOR_CACHE_DIR", str((home / "cache" / "torchinductor").resolve())
     )
+    # TensorFlow's C++ INFO lines (CPU features, graph sessions) on stderr; warnings stay
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
 def adopt(*names: str) -> None:

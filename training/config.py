@@ -93,11 +93,11 @@ class ValidationConfig:
         return {"validation": "random", "validation_fraction": self.fraction}
 
 
-# what can make a challenger (training/train.py): the network in PyTorch or in JAX (one
-# `ModelConfig` and `FitConfig` for both), or gradient-boosted trees (LightGBM or CatBoost,
-# each with its own config below)
-Framework = Literal["torch", "jax", "lightgbm", "catboost"]
-NETWORKS: tuple[str, ...] = ("torch", "jax")
+# what can make a challenger (training/train.py): the network in PyTorch, JAX or TensorFlow
+# (one `ModelConfig` and `FitConfig` for all three), or gradient-boosted trees (LightGBM or
+# CatBoost, each with its own config below)
+Framework = Literal["torch", "jax", "tf", "lightgbm", "catboost"]
+NETWORKS: tuple[str, ...] = ("torch", "jax", "tf")
 TREES: tuple[str, ...] = ("lightgbm", "catboost")
 FRAMEWORKS: tuple[str, ...] = get_args(Framework)
 

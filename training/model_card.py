@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pipelines.layout import SPLITS
-from training.config import TREES, ModelConfig
+from training.config import NETWORKS, TREES, ModelConfig
 
 PREDICTS = (
     "Predicts the probability that a flight from New York arrives more than 15 minutes late, "
@@ -65,7 +65,8 @@ def _headline(
     figure = f"{auc:.4f}" if auc is not None else "?"
     label = "test" if scored == "test" else "validation"
     network = f"{model.get('backbone', '?')}+{model.get('numeric_embedding', '?')}"
-    name = {"torch": network, "jax": f"jax {network}"}.get(framework, framework)
+    name = network if framework == "torch" else f"{framework} {network}"
+    name = name if framework in NETWORKS else framework
     return f"{name} trained on {months['train']}: {label} ROC-AUC {figure} ({months[scored]})"
 
 

@@ -194,30 +194,70 @@ def train_jax(
 ) -> TrainResult:
     """The network's architecture and fit in JAX (training/jax_network.py), on the same
     feature table, encoding and holdout."""
-    import jax
+    config = (model_config, fit_config, on_epoch, name_prefix, validation)
+    return _train_ported("jax", layout, tracking, *config)
 
-    from training.jax_network import fit_jax
 
+def train_tf(
+    layout: DataLayout,
+    tracking: TrackingConfig,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    on_epoch: OnEpoch | None = None,
+    name_prefix: str = "train",
+    validation: ValidationConfig = DEFAULT_VALIDATION,
+) -> TrainResult:
+    """The network's architecture and fit in TensorFlow (training/tf_network.py), on the same
+    feature table, encoding and holdout."""
+    config = (model_config, fit_config, on_epoch, name_prefix, validation)
+    return _train_ported("tf", layout, tracking, *config)
+
+
+FitPorted = Callable[..., tuple[Candidate, "FitResult"]]
+
+
+def ported(framework: str) -> tuple[FitPorted, str]:
+    """The fit of the network ported to `framework` ("jax", "tf"), and the device it runs on."""
+    if framework == "jax":
+        import jax
+
+        from training.jax_network import fit_jax
+
+        return fit_jax, jax.default_backend()
+    import tensorflow as tf
+
+    from training.tf_network import fit_tf
+
+    return fit_tf, "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
+
+
+def _train_ported(
+    framework: str,
+    layout: DataLayout,
+    tracking: TrackingConfig,
+    model_config: ModelConfig,
+    fit_config: FitConfig,
+    on_epoch: OnEpoch | None,
+    name_prefix: str,
+    validation: ValidationConfig,
+) -> TrainResult:
+    fit_ported, device = ported(framework)
     data = TrainingData.load(layout, validation)
     params = _network_params(model_config, fit_config) | {
-        "device": jax.default_backend(),
+        "device": device,
         "precision": "fp32",
         "world_size": 1,
     }
 
     def fit_network() -> Fitted:
-        network, result = fit_jax(
-            data.spec,
-            model_config,
-            data.part("train"),
-            data.part("valid"),
-            fit_config,
-            _logged(on_epoch),
+        train, valid = data.part("train"), data.part("valid")
+        network, result = fit_ported(
+            data.spec, model_config, train, valid, fit_config, _logged(on_epoch)
         )
         return _fitted_network(network, result)
 
-    name = run_name(data.months["train"], model_config, name_prefix, "jax")
-    return _tracked_run(data, tracking, name, "jax", params, fit_network)
+    name = run_name(data.months["train"], model_config, name_prefix, framework)
+    return _tracked_run(data, tracking, name, framework, params, fit_network)
 
 
 def _network_params(model_config: ModelConfig, fit_config: FitConfig) -> dict[str, object]:

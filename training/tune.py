@@ -60,7 +60,7 @@ from training.study import (
 )
 from training.tensors import pick_device, to_tensors
 from training.tracking import experiment_id, fluent_tracking
-from training.train import DEFAULT_VALIDATION, load_splits
+from training.train import DEFAULT_VALIDATION, load_splits, ported
 
 logger = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class NetworkTrials:
         self.spec, self.fit_config = spec, replace(fit_config, epochs=epochs)
         self.framework = framework
         splits = ("train", "valid")
-        if framework == "jax":
+        if framework != "torch":  # JAX and TensorFlow put arrays on their own devices
             self.parts = {split: part_of(tables[split], spec) for split in splits}
         else:
             device = pick_device()
@@ -276,11 +276,12 @@ class NetworkTrials:
         def on_epoch(epoch: EpochResult) -> None:
             report(epoch.epoch, epoch.epoch + 1, epoch.train_loss, epoch.valid_loss)
 
-        if self.framework == "jax":
-            from training.jax_network import fit_jax
-
+        if self.framework != "torch":
+            fit_ported, _ = ported(self.framework)
             train, valid = self.parts["train"], self.parts["valid"]
-            network, fitted = fit_jax(self.spec, model_config, train, valid, fit_config, on_epoch)
+            network, fitted = fit_ported(
+                self.spec, model_config, train, valid, fit_config, on_epoch
+            )
             return fitted.best_valid_loss, roc_auc(valid[2], network.predict(valid[0], valid[1]))
         model = fresh_model(self.spec, model_config, fit_config.seed, self.train.label.device)
         result = fit(model, self.train, self.valid, fit_config, on_epoch=on_epoch)

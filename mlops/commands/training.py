@@ -18,8 +18,9 @@ RunOption = Annotated[str | None, typer.Option(help="the run (default: the lates
 FrameworkOption = Annotated[
     Framework,
     typer.Option(
-        help="what makes the model: the network in PyTorch or in JAX (the `jax` extra), or "
-        "gradient-boosted trees (LightGBM: MLOPS_LIGHTGBM__*, CatBoost: MLOPS_CATBOOST__*)"
+        help="what makes the model: the network in PyTorch, in JAX (the `jax` extra) or in "
+        "TensorFlow (the `tf` extra), or gradient-boosted trees (LightGBM: MLOPS_LIGHTGBM__*, "
+        "CatBoost: MLOPS_CATBOOST__*)"
     ),
 ]
 
@@ -35,9 +36,9 @@ def train_command(
     """Train a model on the feature table, tracked in MLflow and exported to ONNX.
 
     The network by default; data-parallel on N GPUs or processes with
-    `torchrun --nproc_per_node N -m mlops train`. `--framework jax` trains the same network
-    in JAX (the `jax` extra), `--framework lightgbm` or `catboost` boosts trees (the extra of
-    that name); each is registered, gated and served the same way.
+    `torchrun --nproc_per_node N -m mlops train`. `--framework jax` or `tf` trains the same
+    network in JAX or TensorFlow (the extra of that name), `--framework lightgbm` or
+    `catboost` boosts trees (likewise); each is registered, gated and served the same way.
     """
     from mlops.flows import training
     from training.distributed import process_group
@@ -70,8 +71,8 @@ def train_command(
             )
             settings = settings.model_copy(update={framework: trees})
         result = training.train(settings, Bars(), framework=framework)
-    elif framework == "jax":
-        result = training.train(settings, Bars(), fit_config=fit_config, framework="jax")
+    elif framework != "torch":  # the network in JAX or TensorFlow: one process
+        result = training.train(settings, Bars(), fit_config=fit_config, framework=framework)
     else:
         with process_group() as rank:
             result = training.train(settings, Bars(disable=rank != 0), fit_config=fit_config)
@@ -106,7 +107,8 @@ def tune_command(
     Several `mlops tune` processes share one study through MLOPS_OPTUNA_STORAGE=postgresql://...
     `--framework lightgbm` searches the trees' space, in the study `<study>-lightgbm` unless
     `--study` names one (`--epochs` is the network's: trees stop early on their own);
-    `--framework jax` searches the network's space in JAX, in `<study>-jax`.
+    `--framework jax` (or `tf`) searches the network's space in JAX (TensorFlow), in
+    `<study>-jax` (`<study>-tf`).
     """
     from mlops.flows import training
 

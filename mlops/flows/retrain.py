@@ -65,7 +65,13 @@ class RetrainReport:
 
 
 # what each framework needs installed (its extra): a retrain falls back to the PyTorch network
-REQUIRES = {"torch": "torch", "jax": "jax2onnx", "lightgbm": "onnxmltools", "catboost": "catboost"}
+REQUIRES = {
+    "torch": "torch",
+    "jax": "jax2onnx",
+    "tf": "tf2onnx",
+    "lightgbm": "onnxmltools",
+    "catboost": "catboost",
+}
 
 
 def challenger_framework(client: MlflowClient, settings: Settings) -> str:

@@ -51,10 +51,10 @@ def train(
     from mlops.logs import adopt
     from training.fit import EpochResult
     from training.train import train as train_torch
-    from training.train import train_jax
+    from training.train import train_jax, train_tf
 
     adopt("torch")  # wired to stderr by its import
-    train_run = train_jax if framework == "jax" else train_torch
+    train_run = {"jax": train_jax, "tf": train_tf}.get(framework, train_torch)
     fit_config = fit_config or settings.fit
     label = "training" if framework == "torch" else f"training {framework}"
     with progress.stage(label, total=fit_config.epochs) as update:

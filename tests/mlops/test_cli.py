@@ -105,7 +105,7 @@ def test_settings_read_the_environment_at_the_edge(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("MLOPS_VALIDATION__SPLIT", "month")
     assert Settings(_env_file=None).validation.split == "month"
     monkeypatch.setenv("MLOPS_VALIDATION__FRACTION", "1.5")
-    with pytest.raises(ValueError, match="validation.fraction"):
+    with pytest.raises(ValueError, match=r"validation\.fraction"):
         Settings(_env_file=None)
     monkeypatch.delenv("MLOPS_VALIDATION__FRACTION")
     monkeypatch.setenv("MLOPS_DASK_SCHEDULER", "not-an-address")
