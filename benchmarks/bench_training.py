@@ -465,7 +465,9 @@ def quality_section(
     device: torch.device,
 ) -> dict:
     # every model validates on the rows `mlops train` would (the test months untouched)
-    tables = held_out(tables, validation_of(args))
+    validation = validation_of(args)
+    raw, tables = tables, held_out(tables, validation.resolved("torch"))
+    trees_tables = held_out(raw, validation.resolved("lightgbm"))
     gbdt: dict[str, dict] = {}
     probabilities: dict[str, list[np.ndarray]] = {}
     for framework in TREES:
@@ -473,10 +475,11 @@ def quality_section(
             logger.info("quality: no %s (the `%s` extra is not installed)", framework, framework)
             continue
         logger.info("quality: %s untuned (the defaults), %d seed(s)", framework, args.seeds)
-        gbdt[f"{framework}_untuned"], _ = run_trees(args, spec, tables, trees_config(framework))
+        untuned = trees_config(framework)
+        gbdt[f"{framework}_untuned"], _ = run_trees(args, spec, trees_tables, untuned)
         logger.info("quality: %s tuned, a study of %d trials", framework, args.lgbm_trials)
         best, study = tune_trees(args, args.tuning_home, framework)
-        tuned, probabilities[framework] = run_trees(args, spec, tables, best)
+        tuned, probabilities[framework] = run_trees(args, spec, trees_tables, best)
         gbdt[framework] = tuned | {"study": study}
     # the best GBDT: the tuned library with the higher mean test ROC-AUC
     best_gbdt = max(probabilities, key=lambda name: gbdt[name]["test_roc_auc"])
@@ -509,7 +512,10 @@ def quality_section(
             figures["seeds"],
         )
     return {
-        "validation": validation_of(args).as_params(),
+        "validation": {
+            "networks": validation.resolved("torch").as_params(),
+            "trees": validation.resolved("lightgbm").as_params(),
+        },
         "test_rows": len(test),
         "test_positive_rate": float(test[LABEL].mean()),
         **gbdt,  # <library>_untuned and <library> (tuned) for each library installed
@@ -1123,7 +1129,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lgbm-trials", type=int, default=30, help="the trees' study's budget")
     parser.add_argument(
         "--validation",
-        choices=["random", "month"],
+        choices=["auto", "random", "month"],
         help="the quality section's validation split; default: Settings().validation",
     )
     parser.add_argument("--throughput-epochs", type=int, default=2)

@@ -85,6 +85,8 @@ def held_out(
     """The build's time split as is ("month"), or ("random") the labelled months' rows, train
     and valid together, with a seeded random `fraction` of them held out to validate on. The
     test months are never touched: the gate scores every model on them alone."""
+    if validation.split == "auto":
+        raise ValueError("resolve an automatic validation split for its framework first")
     if validation.split == "month":
         return tables
     labelled = pd.concat([tables["train"], tables["valid"]], ignore_index=True)
@@ -153,7 +155,7 @@ def train(
     from training.network import Network
     from training.tensors import pick_device, tensors_of
 
-    data = TrainingData.load(layout, validation)
+    data = TrainingData.load(layout, validation.resolved("torch"))
     spec = data.spec
     device = pick_device()
     train_set, valid_set = (
@@ -242,7 +244,7 @@ def _train_ported(
     validation: ValidationConfig,
 ) -> TrainResult:
     fit_ported, device = ported(framework)
-    data = TrainingData.load(layout, validation)
+    data = TrainingData.load(layout, validation.resolved(framework))
     params = _network_params(model_config, fit_config) | {
         "device": device,
         "precision": "fp32",
@@ -307,7 +309,7 @@ def train_trees(
     from training.gbdt import fit_trees
 
     framework = config.framework
-    data = TrainingData.load(layout, validation)
+    data = TrainingData.load(layout, validation.resolved(framework))
     params = {f"{framework}.{k}": v for k, v in config.as_params().items()} | {"device": "cpu"}
 
     def fit() -> Fitted:

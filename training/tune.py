@@ -216,6 +216,7 @@ def _study(
     study searches one framework's space on one validation split, recorded when it is made
     (its trials' losses are comparable only on the same rows)."""
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    validation = validation.resolved(config.framework)
     recorded = {FRAMEWORK_ATTR: config.framework, VALIDATION_ATTR: validation.as_params()}
     try:
         study = optuna.create_study(
@@ -393,7 +394,7 @@ def _work(
         torch.set_num_threads(threads)
     layout = DataLayout(layout_home).pinned()  # one build for the spec and the splits
     spec = FeatureSpec.load(layout.spec)
-    tables = load_splits(layout, validation)
+    tables = load_splits(layout, validation.resolved(config.framework))
     if config.framework in TREES:
         base = trees or trees_config(config.framework)
         if base.framework != config.framework:

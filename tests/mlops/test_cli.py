@@ -101,7 +101,7 @@ def test_settings_read_the_environment_at_the_edge(monkeypatch: pytest.MonkeyPat
     settings = Settings(_env_file=None)
     assert settings.dask.n_workers == 3
     assert settings.features.valid_start == "2013-09"
-    assert settings.validation.split == "random"
+    assert settings.validation.split == "auto"
     monkeypatch.setenv("MLOPS_VALIDATION__SPLIT", "month")
     assert Settings(_env_file=None).validation.split == "month"
     monkeypatch.setenv("MLOPS_VALIDATION__FRACTION", "1.5")

@@ -81,7 +81,7 @@ def test_a_random_validation_split_holds_out_a_seeded_tenth_of_the_labelled_mont
     built = {split: read_parquet_folder(layout.split(split)) for split in by_month}
     for split, table in by_month.items():  # "month" is the feature build's own time split
         pd.testing.assert_frame_equal(table, built[split])
-    random = load_splits(layout, ValidationConfig())
+    random = load_splits(layout, ValidationConfig(split="random"))
     labelled = pd.concat([by_month["train"], by_month["valid"]], ignore_index=True)
     # every labelled row is in exactly one of train and valid, and the test months untouched
     pd.testing.assert_frame_equal(
@@ -95,9 +95,9 @@ def test_a_random_validation_split_holds_out_a_seeded_tenth_of_the_labelled_mont
     held = month["valid"].value_counts(normalize=True).sort_index()
     everywhere = labelled["scheduled_departure"].dt.month.value_counts(normalize=True)
     assert np.allclose(held, everywhere.sort_index(), atol=0.01)  # no month favoured
-    again = load_splits(layout, ValidationConfig())
+    again = load_splits(layout, ValidationConfig(split="random"))
     pd.testing.assert_frame_equal(again["valid"], random["valid"])  # seeded
-    other = load_splits(layout, ValidationConfig(seed=1, fraction=0.2))
+    other = load_splits(layout, ValidationConfig(split="random", seed=1, fraction=0.2))
     assert len(other["valid"]) / len(labelled) == pytest.approx(0.2, abs=0.005)
     assert not other["valid"].head(100).equals(random["valid"].head(100))
 

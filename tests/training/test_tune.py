@@ -99,7 +99,7 @@ def test_the_best_parameters_rebuild_the_best_configs(home: Path) -> None:
 def test_a_pruned_trial_stops_after_its_first_epoch_and_says_so(home: Path) -> None:
     layout = DataLayout(home)
     spec = FeatureSpec.load(layout.spec)
-    tables = load_splits(layout, ValidationConfig())
+    tables = load_splits(layout, ValidationConfig(split="random"))
     tracking = TrackingConfig(home, experiment="pruning")
     client = tracking.client()
     experiment = experiment_id(client, tracking)
@@ -175,11 +175,11 @@ def test_a_trees_study_searches_its_library_in_a_study_of_its_own(
     assert run.data.metrics["valid_roc_auc"] == best.user_attrs["valid_roc_auc"]
     with pytest.raises(ValueError, match=f"searches with framework {framework}, not torch"):
         tune(DataLayout(home), tracking, TuneConfig(trials=4, study=framework), SMALL_FIT)
-    # its losses were measured on the random split's rows: not resumable on another split
-    assert study.user_attrs["validation"] == ValidationConfig().as_params()
-    month = ValidationConfig(split="month")
-    with pytest.raises(ValueError, match=r"searches with validation .*'random'.*, not"):
-        tune(DataLayout(home), tracking, config, SMALL_FIT, trees=trees, validation=month)
+    # its losses were measured on the validation month: not resumable on another split
+    assert study.user_attrs["validation"] == {"validation": "month"}
+    random = ValidationConfig(split="random")
+    with pytest.raises(ValueError, match=r"searches with validation .*'month'.*, not"):
+        tune(DataLayout(home), tracking, config, SMALL_FIT, trees=trees, validation=random)
     other = LightGBMConfig() if framework == "catboost" else CatBoostConfig()
     with pytest.raises(ValueError, match=f"a {other.framework} config for a {framework} study"):
         tune(DataLayout(home), tracking, replace(config, trials=4), SMALL_FIT, trees=other)
