@@ -40,6 +40,17 @@ class FitResult:
     history: list[EpochResult] = field(default_factory=list)
     stopped_early: bool = False
 
+    def record(self, epoch: EpochResult, patience: int) -> bool:
+        """Early stopping's bookkeeping, the same in every framework's fit loop: the epoch
+        appended; True when its validation loss is the best yet (keep its weights), else
+        `stopped_early` once `patience` epochs have passed without a better one."""
+        self.history.append(epoch)
+        if epoch.valid_loss < self.best_valid_loss:
+            self.best_epoch, self.best_valid_loss = epoch.epoch, epoch.valid_loss
+            return True
+        self.stopped_early = epoch.epoch - self.best_epoch >= patience
+        return False
+
 
 OnEpoch = Callable[[EpochResult], None]
 
@@ -161,14 +172,12 @@ def fit(
         valid_loss = distributed.broadcast_float(evaluate_loss(model, valid), device)
         train_loss = float(distributed.all_reduce_sum(total)) / usable
         epoch_result = EpochResult(epoch, train_loss, valid_loss, seconds, usable / seconds)
-        result.history.append(epoch_result)
+        improved = result.record(epoch_result, config.patience)
         if on_epoch:
             on_epoch(epoch_result)
-        if valid_loss < result.best_valid_loss:
-            result.best_epoch, result.best_valid_loss = epoch, valid_loss
+        if improved:
             best_state = copy.deepcopy(model.state_dict())
-        elif epoch - result.best_epoch >= config.patience:
-            result.stopped_early = True
+        elif result.stopped_early:
             break
     if restore_best:
         model.load_state_dict(best_state)

@@ -350,14 +350,12 @@ def fit_jax(
         seconds = max(time.perf_counter() - started, 1e-9)
         valid_loss = float(_loss(network.logits(valid[0], valid[1]), valid_labels))
         epoch_result = EpochResult(epoch, train_loss, valid_loss, seconds, rows / seconds)
-        result.history.append(epoch_result)
+        improved = result.record(epoch_result, config.patience)
         if on_epoch:
             on_epoch(epoch_result)
-        if valid_loss < result.best_valid_loss:
-            result.best_epoch, result.best_valid_loss = epoch, valid_loss
+        if improved:
             best = nnx.clone(nnx.state(model))
-        elif epoch - result.best_epoch >= config.patience:
-            result.stopped_early = True
+        elif result.stopped_early:
             break
     nnx.update(model, best)
     model.eval()

@@ -409,14 +409,12 @@ def fit_tf(
         seconds = max(time.perf_counter() - started, 1e-9)
         valid_loss = float(_loss(network.logits(valid[0], valid[1]), valid_labels))
         epoch_result = EpochResult(epoch, train_loss, valid_loss, seconds, rows / seconds)
-        result.history.append(epoch_result)
+        improved = result.record(epoch_result, config.patience)
         if on_epoch:
             on_epoch(epoch_result)
-        if valid_loss < result.best_valid_loss:
-            result.best_epoch, result.best_valid_loss = epoch, valid_loss
+        if improved:
             best = [tf.identity(p) for p in params]
-        elif epoch - result.best_epoch >= config.patience:
-            result.stopped_early = True
+        elif result.stopped_early:
             break
     for param, value in zip(params, best, strict=True):
         param.assign(value)

@@ -1,10 +1,10 @@
 """One training run of any framework, tracked in MLflow: data, model, fit, test-month figures.
 
-`train` fits the PyTorch network, `train_jax` the same network in JAX, `train_trees`
-gradient-boosted trees (LightGBM or CatBoost); each hands its fitted model (a
-`training.export.Candidate`) to the same tracked run, which scores it, draws its plots, exports
-it to ONNX with a parity check and logs it on the one contract, so the gate and the server
-never need to know which framework made it.
+`train` fits the PyTorch network, `train_ported` the same network in JAX or TensorFlow
+(`train_jax`, `train_tf`), `train_trees` gradient-boosted trees (LightGBM or CatBoost); each
+hands its fitted model (a `training.export.Candidate`) to the same tracked run, which scores
+it, exports it to ONNX with a parity check, draws its plots and logs it on the one contract,
+so the gate and the server never need to know which framework made it.
 """
 
 from __future__ import annotations
@@ -185,36 +185,6 @@ def train(
     return _tracked_run(data, tracking, name, "torch", params, fit_network)
 
 
-def train_jax(
-    layout: DataLayout,
-    tracking: TrackingConfig,
-    model_config: ModelConfig,
-    fit_config: FitConfig,
-    on_epoch: OnEpoch | None = None,
-    name_prefix: str = "train",
-    validation: ValidationConfig = DEFAULT_VALIDATION,
-) -> TrainResult:
-    """The network's architecture and fit in JAX (training/jax_network.py), on the same
-    feature table, encoding and holdout."""
-    config = (model_config, fit_config, on_epoch, name_prefix, validation)
-    return _train_ported("jax", layout, tracking, *config)
-
-
-def train_tf(
-    layout: DataLayout,
-    tracking: TrackingConfig,
-    model_config: ModelConfig,
-    fit_config: FitConfig,
-    on_epoch: OnEpoch | None = None,
-    name_prefix: str = "train",
-    validation: ValidationConfig = DEFAULT_VALIDATION,
-) -> TrainResult:
-    """The network's architecture and fit in TensorFlow (training/tf_network.py), on the same
-    feature table, encoding and holdout."""
-    config = (model_config, fit_config, on_epoch, name_prefix, validation)
-    return _train_ported("tf", layout, tracking, *config)
-
-
 FitPorted = Callable[..., tuple[Candidate, "FitResult"]]
 
 
@@ -233,16 +203,18 @@ def ported(framework: str) -> tuple[FitPorted, str]:
     return fit_tf, "gpu" if tf.config.list_physical_devices("GPU") else "cpu"
 
 
-def _train_ported(
+def train_ported(
     framework: str,
     layout: DataLayout,
     tracking: TrackingConfig,
     model_config: ModelConfig,
     fit_config: FitConfig,
-    on_epoch: OnEpoch | None,
-    name_prefix: str,
-    validation: ValidationConfig,
+    on_epoch: OnEpoch | None = None,
+    name_prefix: str = "train",
+    validation: ValidationConfig = DEFAULT_VALIDATION,
 ) -> TrainResult:
+    """The network's architecture and fit in `framework` ("jax": training/jax_network.py,
+    "tf": training/tf_network.py), on the same feature table, encoding and holdout."""
     fit_ported, device = ported(framework)
     data = TrainingData.load(layout, validation.resolved(framework))
     params = _network_params(model_config, fit_config) | {
@@ -260,6 +232,10 @@ def _train_ported(
 
     name = run_name(data.months["train"], model_config, name_prefix, framework)
     return _tracked_run(data, tracking, name, framework, params, fit_network)
+
+
+train_jax = partial(train_ported, "jax")  # (layout, tracking, model_config, fit_config, ...)
+train_tf = partial(train_ported, "tf")
 
 
 def _network_params(model_config: ModelConfig, fit_config: FitConfig) -> dict[str, object]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING
 
 from mlops.configs import layout_of, mlflow_client, require_store, tracking_of
@@ -51,10 +52,10 @@ def train(
     from mlops.logs import adopt
     from training.fit import EpochResult
     from training.train import train as train_torch
-    from training.train import train_jax, train_tf
+    from training.train import train_ported
 
     adopt("torch")  # wired to stderr by its import
-    train_run = {"jax": train_jax, "tf": train_tf}.get(framework, train_torch)
+    train_run = train_torch if framework == "torch" else partial(train_ported, framework)
     fit_config = fit_config or settings.fit
     label = "training" if framework == "torch" else f"training {framework}"
     with progress.stage(label, total=fit_config.epochs) as update:
