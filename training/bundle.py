@@ -66,7 +66,8 @@ def log_onnx_model(
     output_bins: tuple[list[float], list[float]],
     on_checked: Callable[[Path], None] | None = None,
 ) -> LoggedModel:
-    """Export, check parity on every row of `parity_data`, then log; a failed check logs nothing.
+    """Export, check parity on `parity_data` (`check_parity`), then log; a failed check logs
+    nothing.
     `on_checked` is given the exported file once its parity holds, before anything is logged
     (the run's plots score through it: the served model's arithmetic, at ONNX Runtime's speed).
     `holdout`: the model's figures on its holdout (ROC-AUC, log loss, mean probability, delay

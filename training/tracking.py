@@ -10,13 +10,17 @@ back, so nothing a later call does depends on which call came first.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+import pandas as pd
 from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import PandasDataset
 from mlflow.environment_variables import MLFLOW_TRACKING_URI
 from mlflow.exceptions import MlflowException
 from mlflow.tracking._tracking_service import utils as tracking_utils
@@ -25,6 +29,7 @@ from training.config import TrackingConfig
 
 if TYPE_CHECKING:
     from mlflow.data.dataset_source import DatasetSource
+    from mlflow.types import Schema
 
 # MLflow 3's UI shows an experiment either for model training (runs, models) or for GenAI
 # (an overview of traces). The experiment's kind is this tag, with the value the UI's own kind
@@ -98,6 +103,41 @@ def local_dataset_source(path: Path) -> DatasetSource:
 
     local = [s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource"]
     return resolve_dataset_source(str(path), candidate_sources=local[:1])
+
+
+class TableDataset(PandasDataset):
+    """A table as an MLflow dataset, described at pandas' speed. Its digest hashes every row
+    (`pandas_digest`). Its column types are inferred from the first rows, which type every row
+    of columns typed as these are (numbers, pandas strings, datetimes), and a column is
+    optional where any row lacks it. MLflow's own inference reads every value (6 s for the
+    training split) and its digest maps Python's `type` over every cell (2 s) to hash the
+    first 10,000 rows."""
+
+    SCHEMA_ROWS = 1_000
+
+    def __init__(self, table: pd.DataFrame, source: DatasetSource, name: str, targets: str):
+        super().__init__(table, source, targets, name, digest=pandas_digest(table))
+
+    @cached_property
+    def schema(self) -> Schema | None:
+        from mlflow.types import ColSpec, Schema
+
+        missing = self.df.isna().any()
+        inferred = mlflow.models.infer_signature(self.df.head(self.SCHEMA_ROWS)).inputs
+        return Schema(
+            [
+                ColSpec(column.type, column.name, required=not missing[column.name])
+                for column in inferred.inputs
+            ]
+        )
+
+
+def pandas_digest(table: pd.DataFrame) -> str:
+    """A fingerprint of every row and of the column names (MLflow's digests are 8 hex)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    digest.update(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes())
+    digest.update("\0".join(map(str, table.columns)).encode())
+    return digest.hexdigest()[:8]
 
 
 def _tag_experiment(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> None:

@@ -38,7 +38,12 @@ from training.config import (
 from training.export import Candidate, predict_onnx, session
 from training.importance import Predict, permutation_importance
 from training.model_card import model_card, run_name
-from training.tracking import DESCRIPTION_TAG, fluent_tracking, local_dataset_source
+from training.tracking import (
+    DESCRIPTION_TAG,
+    TableDataset,
+    fluent_tracking,
+    local_dataset_source,
+)
 
 if TYPE_CHECKING:
     from training.fit import EpochResult, FitResult, OnEpoch
@@ -96,6 +101,14 @@ def held_out(
         "valid": labelled[held].reset_index(drop=True),
         "test": tables["test"],
     }
+
+
+def sampled(table: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
+    """A seeded random `share` of the table's rows, in their order (all of them at 1)."""
+    if share >= 1:
+        return table
+    keep = np.random.default_rng(seed).random(len(table)) < share
+    return table[keep].reset_index(drop=True)
 
 
 def split_months(spec: FeatureSpec, validation: ValidationConfig) -> dict[str, list[str]]:
@@ -332,13 +345,13 @@ def _tracked_run(
         # a random validation split draws its rows from the train and valid folders alike
         random = data.validation.split == "random"
         for split, table in tables.items():
-            dataset = mlflow.data.from_pandas(
+            dataset = TableDataset(
                 _integers_as_floats(table),
-                source=local_dataset_source(
+                local_dataset_source(
                     layout.features if random and split != "test" else layout.split(split)
                 ),
-                targets=LABEL,
                 name=f"flights-{split}",
+                targets=LABEL,
             )
             mlflow.log_input(
                 dataset, context={"train": "training", "valid": "validation"}.get(split, split)

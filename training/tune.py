@@ -17,6 +17,7 @@ into the trial's user attributes. Optuna's own plots go to the parent run.
 
 from __future__ import annotations
 
+import json
 import logging
 import multiprocessing
 import os
@@ -60,13 +61,14 @@ from training.study import (
 )
 from training.tensors import pick_device, to_tensors
 from training.tracking import experiment_id, fluent_tracking
-from training.train import DEFAULT_VALIDATION, load_splits, ported
+from training.train import DEFAULT_VALIDATION, load_splits, ported, sampled
 
 logger = logging.getLogger(__name__)
 
 RUN_ATTR = "mlflow_run_id"
 FRAMEWORK_ATTR = "framework"  # the study's: whose search space its trials sample
 VALIDATION_ATTR = "validation"  # the study's: which rows its trials' losses are measured on
+SAMPLE_ATTR = "sample"  # the study's: the share of the training rows its trials train on
 ROUNDS_PER_REPORT = 10  # a trees trial reports its validation loss this often
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -217,7 +219,11 @@ def _study(
     (its trials' losses are comparable only on the same rows)."""
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
     validation = validation.resolved(config.framework)
-    recorded = {FRAMEWORK_ATTR: config.framework, VALIDATION_ATTR: validation.as_params()}
+    recorded = {
+        FRAMEWORK_ATTR: config.framework,
+        VALIDATION_ATTR: validation.as_params(),
+        SAMPLE_ATTR: config.sample,
+    }
     try:
         study = optuna.create_study(
             storage=storage, study_name=config.study, sampler=sampler, pruner=_pruner(config)
@@ -259,7 +265,7 @@ class NetworkTrials:
         framework: str = "torch",
     ) -> None:
         self.spec, self.fit_config = spec, replace(fit_config, epochs=epochs)
-        self.framework = framework
+        self.framework, self.rows = framework, len(tables["train"])
         splits = ("train", "valid")
         if framework != "torch":  # JAX and TensorFlow put arrays on their own devices
             self.parts = {split: part_of(tables[split], spec) for split in splits}
@@ -272,6 +278,7 @@ class NetworkTrials:
         mlflow.log_params(
             {f"model.{k}": v for k, v in model_config.as_params().items()}
             | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
+            | {"train_rows": self.rows}
         )
 
         def on_epoch(epoch: EpochResult) -> None:
@@ -295,14 +302,17 @@ class TreesTrials:
     once, reporting every ROUNDS_PER_REPORT rounds."""
 
     def __init__(self, spec: FeatureSpec, tables: dict, base: TreesConfig) -> None:
-        self.spec, self.base = spec, base
+        self.spec, self.base, self.rows = spec, base, len(tables["train"])
         self.parts = {split: part_of(tables[split], spec) for split in ("train", "valid")}
 
     def __call__(self, trial: optuna.Trial, report: Report) -> tuple[float, float]:
         from training.gbdt import fit_trees
 
         config = suggest_trees(trial, self.base)
-        mlflow.log_params({f"{config.framework}.{k}": v for k, v in config.as_params().items()})
+        mlflow.log_params(
+            {f"{config.framework}.{k}": v for k, v in config.as_params().items()}
+            | {"train_rows": self.rows}
+        )
 
         def on_round(round_: int, valid_loss: float) -> None:
             if (round_ + 1) % ROUNDS_PER_REPORT == 0:
@@ -395,6 +405,7 @@ def _work(
     layout = DataLayout(layout_home).pinned()  # one build for the spec and the splits
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout, validation.resolved(config.framework))
+    tables["train"] = sampled(tables["train"], config.sample, config.seed)  # every worker alike
     if config.framework in TREES:
         base = trees or trees_config(config.framework)
         if base.framework != config.framework:
@@ -451,6 +462,8 @@ def _log_study(
     }
     for name, value in counts.items():
         client.log_metric(parent_run_id, f"trials_{name}", value)
+    for key in (FRAMEWORK_ATTR, VALIDATION_ATTR, SAMPLE_ATTR):  # what the trials were run on
+        client.set_tag(parent_run_id, f"study.{key}", json.dumps(study.user_attrs.get(key)))
     if counts["complete"]:
         best = study.best_trial
         client.log_metric(parent_run_id, "best_valid_loss", best.value)

@@ -17,6 +17,10 @@ def run_command(
     ctx: typer.Context,
     trials: Annotated[int | None, typer.Option(min=1, help="the tuning budget")] = None,
     tune_epochs: Annotated[int | None, typer.Option(min=1, help="the most epochs a trial")] = None,
+    tune_sample: Annotated[
+        float | None,
+        typer.Option(min=0.01, max=1.0, help="the share of the training rows a trial trains on"),
+    ] = None,
     epochs: Annotated[
         int | None, typer.Option(min=1, help="the most epochs of the final fit")
     ] = None,
@@ -53,7 +57,7 @@ def run_command(
         console.print(f"{gate.model_name} already has a {gate.alias}: nothing to do")
         return
     layout = layout_of(settings)
-    tune_config = tune_of(settings, trials=trials, epochs=tune_epochs)
+    tune_config = tune_of(settings, trials=trials, epochs=tune_epochs, sample=tune_sample)
     report = run(settings, Bars(), tune_config, epochs, until, frameworks.split(","))
     show_ingest(report.ingest, str(layout.root / "bronze"), str(layout.root / "quarantine"))
     show_features(report.features)

@@ -93,6 +93,10 @@ def tune_command(
         int | None, typer.Option(min=1, help="finished trials the study aims for (resumable)")
     ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="the most epochs per trial")] = None,
+    sample: Annotated[
+        float | None,
+        typer.Option(min=0.01, max=1.0, help="the share of the training rows each trial trains on"),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="processes started here, sharing the cores")
     ] = None,
@@ -116,6 +120,7 @@ def tune_command(
         ctx.obj,
         trials=trials,
         epochs=epochs,
+        sample=sample,
         workers=workers,
         pruner=pruner,
         study=study,

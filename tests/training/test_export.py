@@ -36,7 +36,7 @@ def test_export_matches_torch_at_every_batch_size(
     model = TabularNet(spec, config).eval()
     path = export_onnx(model, data, tmp_path / "model.onnx")
     report = parity(model, path, data)
-    assert report.rows == 5_000
+    assert report.rows == {1: 4_096, 7: 5_000, 4096: 5_000}  # batch 1: at most 4,096 calls
     assert set(report.max_abs_diff) == {1, 7, 4096}
     assert max(report.max_abs_diff.values()) <= 1e-5
 

@@ -59,7 +59,7 @@ def test_the_export_matches_the_library_at_every_batch_size(
     codes, values, _ = part_of(tables["valid"], spec)
     path = boosted.model.export_onnx(codes, values, tmp_path / "model.onnx")
     report = check_parity(boosted.model, path, codes, values)
-    assert report.rows == len(codes)
+    assert report.rows[4096] == len(codes)
     assert set(report.max_abs_diff) == {1, 7, 4096}
     assert max(report.max_abs_diff.values()) <= 1e-5
     assert trees_in(boosted.model) == boosted.best_round + 1  # cut to its best round

@@ -101,3 +101,25 @@ def test_a_tracked_run_leaves_mlflows_global_and_environment_as_it_found_them(
         assert mlflow.get_tracking_uri() == tracking.resolved_uri
     assert tracking_utils._tracking_uri is None
     assert os.environ.get("MLFLOW_TRACKING_URI") == exported
+
+
+def test_a_table_dataset_has_mlflows_schema_and_a_digest_of_every_row(
+    featured_home: Path,
+) -> None:
+    from mlflow.types.utils import _infer_schema
+
+    from pipelines.layout import DataLayout
+    from training.tracking import TableDataset, local_dataset_source
+    from training.train import _integers_as_floats
+
+    layout = DataLayout(featured_home)
+    table = _integers_as_floats(read_parquet_folder(layout.split("valid")))
+    source = local_dataset_source(layout.split("valid"))
+    dataset = TableDataset(table, source, name="flights-valid", targets="delayed")
+    assert len(table) > 20_000 and table.dtypes.nunique() > 2  # strings, numbers, a datetime
+    assert dataset.schema == _infer_schema(table)  # what MLflow infers reading every value
+    assert dataset.profile["num_rows"] == len(table)
+    changed = table.copy()
+    changed.loc[len(table) - 1, "distance"] += 1  # past the 10,000 rows MLflow's digest reads
+    assert TableDataset(changed, source, "flights-valid", "delayed").digest != dataset.digest
+    assert TableDataset(table.copy(), source, "flights-valid", "delayed").digest == dataset.digest

@@ -18,7 +18,7 @@ from training.config import CatBoostConfig, LightGBMConfig, TrackingConfig, Vali
 from training.fit import FitConfig
 from training.study import PARENT_RUN_ATTR, open_storage
 from training.tracking import experiment_id, fluent_tracking
-from training.train import load_splits
+from training.train import load_splits, sampled
 from training.tune import (
     FINISHED,
     ROUNDS_PER_REPORT,
@@ -66,8 +66,15 @@ def test_a_study_nests_one_run_per_trial_and_resumes_with_its_trials(home: Path)
         r.info.run_id: r for r in _children(client, parent.info.run_id, parent.info.experiment_id)
     }
     assert {t.user_attrs[RUN_ATTR] for t in trials} == set(children)
+    # every trial trains on the study's one seeded draw of 30% of the training rows
+    assert study.user_attrs["sample"] == 0.3
+    assert parent.data.tags["study.sample"] == "0.3"
+    train = load_splits(DataLayout(home), ValidationConfig(split="random"))["train"]
+    drawn = sampled(train, 0.3, config.seed)
+    assert 0.27 * len(train) < len(drawn) < 0.33 * len(train)
     for trial in trials:
         run = children[trial.user_attrs[RUN_ATTR]]
+        assert run.data.params["train_rows"] == str(len(drawn))
         assert run.data.tags["optuna_trial"] == str(trial.number)
         assert run.data.params["model.width"] == str(trial.params["width"])
         assert run.info.status == "FINISHED"
@@ -86,6 +93,9 @@ def test_a_study_nests_one_run_per_trial_and_resumes_with_its_trials(home: Path)
         (t.number, t.value, t.params) for t in trials
     ]
     assert len(_children(client, first.parent_run_id, parent.info.experiment_id)) == 5
+    # its trials' losses came from a 30% draw: not resumable on another share
+    with pytest.raises(ValueError, match=r"searches with sample 0\.3, not 1\.0"):
+        tune(DataLayout(home), tracking, replace(config, trials=6, sample=1.0), SMALL_FIT)
 
 
 def test_the_best_parameters_rebuild_the_best_configs(home: Path) -> None:
