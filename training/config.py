@@ -211,10 +211,11 @@ class TuneConfig:
 
     trials: PositiveInt = 6  # the study's budget of finished (complete or pruned) trials
     epochs: PositiveInt = 3  # the most epochs a trial trains: Hyperband's maximum resource
-    # the share of the training rows every trial trains on (one seeded draw for the whole
-    # study; the validation rows stay whole, so trials are compared on the same rows): a
+    # the share of the training rows a network's trial trains on (one seeded draw for the
+    # whole study; the validation rows stay whole, so trials are compared on the same rows): a
     # ranking of configurations needs less data than the champion it picks, which trains on
-    # every row. 1 for a study on the full table.
+    # every row. 1 for a study on the full table. The trees' trials boost on every row: their
+    # leaf sizes are counts of rows, so a sample would tune them for a smaller table.
     sample: Annotated[float, Field(gt=0, le=1)] = 0.3
     pruner: Literal["hyperband", "successive_halving", "none"] = "hyperband"
     study: str = "flight-delay"
@@ -228,6 +229,11 @@ class TuneConfig:
 
     def storage_url(self, home: Path) -> str:
         return self.storage or f"sqlite:///{(home / 'optuna.db').resolve()}"
+
+    @property
+    def train_share(self) -> float:
+        """The share of the training rows this study's trials train on."""
+        return 1.0 if self.framework in TREES else self.sample
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,7 @@ def _study(
     recorded = {
         FRAMEWORK_ATTR: config.framework,
         VALIDATION_ATTR: validation.as_params(),
-        SAMPLE_ATTR: config.sample,
+        SAMPLE_ATTR: config.train_share,
     }
     try:
         study = optuna.create_study(
@@ -405,7 +405,7 @@ def _work(
     layout = DataLayout(layout_home).pinned()  # one build for the spec and the splits
     spec = FeatureSpec.load(layout.spec)
     tables = load_splits(layout, validation.resolved(config.framework))
-    tables["train"] = sampled(tables["train"], config.sample, config.seed)  # every worker alike
+    tables["train"] = sampled(tables["train"], config.train_share, config.seed)  # all workers alike
     if config.framework in TREES:
         base = trees or trees_config(config.framework)
         if base.framework != config.framework:

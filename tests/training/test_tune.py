@@ -187,6 +187,9 @@ def test_a_trees_study_searches_its_library_in_a_study_of_its_own(
         tune(DataLayout(home), tracking, TuneConfig(trials=4, study=framework), SMALL_FIT)
     # its losses were measured on the validation month: not resumable on another split
     assert study.user_attrs["validation"] == {"validation": "month"}
+    assert study.user_attrs["sample"] == 1.0  # trees boost on every row, whatever the setting
+    month = ValidationConfig(split="month")
+    assert run.data.params["train_rows"] == str(len(load_splits(DataLayout(home), month)["train"]))
     random = ValidationConfig(split="random")
     with pytest.raises(ValueError, match=r"searches with validation .*'month'.*, not"):
         tune(DataLayout(home), tracking, config, SMALL_FIT, trees=trees, validation=random)
