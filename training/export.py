@@ -28,8 +28,9 @@ __all__ = ["INPUTS", "OUTPUT"]
 logger = logging.getLogger(__name__)
 
 PARITY_BATCHES = (1, 7, 4096)
-# the most calls each batch size makes: batch 1 scores 4,096 rows spread over the data, not
-# every row, one call each (6 of a run's seconds on 54,000 rows); 7 and 4,096 score them all
+# the most calls each batch size makes, on rows spread evenly over the data: batch 1 scores
+# 4,096 rows, not every row one call each (6 of a run's seconds on 54,000 rows), 7 at most
+# 28,672, 4,096 every row of any holdout up to 16 million
 PARITY_CALLS = 4096
 
 
