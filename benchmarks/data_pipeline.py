@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import resource
 import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,14 +73,14 @@ def run_child(args: list[str]) -> tuple[dict, int, float]:
     return json.loads(out.strip().splitlines()[-1]), peak, time.perf_counter() - start
 
 
-def child_main(variant: str, home: Path, workers: int) -> None:
+def child_main(variant: str, home: Path, workers: int, duckdb_memory: str | None) -> None:
     from pipelines.layout import DataLayout
     from pipelines.partitions import plan_partitions
     from pipelines.splits import SplitPlan
 
     layout = DataLayout(home)
     if variant in ENGINES:
-        engine_child(variant, layout)
+        engine_child(variant, layout, duckdb_memory)
         return
     start = time.perf_counter()
     if variant == "pandas":
@@ -106,7 +108,7 @@ def child_main(variant: str, home: Path, workers: int) -> None:
     )
 
 
-def engine_child(variant: str, layout: DataLayout) -> None:
+def engine_child(variant: str, layout: DataLayout, duckdb_memory: str | None) -> None:
     """Polars or DuckDB (benchmarks/engines.py): the same tables in memory, compared with the
     ones the Dask child just published in this home."""
     from engines import build_duckdb, build_polars, compare
@@ -115,16 +117,22 @@ def engine_child(variant: str, layout: DataLayout) -> None:
     from pipelines.partitions import plan_partitions
     from pipelines.storage import read_parquet_folder
 
-    build = {"polars": build_polars, "duckdb": build_duckdb}[variant]
+    build = {
+        "polars": build_polars,
+        "duckdb": partial(build_duckdb, memory_limit=duckdb_memory, spill_to=layout.home / "spill"),
+    }[variant]
     start = time.perf_counter()
     tables = build(layout.home)
     seconds = time.perf_counter() - start
+    # the build's own peak (one process; the comparison below reads the Dask tables as well)
+    build_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     verdicts = {
         split: compare(tables[split], read_parquet_folder(layout.split(split))) for split in SPLITS
     }
     rows = sum(p.rows for p in plan_partitions(layout))
     labelled = sum(len(t) for t in tables.values())
-    print(json.dumps({"seconds": seconds, "rows": rows, "labelled": labelled, "equal": verdicts}))
+    figures = {"seconds": seconds, "rows": rows, "labelled": labelled, "equal": verdicts}
+    print(json.dumps(figures | {"build_peak": build_peak}))
 
 
 def prepare(scale: int, home: Path) -> dict:
@@ -161,9 +169,12 @@ def main() -> None:
     parser.add_argument("--child", choices=["pandas", "dask", *ENGINES])
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=ENGINES)
     parser.add_argument("--home", type=Path)
+    parser.add_argument(
+        "--duckdb-memory-limit", help="e.g. 8GB: DuckDB spills past it (default: its own, 80%%)"
+    )
     args = parser.parse_args()
     if args.child:
-        child_main(args.child, args.home, args.workers)
+        child_main(args.child, args.home, args.workers, args.duckdb_memory_limit)
         return
 
     results = []
@@ -171,15 +182,18 @@ def main() -> None:
         home = args.workdir / f"x{scale}"
         figures = {"scale": scale, **prepare(scale, home)}
         for variant in ("pandas", "dask", *args.engines):  # the engines compare with dask's
-            report, peak, wall = run_child(
-                ["--child", variant, "--home", str(home), "--workers", str(args.workers)]
-            )
+            command = ["--child", variant, "--home", str(home), "--workers", str(args.workers)]
+            if args.duckdb_memory_limit:
+                command += ["--duckdb-memory-limit", args.duckdb_memory_limit]
+            report, peak, wall = run_child(command)
             figures[variant] = {
                 "seconds": report["seconds"],
                 "wall_seconds": wall,
                 "rows": report["rows"],
                 "rows_per_s": report["rows"] / report["seconds"],
-                "peak_rss_mb": peak / 2**20,
+                # an engine's child compares its tables afterwards: its build's own peak
+                "peak_rss_mb": report.get("build_peak", peak) / 2**20,
+                "child_peak_rss_mb": peak / 2**20,
             } | {key: report[key] for key in ("partitions", "equal") if key in report}
         figures["dask_speedup"] = figures["pandas"]["seconds"] / figures["dask"]["seconds"]
         figures["dask_memory_ratio"] = (

@@ -523,10 +523,21 @@ ORDER BY part, row
 """
 
 
-def build_duckdb(home: Path, plan: SplitPlan | None = None, threads: int | None = None) -> Tables:
-    """The feature table per split, by DuckDB in memory (`threads`: DuckDB's default)."""
+def build_duckdb(
+    home: Path,
+    plan: SplitPlan | None = None,
+    threads: int | None = None,
+    memory_limit: str | None = None,
+    spill_to: Path | None = None,
+) -> Tables:
+    """The feature table per split, by DuckDB (`threads`, `memory_limit`: DuckDB's defaults
+    unless given; past its memory limit it spills to `spill_to`, else to its default)."""
     layout = DataLayout(home)
-    config = {"threads": threads} if threads else {}
+    config: dict[str, object] = {"threads": threads} if threads else {}
+    if memory_limit:
+        config["memory_limit"] = memory_limit
+    if spill_to:
+        config["temp_directory"] = str(spill_to)
     with duckdb.connect(config=config) as con:
         con.execute("SET TimeZone = 'UTC'")  # TIMESTAMP <-> TIMESTAMPTZ casts read as UTC
         con.register("partitions", partition_frame(layout, plan or SplitPlan()))
