@@ -168,6 +168,13 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--child", choices=["pandas", "dask", *ENGINES])
     parser.add_argument("--engines", nargs="*", default=list(ENGINES), choices=ENGINES)
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["pandas", "dask"],
+        choices=["pandas", "dask"],
+        help="the project's builds to run (100x: dask alone; pandas would need ~55 GB)",
+    )
     parser.add_argument("--home", type=Path)
     parser.add_argument(
         "--duckdb-memory-limit", help="e.g. 8GB: DuckDB spills past it (default: its own, 80%%)"
@@ -181,7 +188,7 @@ def main() -> None:
     for scale in args.scales:
         home = args.workdir / f"x{scale}"
         figures = {"scale": scale, **prepare(scale, home)}
-        for variant in ("pandas", "dask", *args.engines):  # the engines compare with dask's
+        for variant in (*args.variants, *args.engines):  # the engines compare with dask's
             command = ["--child", variant, "--home", str(home), "--workers", str(args.workers)]
             if args.duckdb_memory_limit:
                 command += ["--duckdb-memory-limit", args.duckdb_memory_limit]
@@ -195,10 +202,11 @@ def main() -> None:
                 "peak_rss_mb": report.get("build_peak", peak) / 2**20,
                 "child_peak_rss_mb": peak / 2**20,
             } | {key: report[key] for key in ("partitions", "equal") if key in report}
-        figures["dask_speedup"] = figures["pandas"]["seconds"] / figures["dask"]["seconds"]
-        figures["dask_memory_ratio"] = (
-            figures["dask"]["peak_rss_mb"] / figures["pandas"]["peak_rss_mb"]
-        )
+        if "pandas" in figures and "dask" in figures:
+            figures["dask_speedup"] = figures["pandas"]["seconds"] / figures["dask"]["seconds"]
+            figures["dask_memory_ratio"] = (
+                figures["dask"]["peak_rss_mb"] / figures["pandas"]["peak_rss_mb"]
+            )
         results.append(figures)
         print(json.dumps(figures), flush=True)
 
@@ -211,13 +219,18 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        p, d = r["pandas"], r["dask"]
-        print(
-            f"| {r['scale']}x | {p['rows']:,} | {p['seconds']:.1f} | {p['rows_per_s']:,.0f} "
-            f"| {p['peak_rss_mb']:,.0f} | {d['seconds']:.1f} | {d['rows_per_s']:,.0f} "
-            f"| {d['peak_rss_mb']:,.0f} | {d['partitions']} | {r['dask_speedup']:.2f}x "
-            f"| {r['dask_memory_ratio']:.2f} |"
-        )
+        p, d = r.get("pandas"), r.get("dask")  # a variant not run: "-"
+        rows = (p or d or {}).get("rows", 0)
+        ratios = [f"{r['dask_speedup']:.2f}x", f"{r['dask_memory_ratio']:.2f}"] if p and d else []
+        cells = [
+            f"{r['scale']}x",
+            f"{rows:,}",
+            *_figures(p),
+            *_figures(d),
+            str(d["partitions"]) if d else "-",
+            *(ratios or ["-", "-"]),
+        ]
+        print(f"| {' | '.join(cells)} |")
     engines = [name for name in ENGINES if name in results[0]]
     if engines:
         print(
@@ -232,9 +245,23 @@ def main() -> None:
             print(
                 f"| {r['scale']}x | {name} | {e['seconds']:.1f} | {e['rows_per_s']:,.0f} "
                 f"| {e['peak_rss_mb']:,.0f} "
-                f"| {r['pandas']['seconds'] / e['seconds']:.2f}x "
-                f"| {r['dask']['seconds'] / e['seconds']:.2f}x | {equal} |"
+                f"| {_ratio(r, 'pandas', e)} | {_ratio(r, 'dask', e)} | {equal} |"
             )
+
+
+def _figures(variant: dict | None) -> list[str]:
+    """Seconds, rows/s and peak MB of a variant, or dashes where it was not run."""
+    if not variant:
+        return ["-", "-", "-"]
+    seconds, speed, peak = variant["seconds"], variant["rows_per_s"], variant["peak_rss_mb"]
+    return [f"{seconds:.1f}", f"{speed:,.0f}", f"{peak:,.0f}"]
+
+
+def _ratio(figures: dict, baseline: str, engine: dict) -> str:
+    """The engine's throughput over `baseline`'s, or a dash where that was not run."""
+    if baseline not in figures:
+        return "-"
+    return f"{figures[baseline]['seconds'] / engine['seconds']:.2f}x"
 
 
 if __name__ == "__main__":
