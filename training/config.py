@@ -95,10 +95,14 @@ class ValidationConfig:
             return self
         return replace(self, split="month" if framework in TREES else "random")
 
-    def as_params(self) -> dict[str, object]:
+    def require_resolved(self) -> ValidationConfig:
+        """Itself, once `resolved`: "auto" names no rows until a framework is known."""
         if self.split == "auto":
             raise ValueError("resolve an automatic validation split for its framework first")
-        if self.split == "month":
+        return self
+
+    def as_params(self) -> dict[str, object]:
+        if self.require_resolved().split == "month":
             return {"validation": "month"}
         return {"validation": "random", "validation_fraction": self.fraction}
 

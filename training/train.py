@@ -90,12 +90,10 @@ def held_out(
     """The build's time split as is ("month"), or ("random") the labelled months' rows, train
     and valid together, with a seeded random `fraction` of them held out to validate on. The
     test months are never touched: the gate scores every model on them alone."""
-    if validation.split == "auto":
-        raise ValueError("resolve an automatic validation split for its framework first")
-    if validation.split == "month":
+    if validation.require_resolved().split == "month":
         return tables
     labelled = pd.concat([tables["train"], tables["valid"]], ignore_index=True)
-    held = np.random.default_rng(validation.seed).random(len(labelled)) < validation.fraction
+    held = _seeded_share(len(labelled), validation.fraction, validation.seed)
     return {
         "train": labelled[~held].reset_index(drop=True),
         "valid": labelled[held].reset_index(drop=True),
@@ -107,8 +105,12 @@ def sampled(table: pd.DataFrame, share: float, seed: int) -> pd.DataFrame:
     """A seeded random `share` of the table's rows, in their order (all of them at 1)."""
     if share >= 1:
         return table
-    keep = np.random.default_rng(seed).random(len(table)) < share
-    return table[keep].reset_index(drop=True)
+    return table[_seeded_share(len(table), share, seed)].reset_index(drop=True)
+
+
+def _seeded_share(rows: int, share: float, seed: int) -> np.ndarray:
+    """A mask picking about `share` of `rows`, the same for the same seed."""
+    return np.random.default_rng(seed).random(rows) < share
 
 
 def split_months(spec: FeatureSpec, validation: ValidationConfig) -> dict[str, list[str]]:

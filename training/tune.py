@@ -215,10 +215,10 @@ def _study(
     storage: RDBStorage, config: TuneConfig, seed: int, validation: ValidationConfig
 ) -> optuna.Study:
     """Create the study, or load it when another process (or an earlier run) already did; a
-    study searches one framework's space on one validation split, recorded when it is made
-    (its trials' losses are comparable only on the same rows)."""
+    study searches one framework's space on one validation split (`validation`, resolved for
+    that framework), recorded when it is made (its trials' losses are comparable only on the
+    same rows)."""
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    validation = validation.resolved(config.framework)
     recorded = {
         FRAMEWORK_ATTR: config.framework,
         VALIDATION_ATTR: validation.as_params(),
@@ -265,7 +265,7 @@ class NetworkTrials:
         framework: str = "torch",
     ) -> None:
         self.spec, self.fit_config = spec, replace(fit_config, epochs=epochs)
-        self.framework, self.rows = framework, len(tables["train"])
+        self.framework = framework
         splits = ("train", "valid")
         if framework != "torch":  # JAX and TensorFlow put arrays on their own devices
             self.parts = {split: part_of(tables[split], spec) for split in splits}
@@ -278,7 +278,6 @@ class NetworkTrials:
         mlflow.log_params(
             {f"model.{k}": v for k, v in model_config.as_params().items()}
             | {f"fit.{k}": v for k, v in fit_config.as_params().items()}
-            | {"train_rows": self.rows}
         )
 
         def on_epoch(epoch: EpochResult) -> None:
@@ -302,17 +301,14 @@ class TreesTrials:
     once, reporting every ROUNDS_PER_REPORT rounds."""
 
     def __init__(self, spec: FeatureSpec, tables: dict, base: TreesConfig) -> None:
-        self.spec, self.base, self.rows = spec, base, len(tables["train"])
+        self.spec, self.base = spec, base
         self.parts = {split: part_of(tables[split], spec) for split in ("train", "valid")}
 
     def __call__(self, trial: optuna.Trial, report: Report) -> tuple[float, float]:
         from training.gbdt import fit_trees
 
         config = suggest_trees(trial, self.base)
-        mlflow.log_params(
-            {f"{config.framework}.{k}": v for k, v in config.as_params().items()}
-            | {"train_rows": self.rows}
-        )
+        mlflow.log_params({f"{config.framework}.{k}": v for k, v in config.as_params().items()})
 
         def on_round(round_: int, valid_loss: float) -> None:
             if (round_ + 1) % ROUNDS_PER_REPORT == 0:
@@ -334,10 +330,16 @@ class Objective:
     """One trial: its nested MLflow run around a framework's trials, pruned on what it reports."""
 
     def __init__(
-        self, trials: Trials, client: MlflowClient, experiment_id: str, parent: str
+        self,
+        trials: Trials,
+        client: MlflowClient,
+        experiment_id: str,
+        parent: str,
+        params: dict[str, object] | None = None,
     ) -> None:
-        """Trials log through MLflow's fluent API: call it inside `fluent_tracking`."""
-        self.trials = trials
+        """Trials log through MLflow's fluent API: call it inside `fluent_tracking`. `params`:
+        what every trial of this worker shares, logged on each trial's run."""
+        self.trials, self.params = trials, params or {}
         self.client = client
         self.experiment_id, self.parent_run_id = experiment_id, parent
         self.running: int | None = None  # the trial in progress: the one an outage can cut
@@ -362,6 +364,7 @@ class Objective:
         ) as run:
             trial.set_user_attr(RUN_ATTR, run.info.run_id)
             mlflow.set_tags({"optuna_study": trial.study.study_name, "optuna_trial": trial.number})
+            mlflow.log_params(self.params)
 
             def report(step: int, resource: int, train_loss: float | None, valid_loss: float):
                 logged = {"valid_loss": valid_loss}
@@ -404,8 +407,9 @@ def _work(
         torch.set_num_threads(threads)
     layout = DataLayout(layout_home).pinned()  # one build for the spec and the splits
     spec = FeatureSpec.load(layout.spec)
-    tables = load_splits(layout, validation.resolved(config.framework))
+    tables = load_splits(layout, validation)
     tables["train"] = sampled(tables["train"], config.train_share, config.seed)  # all workers alike
+    shared = {"train_rows": len(tables["train"])}
     if config.framework in TREES:
         base = trees or trees_config(config.framework)
         if base.framework != config.framework:
@@ -424,7 +428,7 @@ def _work(
         parent = parent_run(client, storage, study, experiment)
         if finished_count(study) >= config.trials:
             return
-        objective = Objective(trials, client, experiment, parent)
+        objective = Objective(trials, client, experiment, parent, shared)
         callbacks: list[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = [
             optuna.study.MaxTrialsCallback(config.trials, states=FINISHED)
         ]
@@ -503,6 +507,7 @@ def tune(
 ) -> TuneResult:
     """Run (or resume) the study to its budget in `config.workers` processes."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    validation = validation.resolved(config.framework)  # what the study and its workers use
     client = tracking.client()
     storage = open_storage(config, tracking.home)
     study = _study(storage, config, config.seed, validation)
