@@ -24,15 +24,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,12 +52,17 @@ import pandas as pd
 from rich.console import Console
 from rich.logging import RichHandler
 
+from benchmarks.peers.harness import MODES, PEERS
+from pipelines.contract import OUTPUT
+
 if TYPE_CHECKING:
     from serving.runtime import LoadedModel
 
 logger = logging.getLogger("benchmarks.serving")
 console = Console(highlight=False, soft_wrap=True)
 CONCURRENCY = (1, 8, 32, 128)
+SERVERS = ("ours", "ours-unbatched", "floor", "mlflow", "candidate")
+OURS_BATCHING = {"ours": "on", "candidate": "on", "ours-unbatched": "off (max_batch 1)"}
 
 
 # --- setup ------------------------------------------------------------------------------
@@ -106,8 +116,12 @@ class Process:
         self.name = name
         self.log = Path(f"/tmp/mlops-bench/{name}.log")
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            command, env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT
+        self.process = subprocess.Popen(  # its own group: a peer may run several processes
+            command,
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.health = health
 
@@ -127,11 +141,14 @@ class Process:
         raise RuntimeError(f"{self.name} did not become healthy: see {self.log}")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
+        """SIGTERM to its whole process group, SIGKILL to what is left after 30 s."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
 
 
 # --- load ---------------------------------------------------------------------------------
@@ -176,28 +193,44 @@ async def _load(url: str, body: bytes, concurrency: int, seconds: float) -> dict
 # wrk's report as one JSON line: the same figures as the aiohttp client's
 WRK_SCRIPT = """
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
+%s
 wrk.body = [==[%s]==]
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '{"requests": %%d, "failures": %%d, "requests_per_s": %%.3f, '
-    .. '"p50_ms": %%.4f, "p99_ms": %%.4f}\\n',
+    .. '"p50_ms": %%.4f, "p99_ms": %%.4f, "p999_ms": %%.4f, "max_ms": %%.4f}\\n',
     summary.requests, e.connect + e.read + e.write + e.status + e.timeout,
     summary.requests / (summary.duration / 1e6),
-    latency:percentile(50) / 1000, latency:percentile(99) / 1000))
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    latency:percentile(99.9) / 1000, latency.max / 1000))
 end
 """
+JSON = {"Content-Type": "application/json"}
 
 
-def load(url: str, body: bytes, concurrency: int, seconds: float, client: str = "wrk") -> dict:
+def wrk_command(
+    url: str, body: bytes, concurrency: int, seconds: float, headers: dict[str, str] | None
+) -> list[str]:
+    script = Path(f"/tmp/mlops-bench/load-{os.getpid()}-{time.monotonic_ns()}.lua")
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in (headers or JSON).items())
+    script.write_text(WRK_SCRIPT % (lines, body.decode()))
+    duration = f"-d{max(1, round(seconds))}s"
+    command = ["wrk", "-t1", f"-c{concurrency}", duration, "--timeout", "10s"]
+    return [*command, "-s", str(script), url]
+
+
+def load(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    seconds: float,
+    client: str = "wrk",
+    headers: dict[str, str] | None = None,
+) -> dict:
     """Drive `url` from a separate process (wrk, one thread; or the aiohttp client)."""
     if client == "wrk":
-        script = Path("/tmp/mlops-bench/load.lua")
-        script.write_text(WRK_SCRIPT % body.decode())
-        duration = f"-d{max(1, round(seconds))}s"
-        command = ["wrk", "-t1", f"-c{concurrency}", duration, "--timeout", "10s"]
-        command += ["-s", str(script), url]
+        command = wrk_command(url, body, concurrency, seconds, headers)
     else:
         payload = Path("/tmp/mlops-bench/body.json")
         payload.write_bytes(body)
@@ -261,18 +294,264 @@ def onnx_latency(model: LoadedModel, sample: pd.DataFrame) -> dict:
     return out
 
 
+@dataclass
+class Target:
+    """One server under load: how it starts, what it is sent, and what it must answer."""
+
+    name: str  # ours, floor, mlflow, candidate, or <peer>/<mode>/<batching on|off>
+    mode: str  # predict (flights, features in the server) or model (encoded inputs)
+    command: list[str]
+    health: str  # answers 200 once the model is ready
+    url: str
+    body: bytes
+    env: dict[str, str]
+    headers: dict[str, str] = field(default_factory=lambda: dict(JSON))
+    # its answer's probabilities (None: it has no model, the floor), against the expected ones
+    read: Callable[[dict], list[float]] | None = None
+    swap: Callable[[int], None] | None = None  # serve model 0 (the champion) or 1 in place
+
+
+def ours_probabilities(answer: dict) -> list[float]:
+    return [p["delay_probability"] for p in answer["predictions"]]
+
+
+def mlflow_probabilities(answer: dict) -> list[float]:
+    """MLflow's pyfunc answers a model with named outputs as one record per row."""
+    predictions = answer["predictions"]
+    if isinstance(predictions, dict):
+        return list(np.ravel(predictions[OUTPUT]))
+    return [p[OUTPUT] if isinstance(p, dict) else p for p in predictions]
+
+
+def builtin_targets(
+    args: argparse.Namespace, home: Path, folder: Path, model_uri: str, bodies: dict, env: dict
+) -> list[Target]:
+    """Ours, the floor, `mlflow models serve` and ours on a candidate model."""
+    made = []
+    for name in args.servers:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        if name in ("ours", "ours-unbatched", "candidate"):
+            model_dir = args.candidate if name == "candidate" else folder
+            command = [sys.executable, "-m", "mlops", "--home", str(home), "serve"]
+            command += ["--model-dir", str(model_dir), "--port", str(port), "--workers", "1"]
+            made.append(
+                Target(
+                    name,
+                    "predict",
+                    command,
+                    f"{base}/v2/health/ready",
+                    f"{base}/predict",
+                    bodies["predict"],
+                    # ours' switch: one request per onnxruntime call, through the same queue
+                    env | {"MLOPS_SERVE__MAX_BATCH": "1"} if name == "ours-unbatched" else env,
+                    read=None if name == "candidate" else ours_probabilities,
+                )
+            )
+        elif name == "floor":
+            command = [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app"]
+            command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+            made.append(
+                Target(
+                    name,
+                    "predict",
+                    command,
+                    f"{base}/health",
+                    f"{base}/predict",
+                    bodies["predict"],
+                    env,
+                )
+            )
+        elif name == "mlflow":
+            # `mlflow models serve` starts `uvicorn` from PATH: the one of this environment
+            command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri]
+            command += ["--env-manager", "local", "--workers", "1"]
+            command += ["--port", str(port), "--host", "127.0.0.1"]
+            made.append(
+                Target(
+                    name,
+                    "model",
+                    command,
+                    f"{base}/health",
+                    f"{base}/invocations",
+                    bodies["mlflow"],
+                    env,
+                    read=mlflow_probabilities,
+                )
+            )
+        else:
+            raise ValueError(f"no server {name!r}: {', '.join(SERVERS)}")
+    return made
+
+
+def peer_targets(args: argparse.Namespace, folders: list[Path], flights: list, encoded: dict):
+    """Each peer in each mode, its batching on and (where it has the switch) off."""
+    from benchmarks.peers import harness
+
+    made = []
+    for peer in args.peers:
+        module = harness.module(peer)
+        python = harness.environment(peer)
+        for mode in args.modes:
+            for batching in args.batching:
+                name = f"{peer}/{mode}/{batching}"
+                port = free_port()
+                workdir = Path(f"/tmp/mlops-bench/peers/{name}")
+                shutil.rmtree(workdir, ignore_errors=True)
+                workdir.mkdir(parents=True)
+                command = module.command(
+                    str(python), folders[0], port, mode, batching == "on", workdir
+                )
+                if command is None:  # no such switch in this peer
+                    continue
+                body, headers = module.request(mode, flights, encoded)
+                env = os.environ | {"PYTHONPATH": str(ROOT), "PEER_MODEL_DIR": str(folders[0])}
+                swap = None
+                if getattr(module, "SWAP", True) is not None and len(folders) > 1:
+
+                    def swap(i: int, module=module, port=port, workdir=workdir) -> None:
+                        module.swap(port, folders[i], workdir)
+
+                made.append(
+                    Target(
+                        name,
+                        mode,
+                        command,
+                        module.health(port),
+                        module.endpoint(port, mode),
+                        body,
+                        env,
+                        headers,
+                        lambda answer, m=module, k=mode: m.probabilities(k, answer),
+                        swap,
+                    )
+                )
+    return made
+
+
+def ours_on_the_registry(home: Path, versions: list[str], body: bytes, env: dict) -> Target:
+    """Ours following the registry's alias, as deployed: a swap moves the alias and asks
+    /admin/reload (the alias back on the champion whatever happens: `restore_alias`)."""
+    from training.config import TrackingConfig
+    from training.registry import GateConfig
+
+    port, token = free_port(), secrets.token_hex(16)
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "mlops", "--home", str(home), "serve"]
+    command += ["--port", str(port), "--workers", "1"]
+    env = env | {"MLOPS_SERVE__ADMIN_TOKEN": token, "MLOPS_SERVE__POLL_INTERVAL_S": "0"}
+    gate, client = GateConfig(), TrackingConfig(home).client()
+
+    def swap(i: int) -> None:
+        from benchmarks.peers.harness import post
+
+        client.set_registered_model_alias(gate.model_name, gate.alias, versions[i])
+        auth = {"Authorization": f"Bearer {token}"} | JSON
+        answer = post(f"{base}/admin/reload", b"{}", auth, timeout=120)
+        if answer.get("version") != versions[i]:
+            raise RuntimeError(f"ours did not swap to v{versions[i]}: {answer}")
+
+    return Target(
+        "ours/registry",
+        "predict",
+        command,
+        f"{base}/v2/health/ready",
+        f"{base}/predict",
+        body,
+        env,
+        read=ours_probabilities,
+        swap=swap,
+    )
+
+
+def restore_alias(home: Path, version: str) -> None:
+    from training.config import TrackingConfig
+    from training.registry import GateConfig
+
+    gate = GateConfig()
+    TrackingConfig(home).client().set_registered_model_alias(gate.model_name, gate.alias, version)
+
+
+def check_answer(target: Target, expected: list[float]) -> float:
+    """The largest difference between the target's answer and the expected probabilities;
+    a server that answers something else is not worth timing."""
+    from benchmarks.peers.harness import post
+
+    got = target.read(post(target.url, target.body, target.headers)) if target.read else None
+    if got is None:
+        return 0.0
+    difference = float(np.max(np.abs(np.asarray(got, dtype=float) - expected)))
+    if len(got) != len(expected) or difference > 1e-5:
+        raise RuntimeError(f"{target.name} answers {got}, not {list(expected)}")
+    return difference
+
+
+def start(targets: list[Target]) -> dict[str, Process]:
+    running = {t.name: Process(t.name, t.command, t.health, t.env) for t in targets}
+    for server in running.values():  # all up at once; an idle server costs little
+        server.wait()
+    return running
+
+
+def swaps_under_load(target: Target, count: int, expected: list[np.ndarray], seconds: float):
+    """`count` swaps, alternating the models, under wrk at concurrency 32 (each swap one
+    second after the last returned); the steady figures of the same server just before."""
+    steady = load(target.url, target.body, 32, seconds, "wrk", target.headers)
+    command = wrk_command(target.url, target.body, 32, 3600, target.headers)
+    wrk = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    took, checked = [], 0
+    try:
+        time.sleep(1)
+        for i in range(count):
+            model = (i + 1) % 2
+            started = time.perf_counter()
+            target.swap(model)
+            took.append(time.perf_counter() - started)
+            checked += check_answer(target, expected[model]) <= 1e-5
+            time.sleep(1)
+    finally:
+        wrk.send_signal(signal.SIGINT)
+        out, _ = wrk.communicate(timeout=60)
+    during = json.loads(out.strip().splitlines()[-1])
+    return {
+        "steady": steady,
+        "during": during,
+        "swaps": count,
+        "answers_checked": checked,
+        "swap_s": {"median": statistics.median(took), "max": max(took)},
+        "p99_during_over_steady": during["p99_ms"] / steady["p99_ms"],
+    }
+
+
 def main(args: argparse.Namespace) -> None:
     home = args.home
     folder, model_uri = prepare(home)
     one, sample = flights_body(home, 1)
     thousand, big_sample = flights_body(home, 1000)
     from serving.bundle import read_bundle
-    from serving.runtime import LoadedModel
+    from serving.runtime import LoadedModel, table_columns
 
     model = LoadedModel.load(read_bundle(folder), threads=os.cpu_count() or 1)
+    champion = model_uri.rsplit("/", 1)[1]
+    folders, models = [folder], [model]
+    if args.swap_version is not None:
+        folders.append(swap_folder(home, args.swap_version))
+        models.append(LoadedModel.load(read_bundle(folders[1]), threads=os.cpu_count() or 1))
+    flights = json.loads(one)["flights"]
+    encoded = model.encode(table_columns(sample), len(sample))
+    encoded_body = {
+        "categorical": encoded.categorical.tolist(),
+        "numerical": encoded.numerical.tolist(),
+    }
+    expected = {
+        "predict": [m.score_frame(sample).probabilities for m in models],
+        "model": [m.run(encoded.categorical, encoded.numerical) for m in models],
+    }
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    # `mlflow models serve` starts `uvicorn` from PATH: the one of this environment
     env = os.environ | {"MLOPS_HOME": str(home), "PYTHONPATH": str(ROOT), "PATH": path}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+    if args.peers and args.client != "wrk":
+        raise SystemExit("the peers are loaded with wrk only (apt-get install wrk)")
     results: dict = {
         "date": datetime.now(UTC).date().isoformat(),
         "cpus": os.cpu_count(),
@@ -282,104 +561,133 @@ def main(args: argparse.Namespace) -> None:
         "model": model_uri,
         "onnx": onnx_latency(model, big_sample),
     }
-    servers = {
-        "ours": (
-            [sys.executable, "-m", "mlops", "serve", "--model-dir", str(folder)],
-            "/predict",
-            one,
-            "/v2/health/ready",
-        ),
-        "floor": (
-            [sys.executable, "-m", "uvicorn", "benchmarks.floor_app:app"],
-            "/predict",
-            one,
-            "/health",
-        ),
-        "mlflow": (
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "models",
-                "serve",
-                "-m",
-                model_uri,
-                "--env-manager",
-                "local",
-                "--workers",
-                "1",
-            ],
-            "/invocations",
-            mlflow_body(model, sample),
-            "/health",
-        ),
-    }
-    if args.candidate is not None:  # the same server on another model, the same flight
-        servers["candidate"] = (
-            [sys.executable, "-m", "mlops", "serve", "--model-dir", str(args.candidate)],
-            *servers["ours"][1:],
-        )
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(home / 'mlflow.db').resolve()}"
-    running: dict[str, tuple[Process, str, bytes]] = {}
-    try:
-        for name in args.servers:  # all up at once; an idle server costs nothing
-            command, path, body, health = servers[name]
-            port = free_port()
-            if name in ("ours", "candidate"):
-                command = [*command[:3], "--home", str(home), *command[3:]]
-                command += ["--port", str(port), "--workers", "1"]
-            elif name == "floor":
-                command += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
-            else:
-                command += ["--port", str(port), "--host", "127.0.0.1"]
-            server = Process(name, command, f"http://127.0.0.1:{port}{health}", env)
-            running[name] = (server, f"http://127.0.0.1:{port}{path}", body)
-        for server, _, _ in running.values():
-            server.wait()
-        rounds: dict[str, dict[str, list[dict]]] = {name: {} for name in running}
-        for concurrency in args.concurrency:
-            for turn in range(args.rounds):  # the servers back to back, round after round
-                for name, (_, url, body) in running.items():
-                    figures = load(url, body, concurrency, args.seconds, args.client)
-                    rounds[name].setdefault(str(concurrency), []).append(figures)
-                    logger.info("%s c=%d round %d: %s", name, concurrency, turn + 1, figures)
-        for name in running:
-            results[name] = {c: summarize(runs) for c, runs in rounds[name].items()}
-        if "ours" in running:
-            _, url, _ = running["ours"]
-            results["ours"]["rows_1000"] = load(url, thousand, 4, args.seconds, args.client)
-            results["ours"]["rows_1000"]["rows_per_s"] = (
-                results["ours"]["rows_1000"]["requests_per_s"] * 1000
-            )
-            logger.info("ours, 1,000 flights per request: %s", results["ours"]["rows_1000"])
-        if "ours" in running and "floor" in running:
-            results["ours_over_floor"] = {
-                c: statistics.median(
-                    o["requests_per_s"] / f["requests_per_s"]
-                    for o, f in zip(rounds["ours"][c], rounds["floor"][c], strict=True)
+    bodies = {"predict": one, "mlflow": mlflow_body(model, sample)}
+    targets = builtin_targets(args, home, folder, model_uri, bodies, env)
+    targets += peer_targets(args, folders, flights, encoded_body)
+    rounds: dict[str, dict[str, list[dict]]] = {t.name: {} for t in targets}
+    results["servers"] = {t.name: {"mode": t.mode} for t in targets}
+    for mode in ("predict", "model"):  # one group up at a time: a dozen servers at most
+        group = [t for t in targets if t.mode == mode]
+        if not group:
+            continue
+        running = start(group)
+        try:
+            for target in group:
+                results["servers"][target.name]["max_abs_diff"] = check_answer(
+                    target, expected[mode][0]
                 )
-                for c in rounds["ours"]
-            }
-        if "ours" in running and "candidate" in running:
-            results["candidate_over_ours"] = {
-                c: {
-                    key: statistics.median(
-                        n[key] / o[key]
-                        for n, o in zip(rounds["candidate"][c], rounds["ours"][c], strict=True)
+            for concurrency in args.concurrency:
+                for turn in range(args.rounds):  # the servers back to back, round after round
+                    for target in group:
+                        figures = load(
+                            target.url,
+                            target.body,
+                            concurrency,
+                            args.seconds,
+                            args.client,
+                            target.headers,
+                        )
+                        rounds[target.name].setdefault(str(concurrency), []).append(figures)
+                        logger.info(
+                            "%s c=%d round %d: %s", target.name, concurrency, turn + 1, figures
+                        )
+            for target in group:
+                results["servers"][target.name]["rss_mb"] = tree_rss_mb(running[target.name])
+            if mode == "predict" and "ours" in running:
+                ours = next(t for t in group if t.name == "ours")
+                rows_1000 = load(ours.url, thousand, 4, args.seconds, args.client)
+                rows_1000["rows_per_s"] = rows_1000["requests_per_s"] * 1000
+                results["rows_1000"] = rows_1000
+                logger.info("ours, 1,000 flights per request: %s", rows_1000)
+            if mode == "predict" and args.swaps:
+                swapping = [t for t in group if t.swap is not None and t.name.endswith("/on")]
+                results["swaps"] = {}
+                for target in swapping:
+                    results["swaps"][target.name] = swaps_under_load(
+                        target, args.swaps, expected[mode], args.seconds
                     )
-                    for key in ("requests_per_s", "p99_ms")
-                }
-                for c in rounds["ours"]
-            }
-    finally:
-        for server, _, _ in running.values():
-            server.stop()
+                    logger.info("%s swaps: %s", target.name, results["swaps"][target.name])
+        finally:
+            for server in running.values():
+                server.stop()
+    if args.swaps and len(folders) > 1 and "ours" in args.servers:
+        target = ours_on_the_registry(home, [champion, args.swap_version], one, env)
+        running = start([target])
+        try:
+            results["swaps"]["ours/registry"] = swaps_under_load(
+                target, args.swaps, expected["predict"], args.seconds
+            )
+        finally:
+            running[target.name].stop()
+            restore_alias(home, champion)
+    for name, by_concurrency in rounds.items():
+        results["servers"][name].update({c: summarize(runs) for c, runs in by_concurrency.items()})
+    results["ratios"] = ratios(rounds, {t.name: t.mode for t in targets})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     logger.info("wrote %s", args.out)
     console.print()
     for line in markdown(results):
         console.print(line, markup=False)
+
+
+def swap_folder(home: Path, version: str) -> Path:
+    """Another registered version's folder, for the swaps."""
+    from serving.bundle import download_version
+    from training.config import TrackingConfig
+    from training.registry import GateConfig
+
+    client = TrackingConfig(home).client()
+    cache = home / "serving" / "models"
+    return download_version(client, GateConfig().model_name, version, cache).folder
+
+
+def tree_rss_mb(server: Process) -> float:
+    """The resident memory of the server's process and all its children."""
+    import psutil
+
+    try:
+        root = psutil.Process(server.process.pid)
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return float("nan")
+    total = 0
+    for process in tree:
+        try:
+            total += process.memory_info().rss
+        except psutil.NoSuchProcess:
+            continue
+    return total / 2**20
+
+
+def ratios(rounds: dict[str, dict[str, list[dict]]], modes: dict[str, str]) -> dict:
+    """Ours against each other server: throughput and p99, each the median over the rounds of
+    the two servers' ratio in the same round where they ran in the same group, back to back;
+    else (ours' /predict against a model-only server) the ratio of the medians."""
+    if "ours" not in rounds:
+        return {}
+    out: dict[str, dict] = {}
+    for name, by_concurrency in rounds.items():
+        if name == "ours":
+            continue
+        out[name] = {}
+        for c, runs in by_concurrency.items():
+            mine = rounds["ours"].get(c)
+            if not mine:
+                continue
+            paired = modes[name] == modes["ours"] and len(runs) == len(mine)
+            figures = {}
+            for key in ("requests_per_s", "p99_ms"):
+                if paired:
+                    figures[key] = statistics.median(
+                        o[key] / t[key] for o, t in zip(mine, runs, strict=True)
+                    )
+                else:
+                    figures[key] = statistics.median(o[key] for o in mine) / statistics.median(
+                        t[key] for t in runs
+                    )
+            out[name][c] = figures
+    return out
 
 
 def summarize(runs: list[dict]) -> dict:
@@ -393,52 +701,50 @@ def summarize(runs: list[dict]) -> dict:
 def markdown(results: dict) -> list[str]:
     lines = [
         f"{results['date']}, {results['cpus']} cores, {results['rounds']} rounds of "
-        f"{results['seconds_per_point']} s per point (the servers back to back in each round; "
-        f"medians), one uvicorn worker per server, load from a separate process "
-        f"({results.get('client', 'aiohttp')}).",
+        f"{results['seconds_per_point']} s per point (the servers of a mode back to back in "
+        f"each round; medians), one worker process per server where it has the choice, load "
+        f"from a separate process ({results.get('client', 'aiohttp')}). Mode *predict*: the "
+        f"flight as ours' /predict takes it, features computed in the server; *model*: the "
+        f"encoded inputs.",
         "",
-        "| server | concurrency | requests/s | each round | p50 ms | p99 ms | failures |",
-        "|---|---|---|---|---|---|---|",
+        "| server | mode | batching | concurrency | requests/s | each round | p50 ms | p99 ms "
+        "| failures | ours / it, throughput | ours / it, p99 | RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("ours", "candidate", "floor", "mlflow"):
-        for concurrency, f in results.get(name, {}).items():
-            if concurrency.isdigit():
-                each = " / ".join(f"{r:,.0f}" for r in f["requests_per_s_rounds"])
-                lines.append(
-                    f"| {name} | {concurrency} | {f['requests_per_s']:,.0f} | {each} "
-                    f"| {f['p50_ms']:.1f} | {f['p99_ms']:.1f} | {f['failures']} |"
-                )
-    if "ours" in results and "floor" in results:
-        lines += [
-            "",
-            "| concurrency | ours / floor throughput (median of the rounds' ratios) "
-            "| ours / mlflow throughput | ours / mlflow p99 |",
-            "|---|---|---|---|",
-        ]
-        for concurrency in results["ours"]:
+    for name, figures in results["servers"].items():
+        peer, _, batching = ([*name.split("/"), "", ""])[:3]
+        batching = batching or OURS_BATCHING.get(name, "")
+        for concurrency, f in figures.items():
             if not concurrency.isdigit():
                 continue
-            ours = results["ours"][concurrency]
-            row = f"| {concurrency} | {results['ours_over_floor'][concurrency]:.2f}x"
-            if "mlflow" in results:
-                other = results["mlflow"][concurrency]
-                row += f" | {ours['requests_per_s'] / other['requests_per_s']:.2f}x"
-                row += f" | {ours['p99_ms'] / other['p99_ms']:.2f} |"
-            else:
-                row += " | | |"
-            lines.append(row)
-    if "candidate_over_ours" in results:
-        lines += ["", "| concurrency | candidate / ours throughput | candidate / ours p99 |"]
-        lines.append("|---|---|---|")
-        for concurrency, ratio in results["candidate_over_ours"].items():
+            each = " / ".join(f"{r:,.0f}" for r in f["requests_per_s_rounds"])
+            ratio = results["ratios"].get(name, {}).get(concurrency)
+            versus = f"{ratio['requests_per_s']:.2f}x | {ratio['p99_ms']:.2f}x" if ratio else " | "
             lines.append(
-                f"| {concurrency} | {ratio['requests_per_s']:.2f}x | {ratio['p99_ms']:.2f}x |"
+                f"| {peer} | {figures['mode']} | {batching} | {concurrency} "
+                f"| {f['requests_per_s']:,.0f} | {each} | {f['p50_ms']:.1f} | {f['p99_ms']:.1f} "
+                f"| {f['failures']} | {versus} | {figures.get('rss_mb', float('nan')):,.0f} |"
             )
-    if "ours" in results and "rows_1000" in results["ours"]:
-        f = results["ours"]["rows_1000"]
+    if results.get("swaps"):
         lines += [
             "",
-            f"1,000 flights per request (concurrency 4): {f['rows_per_s']:,.0f} rows/s, "
+            "| server | swaps | answers checked | swap s median / max | requests | failures "
+            "| steady p99 ms | p99 / p99.9 / max during ms | p99 during / steady |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, s in results["swaps"].items():
+            d = s["during"]
+            lines.append(
+                f"| {name} | {s['swaps']} | {s['answers_checked']} | {s['swap_s']['median']:.2f}"
+                f" / {s['swap_s']['max']:.2f} | {d['requests']:,} | {d['failures']} "
+                f"| {s['steady']['p99_ms']:.1f} | {d['p99_ms']:.1f} / {d['p999_ms']:.1f} / "
+                f"{d['max_ms']:.0f} | {s['p99_during_over_steady']:.2f}x |"
+            )
+    if "rows_1000" in results:
+        f = results["rows_1000"]
+        lines += [
+            "",
+            f"Ours, 1,000 flights per request (concurrency 4): {f['rows_per_s']:,.0f} rows/s, "
             f"p50 {f['p50_ms']:.0f} ms, p99 {f['p99_ms']:.0f} ms.",
         ]
     o = results["onnx"]
@@ -457,7 +763,27 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="per point and round")
     parser.add_argument("--rounds", type=int, default=3, help="servers back to back, N times")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(CONCURRENCY))
-    parser.add_argument("--servers", nargs="+", default=["ours", "floor", "mlflow"])
+    parser.add_argument(
+        "--servers",
+        nargs="*",
+        default=["ours", "floor", "mlflow"],
+        choices=SERVERS,
+    )
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        default=[],
+        help=f"the other model servers, each in its own environment: {', '.join(PEERS)}",
+    )
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument(
+        "--batching", nargs="+", default=["on", "off"], choices=["on", "off"], help="the peers'"
+    )
+    parser.add_argument(
+        "--swap-version",
+        help="another registered version: the swaps alternate it with the champion",
+    )
+    parser.add_argument("--swaps", type=int, default=0, help="swaps under load, per server")
     parser.add_argument(
         "--candidate",
         type=Path,

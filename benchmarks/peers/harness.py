@@ -1,0 +1,66 @@
+"""The peers' side of benchmarks/serving.py: each peer's environment, server and requests.
+
+A peer is a model server a user would pick instead of ours, run by `benchmarks/serving.py`
+beside ours on the same model, the same machine and the same load. Each is a module
+`benchmarks.peers.<name>_peer` whose top level imports only the standard library (this
+module imports it in the project's environment, where the framework is not installed) and
+defines:
+
+- `REQUIREMENTS`: its requirements file; its environment is made from it on first use, in
+  `benchmarks/peers/.venvs/<name>` (the peers pin conflicting versions: none is a dependency
+  of the project);
+- `command(python, model_dir, port, mode, batching, workdir)`: the server's argv;
+- `health(port)`, `endpoint(port, mode)`: the URL that answers 200 once the model is
+  ready, and the one requests are posted to;
+- `request(mode, flights, encoded)`: one request's body and headers;
+- `probabilities(mode, answer)`: the probabilities out of an answer;
+- `swap(port, folder, workdir)`, or `SWAP = None`: replace the served model in place.
+
+The modes: *predict*, the flights as ours' `/predict` takes them, through the shared feature
+transform in the peer's handler (`benchmarks.peers.common`); *model*, the model's encoded
+inputs, isolating the server.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[2]
+VENVS = ROOT / "benchmarks" / "peers" / ".venvs"
+PEERS = ("mlserver", "kserve", "bentoml", "ray", "litserve", "torchserve")
+MODES = ("predict", "model")
+
+
+def module(peer: str) -> ModuleType:
+    if peer not in PEERS:
+        raise ValueError(f"no peer {peer!r}: one of {', '.join(PEERS)}")
+    return importlib.import_module(f"benchmarks.peers.{peer}_peer")
+
+
+def environment(peer: str) -> Path:
+    """The peer's interpreter, in an environment made from its requirements file on first use
+    (and again whenever that file changes)."""
+    requirements = (ROOT / module(peer).REQUIREMENTS).read_text()
+    venv = VENVS / peer
+    python, stamp = venv / "bin" / "python", venv / ".requirements"
+    if python.exists() and stamp.exists() and stamp.read_text() == requirements:
+        return python
+    shutil.rmtree(venv, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, "-r", str(ROOT / module(peer).REQUIREMENTS)], check=True)
+    stamp.write_text(requirements)
+    return python
+
+
+def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30) -> dict:
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
