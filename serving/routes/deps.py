@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException, Request
+from fastapi.routing import APIRoute
+from starlette.responses import Response
 
 from serving.runtime import LoadedModel
 from serving.state import ServingState
@@ -19,6 +22,20 @@ async def serving_state(request: Request) -> ServingState:
 
 
 StateDep = Annotated[ServingState, Depends(serving_state)]
+
+
+class DirectRoute(APIRoute):
+    """A route whose endpoint takes the request alone and returns its response: called as it
+    is, without FastAPI's dependency resolution (which parses the query string and the
+    cookies of every request for an endpoint that declares neither: 11% of a /predict's CPU
+    in a profile), and documented like any other route, from its decorator's arguments.
+
+    FastAPI's documented extension point (`route_class`, `get_route_handler`); the endpoint
+    reads its body and the state itself, and its errors reach the app's exception handlers
+    as any route's do."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        return self.endpoint
 
 
 async def served_model(name: str, state: StateDep) -> LoadedModel:

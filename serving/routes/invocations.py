@@ -5,6 +5,7 @@ so that MLflow's clients (and `mlflow models predict`) work unchanged. Bad input
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
+from fastapi.responses import Response
 from pydantic_core import from_json
 
 from serving.excerpts import cut
@@ -34,7 +35,7 @@ def _bad_request(message: str) -> ModelResponse:
     responses={400: {"description": "MLflow-style error"}, **BODY_ERRORS},
     openapi_extra=json_body({"type": "object"}, example=EXAMPLE),
 )
-async def invocations(request: Request, state: StateDep) -> ModelResponse:
+async def invocations(request: Request, state: StateDep) -> Response:
     """MLflow's scoring protocol (`dataframe_split` or `dataframe_records`)."""
     try:
         # pydantic-core's parser, not json's: faster, and nesting deeper than 200 is an error
@@ -47,4 +48,4 @@ async def invocations(request: Request, state: StateDep) -> ModelResponse:
     except InvalidInputError as error:
         return _bad_request(str(error))
     answer = await state.score(rows)
-    return ModelResponse(predictions_of(answer))
+    return predictions_of(answer)
