@@ -9,6 +9,12 @@ excess of an overload is cheap but not free. It also stamps each scoring request
 `X-Request-ID` when it is a short token, else a new one), which the answer carries in its
 `X-Request-ID` header and the prediction log beside each prediction. Everything else
 (liveness, readiness, metrics, admin) passes untouched.
+
+`mlops serve` refuses earlier still: its HTTP protocol (`serving.connection`) asks
+`EdgeAdmission` as soon as a request's head is read, and answers a refusal itself, without
+the request cycle, the task and the middleware stack uvicorn would build for it; this
+middleware refuses what reaches the app anyway (a server run with another protocol, a
+pipelined request).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import uuid
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.batcher import ARRIVED, REQUEST_ID, MicroBatcher
+from serving.metrics import ServingMetrics
 
 SCORING = frozenset({"/predict", "/invocations"})  # and /v2/models/{name}/infer
 RETRY_AFTER_S = 1  # the queue drains in well under a second
@@ -45,6 +52,35 @@ _NEXT = itertools.count()
 
 def is_scoring(path: str) -> bool:
     return path in SCORING or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
+class EdgeAdmission:
+    """The same decision for the server's protocol, from a request's head: True when this
+    request is refused (and counted: shed, and a 503 among the requests, as the middleware's
+    refusals are); the protocol then answers `REFUSAL` once the body has arrived."""
+
+    def __init__(self, batcher: MicroBatcher, metrics: ServingMetrics) -> None:
+        self.batcher = batcher
+        self.metrics = metrics
+
+    def refuses(self, method: bytes, url: bytes) -> bool:
+        path = url.partition(b"?")[0].decode("latin-1")  # percent-encoded: the app decides
+        if not is_scoring(path):
+            return False
+        refused = self.batcher.refusal()
+        if refused is None:
+            return False
+        self.batcher.shed(refused)
+        self.metrics.observe_request("unmatched", method.decode("latin-1"), 503, 0.0)
+        return True
+
+
+def refusal(keep_alive: bool) -> bytes:
+    """The refusal as the protocol writes it: the middleware's 503, status line included."""
+    head = b"HTTP/1.1 503 Service Unavailable\r\n" + b"".join(
+        b"%s: %s\r\n" % header for header in _START["headers"]
+    )
+    return head + (b"" if keep_alive else b"connection: close\r\n") + b"\r\n" + _REFUSAL
 
 
 class Admission:

@@ -15,8 +15,14 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from serving.admission import Admission
-from serving.config import CONFIG_STATE_KEY, EventsConfig, PredictionLogConfig, ServeConfig
+from serving.admission import Admission, EdgeAdmission
+from serving.config import (
+    CONFIG_STATE_KEY,
+    EDGE_STATE_KEY,
+    EventsConfig,
+    PredictionLogConfig,
+    ServeConfig,
+)
 from serving.manager import Source
 from serving.middleware import BodyLimit, RequestMetrics
 from serving.routes import admin, invocations, metrics, predict, v2
@@ -64,9 +70,13 @@ def create_app(
     ]
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, ServeConfig]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, object]]:
         async with state.running():
-            yield {CONFIG_STATE_KEY: config}  # the server's side reads it (serving.connection)
+            # the server's side reads them (serving.connection)
+            yield {
+                CONFIG_STATE_KEY: config,
+                EDGE_STATE_KEY: EdgeAdmission(state.batcher, state.metrics),
+            }
 
     app = FastAPI(
         title="Flight delay predictions",

@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, Field
 # The app's lifespan state holds its config under this key: uvicorn hands that state to each
 # connection's protocol, where serving.connection reads the limits on the request head.
 CONFIG_STATE_KEY = "serving.config"
+EDGE_STATE_KEY = "serving.admission"  # and the admission's check (serving.admission.EdgeAdmission)
 PositiveInt = Annotated[int, Field(ge=1)]
 # an empty MLOPS_SERVE__MODEL_DIR means the registry, as an unset one does
 OptionalFolder = Annotated[Path | None, BeforeValidator(lambda v: None if v == "" else v)]

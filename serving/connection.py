@@ -11,9 +11,17 @@ a header without ever finishing it stayed open past the keep-alive timeout (slow
 - Time: a head not complete `header_timeout_s` after the connection opened, or after the last
   response on it, is a 408 (a silent close if nothing was sent) and the connection is closed.
 
-The limits come from the app's lifespan state (`CONFIG_STATE_KEY`), which uvicorn hands to
-each connection's protocol once the lifespan has started: the config is read once, at the edge,
-whether uvicorn was started by `mlops serve` or by its own command line.
+- Admission: a scoring request the batcher refuses (`serving.admission.EdgeAdmission`) is
+  answered 503 with Retry-After here, once its body has been read and dropped, without the
+  request cycle, the task and the middleware stack uvicorn would build for it: under an
+  overload, refusing is most of the work, and this makes a refusal cost a parse and a write.
+  Not for a request pipelined behind a response in flight, nor one that expects
+  100-continue: those reach the app, whose middleware refuses them the same way.
+
+The limits and the admission come from the app's lifespan state (`CONFIG_STATE_KEY`,
+`EDGE_STATE_KEY`), which uvicorn hands to each connection's protocol once the lifespan has
+started: read once, at the edge, whether uvicorn was started by `mlops serve` or by its own
+command line.
 """
 
 from __future__ import annotations
@@ -26,10 +34,12 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from serving.config import CONFIG_STATE_KEY, ServeConfig
+from serving.admission import EdgeAdmission, refusal
+from serving.config import CONFIG_STATE_KEY, EDGE_STATE_KEY, ServeConfig
 
 HTTP_PROTOCOL = "serving.connection:BoundedHttpToolsProtocol"  # uvicorn's `http` (`--http`)
 _DEFAULTS = ServeConfig()  # for an app that does not publish its config
+_REFUSAL = {True: refusal(keep_alive=True), False: refusal(keep_alive=False)}
 
 
 class BoundedHttpToolsProtocol(HttpToolsProtocol):
@@ -47,6 +57,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.reading_head = True  # the next bytes belong to a request head
         self.head_bytes = 0
         self.head_timer: TimerHandle | None = None
+        self.edge: EdgeAdmission | None = app_state.get(EDGE_STATE_KEY)
+        self.refusing: bool | None = None  # while a refused request's body arrives: keep-alive
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -73,9 +85,38 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.reading_head = False
         self._cancel_head_timer()
+        if self._refused():
+            return  # no request cycle: the body is dropped, then the refusal written
         super().on_headers_complete()
 
+    def _refused(self) -> bool:
+        if self.edge is None or self.expect_100_continue or self.pipeline:
+            return False
+        if self.cycle is not None and not self.cycle.response_complete:
+            return False  # pipelined behind a response in flight: answered in order, by the app
+        if self.parser.should_upgrade():
+            return False
+        if not self.edge.refuses(self.parser.get_method(), self.url):
+            return False
+        version = self.parser.get_http_version()
+        self.refusing = version != "1.0" and self.parser.should_keep_alive()
+        return True
+
+    def on_body(self, body: bytes) -> None:
+        if self.refusing is None:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self.refusing is not None:
+            keep_alive, self.refusing = self.refusing, None
+            self.reading_head = True
+            self.head_bytes = 0
+            self.transport.write(_REFUSAL[keep_alive])
+            if keep_alive:
+                self.on_response_complete()  # the keep-alive timer, and the head timer
+            else:
+                self.transport.close()
+            return
         super().on_message_complete()
         self.reading_head = True  # what follows is the next request's head
         self.head_bytes = 0

@@ -16,10 +16,14 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.app import create_app
+from serving.bundle import Bundle
 from serving.config import CONFIG_STATE_KEY, ServeConfig
 from serving.connection import HTTP_PROTOCOL
 from serving.manager import FolderSource
+from serving.state import ServingState
 
+REFUSED = 'mlops_requests_total{endpoint="unmatched",method="POST",status="503"}'
+SHED = 'mlops_shed_requests_total{reason="queue_full"}'
 LIMITS = ServeConfig(max_header_bytes=2048, header_timeout_s=0.5)
 GET = b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n"
 
@@ -139,3 +143,47 @@ def test_the_app_hands_its_configured_limits_to_the_protocol(tmp_path: Path) -> 
         started = time.monotonic()
         assert exchange(port, GET).startswith(b"HTTP/1.1 408")
         assert time.monotonic() - started < 2
+
+
+def _metric(port: int, prefix: str) -> float:
+    page = exchange(port, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    lines = [line for line in page.decode().splitlines() if line.startswith(prefix)]
+    return sum(float(line.split()[-1]) for line in lines)
+
+
+def test_a_refused_request_is_answered_by_the_protocol_and_the_connection_kept(
+    model_folder: Bundle,
+) -> None:
+    """While the batcher refuses work, a scoring request is answered 503 + Retry-After by the
+    protocol itself (no request cycle: uvicorn's `server` header, which every response that
+    goes through the app carries, is absent), after its body, on a connection that serves the
+    next request; counted as shed and as a 503. HTTP/1.0 and `Connection: close` get it with
+    the connection closed."""
+    config = ServeConfig(poll_interval_s=0, max_queue_rows=64)
+    app = create_app(config, FolderSource(model_folder.folder))
+    with served(app) as port:
+        deadline = time.monotonic() + 60
+        while b" 200 " not in exchange(port, GET + b"Connection: close\r\n\r\n"):
+            assert time.monotonic() < deadline, "no model loaded"
+            time.sleep(0.1)
+        state: ServingState = app.state.serving
+        shed, refused = _metric(port, SHED), _metric(port, REFUSED)
+        state.batcher.queued_rows = config.max_queue_rows  # as if 64 flights were waiting
+        try:
+            head = b"POST /predict HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\n"
+            # the body arrives after the head, and is not even JSON: never parsed
+            answer = exchange(port, head, b"{not json", GET + b"\r\n", pause_s=0.2, wait_s=2)
+            refusal, _, rest = answer.partition(b"\r\n\r\n")
+            assert refusal.startswith(b"HTTP/1.1 503 "), answer
+            assert b"retry-after: 1" in refusal and b"server: uvicorn" not in refusal
+            assert rest.startswith(b'{"detail":"overloaded: retry shortly"}HTTP/1.1 200 OK')
+            assert rest.endswith(b"OPEN")  # kept alive after both
+            for closing in (b"POST /invocations HTTP/1.0\r\n", b"POST /predict HTTP/1.1\r\n"):
+                close = closing + b"Host: t\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+                answer = exchange(port, close, wait_s=2)
+                assert answer.startswith(b"HTTP/1.1 503 ") and b"connection: close" in answer
+                assert not answer.endswith(b"OPEN")
+        finally:
+            state.batcher.queued_rows = 0
+        assert _metric(port, SHED) == shed + 3
+        assert _metric(port, REFUSED) == refused + 3
