@@ -66,7 +66,7 @@ class Answer:
     delayed: np.ndarray
     defaults_used: list[tuple[str, ...]]
     model: LoadedModel
-    as_of: np.ndarray
+    as_of: list[str]  # ISO minutes, New York local: formatted once per batch, not per answer
     stale: list[tuple[str, ...]]
 
 
@@ -289,6 +289,7 @@ class MicroBatcher:
             return
         if self.on_scored is not None:
             self._log(batch, scored, model)
+        as_of = minutes_text(scored.as_of)
         start = 0
         for item in batch:
             end = start + len(item.rows)
@@ -299,7 +300,7 @@ class MicroBatcher:
                         scored.delayed[start:end],
                         scored.defaults_used[start:end],
                         model,
-                        scored.as_of[start:end],
+                        as_of[start:end],
                         scored.stale[start:end],
                     )
                 )
@@ -319,6 +320,11 @@ class MicroBatcher:
         if self.on_batch:
             self.on_batch(scored, time.perf_counter() - started)
         return scored
+
+
+def minutes_text(minutes: np.ndarray) -> list[str]:
+    """Minutes since the epoch (float64) as ISO minutes: '2013-12-01T05:15'."""
+    return np.datetime_as_string(minutes.astype("int64").astype("datetime64[m]")).tolist()
 
 
 def _fail(item: _Pending, error: Exception) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
@@ -30,7 +29,6 @@ def predictions_of(answer: Answer) -> Response:
     `PredictResponse`, serialized by pydantic-core straight from the arrays' values (building
     the models first, to serialize them, was a fifth of a /predict's CPU in a profile). The
     route's `response_model` documents it; the tests validate answers against it."""
-    as_of = np.datetime_as_string(answer.as_of.astype("int64").astype("datetime64[m]"))
     body = {
         "predictions": [
             {"delay_probability": p, "delayed": d, "defaults_used": u, "as_of": a, "stale": s}
@@ -38,7 +36,7 @@ def predictions_of(answer: Answer) -> Response:
                 answer.probabilities.tolist(),
                 answer.delayed.tolist(),
                 answer.defaults_used,
-                as_of.tolist(),
+                answer.as_of,
                 answer.stale,
                 strict=True,
             )
