@@ -31,7 +31,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ import pandas as pd
 from rich.console import Console
 from rich.logging import RichHandler
 
-from benchmarks.peers.harness import MODES, PEERS
+from benchmarks.peers.harness import MODES, PEERS, free_port
 from pipelines.contract import OUTPUT
 
 if TYPE_CHECKING:
@@ -101,12 +100,6 @@ def prepare(home: Path) -> tuple[Path, str]:
         client, gate.model_name, str(champion.version), home / "serving" / "models"
     )
     return bundle.folder, f"models:/{gate.model_name}/{champion.version}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Process:
@@ -394,6 +387,8 @@ def peer_targets(args: argparse.Namespace, folders: list[Path], flights: list, e
         python = harness.environment(peer)
         for mode in args.modes:
             for batching in args.batching:
+                if batching == "on" and not getattr(module, "BATCHING", True):
+                    continue  # KServe's Python server: batching is its Kubernetes sidecar's
                 name = f"{peer}/{mode}/{batching}"
                 port = free_port()
                 workdir = Path(f"/tmp/mlops-bench/peers/{name}")
@@ -402,8 +397,6 @@ def peer_targets(args: argparse.Namespace, folders: list[Path], flights: list, e
                 command = module.command(
                     str(python), folders[0], port, mode, batching == "on", workdir
                 )
-                if command is None:  # no such switch in this peer
-                    continue
                 body, headers = module.request(mode, flights, encoded)
                 env = os.environ | {"PYTHONPATH": str(ROOT), "PEER_MODEL_DIR": str(folders[0])}
                 swap = None
@@ -534,9 +527,10 @@ def main(args: argparse.Namespace) -> None:
     model = LoadedModel.load(read_bundle(folder), threads=os.cpu_count() or 1)
     champion = model_uri.rsplit("/", 1)[1]
     folders, models = [folder], [model]
-    if args.swap_version is not None:
-        folders.append(swap_folder(home, args.swap_version))
-        models.append(LoadedModel.load(read_bundle(folders[1]), threads=os.cpu_count() or 1))
+    if args.swaps:
+        other, other_folder = swap_folder(home, args.swap_version, champion)
+        folders.append(other_folder)
+        models.append(LoadedModel.load(read_bundle(other_folder), threads=os.cpu_count() or 1))
     flights = json.loads(one)["flights"]
     encoded = model.encode(table_columns(sample), len(sample))
     encoded_body = {
@@ -600,9 +594,13 @@ def main(args: argparse.Namespace) -> None:
                 results["rows_1000"] = rows_1000
                 logger.info("ours, 1,000 flights per request: %s", rows_1000)
             if mode == "predict" and args.swaps:
-                swapping = [t for t in group if t.swap is not None and t.name.endswith("/on")]
+                # each peer that can swap, its batching on where it has it
+                swapping = {}
+                for t in sorted(group, key=lambda t: t.name.endswith("/on")):
+                    if t.swap is not None:
+                        swapping[t.name.split("/")[0]] = t
                 results["swaps"] = {}
-                for target in swapping:
+                for target in swapping.values():
                     results["swaps"][target.name] = swaps_under_load(
                         target, args.swaps, expected[mode], args.seconds
                     )
@@ -610,8 +608,8 @@ def main(args: argparse.Namespace) -> None:
         finally:
             for server in running.values():
                 server.stop()
-    if args.swaps and len(folders) > 1 and "ours" in args.servers:
-        target = ours_on_the_registry(home, [champion, args.swap_version], one, env)
+    if args.swaps and "ours" in args.servers:
+        target = ours_on_the_registry(home, [champion, other], one, env)
         running = start([target])
         try:
             results["swaps"]["ours/registry"] = swaps_under_load(
@@ -631,15 +629,35 @@ def main(args: argparse.Namespace) -> None:
         console.print(line, markup=False)
 
 
-def swap_folder(home: Path, version: str) -> Path:
-    """Another registered version's folder, for the swaps."""
+def swap_folder(home: Path, version: str | None, champion: str) -> tuple[str, Path]:
+    """Another registered version and its folder, for the swaps: `version`, or (None) the
+    newest other than the champion, or one trained here: other weights and width (64 x 2,
+    seed 1, 1 epoch), registered without taking the alias."""
+    from pipelines.layout import DataLayout
     from serving.bundle import download_version
-    from training.config import TrackingConfig
-    from training.registry import GateConfig
+    from training.config import FitConfig, ModelConfig, TrackingConfig
+    from training.registry import GateConfig, register
 
-    client = TrackingConfig(home).client()
+    tracking, gate = TrackingConfig(home), GateConfig()
+    client = tracking.client()
+    if version is None:
+        others = [
+            v.version
+            for v in client.search_model_versions(f"name='{gate.model_name}'")
+            if str(v.version) != champion
+        ]
+        if others:
+            version = str(max(others, key=int))
+        else:
+            from training.train import train
+
+            logger.info("training another model for the swaps (64 x 2, 1 epoch)")
+            result = train(
+                DataLayout(home), tracking, ModelConfig(width=64, depth=2), FitConfig(1, seed=1)
+            )
+            version = str(register(client, result.run_id, gate))
     cache = home / "serving" / "models"
-    return download_version(client, GateConfig().model_name, version, cache).folder
+    return version, download_version(client, gate.model_name, version, cache).folder
 
 
 def tree_rss_mb(server: Process) -> float:
@@ -781,7 +799,8 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--swap-version",
-        help="another registered version: the swaps alternate it with the champion",
+        help="the version the swaps alternate with the champion (default: the newest other "
+        "registered one, or one trained for them)",
     )
     parser.add_argument("--swaps", type=int, default=0, help="swaps under load, per server")
     parser.add_argument(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -58,6 +59,21 @@ def environment(peer: str) -> Path:
     subprocess.run([*pip, "-r", str(ROOT / module(peer).REQUIREMENTS)], check=True)
     stamp.write_text(requirements)
     return python
+
+
+_GIVEN: set[int] = set()
+
+
+def free_port() -> int:
+    """A port free now and not handed out before by this process: the servers are all given
+    their ports (a peer may take several) before the first of them binds."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30) -> dict:
