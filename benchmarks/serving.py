@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 # ruff: noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
@@ -593,6 +594,8 @@ def main(args: argparse.Namespace) -> None:
                 rows_1000["rows_per_s"] = rows_1000["requests_per_s"] * 1000
                 results["rows_1000"] = rows_1000
                 logger.info("ours, 1,000 flights per request: %s", rows_1000)
+            if mode == "predict":
+                results["oip"] = open_inference_protocol(group, home, models[0])
             if mode == "predict" and args.swaps:
                 # each peer that can swap, its batching on where it has it
                 swapping = {}
@@ -627,6 +630,32 @@ def main(args: argparse.Namespace) -> None:
     console.print()
     for line in markdown(results):
         console.print(line, markup=False)
+
+
+def open_inference_protocol(group: list[Target], home: Path, model: LoadedModel) -> dict:
+    """One tritonclient script (benchmarks/peers/oip_client.py), unchanged, against each V2
+    server up (ours, MLServer, KServe) on 7 flights: each answer's largest difference from
+    the model in process, as JSON and with the binary tensor extension (or the refusal)."""
+    from benchmarks.peers.harness import OIP_SERVERS, oip_check
+
+    body, sample = flights_body(home, 7)
+    flights = Path("/tmp/mlops-bench/oip-flights.json")
+    flights.write_text(json.dumps(json.loads(body)["flights"]))
+    expected = model.score_frame(sample).probabilities
+    out = {}
+    for target in group:
+        server = target.name.split("/")[0]
+        if server not in OIP_SERVERS or server in out:
+            continue
+        answers = oip_check(urlsplit(target.url).netloc, flights)
+        out[server] = {
+            kind: float(np.max(np.abs(np.asarray(got) - expected)))
+            if isinstance(got, list)
+            else str(got)[:200]
+            for kind, got in answers.items()
+        }
+        logger.info("the OIP client against %s: %s", server, out[server])
+    return out
 
 
 def swap_folder(home: Path, version: str | None, champion: str) -> tuple[str, Path]:
@@ -758,6 +787,21 @@ def markdown(results: dict) -> list[str]:
                 f"| {s['steady']['p99_ms']:.1f} | {d['p99_ms']:.1f} / {d['p999_ms']:.1f} / "
                 f"{d['max_ms']:.0f} | {s['p99_during_over_steady']:.2f}x |"
             )
+    if results.get("oip"):
+        lines += [
+            "",
+            "The same tritonclient script against each V2 server, 7 flights: the largest "
+            "difference from the model in process, or the refusal.",
+            "",
+            "| server | JSON | binary tensor extension |",
+            "|---|---|---|",
+        ]
+        for server, kinds in results["oip"].items():
+            cells = [
+                f"{v:.1e}" if isinstance(v, float) else f"refused: {v[:80]}"
+                for v in (kinds.get("json"), kinds.get("binary"))
+            ]
+            lines.append(f"| {server} | {cells[0]} | {cells[1]} |")
     if "rows_1000" in results:
         f = results["rows_1000"]
         lines += [

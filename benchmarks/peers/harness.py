@@ -37,6 +37,16 @@ ROOT = Path(__file__).resolve().parents[2]
 VENVS = ROOT / "benchmarks" / "peers" / ".venvs"
 PEERS = ("mlserver", "kserve", "bentoml", "ray", "litserve", "torchserve")
 MODES = ("predict", "model")
+OIP_REQUIREMENTS = "benchmarks/peers/requirements/oip.txt"  # tritonclient's (oip_client.py)
+OIP_SERVERS = ("ours", "mlserver", "kserve")  # the V2 servers, named `flight-delay`
+
+
+def oip_check(address: str, flights: Path) -> dict:
+    """`oip_client.py` against a V2 server at host:port: its JSON and binary answers."""
+    command = [str(environment("oip")), str(ROOT / "benchmarks" / "peers" / "oip_client.py")]
+    command += ["--url", address, "--model", "flight-delay", "--flights", str(flights)]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def module(peer: str) -> ModuleType:
@@ -47,8 +57,9 @@ def module(peer: str) -> ModuleType:
 
 def environment(peer: str) -> Path:
     """The peer's interpreter, in an environment made from its requirements file on first use
-    (and again whenever that file changes)."""
-    requirements = (ROOT / module(peer).REQUIREMENTS).read_text()
+    (and again whenever that file changes); `oip`: the Open Inference Protocol client's."""
+    path = ROOT / (OIP_REQUIREMENTS if peer == "oip" else module(peer).REQUIREMENTS)
+    requirements = path.read_text()
     venv = VENVS / peer
     python, stamp = venv / "bin" / "python", venv / ".requirements"
     if python.exists() and stamp.exists() and stamp.read_text() == requirements:
@@ -56,7 +67,7 @@ def environment(peer: str) -> Path:
     shutil.rmtree(venv, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, "-r", str(ROOT / module(peer).REQUIREMENTS)], check=True)
+    subprocess.run([*pip, "-r", str(path)], check=True)
     stamp.write_text(requirements)
     return python
 
