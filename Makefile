@@ -35,11 +35,14 @@ lint: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+PEERS = mlserver kserve bentoml ray litserve torchserve
+
 bench: $(STAMP)  ## the benchmarks (tens of minutes; writes benchmarks/results/)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/data_pipeline.py
 	$(BIN)/python benchmarks/bench_training.py
-	$(BIN)/python benchmarks/serving.py
+	if command -v wrk >/dev/null; then $(BIN)/python benchmarks/serving.py --peers $(PEERS) --swaps 10; \
+	else echo 'the serving peers need wrk (apt install wrk): ours, the floor and MLflow only'; $(BIN)/python benchmarks/serving.py; fi
 
 figures: $(STAMP)  ## regenerate the README's pictures in docs/ from a real run
 	$(BIN)/python docs/make_figures.py
