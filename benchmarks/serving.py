@@ -135,7 +135,14 @@ class Process:
         raise RuntimeError(f"{self.name} did not become healthy: see {self.log}")
 
     def stop(self) -> None:
-        """SIGTERM to its whole process group, SIGKILL to what is left after 30 s."""
+        """SIGTERM to its whole process group, SIGKILL to what is left of it after 30 s, and
+        to any descendant that had left the group (BentoML's worker has its own session)."""
+        import psutil
+
+        try:
+            descendants = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -143,6 +150,9 @@ class Process:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        for process in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
 
 
 # --- load ---------------------------------------------------------------------------------
@@ -481,9 +491,17 @@ def check_answer(target: Target, expected: list[float]) -> float:
 
 
 def start(targets: list[Target]) -> dict[str, Process]:
-    running = {t.name: Process(t.name, t.command, t.health, t.env) for t in targets}
-    for server in running.values():  # all up at once; an idle server costs little
-        server.wait()
+    """All up at once (an idle server costs little); none left running if one fails."""
+    running: dict[str, Process] = {}
+    try:
+        for t in targets:
+            running[t.name] = Process(t.name, t.command, t.health, t.env)
+        for server in running.values():
+            server.wait()
+    except BaseException:
+        for server in running.values():
+            server.stop()
+        raise
     return running
 
 
