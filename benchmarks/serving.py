@@ -61,8 +61,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger("benchmarks.serving")
 console = Console(highlight=False, soft_wrap=True)
 CONCURRENCY = (1, 8, 32, 128)
-SERVERS = ("ours", "ours-unbatched", "floor", "mlflow", "candidate")
-OURS_BATCHING = {"ours": "on", "candidate": "on", "ours-unbatched": "off (max_batch 1)"}
+SERVERS = ("ours", "ours-unbatched", "ours-2-workers", "floor", "mlflow", "candidate")
+OURS_BATCHING = {
+    "ours": "on",
+    "candidate": "on",
+    "ours-2-workers": "on",
+    "ours-unbatched": "off (max_batch 1)",
+}
 
 
 # --- setup ------------------------------------------------------------------------------
@@ -335,10 +340,11 @@ def builtin_targets(
     for name in args.servers:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        if name in ("ours", "ours-unbatched", "candidate"):
+        if name in ("ours", "ours-unbatched", "ours-2-workers", "candidate"):
             model_dir = args.candidate if name == "candidate" else folder
+            workers = "2" if name == "ours-2-workers" else "1"
             command = [sys.executable, "-m", "mlops", "--home", str(home), "serve"]
-            command += ["--model-dir", str(model_dir), "--port", str(port), "--workers", "1"]
+            command += ["--model-dir", str(model_dir), "--port", str(port), "--workers", workers]
             made.append(
                 Target(
                     name,
