@@ -89,6 +89,7 @@ class Admission:
     def __init__(self, app: ASGIApp, batcher: MicroBatcher) -> None:
         self.app = app
         self.batcher = batcher
+        batcher.in_flight = 0  # counted here: every scoring request passes this layer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_scoring(scope["path"]):
@@ -108,7 +109,11 @@ class Admission:
                     message["headers"] = [*message.get("headers", ()), header]
                 await send(message)
 
-            await self.app(scope, receive, send_with_id)
+            self.batcher.in_flight += 1  # type: ignore[operator]
+            try:
+                await self.app(scope, receive, send_with_id)
+            finally:
+                self.batcher.in_flight -= 1  # type: ignore[operator]
             return
         await self.app(scope, receive, send)
 

@@ -13,6 +13,7 @@ from serving.app import create_app
 from serving.bundle import Bundle
 from serving.config import ServeConfig
 from serving.manager import FolderSource
+from serving.schemas import EXAMPLE_FLIGHT
 from serving.state import ServingState
 
 from .conftest import ready_client
@@ -53,6 +54,8 @@ def test_a_full_queue_refuses_scoring_before_reading_the_body(client: TestClient
         state.batcher.queued_rows = 0
     assert _shed(client, "queue_full") == before + 3
     assert client.post("/predict", content=b"{not json").status_code == 422  # admitted again
+    assert client.post("/predict", json={"flights": [EXAMPLE_FLIGHT]}).status_code == 200
+    assert state.batcher.in_flight == 0  # every admitted request counted out, 4xx included
 
 
 def test_only_scoring_routes_are_refused() -> None:

@@ -21,6 +21,7 @@ from serving.batcher import (
     NotReadyError,
     OverloadedError,
     ScoringError,
+    _Pending,
 )
 from serving.bundle import Bundle
 from serving.metrics import ServingMetrics
@@ -312,3 +313,25 @@ def test_a_loop_running_late_refuses_new_work(model: LoadedModel) -> None:
         return seen
 
     assert _run(_slot(model), work, max_lag_s=0.02) == [None, None, "loop_lag", None, None]
+
+
+@pytest.mark.parametrize(("in_flight", "turns"), [(None, 1), (1, 0), (2, 1)])
+def test_a_request_alone_in_flight_does_not_wait_a_turn_for_company(
+    model: LoadedModel, rows: list[dict], in_flight: int | None, turns: int
+) -> None:
+    """Settling yields a turn of the loop so that requests already read can join the batch;
+    with none other in flight (the admission layer counts them) it costs latency for nothing.
+    Not counted (None, the batcher alone): it settles as before."""
+
+    async def scenario() -> int:
+        slot = ModelSlot()
+        slot.swap(model)
+        batcher = MicroBatcher(slot, 256, 0.0)
+        batcher.in_flight = in_flight
+        ran: list[str] = []
+        asyncio.get_running_loop().call_soon(ran.append, "another turn")
+        pending = _Pending(rows[:1], asyncio.get_running_loop().create_future(), 0.0, "")
+        await batcher._settle(pending)
+        return len(ran)
+
+    assert asyncio.run(scenario()) == turns
