@@ -52,7 +52,7 @@ import pandas as pd
 from rich.console import Console
 from rich.logging import RichHandler
 
-from benchmarks.peers.harness import MODES, PEERS, free_port
+from benchmarks.peers.harness import JSON, MODES, PEERS, free_port, predictions
 from pipelines.contract import OUTPUT
 
 if TYPE_CHECKING:
@@ -215,7 +215,6 @@ done = function(summary, latency, requests)
     latency:percentile(99.9) / 1000, latency.max / 1000))
 end
 """
-JSON = {"Content-Type": "application/json"}
 
 
 def wrk_command(
@@ -320,10 +319,6 @@ class Target:
     swap: Callable[[int], None] | None = None  # serve model 0 (the champion) or 1 in place
 
 
-def ours_probabilities(answer: dict) -> list[float]:
-    return [p["delay_probability"] for p in answer["predictions"]]
-
-
 def mlflow_probabilities(answer: dict) -> list[float]:
     """MLflow's pyfunc answers a model with named outputs as one record per row."""
     predictions = answer["predictions"]
@@ -355,7 +350,7 @@ def builtin_targets(
                     bodies["predict"],
                     # ours' switch: one request per onnxruntime call, through the same queue
                     env | {"MLOPS_SERVE__MAX_BATCH": "1"} if name == "ours-unbatched" else env,
-                    read=None if name == "candidate" else ours_probabilities,
+                    read=None if name == "candidate" else predictions,
                 )
             )
         elif name == "floor":
@@ -469,7 +464,7 @@ def ours_on_the_registry(home: Path, versions: list[str], body: bytes, env: dict
         f"{base}/predict",
         body,
         env,
-        read=ours_probabilities,
+        read=predictions,
         swap=swap,
     )
 
@@ -822,7 +817,7 @@ def markdown(results: dict) -> list[str]:
         ]
         for server, kinds in results["oip"].items():
             cells = [
-                f"{v:.1e}" if isinstance(v, float) else f"refused: {v[:80]}"
+                f"{v:.1e}" if isinstance(v, float) else v[:80]  # the client says "refused: ..."
                 for v in (kinds.get("json"), kinds.get("binary"))
             ]
             lines.append(f"| {server} | {cells[0]} | {cells[1]} |")

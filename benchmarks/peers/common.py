@@ -76,6 +76,16 @@ def flights_of(body: Any) -> list[dict]:
     return validate_flights(body["flights"], "flights", MAX_ROWS)
 
 
+def flights_of_columns(columns: dict[str, list]) -> list[dict]:
+    """A V2 request's tensors (one 1-D column per raw field) -> flight records, which
+    `flights_of` then validates."""
+    sizes = {len(values) for values in columns.values()}
+    if len(sizes) > 1:
+        raise ValueError(f"inputs: the tensors differ in length ({sorted(sizes)})")
+    rows = sizes.pop() if sizes else 0
+    return [{name: values[i] for name, values in columns.items()} for i in range(rows)]
+
+
 def predict(model: LoadedModel, body: Any) -> dict:
     """ours' /predict, minus ours' server: validate, transform, encode, score, answer."""
     rows = flights_of(body)

@@ -44,7 +44,10 @@ OIP_SERVERS = ("ours", "mlserver", "kserve")  # the V2 servers, named `flight-de
 def oip_check(address: str, flights: Path) -> dict:
     """`oip_client.py` against a V2 server at host:port: its JSON and binary answers."""
     command = [str(environment("oip")), str(ROOT / "benchmarks" / "peers" / "oip_client.py")]
+    from serving.protocols import V2_INPUTS  # the client's environment has no repository
+
     command += ["--url", address, "--model", "flight-delay", "--flights", str(flights)]
+    command += ["--datatypes", json.dumps(V2_INPUTS)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -85,6 +88,57 @@ def free_port() -> int:
         if port not in _GIVEN:
             _GIVEN.add(port)
             return port
+
+
+# The request formats the peers share (each peer's `request` and `probabilities`): plain JSON,
+# ours' /predict body or the encoded tensors; or the Open Inference Protocol's V2 tensors.
+JSON = {"Content-Type": "application/json"}
+
+
+def predictions(answer: dict) -> list[float]:
+    """The probabilities of an answer shaped as ours' /predict's."""
+    return [p["delay_probability"] for p in answer["predictions"]]
+
+
+def json_request(mode: str, flights: list[dict], encoded: dict) -> tuple[bytes, dict[str, str]]:
+    body = {"flights": flights} if mode == "predict" else encoded
+    return json.dumps(body).encode(), JSON
+
+
+def json_probabilities(mode: str, answer: dict) -> list[float]:
+    return predictions(answer) if mode == "predict" else answer["delay_probability"]
+
+
+def v2_request(mode: str, flights: list[dict], encoded: dict) -> tuple[bytes, dict[str, str]]:
+    """A V2 inference request: the encoded tensors (model), or one tensor per raw field as
+    ours' V2 route takes them (predict)."""
+    if mode == "model":
+        inputs = [
+            _tensor(name, encoded[name], datatype)
+            for name, datatype in (("categorical", "INT64"), ("numerical", "FP32"))
+        ]
+    else:
+        from serving.protocols import V2_INPUTS  # the harness's environment has the repository
+
+        inputs = [
+            {
+                "name": field,
+                "shape": [len(flights)],
+                "datatype": datatype,
+                "data": [flight.get(field) for flight in flights],
+            }
+            for field, datatype in V2_INPUTS.items()
+        ]
+    return json.dumps({"inputs": inputs}).encode(), JSON
+
+
+def v2_probabilities(mode: str, answer: dict) -> list[float]:
+    return next(o["data"] for o in answer["outputs"] if o["name"] == "delay_probability")
+
+
+def _tensor(name: str, rows: list[list], datatype: str) -> dict:
+    data = [value for row in rows for value in row]  # V2's row-major flat data
+    return {"name": name, "shape": [len(rows), len(rows[0])], "datatype": datatype, "data": data}
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 30) -> dict:

@@ -35,11 +35,12 @@ Set-up: `python -m benchmarks.peers.kserve_peer` builds a `kserve.Model` whose `
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from benchmarks.peers.harness import v2_probabilities, v2_request
 
 REQUIREMENTS = "benchmarks/peers/requirements/kserve.txt"
 MODEL = "flight-delay"  # ours' model name: one V2 client works against both
@@ -83,14 +84,8 @@ def endpoint(port: int, mode: str) -> str:
     return f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
 
 
-def request(mode: str, flights: list[dict], encoded: dict) -> tuple[bytes, dict[str, str]]:
-    return json.dumps(v2_body(mode, flights, encoded)).encode(), {
-        "Content-Type": "application/json"
-    }
-
-
-def probabilities(mode: str, answer: dict) -> list[float]:
-    return next(o["data"] for o in answer["outputs"] if o["name"] == OUTPUT)
+request = v2_request
+probabilities = v2_probabilities
 
 
 def swap(port: int, folder: Path, workdir: Path) -> None:
@@ -98,33 +93,6 @@ def swap(port: int, folder: Path, workdir: Path) -> None:
     url = f"http://127.0.0.1:{port}/v2/repository/models/{MODEL}/load"
     with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=120):
         pass  # 200 once the new model is ready and registered
-
-
-def v2_body(mode: str, flights: list[dict], encoded: dict) -> dict:
-    """A V2 inference request: the encoded tensors (model), or one tensor per raw field."""
-    if mode == "model":
-        inputs = [
-            _tensor(name, encoded[name], datatype)
-            for name, datatype in (("categorical", "INT64"), ("numerical", "FP32"))
-        ]
-    else:
-        from serving.protocols import V2_INPUTS  # the harness's environment has the repository
-
-        inputs = [
-            {
-                "name": field,
-                "shape": [len(flights)],
-                "datatype": datatype,
-                "data": [flight.get(field) for flight in flights],
-            }
-            for field, datatype in V2_INPUTS.items()
-        ]
-    return {"inputs": inputs}
-
-
-def _tensor(name: str, rows: list[list], datatype: str) -> dict:
-    data = [value for row in rows for value in row]  # V2's row-major flat data
-    return {"name": name, "shape": [len(rows), len(rows[0])], "datatype": datatype, "data": data}
 
 
 # --- the server side: KServe's venv -----------------------------------------------------------
@@ -190,7 +158,9 @@ def main() -> None:
                     )
                 else:
                     columns = {name: _values(t.as_numpy()) for name, t in inputs.items()}
-                    answer = common.predict(self.model, {"flights": _flights(columns)})
+                    answer = common.predict(
+                        self.model, {"flights": common.flights_of_columns(columns)}
+                    )
                     scores = [p["delay_probability"] for p in answer["predictions"]]
             except (KeyError, ValueError) as error:  # ours' validation: a ValueError
                 raise InvalidInput(f"{type(error).__name__}: {error}") from None
@@ -224,15 +194,6 @@ def _values(array: Any) -> list:
     """A V2 tensor's values: BYTES as text (JSON sends str, the binary extension bytes)."""
     values = array.reshape(-1).tolist()
     return [v.decode() if isinstance(v, bytes) else v for v in values]
-
-
-def _flights(columns: dict[str, list]) -> list[dict]:
-    """One 1-D column per raw field -> flight records (ours' validator checks the fields)."""
-    sizes = {len(values) for values in columns.values()}
-    if len(sizes) > 1:
-        raise ValueError(f"inputs: the tensors differ in length ({sorted(sizes)})")
-    rows = sizes.pop() if sizes else 0
-    return [{name: values[i] for name, values in columns.items()} for i in range(rows)]
 
 
 if __name__ == "__main__":

@@ -50,11 +50,12 @@ replicas).
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+from benchmarks.peers.harness import json_probabilities, json_request
 
 REQUIREMENTS = "benchmarks/peers/requirements/litserve.txt"
 SWAP = None
@@ -80,15 +81,8 @@ def endpoint(port: int, mode: str) -> str:
     return f"http://127.0.0.1:{port}/predict"
 
 
-def request(mode: str, flights: list[dict], encoded: dict) -> tuple[bytes, dict[str, str]]:
-    body = {"flights": flights} if mode == "predict" else encoded
-    return json.dumps(body).encode(), {"Content-Type": "application/json"}
-
-
-def probabilities(mode: str, answer: dict) -> list[float]:
-    if mode == "predict":
-        return [p["delay_probability"] for p in answer["predictions"]]
-    return answer["delay_probability"]
+request = json_request
+probabilities = json_probabilities
 
 
 # --- the server side, in the peer's environment -----------------------------------------------

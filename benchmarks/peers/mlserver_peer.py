@@ -42,7 +42,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.peers.harness import free_port
+from benchmarks.peers.harness import free_port, v2_probabilities, v2_request
 
 REQUIREMENTS = "benchmarks/peers/requirements/mlserver.txt"
 MODEL = "flight-delay"  # ours' model name: one V2 client works against both
@@ -79,14 +79,8 @@ def endpoint(port: int, mode: str) -> str:
     return f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"
 
 
-def request(mode: str, flights: list[dict], encoded: dict) -> tuple[bytes, dict[str, str]]:
-    return json.dumps(v2_body(mode, flights, encoded)).encode(), {
-        "Content-Type": "application/json"
-    }
-
-
-def probabilities(mode: str, answer: dict) -> list[float]:
-    return next(o["data"] for o in answer["outputs"] if o["name"] == OUTPUT)
+request = v2_request
+probabilities = v2_probabilities
 
 
 def swap(port: int, folder: Path, workdir: Path) -> None:
@@ -96,33 +90,6 @@ def swap(port: int, folder: Path, workdir: Path) -> None:
     url = f"http://127.0.0.1:{port}/v2/repository/models/{MODEL}/load"
     with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=120):
         pass  # 200 once the new model is registered and the old one unloaded
-
-
-def v2_body(mode: str, flights: list[dict], encoded: dict) -> dict:
-    """A V2 inference request: the encoded tensors (model), or one tensor per raw field."""
-    if mode == "model":
-        inputs = [
-            _tensor(name, encoded[name], datatype)
-            for name, datatype in (("categorical", "INT64"), ("numerical", "FP32"))
-        ]
-    else:
-        from serving.protocols import V2_INPUTS  # the harness's environment has the repository
-
-        inputs = [
-            {
-                "name": field,
-                "shape": [len(flights)],
-                "datatype": datatype,
-                "data": [flight.get(field) for flight in flights],
-            }
-            for field, datatype in V2_INPUTS.items()
-        ]
-    return {"inputs": inputs}
-
-
-def _tensor(name: str, rows: list[list], datatype: str) -> dict:
-    data = [value for row in rows for value in row]  # V2's row-major flat data
-    return {"name": name, "shape": [len(rows), len(rows[0])], "datatype": datatype, "data": data}
 
 
 def _write_model_settings(workdir: Path, folder: Path, mode: str, batching: bool) -> None:
@@ -192,19 +159,10 @@ def _runtime() -> type:
                 else NumpyCodec.decode_input(tensor).reshape(-1).tolist()
                 for name, tensor in inputs.items()
             }
-            flights = _flights(columns)
+            flights = common.flights_of_columns(columns)
             step = common.MAX_ROWS if self._batching else max(1, len(flights))
             bodies = [{"flights": flights[i : i + step]} for i in range(0, len(flights), step)]
             answers = common.predict_many(self._model, bodies or [{"flights": []}])
             return [p["delay_probability"] for a in answers for p in a["predictions"]]
 
     return FlightDelayRuntime
-
-
-def _flights(columns: dict[str, list]) -> list[dict]:
-    """One 1-D column per raw field -> flight records (ours' validator checks the fields)."""
-    sizes = {len(values) for values in columns.values()}
-    if len(sizes) > 1:
-        raise ValueError(f"inputs: the tensors differ in length ({sorted(sizes)})")
-    rows = sizes.pop() if sizes else 0
-    return [{name: values[i] for name, values in columns.items()} for i in range(rows)]

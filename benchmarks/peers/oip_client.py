@@ -2,8 +2,9 @@
 
 Triton's HTTP client (tritonclient 2.73.0, `benchmarks/peers/requirements/oip.txt`, in a venv of
 its own without the repository) sends raw flights as ours' V2 inputs (one 1-D tensor per field,
-the datatypes of `serving.protocols.V2_INPUTS`) to `/v2/models/<model>/infer`, once as JSON and
-once with the binary tensor extension, and reads `delay_probability`. It prints one JSON line,
+the datatypes of `serving.protocols.V2_INPUTS`, which the caller hands over as `--datatypes`)
+to `/v2/models/<model>/infer`, once as JSON and once with the binary tensor extension, and
+reads `delay_probability`. It prints one JSON line,
 `{"json": [...], "binary": [...]}`, where `binary` is the error's text if the server refused.
 
 The requests say their Content-Type (tritonclient sends none): KServe's V2 route takes a JSON
@@ -12,7 +13,10 @@ to) reads a body without one as bytes, which KServe then refuses as a binary req
 its header; KServe's own client sets it since kserve/kserve#5632.
 
     benchmarks/peers/.venvs/oip/bin/python benchmarks/peers/oip_client.py \
-        --url 127.0.0.1:8811 --model flight-delay --flights flights.json
+        --url 127.0.0.1:8811 --model flight-delay --flights flights.json \
+        --datatypes '{"carrier": "BYTES", "flight": "INT64", ...}'
+
+`benchmarks/serving.py` runs it (`benchmarks.peers.harness.oip_check`).
 
 `--flights`: a JSON list of flights as in ours' /predict body (`{"flights": [...]}`'s list).
 """
@@ -28,25 +32,17 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-# serving.protocols.V2_INPUTS (the client's venv has tritonclient and numpy, not the repository)
-V2_INPUTS = {
-    "carrier": "BYTES",
-    "flight": "INT64",
-    "tailnum": "BYTES",
-    "origin": "BYTES",
-    "dest": "BYTES",
-    "scheduled_departure": "BYTES",
-    "distance": "FP32",
-}
 NUMPY = {"BYTES": np.object_, "INT64": np.int64, "FP32": np.float32}
 OUTPUT = "delay_probability"
 CONTENT_TYPE = {False: "application/json", True: "application/octet-stream"}  # by `binary`
 
 
-def inputs(flights: list[dict], binary: bool) -> list[httpclient.InferInput]:
+def inputs(
+    flights: list[dict], datatypes: dict[str, str], binary: bool
+) -> list[httpclient.InferInput]:
     """One 1-D tensor per field that every flight has (a field none has is left out)."""
     tensors = []
-    for field, datatype in V2_INPUTS.items():
+    for field, datatype in datatypes.items():
         values = [flight.get(field) for flight in flights]
         if all(value is None for value in values):
             continue
@@ -59,11 +55,15 @@ def inputs(flights: list[dict], binary: bool) -> list[httpclient.InferInput]:
 
 
 def infer(
-    client: httpclient.InferenceServerClient, model: str, flights: list, binary: bool
+    client: httpclient.InferenceServerClient,
+    model: str,
+    flights: list,
+    datatypes: dict[str, str],
+    binary: bool,
 ) -> list[float]:
     result = client.infer(
         model,
-        inputs(flights, binary),
+        inputs(flights, datatypes, binary),
         outputs=[httpclient.InferRequestedOutput(OUTPUT, binary_data=binary)],
         headers={"Content-Type": CONTENT_TYPE[binary]},
     )
@@ -75,12 +75,18 @@ def main() -> None:
     parser.add_argument("--url", required=True, help="host:port")
     parser.add_argument("--model", default="flight-delay")
     parser.add_argument("--flights", type=Path, required=True, help="a JSON list of flights")
+    parser.add_argument(
+        "--datatypes",
+        type=json.loads,
+        required=True,
+        help="each field's V2 datatype, as JSON (serving.protocols.V2_INPUTS)",
+    )
     args = parser.parse_args()
     flights = json.loads(args.flights.read_text())
     with httpclient.InferenceServerClient(args.url) as client:
-        answer: dict = {"json": infer(client, args.model, flights, binary=False)}
+        answer: dict = {"json": infer(client, args.model, flights, args.datatypes, binary=False)}
         try:
-            answer["binary"] = infer(client, args.model, flights, binary=True)
+            answer["binary"] = infer(client, args.model, flights, args.datatypes, binary=True)
         except InferenceServerException as error:  # a server without the binary extension
             answer["binary"] = f"refused: {str(error)[:300]}"  # some echo the whole body
     sys.stdout.write(json.dumps(answer) + "\n")

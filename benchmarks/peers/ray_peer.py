@@ -63,6 +63,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers.harness import json_probabilities, json_request
+
 REQUIREMENTS = "benchmarks/peers/requirements/ray.txt"
 ROOT = Path(__file__).resolve().parents[2]
 APP = "flights"
@@ -120,15 +122,8 @@ def endpoint(port: int, mode: str) -> str:
     return f"http://127.0.0.1:{port}/{'predict' if mode == 'predict' else 'model'}"
 
 
-def request(mode: str, flights: list[dict], encoded: dict) -> tuple[bytes, dict[str, str]]:
-    body = {"flights": flights} if mode == "predict" else encoded
-    return json.dumps(body).encode(), {"Content-Type": "application/json"}
-
-
-def probabilities(mode: str, answer: dict) -> list[float]:
-    if mode == "predict":
-        return [p["delay_probability"] for p in answer["predictions"]]
-    return answer["delay_probability"]
+request = json_request
+probabilities = json_probabilities
 
 
 def swap(port: int, folder: Path, workdir: Path) -> None:
