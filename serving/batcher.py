@@ -156,12 +156,14 @@ class MicroBatcher:
         before the body is read."""
         if self.queued_rows >= self.max_queue_rows:
             return "queue_full"
-        if self.lag > self.max_lag_s:
+        if self.lag > self.max_lag_s and self.in_flight != 0:
             # Parsing, not scoring, is most of a request's cost: past capacity the backlog
             # is the requests the loop has not read yet, waiting in the sockets where the
-            # queue cannot see them, and the sign of it is a loop running late. Admit the
-            # share max_lag / lag of them, not none: refusing costs a fifth of serving, so a
-            # loop late from refusals alone would otherwise refuse everything for good.
+            # queue cannot see them, and the sign of it is a loop running late. With none in
+            # flight it is late from something else (a model loading, a collection), which
+            # refusing would not help. Admit the share max_lag / lag of them, not none:
+            # refusing costs a fifth of serving, so a loop late from refusals alone would
+            # otherwise refuse everything for good.
             self._credit += self.max_lag_s / self.lag
             if self._credit < 1.0:
                 return "loop_lag"

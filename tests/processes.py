@@ -54,6 +54,20 @@ class Served:
         """The `mlops serve` process (with one worker, the one that serves)."""
         return self.process.pid
 
+    def every_worker_ready(self, workers: int, within_s: float = 120) -> set[int]:
+        """Until `workers` processes have each answered /model (a new connection each time,
+        which the kernel hands to any worker): readiness is a worker's own, so a server whose
+        first worker is ready may still have another loading its model. Their pids."""
+        deadline, ready = time.monotonic() + within_s, set[int]()
+        while len(ready) < workers:
+            assert time.monotonic() < deadline, f"{len(ready)} of {workers} ready: {ready}"
+            answer = httpx.get(f"{self.base}/model")
+            if answer.status_code == 200:
+                ready.add(answer.json()["pid"])
+            else:
+                time.sleep(0.1)
+        return ready
+
 
 @contextmanager
 def mlops_serve(

@@ -289,13 +289,23 @@ async def _turns(count: int) -> None:
         await asyncio.sleep(0)
 
 
-def test_a_loop_running_late_refuses_new_work(model: LoadedModel) -> None:
+LATE = [None, None, "loop_lag", None, None]
+
+
+@pytest.mark.parametrize(
+    ("in_flight", "refused"),
+    [(None, LATE), (3, LATE), (0, [None] * 5)],  # none in flight: late from something else
+)
+def test_a_loop_running_late_refuses_new_work(
+    model: LoadedModel, in_flight: int | None, refused: list[str | None]
+) -> None:
     async def late_turns(count: int) -> None:
         for _ in range(count):
             _hog(0.08)
             await _turns(2)  # the lag tick runs, late, after this task's step
 
     async def work(batcher: MicroBatcher) -> list[str | None]:
+        batcher.in_flight = in_flight
         seen = [batcher.refusal()]
         await late_turns(1)  # one long turn (a collection, a reload) is not a backlog
         seen.append(batcher.refusal())
@@ -312,7 +322,7 @@ def test_a_loop_running_late_refuses_new_work(model: LoadedModel) -> None:
         seen.append(batcher.refusal())
         return seen
 
-    assert _run(_slot(model), work, max_lag_s=0.02) == [None, None, "loop_lag", None, None]
+    assert _run(_slot(model), work, max_lag_s=0.02) == refused
 
 
 @pytest.mark.parametrize(("in_flight", "turns"), [(None, 1), (1, 0), (2, 1)])

@@ -119,6 +119,7 @@ def _swaps_under_load(
     }
     body = {"flights": as_requests(december.head(3))}
     with mlops_serve("--workers", "2", env=env) as served:
+        served.every_worker_ready(2)
         steady = collect(open_loop_process(served.base, "/predict", body, RATE, 10))
         load = open_loop_process(served.base, "/predict", body, RATE, EVERY_S * swaps + 5)
         for i in range(1, swaps + 1):

@@ -25,9 +25,10 @@ def test_mlops_serve_with_two_workers_answers_and_stops_cleanly(
     options = ("--home", str(tmp_path))
     env = clean_env(MLOPS_LOG_FORMAT="json")
     with mlops_serve(*args, options=options, env=env, ready_within_s=120) as served:
+        served.every_worker_ready(2)
         body = {"flights": as_requests(december.head(2))}
         answers = [httpx.post(f"{served.base}/predict", json=body) for _ in range(6)]
-        assert {a.status_code for a in answers} == {200}
+        assert {a.status_code for a in answers} == {200}, [a.text for a in answers]
         assert answers[0].json()["model"]["version"] == model_folder.version
         docs = httpx.get(f"{served.base}/openapi.json").json()
         assert "/predict" in docs["paths"] and "/v2/models/{name}/infer" in docs["paths"]
