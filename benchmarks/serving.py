@@ -10,7 +10,10 @@ medians over the rounds:
 - *floor*: a bare FastAPI endpoint on the same server settings that validates the same
   `/predict` body and returns a constant (`benchmarks/floor_app.py`);
 - *mlflow*: `mlflow models serve` on the same registered model (ONNX pyfunc), sent the model's
-  encoded inputs, since that server has no feature transform.
+  encoded inputs, since that server has no feature transform;
+- *ours-mlp* (on request): `mlops serve` on a plain MLP (no numerical embeddings, one member,
+  trained here once and registered without the alias), which parts the server's own cost from
+  the default model's (a TabM-mini ensemble of 8 over periodic embeddings).
 
 Then rows/s with 1,000 flights per request, and onnxruntime's in-process latency at batch 1 and
 4096. The model is trained here (small, 2 epochs) unless `--home` already has a champion.
@@ -61,9 +64,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger("benchmarks.serving")
 console = Console(highlight=False, soft_wrap=True)
 CONCURRENCY = (1, 8, 32, 128)
-SERVERS = ("ours", "ours-unbatched", "ours-2-workers", "floor", "mlflow", "candidate")
+SERVERS = ("ours", "ours-unbatched", "ours-2-workers", "ours-mlp", "floor", "mlflow", "candidate")
 OURS_BATCHING = {
     "ours": "on",
+    "ours-mlp": "on",
     "candidate": "on",
     "ours-2-workers": "on",
     "ours-unbatched": "off (max_batch 1)",
@@ -335,8 +339,8 @@ def builtin_targets(
     for name in args.servers:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        if name in ("ours", "ours-unbatched", "ours-2-workers", "candidate"):
-            model_dir = args.candidate if name == "candidate" else folder
+        if name in ("ours", "ours-unbatched", "ours-2-workers", "ours-mlp", "candidate"):
+            model_dir = {"candidate": args.candidate, "ours-mlp": args.mlp}.get(name, folder)
             workers = "2" if name == "ours-2-workers" else "1"
             command = [sys.executable, "-m", "mlops", "--home", str(home), "serve"]
             command += ["--model-dir", str(model_dir), "--port", str(port), "--workers", workers]
@@ -350,7 +354,7 @@ def builtin_targets(
                     bodies["predict"],
                     # ours' switch: one request per onnxruntime call, through the same queue
                     env | {"MLOPS_SERVE__MAX_BATCH": "1"} if name == "ours-unbatched" else env,
-                    read=None if name == "candidate" else predictions,
+                    read=predictions if model_dir == folder else None,
                 )
             )
         elif name == "floor":
@@ -539,6 +543,7 @@ def swaps_under_load(target: Target, count: int, expected: list[np.ndarray], sec
 def main(args: argparse.Namespace) -> None:
     home = args.home
     folder, model_uri = prepare(home)
+    args.mlp = plain_mlp_folder(home) if "ours-mlp" in args.servers else None
     one, sample = flights_body(home, 1)
     thousand, big_sample = flights_body(home, 1000)
     from serving.bundle import read_bundle
@@ -677,6 +682,28 @@ def open_inference_protocol(group: list[Target], home: Path, model: LoadedModel)
     return out
 
 
+def plain_mlp_folder(home: Path) -> Path:
+    """A plain MLP's folder (the default width and depth; no numerical embeddings, one member;
+    1 epoch, seed 1), trained and registered without the alias on first use, then reused."""
+    from pipelines.layout import DataLayout
+    from serving.bundle import download_version
+    from training.config import FitConfig, ModelConfig, TrackingConfig
+    from training.registry import GateConfig, register
+
+    tracking, gate = TrackingConfig(home), GateConfig()
+    client = tracking.client()
+    noted = home / "serving" / "plain-mlp-version"
+    if not noted.exists():
+        from training.train import train
+
+        logger.info("training a plain MLP for ours-mlp (1 epoch)")
+        config = ModelConfig(numeric_embedding="none", members=1)
+        result = train(DataLayout(home), tracking, config, FitConfig(1, seed=1))
+        noted.write_text(str(register(client, result.run_id, gate)))
+    cache = home / "serving" / "models"
+    return download_version(client, gate.model_name, noted.read_text(), cache).folder
+
+
 def swap_folder(home: Path, version: str | None, champion: str) -> tuple[str, Path]:
     """Another registered version and its folder, for the swaps: `version`, or (None) the
     newest other than the champion, or one trained here: other weights and width (64 x 2,
@@ -692,7 +719,7 @@ def swap_folder(home: Path, version: str | None, champion: str) -> tuple[str, Pa
         others = [
             v.version
             for v in client.search_model_versions(f"name='{gate.model_name}'")
-            if str(v.version) != champion
+            if str(v.version) not in (champion, _read(home / "serving" / "plain-mlp-version"))
         ]
         if others:
             version = str(max(others, key=int))
@@ -706,6 +733,10 @@ def swap_folder(home: Path, version: str | None, champion: str) -> tuple[str, Pa
             version = str(register(client, result.run_id, gate))
     cache = home / "serving" / "models"
     return version, download_version(client, gate.model_name, version, cache).folder
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text() if path.exists() else None
 
 
 def tree_rss_mb(server: Process) -> float:
