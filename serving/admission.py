@@ -65,12 +65,8 @@ class EdgeAdmission:
 
     def refuses(self, method: bytes, url: bytes) -> bool:
         path = url.partition(b"?")[0].decode("latin-1")  # percent-encoded: the app decides
-        if not is_scoring(path):
+        if not is_scoring(path) or self.batcher.admits():
             return False
-        refused = self.batcher.refusal()
-        if refused is None:
-            return False
-        self.batcher.shed(refused)
         self.metrics.observe_request("unmatched", method.decode("latin-1"), 503, 0.0)
         return True
 
@@ -89,13 +85,11 @@ class Admission:
     def __init__(self, app: ASGIApp, batcher: MicroBatcher) -> None:
         self.app = app
         self.batcher = batcher
-        batcher.in_flight = 0  # counted here: every scoring request passes this layer
+        batcher.counted = True  # in flight counted here: every scoring request passes this layer
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and is_scoring(scope["path"]):
-            refused = self.batcher.refusal()
-            if refused is not None:
-                self.batcher.shed(refused)
+            if not self.batcher.admits():
                 await send(_START)
                 await send(_BODY)
                 return
@@ -109,11 +103,11 @@ class Admission:
                     message["headers"] = [*message.get("headers", ()), header]
                 await send(message)
 
-            self.batcher.in_flight += 1  # type: ignore[operator]
+            self.batcher.in_flight += 1
             try:
                 await self.app(scope, receive, send_with_id)
             finally:
-                self.batcher.in_flight -= 1  # type: ignore[operator]
+                self.batcher.in_flight -= 1
             return
         await self.app(scope, receive, send)
 

@@ -120,9 +120,10 @@ class MicroBatcher:
         self.on_scored = on_scored
         self.queued_rows = 0  # rows waiting in the queue, not those being scored
         # Scoring requests admitted and not yet answered, counted by the admission middleware
-        # (None: not counted, as when the batcher is used alone): with no other in flight, a
+        # when `counted` (not when the batcher is used alone): with no other in flight, a
         # batch does not wait a turn of the loop for company that cannot come.
-        self.in_flight: int | None = None
+        self.in_flight = 0
+        self.counted = False
         self.lag = 0.0  # how late the loop ran its last lag tick, in seconds
         self._credit = 0.0  # admissions earned while the loop is late
         self._late = 0.0  # how late the last tick ran
@@ -156,7 +157,7 @@ class MicroBatcher:
         before the body is read."""
         if self.queued_rows >= self.max_queue_rows:
             return "queue_full"
-        if self.lag > self.max_lag_s and self.in_flight != 0:
+        if self.lag > self.max_lag_s and (self.in_flight or not self.counted):
             # Parsing, not scoring, is most of a request's cost: past capacity the backlog
             # is the requests the loop has not read yet, waiting in the sockets where the
             # queue cannot see them, and the sign of it is a loop running late. With none in
@@ -202,6 +203,14 @@ class MicroBatcher:
         self.queued_rows += len(rows)
         return await future
 
+    def admits(self) -> bool:
+        """`refusal` for a request at the door: False, and the refusal counted, if refused."""
+        refused = self.refusal()
+        if refused is None:
+            return True
+        self.shed(refused)
+        return False
+
     def shed(self, reason: str) -> None:
         if self.on_shed is not None:
             self.on_shed(reason)
@@ -226,7 +235,7 @@ class MicroBatcher:
         Makes batches about twice as large under load (benchmarks/RESULTS.md); a request
         alone in flight skips it, since the turn was a tenth of a millisecond of its latency
         for no company (micro-batching is then no slower than none at concurrency 1)."""
-        if self.in_flight is not None and self.in_flight <= 1 + self._queue.qsize():
+        if self.counted and self.in_flight <= 1 + self._queue.qsize():
             return  # no other request is being read: a turn would cost latency for nothing
         room = self.max_batch - len(first.rows)  # requests of one row each, at most
         size = -1

@@ -305,7 +305,7 @@ def test_a_loop_running_late_refuses_new_work(
             await _turns(2)  # the lag tick runs, late, after this task's step
 
     async def work(batcher: MicroBatcher) -> list[str | None]:
-        batcher.in_flight = in_flight
+        batcher.counted, batcher.in_flight = in_flight is not None, in_flight or 0
         seen = [batcher.refusal()]
         await late_turns(1)  # one long turn (a collection, a reload) is not a backlog
         seen.append(batcher.refusal())
@@ -337,7 +337,7 @@ def test_a_request_alone_in_flight_does_not_wait_a_turn_for_company(
         slot = ModelSlot()
         slot.swap(model)
         batcher = MicroBatcher(slot, 256, 0.0)
-        batcher.in_flight = in_flight
+        batcher.counted, batcher.in_flight = in_flight is not None, in_flight or 0
         ran: list[str] = []
         asyncio.get_running_loop().call_soon(ran.append, "another turn")
         pending = _Pending(rows[:1], asyncio.get_running_loop().create_future(), 0.0, "")
