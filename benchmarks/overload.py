@@ -9,6 +9,12 @@ goodput (200s/s) over capacity, and how fast the refusals (503 + Retry-After) co
 
     PYTHONPATH=. python benchmarks/overload.py --model-dir MODEL
 
+`--client hey` drives the same two phases with `hey` (Go; `apt install hey`) instead, which
+takes less of a shared machine's cores: the capacity from 32 workers unlimited, then
+`--workers` workers each limited to its share of `--factor` times it. A hey worker waits for
+each answer before its next request (a rate-limited closed loop, not an open one), so faster
+refusals bring more requests, up to the rate asked.
+
 MODEL: a model folder (`mlops export`, or the one `benchmarks/serving.py` downloads into its
 home). Writes benchmarks/results/overload.json and prints the rows for benchmarks/RESULTS.md.
 """
@@ -17,8 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,6 +133,48 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
     }
 
 
+def hey(url: str, body: Path, workers: int, seconds: float, rate: float = 0.0) -> list[Outcome]:
+    """`hey` against `url` for `seconds`: each worker at most `rate` requests a second (0: no
+    limit). Its CSV has a row per request: seconds taken, ..., status code, offset from the
+    start in seconds (a request that got no answer has status 0)."""
+    command = ["hey", "-z", f"{seconds:g}s", "-c", str(workers), "-q", f"{rate:.3f}"]
+    command += ["-m", "POST", "-T", "application/json", "-D", str(body), "-o", "csv", url]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    rows = list(csv.reader(done.stdout.splitlines()))[1:]
+    outcomes = []
+    for row in rows:
+        taken, status, offset = float(row[0]), int(row[6]), float(row[7])
+        outcomes.append(Outcome(due=offset, sent=offset, done=offset + taken, status=status))
+    return outcomes
+
+
+def measure_hey(base: str, pid: int, args: argparse.Namespace) -> dict:
+    with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
+        body.write(json.dumps({"flights": [EXAMPLE_FLIGHT]}).encode())
+        body.flush()
+        url = f"{base}/predict"
+        closed = hey(url, Path(body.name), 32, args.capacity_seconds)
+        capacity = sum(o.status == 200 for o in closed) / args.capacity_seconds
+        offered = capacity * args.factor
+        cpu_start, started = cpu_seconds(pid), time.monotonic()
+        during = hey(url, Path(body.name), args.workers, args.seconds, offered / args.workers)
+        elapsed = time.monotonic() - started
+        server_cores = (cpu_seconds(pid) - cpu_start) / elapsed
+    during.sort(key=lambda o: o.due)
+    figures = summary(during, args.seconds, 1.0)
+    figures["offered_per_s"] = round(offered)  # hey's rows are the requests it sent
+    del figures["refused_without_retry_after"]  # hey does not report headers
+    return {
+        "client": "hey",
+        "capacity_per_s": round(capacity),
+        "factor": args.factor,
+        "seconds": args.seconds,
+        "workers": args.workers,
+        "during": figures,
+        "server_cores": round(server_cores, 2),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -132,6 +182,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="of overload")
     parser.add_argument("--capacity-seconds", type=float, default=5.0)
     parser.add_argument("--connections", type=int, default=1024)
+    parser.add_argument("--client", choices=["python", "hey"], default="python")
+    parser.add_argument("--workers", type=int, default=512, help="hey's, in the overload")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/overload.json")
     args = parser.parse_args()
     env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0"}
@@ -142,7 +194,10 @@ def main() -> None:
         ) as served,
     ):
         started = time.monotonic()
-        result = run(measure(served.port, served.process.pid, args))
+        if args.client == "hey":
+            result = measure_hey(served.base, served.process.pid, args)
+        else:
+            result = run(measure(served.port, served.process.pid, args))
         metrics = httpx.get(f"{served.base}/metrics").text
         result["wall_s"] = round(time.monotonic() - started)
     result["shed_metrics"] = {
@@ -155,6 +210,15 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+    if args.client == "hey":
+        print(
+            f"| {result['capacity_per_s']:,} | {during['offered_per_s']:,} "
+            f"| {during['sent_per_s']:,} | {during['ok_per_s']:,} "
+            f"| **{result['goodput_over_capacity']:.2f}x** | {during['refused_per_s']:,} "
+            f"| {during['refused_p50_ms']} / **{during['refused_p99_ms']}** "
+            f"| {during['ok_p50_ms']} / {during['ok_p99_ms']} | {result['server_cores']} |"
+        )
+        return
     print(
         f"| {result['capacity_per_s']:,} | {during['offered_per_s']:,} | {during['ok_per_s']:,} "
         f"| **{result['goodput_over_capacity']:.2f}x** | {during['refused_per_s']:,} "
