@@ -71,6 +71,9 @@ def route_library_output(home: Path) -> None:
     os.environ.setdefault(
         "TORCHINDUCTOR_CACHE_DIR", str((home / "cache" / "torchinductor").resolve())
     )
+    # onnxruntime's telemetry (1.32 keeps a device id and an event database): off unless the
+    # user turns it on
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     # TensorFlow's C++ INFO lines (CPU features, graph sessions) on stderr; warnings stay
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 

@@ -19,11 +19,11 @@ if TYPE_CHECKING:
 
 
 def create() -> FastAPI:
-    from serving.app import create_app
-
     secrets_from_files()
     settings = Settings()
-    service_logging(settings)
+    service_logging(settings)  # first: the libraries read their switches when imported
+    from serving.app import create_app  # imports onnxruntime
+
     os.environ.update(settings.serve.mlflow_environment())  # this process serves, only
     return create_app(
         settings.serve, model_source(settings), events_of(settings), predictions_of(settings)

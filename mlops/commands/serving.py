@@ -35,10 +35,10 @@ def serve_command(
     """Serve the champion over HTTP: /predict, /invocations, /v2, /metrics, /docs."""
     import uvicorn
 
-    from serving.connection import HTTP_PROTOCOL
-
     settings: Settings = ctx.obj
-    service_logging(settings)
+    service_logging(settings)  # first: the libraries read their switches when imported
+    from serving.connection import HTTP_PROTOCOL  # imports onnxruntime
+
     serve = settings.serve
     workers = workers or serve.workers
     # uvicorn's workers build the app from the environment: hand the effective settings over

@@ -57,7 +57,9 @@ def test_the_serving_images_factory_logs_its_model_load_as_json(
     """What the serving image runs (`uvicorn mlops.serve_app:create --factory`): no CLI
     callback configures its logging, the factory does."""
     port = free_port()
+    user_home = tmp_path / "user-home"
     env = clean_env(
+        HOME=str(user_home),
         MLOPS_HOME=str(tmp_path),
         MLOPS_SERVE__MODEL_DIR=str(model_folder.folder),
         MLOPS_LOG_FORMAT="json",
@@ -71,3 +73,5 @@ def test_the_serving_images_factory_logs_its_model_load_as_json(
     assert len(loads) == 1, output
     assert loads[0]["logger"] == "serving.runtime" and loads[0]["pid"] == served.process.pid
     assert f"v{model_folder.version}" in loads[0]["message"]
+    # nothing in the user's home (onnxruntime's device id goes under MLOPS_HOME, if anywhere)
+    assert [p for p in user_home.rglob("*") if p.is_file()] == []
