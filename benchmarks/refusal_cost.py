@@ -32,9 +32,10 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
 # ruff: noqa: E402
 import httpx
 
+from benchmarks.peers.harness import free_port
 from benchmarks.serving import load
 from serving.schemas import EXAMPLE_FLIGHT
-from tests.processes import free_port, serving_process
+from tests.processes import serving_process
 
 # `python -m mlops` with every scoring request refused (run as `python -c`)
 REFUSING = (

@@ -60,6 +60,7 @@ from pipelines.contract import OUTPUT
 
 if TYPE_CHECKING:
     from serving.runtime import LoadedModel
+    from training.config import ModelConfig
 
 logger = logging.getLogger("benchmarks.serving")
 console = Console(highlight=False, soft_wrap=True)
@@ -682,61 +683,65 @@ def open_inference_protocol(group: list[Target], home: Path, model: LoadedModel)
     return out
 
 
+PLAIN_MLP_NOTE = Path("serving") / "plain-mlp-version"  # under the home: ours-mlp's version
+
+
 def plain_mlp_folder(home: Path) -> Path:
-    """A plain MLP's folder (the default width and depth; no numerical embeddings, one member;
-    1 epoch, seed 1), trained and registered without the alias on first use, then reused."""
-    from pipelines.layout import DataLayout
-    from serving.bundle import download_version
-    from training.config import FitConfig, ModelConfig, TrackingConfig
-    from training.registry import GateConfig, register
+    """A plain MLP's folder (the default width and depth; no numerical embeddings, one member),
+    trained and registered on first use, then reused."""
+    from training.config import ModelConfig
 
-    tracking, gate = TrackingConfig(home), GateConfig()
-    client = tracking.client()
-    noted = home / "serving" / "plain-mlp-version"
+    noted = home / PLAIN_MLP_NOTE
     if not noted.exists():
-        from training.train import train
-
-        logger.info("training a plain MLP for ours-mlp (1 epoch)")
         config = ModelConfig(numeric_embedding="none", members=1)
-        result = train(DataLayout(home), tracking, config, FitConfig(1, seed=1))
-        noted.write_text(str(register(client, result.run_id, gate)))
-    cache = home / "serving" / "models"
-    return download_version(client, gate.model_name, noted.read_text(), cache).folder
+        noted.write_text(_trained_version(home, config, "a plain MLP for ours-mlp"))
+    return _version_folder(home, noted.read_text())
 
 
 def swap_folder(home: Path, version: str | None, champion: str) -> tuple[str, Path]:
     """Another registered version and its folder, for the swaps: `version`, or (None) the
-    newest other than the champion, or one trained here: other weights and width (64 x 2,
-    seed 1, 1 epoch), registered without taking the alias."""
-    from pipelines.layout import DataLayout
-    from serving.bundle import download_version
-    from training.config import FitConfig, ModelConfig, TrackingConfig
-    from training.registry import GateConfig, register
+    newest other than the champion (and ours-mlp's), or one trained here: other weights and
+    width (64 x 2)."""
+    from training.config import ModelConfig, TrackingConfig
+    from training.registry import GateConfig
 
-    tracking, gate = TrackingConfig(home), GateConfig()
-    client = tracking.client()
     if version is None:
-        others = [
-            v.version
-            for v in client.search_model_versions(f"name='{gate.model_name}'")
-            if str(v.version) not in (champion, _read(home / "serving" / "plain-mlp-version"))
-        ]
+        noted = home / PLAIN_MLP_NOTE
+        skip = {champion, noted.read_text() if noted.exists() else ""}
+        found = (
+            TrackingConfig(home).client().search_model_versions(f"name='{GateConfig().model_name}'")
+        )
+        others = [str(v.version) for v in found if str(v.version) not in skip]
         if others:
-            version = str(max(others, key=int))
+            version = max(others, key=int)
         else:
-            from training.train import train
-
-            logger.info("training another model for the swaps (64 x 2, 1 epoch)")
-            result = train(
-                DataLayout(home), tracking, ModelConfig(width=64, depth=2), FitConfig(1, seed=1)
-            )
-            version = str(register(client, result.run_id, gate))
-    cache = home / "serving" / "models"
-    return version, download_version(client, gate.model_name, version, cache).folder
+            config = ModelConfig(width=64, depth=2)
+            version = _trained_version(home, config, "another model for the swaps (64 x 2)")
+    return version, _version_folder(home, version)
 
 
-def _read(path: Path) -> str | None:
-    return path.read_text() if path.exists() else None
+def _trained_version(home: Path, config: ModelConfig, what: str) -> str:
+    """A model trained here for a comparison (1 epoch, seed 1) and registered without taking
+    the alias: its version."""
+    from pipelines.layout import DataLayout
+    from training.config import FitConfig, TrackingConfig
+    from training.registry import GateConfig, register
+    from training.train import train
+
+    logger.info("training %s (1 epoch)", what)
+    tracking = TrackingConfig(home)
+    result = train(DataLayout(home), tracking, config, FitConfig(1, seed=1))
+    return str(register(tracking.client(), result.run_id, GateConfig()))
+
+
+def _version_folder(home: Path, version: str) -> Path:
+    """A registered version downloaded into the home's model cache (once)."""
+    from serving.bundle import download_version
+    from training.config import TrackingConfig
+    from training.registry import GateConfig
+
+    client, name = TrackingConfig(home).client(), GateConfig().model_name
+    return download_version(client, name, version, home / "serving" / "models").folder
 
 
 def tree_rss_mb(server: Process) -> float:
