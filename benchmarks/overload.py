@@ -15,6 +15,11 @@ takes less of a shared machine's cores: the capacity from 32 workers unlimited, 
 each answer before its next request (a rate-limited closed loop, not an open one), so faster
 refusals bring more requests, up to the rate asked.
 
+`--pin` puts the server (every thread of its process tree) on the first CPU and the client on
+the others (`taskset`), so that neither takes the other's cores: on a 2-core machine the
+capacity is then one core's, and the refusals' latency is the server's, not a client's
+waiting for a core it shares.
+
 MODEL: a model folder (`mlops export`, or the one `benchmarks/serving.py` downloads into its
 home). Writes benchmarks/results/overload.json and prints the rows for benchmarks/RESULTS.md.
 """
@@ -39,6 +44,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
 # ruff: noqa: E402
 import httpx
 
+from benchmarks.cores import client_cores, pin_server
 from serving.schemas import EXAMPLE_FLIGHT
 from tests.load import (
     OpenLoop,
@@ -133,11 +139,27 @@ async def measure(port: int, pid: int, args: argparse.Namespace) -> dict:
     }
 
 
-def hey(url: str, body: Path, workers: int, seconds: float, rate: float = 0.0) -> list[Outcome]:
+def hey(
+    url: str,
+    body: Path,
+    workers: int,
+    seconds: float,
+    rate: float = 0.0,
+    prefix: list[str] | None = None,
+) -> list[Outcome]:
     """`hey` against `url` for `seconds`: each worker at most `rate` requests a second (0: no
     limit). Its CSV has a row per request: seconds taken, ..., status code, offset from the
     start in seconds (a request that got no answer has status 0)."""
-    command = ["hey", "-z", f"{seconds:g}s", "-c", str(workers), "-q", f"{rate:.3f}"]
+    command = [
+        *(prefix or []),
+        "hey",
+        "-z",
+        f"{seconds:g}s",
+        "-c",
+        str(workers),
+        "-q",
+        f"{rate:.3f}",
+    ]
     command += ["-m", "POST", "-T", "application/json", "-D", str(body), "-o", "csv", url]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     rows = list(csv.reader(done.stdout.splitlines()))[1:]
@@ -148,16 +170,17 @@ def hey(url: str, body: Path, workers: int, seconds: float, rate: float = 0.0) -
     return outcomes
 
 
-def measure_hey(base: str, pid: int, args: argparse.Namespace) -> dict:
+def measure_hey(base: str, pid: int, args: argparse.Namespace, prefix: list[str]) -> dict:
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
         body.write(json.dumps({"flights": [EXAMPLE_FLIGHT]}).encode())
         body.flush()
         url = f"{base}/predict"
-        closed = hey(url, Path(body.name), 32, args.capacity_seconds)
+        closed = hey(url, Path(body.name), 32, args.capacity_seconds, prefix=prefix)
         capacity = sum(o.status == 200 for o in closed) / args.capacity_seconds
         offered = capacity * args.factor
         cpu_start, started = cpu_seconds(pid), time.monotonic()
-        during = hey(url, Path(body.name), args.workers, args.seconds, offered / args.workers)
+        rate = offered / args.workers
+        during = hey(url, Path(body.name), args.workers, args.seconds, rate, prefix)
         elapsed = time.monotonic() - started
         server_cores = (cpu_seconds(pid) - cpu_start) / elapsed
     during.sort(key=lambda o: o.due)
@@ -170,6 +193,7 @@ def measure_hey(base: str, pid: int, args: argparse.Namespace) -> dict:
         "factor": args.factor,
         "seconds": args.seconds,
         "workers": args.workers,
+        "pinned": bool(prefix),
         "during": figures,
         "server_cores": round(server_cores, 2),
     }
@@ -184,6 +208,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1024)
     parser.add_argument("--client", choices=["python", "hey"], default="python")
     parser.add_argument("--workers", type=int, default=512, help="hey's, in the overload")
+    parser.add_argument("--pin", action="store_true", help="server on CPU 0, client on the rest")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/overload.json")
     args = parser.parse_args()
     env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0"}
@@ -193,9 +218,13 @@ def main() -> None:
             "--model-dir", str(args.model_dir.resolve()), options=("--home", home), env=env
         ) as served,
     ):
+        prefix = []
+        if args.pin:
+            pin_server(served.process.pid)
+            prefix = client_cores()
         started = time.monotonic()
         if args.client == "hey":
-            result = measure_hey(served.base, served.process.pid, args)
+            result = measure_hey(served.base, served.process.pid, args, prefix)
         else:
             result = run(measure(served.port, served.process.pid, args))
         metrics = httpx.get(f"{served.base}/metrics").text

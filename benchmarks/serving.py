@@ -20,6 +20,9 @@ Then rows/s with 1,000 flights per request, and onnxruntime's in-process latency
 
     python benchmarks/serving.py
 
+`--pin` puts each server on the first CPU and wrk on the others (`benchmarks/cores.py`), so
+that on a 2-core machine the client never takes the server's core, nor the server wrk's.
+
 Writes benchmarks/results/serving.json and prints the rows for benchmarks/RESULTS.md.
 """
 
@@ -55,6 +58,7 @@ import pandas as pd
 from rich.console import Console
 from rich.logging import RichHandler
 
+from benchmarks.cores import client_cores, pin_server
 from benchmarks.peers.harness import JSON, MODES, PEERS, free_port, predictions
 from pipelines.contract import OUTPUT
 
@@ -233,6 +237,9 @@ def wrk_command(
     return [*command, "-s", str(script), url]
 
 
+CLIENT: list[str] = []  # the prefix that puts the load generator on its cores (`--pin`)
+
+
 def load(
     url: str,
     body: bytes,
@@ -249,7 +256,7 @@ def load(
         payload.write_bytes(body)
         command = [sys.executable, __file__, "--loadgen", url, str(payload)]
         command += [str(concurrency), str(seconds)]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    done = subprocess.run([*CLIENT, *command], capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -570,6 +577,8 @@ def main(args: argparse.Namespace) -> None:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = os.environ | {"MLOPS_HOME": str(home), "PYTHONPATH": str(ROOT), "PATH": path}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(home / 'mlflow.db').resolve()}"
+    if args.pin:
+        CLIENT[:] = client_cores()
     if args.peers and args.client != "wrk":
         raise SystemExit("the peers are loaded with wrk only (apt-get install wrk)")
     results: dict = {
@@ -578,6 +587,7 @@ def main(args: argparse.Namespace) -> None:
         "seconds_per_point": args.seconds,
         "rounds": args.rounds,
         "client": args.client,
+        "pinned": args.pin,
         "model": model_uri,
         "onnx": onnx_latency(model, big_sample),
     }
@@ -592,6 +602,9 @@ def main(args: argparse.Namespace) -> None:
             continue
         running = start(group)
         try:
+            if args.pin:
+                for server in running.values():
+                    pin_server(server.process.pid)
             for target in group:
                 results["servers"][target.name]["max_abs_diff"] = check_answer(
                     target, expected[mode][0]
@@ -912,6 +925,11 @@ def parse_args() -> argparse.Namespace:
         choices=["wrk", "aiohttp"],
         default="wrk" if shutil.which("wrk") else "aiohttp",
         help="the load generator: wrk (one thread, C) when installed, else an aiohttp process",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="each server on the first CPU, the load generator on the others (benchmarks/cores.py)",
     )
     return parser.parse_args()
 

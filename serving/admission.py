@@ -3,7 +3,7 @@ the event loop running late) gets a 503 before the app reads its body.
 
 The outermost ASGI layer, so a refusal costs no body parsing, no routing, no validation and
 no scoring: one check and a pre-built 503 with Retry-After. uvicorn's parsing and the socket
-work still come first, about a fifth of what an answer costs (benchmarks/RESULTS.md), so the
+work still come first, about a ninth of what an answer costs (benchmarks/refusal_cost.py), so the
 excess of an overload is cheap but not free. It also stamps each scoring request's arrival
 (`ARRIVED`), which the batcher's deadline counts from, and its id (`REQUEST_ID`: the client's
 `X-Request-ID` when it is a short token, else a new one), which the answer carries in its

@@ -142,6 +142,7 @@ def wait_for_count(base: str, key: tuple[str, str], count: float, within_s: floa
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_an_alerts_retrain_waits_out_a_sinks_batch_and_one_never_begun_keeps_no_cooldown(
     tmp_path: Path,
 ) -> None:

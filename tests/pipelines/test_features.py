@@ -58,7 +58,10 @@ def test_two_worker_processes_give_the_same_table_as_the_default_run(built) -> N
 
 @pytest.mark.parametrize(
     ("target_rows", "partitions"),
-    [(7_400, 48), (2_000, 127)],  # 8-day and 3-day partitions (the default: 12, one a month)
+    [  # 8-day and 3-day partitions (the default: 12, one a month)
+        (7_400, 48),
+        pytest.param(2_000, 127, marks=pytest.mark.slow),
+    ],
 )
 def test_partitions_of_any_length_give_the_same_table(
     ingested_home: Path, tmp_path: Path, built, target_rows: int, partitions: int

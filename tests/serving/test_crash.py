@@ -50,7 +50,7 @@ def _export(output: Path, version: str) -> list[str]:
 @pytest.mark.parametrize(
     "cache, count, seed",
     [
-        pytest.param("warm", 2, 19, id="warm-fast"),
+        pytest.param("warm", 2, 19, id="warm-fast", marks=pytest.mark.slow),
         pytest.param("cold", 2, 23, id="cold-fast"),
         pytest.param("warm", 10, 1019, id="warm-all", marks=pytest.mark.slow),
         pytest.param("cold", 10, 1023, id="cold-all", marks=pytest.mark.slow),

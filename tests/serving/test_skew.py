@@ -32,8 +32,8 @@ def _mlops_predict(champion: Champion, source: Path, output: Path, model: Bundle
     "made_by",
     [
         "champion",
-        "trees_champion",
         # the other frameworks in the long variant (`make test` stays inside its budget)
+        pytest.param("trees_champion", marks=pytest.mark.slow),
         pytest.param("jax_champion", marks=pytest.mark.slow),
         pytest.param("catboost_champion", marks=pytest.mark.slow),
     ],

@@ -133,6 +133,7 @@ def test_a_tf_network_that_drifted_from_its_export_fails_parity(
         check_parity(network, path, codes, values)
 
 
+@pytest.mark.slow  # as JAX's: the network's tracked run is in the fast suite
 def test_a_tf_run_is_tracked_logged_and_gated_like_the_others(
     featured_home: Path, tmp_path: Path
 ) -> None:

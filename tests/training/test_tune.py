@@ -155,7 +155,7 @@ CATBOOST = CatBoostConfig(rounds=200, early_stopping=10, threads=2)
     ("trees", "extra", "searched"),
     [
         pytest.param(TREES, "lightgbm", "num_leaves", id="lightgbm"),
-        pytest.param(CATBOOST, "catboost", "depth", id="catboost"),
+        pytest.param(CATBOOST, "catboost", "depth", id="catboost", marks=pytest.mark.slow),
     ],
 )
 def test_a_trees_study_searches_its_library_in_a_study_of_its_own(

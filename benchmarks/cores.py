@@ -1,0 +1,34 @@
+"""Servers and load generators on separate cores, for the benchmarks' `--pin`.
+
+On a 2-core machine a load generator and a server otherwise take cores from each other as the
+scheduler pleases, and every figure moves with it. Pinned, the server (every thread of its
+process tree) has the first CPU to itself, and the client the others: the capacity is one
+core's, and a latency is the server's, not a client's waiting for a core it shares.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import psutil
+
+
+def pin_server(pid: int) -> None:
+    """Every thread of `pid` and of its descendants on the first CPU (threads started later
+    inherit it)."""
+    server = str(min(os.sched_getaffinity(0)))
+    parent = psutil.Process(pid)
+    for process in [parent, *parent.children(recursive=True)]:
+        command = ["taskset", "--all-tasks", "--pid", "--cpu-list", server, str(process.pid)]
+        subprocess.run(command, check=True, capture_output=True)
+
+
+def client_cores() -> list[str]:
+    """The command prefix that runs a client on the other CPUs; this process moves there
+    too."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    os.sched_setaffinity(0, set(cpus[1:]))
+    return ["taskset", "--cpu-list", ",".join(map(str, cpus[1:]))]
