@@ -11,9 +11,11 @@ goodput (200s/s) over capacity, and how fast the refusals (503 + Retry-After) co
 
 `--client hey` drives the same two phases with `hey` (Go; `apt install hey`) instead, which
 takes less of a shared machine's cores: the capacity from 32 workers unlimited, then
-`--workers` workers each limited to its share of `--factor` times it. A hey worker waits for
-each answer before its next request (a rate-limited closed loop, not an open one), so faster
-refusals bring more requests, up to the rate asked.
+`--workers` workers each limited to its share of `--factor` times it, split among
+`--hey-processes` hey processes started a share of a worker's period apart (one process's
+workers send together: `hey` below). A hey worker waits for each answer before its next
+request (a rate-limited closed loop, not an open one), so faster refusals bring more
+requests, up to the rate asked.
 
 `--pin` puts the server (every thread of its process tree) on the first CPU and the client on
 the others (`taskset`), so that neither takes the other's cores: on a 2-core machine the
@@ -146,27 +148,35 @@ def hey(
     seconds: float,
     rate: float = 0.0,
     prefix: list[str] | None = None,
+    processes: int = 1,
 ) -> list[Outcome]:
     """`hey` against `url` for `seconds`: each worker at most `rate` requests a second (0: no
-    limit). Its CSV has a row per request: seconds taken, ..., status code, offset from the
-    start in seconds (a request that got no answer has status 0)."""
-    command = [
-        *(prefix or []),
-        "hey",
-        "-z",
-        f"{seconds:g}s",
-        "-c",
-        str(workers),
-        "-q",
-        f"{rate:.3f}",
-    ]
+    limit), the workers split among `processes` hey processes started a share of a worker's
+    period apart. A hey process starts its workers' rate tickers together, so they fire
+    together: 512 workers at 7 requests a second each send bursts of 512 every 140 ms, and a
+    request waits behind its burst even at a server with nothing else to do (RESULTS).
+    Staggered processes spread the bursts. Each CSV has a row per request: seconds taken, ...,
+    status code, offset from its process's start in seconds (status 0: no answer)."""
+    each = max(1, workers // processes)
+    command = [*(prefix or []), "hey", "-z", f"{seconds:g}s", "-c", str(each), "-q", f"{rate:.3f}"]
     command += ["-m", "POST", "-T", "application/json", "-D", str(body), "-o", "csv", url]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
-    rows = list(csv.reader(done.stdout.splitlines()))[1:]
+    stagger = 1.0 / rate / processes if rate else 0.0
+    running = []
+    for i in range(processes):
+        if i:
+            time.sleep(stagger)
+        started = time.monotonic()
+        running.append((started, subprocess.Popen(command, stdout=subprocess.PIPE, text=True)))
+    first = running[0][0]
     outcomes = []
-    for row in rows:
-        taken, status, offset = float(row[0]), int(row[6]), float(row[7])
-        outcomes.append(Outcome(due=offset, sent=offset, done=offset + taken, status=status))
+    for started, process in running:
+        out, _ = process.communicate()
+        if process.returncode:
+            raise subprocess.CalledProcessError(process.returncode, command)
+        for row in list(csv.reader(out.splitlines()))[1:]:
+            taken, status, offset = float(row[0]), int(row[6]), float(row[7])
+            offset += started - first
+            outcomes.append(Outcome(due=offset, sent=offset, done=offset + taken, status=status))
     return outcomes
 
 
@@ -180,7 +190,9 @@ def measure_hey(base: str, pid: int, args: argparse.Namespace, prefix: list[str]
         offered = capacity * args.factor
         cpu_start, started = cpu_seconds(pid), time.monotonic()
         rate = offered / args.workers
-        during = hey(url, Path(body.name), args.workers, args.seconds, rate, prefix)
+        during = hey(
+            url, Path(body.name), args.workers, args.seconds, rate, prefix, args.hey_processes
+        )
         elapsed = time.monotonic() - started
         server_cores = (cpu_seconds(pid) - cpu_start) / elapsed
     during.sort(key=lambda o: o.due)
@@ -193,6 +205,7 @@ def measure_hey(base: str, pid: int, args: argparse.Namespace, prefix: list[str]
         "factor": args.factor,
         "seconds": args.seconds,
         "workers": args.workers,
+        "hey_processes": args.hey_processes,
         "pinned": bool(prefix),
         "during": figures,
         "server_cores": round(server_cores, 2),
@@ -208,6 +221,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=1024)
     parser.add_argument("--client", choices=["python", "hey"], default="python")
     parser.add_argument("--workers", type=int, default=512, help="hey's, in the overload")
+    parser.add_argument(
+        "--hey-processes", type=int, default=8, help="the workers split among, staggered"
+    )
     parser.add_argument("--pin", action="store_true", help="server on CPU 0, client on the rest")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/overload.json")
     args = parser.parse_args()
