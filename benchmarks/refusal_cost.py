@@ -8,9 +8,10 @@ both at concurrency 32 with one flight per request, alternated in rounds. The ra
 r = served/s / refused/s is a refusal's cost in served requests. At an offered load of k times
 the capacity C, serving a admitted requests and refusing the rest fits in the server's time
 only if a + (kC - a) r <= C, so goodput a/C is at most (1 - k r) / (1 - r), with a perfect
-admission rule, and lower where the load generator shares the machine's cores.
+admission rule, and lower where the load generator shares the machine's cores (`--pin`
+gives the servers the first CPU and wrk the others).
 
-    PYTHONPATH=. python benchmarks/refusal_cost.py --model-dir MODEL
+    PYTHONPATH=. python benchmarks/refusal_cost.py --model-dir MODEL [--pin]
 
 MODEL: a model folder (`mlops export`, or the one `benchmarks/serving.py` downloads into its
 home). Needs wrk. Prints the rows for benchmarks/RESULTS.md.
@@ -32,6 +33,8 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
 # ruff: noqa: E402
 import httpx
 
+from benchmarks import serving
+from benchmarks.cores import client_cores, pin_server
 from benchmarks.peers.harness import free_port
 from benchmarks.serving import load
 from serving.schemas import EXAMPLE_FLIGHT
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="per server and round")
     parser.add_argument("--factor", type=float, default=2.0, help="the overload, x capacity")
+    parser.add_argument("--pin", action="store_true", help="servers on CPU 0, wrk on the rest")
     args = parser.parse_args()
     body = httpx.Request("POST", "/", json={"flights": [EXAMPLE_FLIGHT]}).read()
     env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0", "PYTHONPATH": str(ROOT)}
@@ -63,9 +67,13 @@ def main() -> None:
             "refused": [sys.executable, "-c", REFUSING, *serve, str(ports["refused"])],
         }
         with (
-            serving_process(commands["served"], ports["served"], env=env),
-            serving_process(commands["refused"], ports["refused"], env=env),
+            serving_process(commands["served"], ports["served"], env=env) as served,
+            serving_process(commands["refused"], ports["refused"], env=env) as refusing,
         ):
+            if args.pin:  # loaded one at a time, so both on the one core
+                pin_server(served.process.pid)
+                pin_server(refusing.process.pid)
+                serving.CLIENT[:] = client_cores()
             for _ in range(args.rounds):
                 for kind, port in ports.items():
                     url = f"http://127.0.0.1:{port}/predict"
