@@ -13,22 +13,26 @@ import subprocess
 
 import psutil
 
+CPUS = sorted(os.sched_getaffinity(0))  # as this process started: `client_cores` moves it
+
 
 def pin_server(pid: int) -> None:
     """Every thread of `pid` and of its descendants on the first CPU (threads started later
     inherit it)."""
-    server = str(min(os.sched_getaffinity(0)))
+    server = str(CPUS[0])
     parent = psutil.Process(pid)
     for process in [parent, *parent.children(recursive=True)]:
         command = ["taskset", "--all-tasks", "--pid", "--cpu-list", server, str(process.pid)]
         subprocess.run(command, check=True, capture_output=True)
+        for thread in process.threads():
+            placed = psutil.Process(thread.id).cpu_affinity()
+            assert placed == [CPUS[0]], f"{process.pid}/{thread.id} runs on {placed}"
 
 
 def client_cores() -> list[str]:
     """The command prefix that runs a client on the other CPUs; this process moves there
     too."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
+    if len(CPUS) < 2:
         raise SystemExit("--pin needs at least 2 CPUs")
-    os.sched_setaffinity(0, set(cpus[1:]))
-    return ["taskset", "--cpu-list", ",".join(map(str, cpus[1:]))]
+    os.sched_setaffinity(0, set(CPUS[1:]))
+    return ["taskset", "--cpu-list", ",".join(map(str, CPUS[1:]))]
