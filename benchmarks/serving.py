@@ -504,13 +504,16 @@ def check_answer(target: Target, expected: list[float]) -> float:
 
 
 def start(targets: list[Target]) -> dict[str, Process]:
-    """All up at once (an idle server costs little); none left running if one fails."""
+    """All up at once (an idle server costs little); none left running if one fails. Pinned
+    with `--pin`."""
     running: dict[str, Process] = {}
     try:
         for t in targets:
             running[t.name] = Process(t.name, t.command, t.health, t.env)
         for server in running.values():
             server.wait()
+            if CLIENT:  # --pin: the servers on the first CPU, the client on the others
+                pin_server(server.process.pid)
     except BaseException:
         for server in running.values():
             server.stop()
@@ -602,9 +605,6 @@ def main(args: argparse.Namespace) -> None:
             continue
         running = start(group)
         try:
-            if args.pin:
-                for server in running.values():
-                    pin_server(server.process.pid)
             for target in group:
                 results["servers"][target.name]["max_abs_diff"] = check_answer(
                     target, expected[mode][0]
