@@ -4,6 +4,9 @@ On a 2-core machine a load generator and a server otherwise take cores from each
 scheduler pleases, and every figure moves with it. Pinned, the server (every thread of its
 process tree) has the first CPU to itself, and the client the others: the capacity is one
 core's, and a latency is the server's, not a client's waiting for a core it shares.
+
+`pin_client` moves the benchmark's own process; the load generators it starts afterwards
+inherit its CPUs, as do servers, which `pin_server` then moves to the first.
 """
 
 from __future__ import annotations
@@ -13,7 +16,19 @@ import subprocess
 
 import psutil
 
-CPUS = sorted(os.sched_getaffinity(0))  # as this process started: `client_cores` moves it
+CPUS = sorted(os.sched_getaffinity(0))  # as this process started, before `pin_client`
+
+
+def pin_client() -> None:
+    """This process, and every process it starts from now on, on the CPUs after the first."""
+    if len(CPUS) < 2:
+        raise SystemExit("--pin needs at least 2 CPUs")
+    os.sched_setaffinity(0, set(CPUS[1:]))
+
+
+def pinned() -> bool:
+    """Whether `pin_client` has moved this process off the servers' CPU."""
+    return CPUS[0] not in os.sched_getaffinity(0)
 
 
 def pin_server(pid: int) -> None:
@@ -27,12 +42,3 @@ def pin_server(pid: int) -> None:
         for thread in process.threads():
             placed = psutil.Process(thread.id).cpu_affinity()
             assert placed == [CPUS[0]], f"{process.pid}/{thread.id} runs on {placed}"
-
-
-def client_cores() -> list[str]:
-    """The command prefix that runs a client on the other CPUs; this process moves there
-    too."""
-    if len(CPUS) < 2:
-        raise SystemExit("--pin needs at least 2 CPUs")
-    os.sched_setaffinity(0, set(CPUS[1:]))
-    return ["taskset", "--cpu-list", ",".join(map(str, CPUS[1:]))]

@@ -18,7 +18,7 @@ request (a rate-limited closed loop, not an open one), so faster refusals bring 
 requests, up to the rate asked.
 
 `--pin` puts the server (every thread of its process tree) on the first CPU and the client on
-the others (`taskset`), so that neither takes the other's cores: on a 2-core machine the
+the others (`benchmarks/cores.py`), so that neither takes the other's cores: on a 2-core machine the
 capacity is then one core's, and the refusals' latency is the server's, not a client's
 waiting for a core it shares.
 
@@ -46,7 +46,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
 # ruff: noqa: E402
 import httpx
 
-from benchmarks.cores import client_cores, pin_server
+from benchmarks.cores import pin_client, pin_server
 from serving.schemas import EXAMPLE_FLIGHT
 from tests.load import (
     OpenLoop,
@@ -147,7 +147,6 @@ def hey(
     workers: int,
     seconds: float,
     rate: float = 0.0,
-    prefix: list[str] | None = None,
     processes: int = 1,
 ) -> list[Outcome]:
     """`hey` against `url` for `seconds`: each worker at most `rate` requests a second (0: no
@@ -158,7 +157,7 @@ def hey(
     Staggered processes spread the bursts. Each CSV has a row per request: seconds taken, ...,
     status code, offset from its process's start in seconds (status 0: no answer)."""
     each = max(1, workers // processes)
-    command = [*(prefix or []), "hey", "-z", f"{seconds:g}s", "-c", str(each), "-q", f"{rate:.3f}"]
+    command = ["hey", "-z", f"{seconds:g}s", "-c", str(each), "-q", f"{rate:.3f}"]
     command += ["-m", "POST", "-T", "application/json", "-D", str(body), "-o", "csv", url]
     stagger = 1.0 / rate / processes if rate else 0.0
     running = []
@@ -180,19 +179,17 @@ def hey(
     return outcomes
 
 
-def measure_hey(base: str, pid: int, args: argparse.Namespace, prefix: list[str]) -> dict:
+def measure_hey(base: str, pid: int, args: argparse.Namespace) -> dict:
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
         body.write(json.dumps({"flights": [EXAMPLE_FLIGHT]}).encode())
         body.flush()
         url = f"{base}/predict"
-        closed = hey(url, Path(body.name), 32, args.capacity_seconds, prefix=prefix)
+        closed = hey(url, Path(body.name), 32, args.capacity_seconds)
         capacity = sum(o.status == 200 for o in closed) / args.capacity_seconds
         offered = capacity * args.factor
         cpu_start, started = cpu_seconds(pid), time.monotonic()
         rate = offered / args.workers
-        during = hey(
-            url, Path(body.name), args.workers, args.seconds, rate, prefix, args.hey_processes
-        )
+        during = hey(url, Path(body.name), args.workers, args.seconds, rate, args.hey_processes)
         elapsed = time.monotonic() - started
         server_cores = (cpu_seconds(pid) - cpu_start) / elapsed
     during.sort(key=lambda o: o.due)
@@ -206,7 +203,7 @@ def measure_hey(base: str, pid: int, args: argparse.Namespace, prefix: list[str]
         "seconds": args.seconds,
         "workers": args.workers,
         "hey_processes": args.hey_processes,
-        "pinned": bool(prefix),
+        "pinned": args.pin,
         "during": figures,
         "server_cores": round(server_cores, 2),
     }
@@ -234,13 +231,12 @@ def main() -> None:
             "--model-dir", str(args.model_dir.resolve()), options=("--home", home), env=env
         ) as served,
     ):
-        prefix = []
         if args.pin:
             pin_server(served.process.pid)
-            prefix = client_cores()
+            pin_client()
         started = time.monotonic()
         if args.client == "hey":
-            result = measure_hey(served.base, served.process.pid, args, prefix)
+            result = measure_hey(served.base, served.process.pid, args)
         else:
             result = run(measure(served.port, served.process.pid, args))
         metrics = httpx.get(f"{served.base}/metrics").text

@@ -33,8 +33,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
 # ruff: noqa: E402
 import httpx
 
-from benchmarks import serving
-from benchmarks.cores import client_cores, pin_server
+from benchmarks.cores import pin_client, pin_server
 from benchmarks.peers.harness import free_port
 from benchmarks.serving import load
 from serving.schemas import EXAMPLE_FLIGHT
@@ -73,7 +72,7 @@ def main() -> None:
             if args.pin:  # loaded one at a time, so both on the one core
                 pin_server(served.process.pid)
                 pin_server(refusing.process.pid)
-                serving.CLIENT[:] = client_cores()
+                pin_client()
             for _ in range(args.rounds):
                 for kind, port in ports.items():
                     url = f"http://127.0.0.1:{port}/predict"

@@ -58,7 +58,7 @@ import pandas as pd
 from rich.console import Console
 from rich.logging import RichHandler
 
-from benchmarks.cores import client_cores, pin_server
+from benchmarks.cores import pin_client, pin_server, pinned
 from benchmarks.peers.harness import JSON, MODES, PEERS, free_port, predictions
 from pipelines.contract import OUTPUT
 
@@ -237,9 +237,6 @@ def wrk_command(
     return [*command, "-s", str(script), url]
 
 
-CLIENT: list[str] = []  # the prefix that puts the load generator on its cores (`--pin`)
-
-
 def load(
     url: str,
     body: bytes,
@@ -256,7 +253,7 @@ def load(
         payload.write_bytes(body)
         command = [sys.executable, __file__, "--loadgen", url, str(payload)]
         command += [str(concurrency), str(seconds)]
-    done = subprocess.run([*CLIENT, *command], capture_output=True, text=True, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -512,7 +509,7 @@ def start(targets: list[Target]) -> dict[str, Process]:
             running[t.name] = Process(t.name, t.command, t.health, t.env)
         for server in running.values():
             server.wait()
-            if CLIENT:  # --pin: the servers on the first CPU, the client on the others
+            if pinned():  # --pin: the servers on the first CPU, the client on the others
                 pin_server(server.process.pid)
     except BaseException:
         for server in running.values():
@@ -581,7 +578,7 @@ def main(args: argparse.Namespace) -> None:
     env = os.environ | {"MLOPS_HOME": str(home), "PYTHONPATH": str(ROOT), "PATH": path}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{(home / 'mlflow.db').resolve()}"
     if args.pin:
-        CLIENT[:] = client_cores()
+        pin_client()
     if args.peers and args.client != "wrk":
         raise SystemExit("the peers are loaded with wrk only (apt-get install wrk)")
     results: dict = {
