@@ -22,6 +22,11 @@ the others (`benchmarks/cores.py`), so that neither takes the other's cores: on 
 capacity is then one core's, and the refusals' latency is the server's, not a client's
 waiting for a core it shares.
 
+`--edge` puts the stack's edge (HAProxy, infra/edge/haproxy.cfg) in front of the server and
+sends the load through it: the server gets at most `--edge-conns` scoring requests at a time,
+and the edge refuses what exceeds them and `--edge-queue` waiting. With `--pin` it runs on the
+server's CPU, one thread: the capacity is then the pair's on one core.
+
 MODEL: a model folder (`mlops export`, or the one `benchmarks/serving.py` downloads into its
 home). Writes benchmarks/results/overload.json and prints the rows for benchmarks/RESULTS.md.
 """
@@ -37,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +52,7 @@ if sys.path and Path(sys.path[0] or ".").resolve() == ROOT / "benchmarks":
 # ruff: noqa: E402
 import httpx
 
-from benchmarks.cores import pin_client, pin_server
+from benchmarks.cores import CPUS, pin_client, pin_server
 from serving.schemas import EXAMPLE_FLIGHT
 from tests.load import (
     OpenLoop,
@@ -59,7 +65,7 @@ from tests.load import (
     rss_bytes,
     run,
 )
-from tests.processes import mlops_serve
+from tests.processes import haproxy_edge, mlops_serve
 
 AFTER_S = 8.0  # at half the capacity after the overload, to see the latency settle
 
@@ -179,13 +185,23 @@ def hey(
     return outcomes
 
 
-def measure_hey(base: str, pid: int, args: argparse.Namespace) -> dict:
+def measure_hey(base: str, pid: int, args: argparse.Namespace, direct: str = "") -> dict:
+    """The capacity (32 workers, no limit) and the overload through `base`. With `direct` (the
+    server itself, when `base` is the edge) the capacity is the better of the two: a proxy's
+    hop can make 32 clients too few to keep the server busy, and the ratio must not gain
+    from that."""
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
         body.write(json.dumps({"flights": [EXAMPLE_FLIGHT]}).encode())
         body.flush()
         url = f"{base}/predict"
-        closed = hey(url, Path(body.name), 32, args.capacity_seconds)
-        capacity = sum(o.status == 200 for o in closed) / args.capacity_seconds
+        runs = [("through", base, 32)]
+        if direct:
+            runs += [("direct", direct, 32), ("through_64", base, 64)]
+        capacities = {}
+        for name, at, clients in runs:
+            closed = hey(f"{at}/predict", Path(body.name), clients, args.capacity_seconds)
+            capacities[name] = sum(o.status == 200 for o in closed) / args.capacity_seconds
+        capacity = max(capacities.values())
         offered = capacity * args.factor
         cpu_start, started = cpu_seconds(pid), time.monotonic()
         rate = offered / args.workers
@@ -199,6 +215,7 @@ def measure_hey(base: str, pid: int, args: argparse.Namespace) -> dict:
     return {
         "client": "hey",
         "capacity_per_s": round(capacity),
+        "capacities_per_s": {name: round(c) for name, c in capacities.items()},
         "factor": args.factor,
         "seconds": args.seconds,
         "workers": args.workers,
@@ -207,6 +224,15 @@ def measure_hey(base: str, pid: int, args: argparse.Namespace) -> dict:
         "during": figures,
         "server_cores": round(server_cores, 2),
     }
+
+
+def edge_refusals(metrics: str) -> float:
+    """The 503s the edge answered itself (its `api` frontend's, by HAProxy's exporter)."""
+    for line in metrics.splitlines():
+        if line.startswith("haproxy_frontend_http_responses_total{") and '"api"' in line:
+            if 'code="5xx"' in line:
+                return float(line.split()[-1])
+    return 0.0
 
 
 def main() -> None:
@@ -222,6 +248,9 @@ def main() -> None:
         "--hey-processes", type=int, default=8, help="the workers split among, staggered"
     )
     parser.add_argument("--pin", action="store_true", help="server on CPU 0, client on the rest")
+    parser.add_argument("--edge", action="store_true", help="through HAProxy, the stack's edge")
+    parser.add_argument("--edge-conns", type=int, default=32, help="scoring requests at once")
+    parser.add_argument("--edge-queue", type=int, default=32, help="waiting at the edge")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/overload.json")
     args = parser.parse_args()
     env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0"}
@@ -230,16 +259,30 @@ def main() -> None:
         mlops_serve(
             "--model-dir", str(args.model_dir.resolve()), options=("--home", home), env=env
         ) as served,
+        ExitStack() as stack,
     ):
+        base = served.base
+        if args.edge:
+            cpus = {CPUS[0]} if args.pin else None
+            edge = stack.enter_context(
+                haproxy_edge(served.port, args.edge_conns, args.edge_queue, cpus)
+            )
+            base = edge.base
         if args.pin:
             pin_server(served.process.pid)
+            if args.edge:
+                pin_server(edge.process.pid)
             pin_client()
         started = time.monotonic()
         if args.client == "hey":
-            result = measure_hey(served.base, served.process.pid, args)
+            direct = served.base if args.edge else ""
+            result = measure_hey(base, served.process.pid, args, direct)
         else:
-            result = run(measure(served.port, served.process.pid, args))
+            result = run(measure(int(base.rsplit(":", 1)[1]), served.process.pid, args))
         metrics = httpx.get(f"{served.base}/metrics").text
+        if args.edge:
+            result["edge"] = {"conns": args.edge_conns, "queue": args.edge_queue}
+            result["edge_refused"] = edge_refusals(httpx.get(edge.metrics).text)
         result["wall_s"] = round(time.monotonic() - started)
     result["shed_metrics"] = {
         line.split('"')[1]: float(line.split()[-1])

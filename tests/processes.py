@@ -1,4 +1,5 @@
-"""`mlops serve` as a subprocess, the way a user starts it, for the tests that need one."""
+"""`mlops serve` as a subprocess, the way a user starts it, for the tests that need one; and
+the processes around it (MLflow, Redis, the HAProxy edge)."""
 
 from __future__ import annotations
 
@@ -225,3 +226,55 @@ class Redis:
             self.process.terminate()
             self.process.wait(20)
             self.process = None
+
+
+EDGE_CONFIG = Path(__file__).resolve().parents[1] / "infra/edge/haproxy.cfg"
+
+
+@dataclass
+class Edge:
+    base: str  # the API through the edge
+    metrics: str  # HAProxy's Prometheus page
+    process: subprocess.Popen
+
+
+@contextmanager
+def haproxy_edge(
+    upstream_port: int,
+    max_conns: int = 32,
+    max_queue: int = 32,
+    cpus: set[int] | None = None,
+) -> Iterator[Edge]:
+    """The stack's edge (infra/edge/haproxy.cfg, the compose file's) in front of the API on
+    `upstream_port`, on 127.0.0.1, optionally on `cpus` only (then one thread per CPU: HAProxy
+    starts as many as it may use). Entered when it answers liveness through to the API."""
+    port, metrics = free_port(), free_port()
+    env = clean_env(
+        EDGE_BIND=f"127.0.0.1:{port}",
+        EDGE_UPSTREAM=f"127.0.0.1:{upstream_port}",
+        EDGE_METRICS_BIND=f"127.0.0.1:{metrics}",
+        EDGE_MAX_CONNS=str(max_conns),
+        EDGE_MAX_QUEUE=str(max_queue),
+    )
+    command = ["haproxy", "-db", "-f", str(EDGE_CONFIG)]  # -db: in the foreground
+    if cpus is not None:
+        command = ["taskset", "--cpu-list", ",".join(map(str, sorted(cpus))), *command]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    edge = Edge(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics", process)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, f"haproxy exited:\n{process.stdout.read()}"
+            try:
+                if httpx.get(f"{edge.base}/v2/health/live").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "haproxy did not answer in 20 s"
+            time.sleep(0.05)
+        yield edge
+    finally:
+        process.terminate()
+        process.communicate(timeout=20)

@@ -1,0 +1,140 @@
+"""The stack's edge (infra/edge/haproxy.cfg, HAProxy) in front of the real `mlops serve`.
+
+The edge passes at most EDGE_MAX_CONNS scoring requests at a time to the API, keeps at most
+EDGE_MAX_QUEUE more waiting, and answers the rest itself with the API's 503 and Retry-After,
+so an overload never reaches the Python loop (benchmarks/RESULTS.md: refusals within 10 ms at
+p99 where the API alone takes 55 ms and more). Liveness, readiness, metrics and the rest are
+never queued behind scoring. These tests run the compose file's configuration, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+
+import httpx
+import pandas as pd
+import pytest
+
+from serving.bundle import Bundle
+from tests.processes import EDGE_CONFIG, clean_env, haproxy_edge, mlops_serve
+
+from .conftest import as_requests
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("haproxy") is None,
+    reason="needs haproxy (apt install haproxy), the stack's edge; .ci/run installs it",
+)
+
+REFUSAL = {"detail": "overloaded: retry shortly"}  # the API's own (serving/admission.py)
+
+
+@pytest.fixture(scope="module")
+def served(model_folder: Bundle, tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("edge")
+    env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0"}
+    args = ("--model-dir", str(model_folder.folder))
+    with mlops_serve(*args, options=("--home", str(home)), env=env) as server:
+        yield server
+
+
+def _shed_by_the_api(base: str) -> float:
+    metrics = httpx.get(f"{base}/metrics").text
+    return sum(
+        float(line.split()[-1])
+        for line in metrics.splitlines()
+        if line.startswith("mlops_shed_requests_total{")
+    )
+
+
+def _refused_here(answer: httpx.Response) -> bool:
+    """The edge's refusal, exactly as the API would have written it."""
+    return (
+        answer.status_code == 503
+        and answer.headers.get("retry-after") == "1"
+        and answer.headers.get("content-type") == "application/json"
+        and answer.json() == REFUSAL
+    )
+
+
+def test_the_configuration_is_valid() -> None:
+    env = clean_env(
+        EDGE_BIND="127.0.0.1:1",
+        EDGE_UPSTREAM="127.0.0.1:2",
+        EDGE_METRICS_BIND="127.0.0.1:3",
+        EDGE_MAX_CONNS="32",
+        EDGE_MAX_QUEUE="32",
+    )
+    check = subprocess.run(
+        ["haproxy", "-c", "-f", str(EDGE_CONFIG)], env=env, capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "WARNING" not in check.stdout + check.stderr, check.stdout + check.stderr
+
+
+def test_only_scoring_is_limited(served, december: pd.DataFrame) -> None:
+    """With no room to queue, every scoring request, by whichever path (percent-encoded too,
+    which the API decodes), is refused at the edge, and everything else passes."""
+    flights = as_requests(december.head(1))
+    with haproxy_edge(served.port, max_conns=1, max_queue=0) as edge:
+        shed_before = _shed_by_the_api(served.base)
+        scoring = [
+            ("/predict", {"flights": flights}),
+            ("/predict?explain=1", {"flights": flights}),
+            ("/%70redict", {"flights": flights}),
+            ("/invocations", {"dataframe_records": flights}),
+            ("/v2/models/flight-delay/infer", {"inputs": []}),
+        ]
+        for path, body in scoring:
+            answer = httpx.post(f"{edge.base}{path}", json=body)
+            assert _refused_here(answer), (path, answer.status_code, answer.text[:200])
+        for path in ["/v2/health/live", "/v2/health/ready", "/model", "/metrics"]:
+            assert httpx.get(f"{edge.base}{path}").status_code == 200, path
+        assert _shed_by_the_api(served.base) == shed_before, "the API saw the refused requests"
+        counted = httpx.get(edge.metrics).text
+    assert any(
+        line.startswith("haproxy_frontend_http_responses_total{")
+        and 'proxy="api"' in line
+        and 'code="5xx"' in line
+        and float(line.split()[-1]) == len(scoring)
+        for line in counted.splitlines()
+    ), "the edge's refusals are counted in its /metrics"
+
+
+def test_a_burst_past_the_edge_is_refused_there(served, december: pd.DataFrame) -> None:
+    """40 requests at once, each a few ms of scoring, at an edge that lets 2 in and 2 wait:
+    the excess gets the 503 at once, what was let in is answered, liveness is never held up,
+    and the API refuses nothing itself (its loop never saw the overload)."""
+    body = {"flights": as_requests(december.head(200))}
+
+    async def burst(base: str) -> tuple[list[httpx.Response], list[httpx.Response]]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+            scoring = [client.post("/predict", json=body) for _ in range(40)]
+            live = [client.get("/v2/health/live") for _ in range(5)]
+            answers = await asyncio.gather(*scoring, *live)
+        return answers[:40], answers[40:]
+
+    with haproxy_edge(served.port, max_conns=2, max_queue=2) as edge:
+        shed_before = _shed_by_the_api(served.base)
+        scored, live = asyncio.run(burst(edge.base))
+        shed_after = _shed_by_the_api(served.base)
+    statuses = [a.status_code for a in scored]
+    assert set(statuses) <= {200, 503}, statuses
+    refused = [a for a in scored if a.status_code == 503]
+    assert refused, "nothing was refused: the edge let 40 requests at once through"
+    assert all(_refused_here(a) for a in refused)
+    answered = [a for a in scored if a.status_code == 200]
+    assert len(answered) >= 4, statuses  # the 2 let in and the 2 that waited, at least
+    assert all(len(a.json()["predictions"]) == 200 for a in answered)
+    assert all(a.status_code == 200 for a in live)
+    assert shed_after == shed_before, "the API refused requests itself"
+
+
+def test_a_header_too_large_stops_at_the_edge(served) -> None:
+    with haproxy_edge(served.port) as edge:
+        answer = httpx.get(f"{edge.base}/v2/health/live", headers={"x-big": "a" * 65536})
+        assert 400 <= answer.status_code < 500
+        assert httpx.get(f"{edge.base}/v2/health/live").status_code == 200
