@@ -226,15 +226,6 @@ def measure_hey(base: str, pid: int, args: argparse.Namespace, direct: str = "")
     }
 
 
-def edge_refusals(metrics: str) -> float:
-    """The 503s the edge answered itself (its `api` frontend's, by HAProxy's exporter)."""
-    for line in metrics.splitlines():
-        if line.startswith("haproxy_frontend_http_responses_total{") and '"api"' in line:
-            if 'code="5xx"' in line:
-                return float(line.split()[-1])
-    return 0.0
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path, required=True)
@@ -282,7 +273,7 @@ def main() -> None:
         metrics = httpx.get(f"{served.base}/metrics").text
         if args.edge:
             result["edge"] = {"conns": args.edge_conns, "queue": args.edge_queue}
-            result["edge_refused"] = edge_refusals(httpx.get(edge.metrics).text)
+            result["edge_5xx"] = edge.answered_5xx()
         result["wall_s"] = round(time.monotonic() - started)
     result["shed_metrics"] = {
         line.split('"')[1]: float(line.split()[-1])

@@ -237,6 +237,17 @@ class Edge:
     metrics: str  # HAProxy's Prometheus page
     process: subprocess.Popen
 
+    def answered_5xx(self) -> float:
+        """The 5xx the edge's `api` frontend has answered (its refusals, and any the API sent
+        through), by HAProxy's exporter."""
+        for line in httpx.get(self.metrics).text.splitlines():
+            name, _, value = line.rpartition(" ")
+            if name.startswith("haproxy_frontend_http_responses_total{") and all(
+                label in name for label in ('proxy="api"', 'code="5xx"')
+            ):
+                return float(value)
+        raise AssertionError("no 5xx count for the api frontend in the edge's /metrics")
+
 
 @contextmanager
 def haproxy_edge(
