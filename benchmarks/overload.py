@@ -38,6 +38,7 @@ import asyncio
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -185,11 +186,11 @@ def hey(
     return outcomes
 
 
-def measure_hey(base: str, pid: int, args: argparse.Namespace, direct: str = "") -> dict:
+def measure_hey(base: str, pids: list[int], args: argparse.Namespace, direct: str = "") -> dict:
     """The capacity (32 workers, no limit) and the overload through `base`. With `direct` (the
     server itself, when `base` is the edge) the capacity is the better of the two: a proxy's
     hop can make 32 clients too few to keep the server busy, and the ratio must not gain
-    from that."""
+    from that. `pids`: the server's, and the edge's after it; the cores each took."""
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
         body.write(json.dumps({"flights": [EXAMPLE_FLIGHT]}).encode())
         body.flush()
@@ -197,17 +198,19 @@ def measure_hey(base: str, pid: int, args: argparse.Namespace, direct: str = "")
         runs = [("through", base, 32)]
         if direct:
             runs += [("direct", direct, 32), ("through_64", base, 64)]
-        capacities = {}
-        for name, at, clients in runs:
-            closed = hey(f"{at}/predict", Path(body.name), clients, args.capacity_seconds)
-            capacities[name] = sum(o.status == 200 for o in closed) / args.capacity_seconds
+        measured: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+        for _ in range(args.capacity_rounds):  # interleaved: the machine's speed drifts
+            for name, at, clients in runs:
+                closed = hey(f"{at}/predict", Path(body.name), clients, args.capacity_seconds)
+                measured[name].append(sum(o.status == 200 for o in closed) / args.capacity_seconds)
+        capacities = {name: statistics.median(values) for name, values in measured.items()}
         capacity = max(capacities.values())
         offered = capacity * args.factor
-        cpu_start, started = cpu_seconds(pid), time.monotonic()
+        cpu_start, started = [cpu_seconds(pid) for pid in pids], time.monotonic()
         rate = offered / args.workers
         during = hey(url, Path(body.name), args.workers, args.seconds, rate, args.hey_processes)
         elapsed = time.monotonic() - started
-        server_cores = (cpu_seconds(pid) - cpu_start) / elapsed
+        cores = [(cpu_seconds(pid) - c) / elapsed for pid, c in zip(pids, cpu_start, strict=True)]
     during.sort(key=lambda o: o.due)
     figures = summary(during, args.seconds, 1.0)
     figures["offered_per_s"] = round(offered)  # hey's rows are the requests it sent
@@ -216,13 +219,15 @@ def measure_hey(base: str, pid: int, args: argparse.Namespace, direct: str = "")
         "client": "hey",
         "capacity_per_s": round(capacity),
         "capacities_per_s": {name: round(c) for name, c in capacities.items()},
+        "capacity_runs_per_s": {name: [round(v) for v in vs] for name, vs in measured.items()},
         "factor": args.factor,
         "seconds": args.seconds,
         "workers": args.workers,
         "hey_processes": args.hey_processes,
         "pinned": args.pin,
         "during": figures,
-        "server_cores": round(server_cores, 2),
+        "server_cores": round(cores[0], 2),
+        **({"edge_cores": round(cores[1], 2)} if len(cores) > 1 else {}),
     }
 
 
@@ -232,6 +237,9 @@ def main() -> None:
     parser.add_argument("--factor", type=float, default=2.0, help="times the capacity")
     parser.add_argument("--seconds", type=float, default=30.0, help="of overload")
     parser.add_argument("--capacity-seconds", type=float, default=5.0)
+    parser.add_argument(
+        "--capacity-rounds", type=int, default=3, help="hey: capacity runs, their median"
+    )
     parser.add_argument("--connections", type=int, default=1024)
     parser.add_argument("--client", choices=["python", "hey"], default="python")
     parser.add_argument("--workers", type=int, default=512, help="hey's, in the overload")
@@ -267,7 +275,8 @@ def main() -> None:
         started = time.monotonic()
         if args.client == "hey":
             direct = served.base if args.edge else ""
-            result = measure_hey(base, served.process.pid, args, direct)
+            pids = [served.process.pid, *([edge.process.pid] if args.edge else [])]
+            result = measure_hey(base, pids, args, direct)
         else:
             result = run(measure(int(base.rsplit(":", 1)[1]), served.process.pid, args))
         metrics = httpx.get(f"{served.base}/metrics").text

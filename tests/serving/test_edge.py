@@ -59,13 +59,18 @@ def _refused_here(answer: httpx.Response) -> bool:
     )
 
 
-def test_the_configuration_is_valid() -> None:
+@pytest.mark.parametrize(
+    "upstream", [{"EDGE_UPSTREAM": "127.0.0.1:2"}, {"EDGE_UPSTREAM": "api:8000", "EDGE_UPSTREAM_SLOTS": "8"}]
+)
+def test_the_configuration_is_valid(upstream: dict[str, str]) -> None:
+    """Both ways to name the API: an address (here), a name with a server per replica (the
+    stack's, which infra/smoke.sh runs)."""
     env = clean_env(
         EDGE_BIND="127.0.0.1:1",
-        EDGE_UPSTREAM="127.0.0.1:2",
         EDGE_METRICS_BIND="127.0.0.1:3",
         EDGE_MAX_CONNS="32",
         EDGE_MAX_QUEUE="32",
+        **upstream,
     )
     check = subprocess.run(
         ["haproxy", "-c", "-f", str(EDGE_CONFIG)], env=env, capture_output=True, text=True
