@@ -282,7 +282,7 @@ def main() -> None:
         metrics = httpx.get(f"{served.base}/metrics").text
         if args.edge:
             result["edge"] = {"conns": args.edge_conns, "queue": args.edge_queue}
-            result["edge_5xx"] = edge.answered_5xx()
+            result["edge_refused"] = edge.refused()
         result["wall_s"] = round(time.monotonic() - started)
     result["shed_metrics"] = {
         line.split('"')[1]: float(line.split()[-1])

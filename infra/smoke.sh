@@ -61,13 +61,15 @@ say "closed by default:"
 [ ! -e .env ] || say "  (a .env exists here: its settings apply)"
 login admin "$(secret mlflow_admin_password)" "$netrc_dir/admin"
 login api "$(secret mlflow_api_password)" "$netrc_dir/api"
-for service in api mlflow; do
-  bound=$(compose port "$service" "$([ $service = api ] && echo 8000 || echo 5000)")
+for service in edge mlflow; do
+  bound=$(compose port "$service" "$([ $service = edge ] && echo 8000 || echo 5000)")
   [ "${bound%:*}" = 127.0.0.1 ] || fail "$service is published on $bound"
 done
-redis_bound=$(compose port redis 6379 2>/dev/null || true)
-[ -z "${redis_bound#:0}" ] || fail "Redis is published on $redis_bound"  # ":0": not published
-say "  ports on 127.0.0.1 only (Redis not at all)"
+for service in redis:6379 api:8000; do  # ":0" or nothing: not published
+  bound=$(compose port "${service%:*}" "${service#*:}" 2>/dev/null || true)
+  [ -z "${bound#:0}" ] || fail "${service%:*} is published on $bound"
+done
+say "  ports on 127.0.0.1 only (Redis and the API itself not at all: the API through the edge)"
 anonymous=$(curl -s -o /dev/null -w '%{http_code}' "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1")
 [ "$anonymous" = 401 ] || fail "MLflow answered $anonymous to an anonymous call"
 [ "$(as_api "$MLFLOW/api/2.0/mlflow/experiments/search?max_results=1")" = 200 ] \

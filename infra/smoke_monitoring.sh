@@ -58,7 +58,7 @@ version=$(curl -sf "$API/model" | json 'd["version"]')
 say "API ready, v$version"
 targets_up() {
   query 'up' | json 'all(r["value"][1] == "1" for r in d["data"]["result"]) and
-    {r["metric"]["job"] for r in d["data"]["result"]} >= {"api", "scheduler", "sink", "prometheus"}' \
+    {r["metric"]["job"] for r in d["data"]["result"]} >= {"api", "edge", "scheduler", "sink", "prometheus"}' \
     | grep -q True
 }
 wait_for 120 targets_up || fail "Prometheus targets: $(query up)"

@@ -237,16 +237,16 @@ class Edge:
     metrics: str  # HAProxy's Prometheus page
     process: subprocess.Popen
 
-    def answered_5xx(self) -> float:
-        """The 5xx the edge's `api` frontend has answered (its refusals, and any the API sent
-        through), by HAProxy's exporter."""
+    def refused(self) -> float:
+        """The scoring requests the edge refused itself (its `shed` backend's answers, by
+        HAProxy's exporter)."""
         for line in httpx.get(self.metrics).text.splitlines():
             name, _, value = line.rpartition(" ")
-            if name.startswith("haproxy_frontend_http_responses_total{") and all(
-                label in name for label in ('proxy="api"', 'code="5xx"')
+            if name.startswith("haproxy_backend_http_responses_total{") and all(
+                label in name for label in ('proxy="shed"', 'code="5xx"')
             ):
                 return float(value)
-        raise AssertionError("no 5xx count for the api frontend in the edge's /metrics")
+        raise AssertionError("no 5xx count for the shed backend in the edge's /metrics")
 
 
 @contextmanager
