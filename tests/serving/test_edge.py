@@ -59,9 +59,11 @@ def _refused_here(answer: httpx.Response) -> bool:
     )
 
 
-@pytest.mark.parametrize(
-    "upstream", [{"EDGE_UPSTREAM": "127.0.0.1:2"}, {"EDGE_UPSTREAM": "api:8000", "EDGE_UPSTREAM_SLOTS": "8"}]
-)
+ADDRESS = {"EDGE_UPSTREAM": "127.0.0.1:2"}
+BY_NAME = {"EDGE_UPSTREAM": "api:8000", "EDGE_UPSTREAM_SLOTS": "8"}
+
+
+@pytest.mark.parametrize("upstream", [ADDRESS, BY_NAME], ids=["address", "name"])
 def test_the_configuration_is_valid(upstream: dict[str, str]) -> None:
     """Both ways to name the API: an address (here), a name with a server per replica (the
     stack's, which infra/smoke.sh runs)."""
