@@ -93,6 +93,10 @@ class ServeConfig:
     # uvicorn's wait for in-flight requests on SIGTERM: below the container's stop grace
     # period (15 s in docker-compose.yml), which must also cover the lifespan's shutdown
     graceful_shutdown_s: Annotated[float, Field(ge=0)] = 10.0
+    # Before that, on SIGTERM: this long with readiness answering 503 and everything else served,
+    # so that a load balancer checking readiness (the stack's edge checks every second) takes
+    # this server out before it closes its kept-alive connections under requests on their way
+    drain_s: Annotated[float, Field(ge=0)] = 0.0
     max_request_rows: PositiveInt = 10_000  # flights per request
     max_body_bytes: Annotated[int, Field(ge=1024)] = 8 * 1024 * 1024  # larger bodies get 413
     # The request line and headers (serving.connection): larger heads get 431, and a head not

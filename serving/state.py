@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,13 @@ from serving.stream import EventStream
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class Stopping:
+    """SIGTERM's first phase (`ServeConfig.drain_s`): readiness says no, the rest is served."""
+
+    since: float | None = None  # time.monotonic() of the SIGTERM
+
+
 @dataclass(frozen=True)
 class ServingState:
     config: ServeConfig
@@ -45,6 +55,7 @@ class ServingState:
     stream: EventStream | None  # the events' Redis stream, when one is configured
     log: PredictionLog | None  # every prediction served, to the offline store
     quality: RealizedQuality | None  # the log joined with the arrivals (events on, log on)
+    stopping: Stopping = field(default_factory=Stopping)
 
     @classmethod
     def build(
@@ -127,6 +138,38 @@ class ServingState:
             problem=None if stream is None else stream.problem,
         )
 
+    @contextlib.contextmanager
+    def _draining_on_sigterm(self) -> Iterator[None]:
+        """With `drain_s`, SIGTERM first marks this server stopping (readiness 503) and hands
+        the signal to the server's own handler (uvicorn's graceful stop) `drain_s` later; a
+        second SIGTERM stops at once. uvicorn installs its handler before the lifespan starts,
+        in each worker process; off the main thread (an app run in a test's thread) signals
+        cannot be handled, and nothing changes."""
+        stop = signal.getsignal(signal.SIGTERM)
+        seconds = self.config.drain_s
+        in_main = threading.current_thread() is threading.main_thread()
+        if seconds <= 0 or not callable(stop) or not in_main:
+            yield
+            return
+        loop = asyncio.get_running_loop()
+
+        def drain(signum: int, frame: Any) -> None:
+            self.stopping.since = time.monotonic()
+            logger.info("SIGTERM: not ready from now, stopping in %.1f s", seconds)
+            loop.call_later(seconds, stop, signum, frame)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if self.stopping.since is not None:
+                stop(signum, frame)
+            else:  # the handler interrupts the loop's own code: run on the loop instead
+                loop.call_soon_threadsafe(drain, signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGTERM, stop)
+
     async def score(self, rows: list[dict[str, Any]]) -> Answer:
         """Score through the batcher, once ready (a 503 before, as `model` says)."""
         self.model()
@@ -144,7 +187,8 @@ class ServingState:
         if self.stream is not None:
             tasks.append(asyncio.create_task(self.stream.follow(), name="event-stream"))
         try:
-            yield
+            with self._draining_on_sigterm():
+                yield
         finally:
             for task in tasks:
                 task.cancel()  # a load in flight is left to its daemon thread

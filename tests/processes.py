@@ -236,6 +236,7 @@ class Edge:
     base: str  # the API through the edge
     metrics: str  # HAProxy's Prometheus page
     process: subprocess.Popen
+    output: str = ""  # what HAProxy printed, once it has stopped
 
     def refused(self) -> float:
         """The scoring requests the edge refused itself (its `shed` backend's answers, by
@@ -288,4 +289,4 @@ def haproxy_edge(
         yield edge
     finally:
         process.terminate()
-        process.communicate(timeout=20)
+        edge.output, _ = process.communicate(timeout=20)

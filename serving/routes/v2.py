@@ -53,12 +53,19 @@ async def v2_live() -> ModelResponse:
 @router.get(
     "/v2/health/ready",
     response_model=None,
-    responses={503: {"description": "not ready: no model loaded yet, or behind the event stream"}},
+    responses={
+        503: {
+            "description": "not ready: no model loaded yet, behind the event stream, or "
+            "stopping (after SIGTERM, `MLOPS_SERVE__DRAIN_S`)"
+        }
+    },
 )
 async def v2_ready(state: StateDep) -> ModelResponse:
     try:
         state.model()
     except NotReadyError:
+        return ModelResponse(V2ServerReady(ready=False), 503)
+    if state.stopping.since is not None:  # SIGTERM's drain: serving still, but not for long
         return ModelResponse(V2ServerReady(ready=False), 503)
     return ModelResponse(V2ServerReady(ready=True))
 

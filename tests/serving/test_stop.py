@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 import yaml
@@ -61,8 +62,11 @@ def test_the_graceful_timeouts_fit_inside_the_containers_grace() -> None:
     cmd = _dockerfile_cmd(ROOT / "infra" / "Dockerfile.serve")
     assert cmd[:2] == ["mlops", "serve"], "the image stops as `mlops serve` does (exit 0)"
     assert "--timeout-graceful-shutdown" not in cmd, "one home for the timeout: ServeConfig"
-    # then the lifespan finishes the queue (bounded by max_queue_rows) and the process exits
-    assert ServeConfig().graceful_shutdown_s + 3 <= GRACE_S
+    # the drain (readiness 503 while the edge takes the API out), the graceful timeout, then
+    # the lifespan finishes the queue (bounded by max_queue_rows) and the process exits
+    drain_s = float(compose["services"]["api"]["environment"]["MLOPS_SERVE__DRAIN_S"])
+    assert drain_s >= 2, "the edge checks readiness every second: a drain must outlast a check"
+    assert drain_s + ServeConfig().graceful_shutdown_s + 3 <= GRACE_S
 
 
 def test_mlops_serve_passes_the_graceful_timeout(
@@ -192,3 +196,48 @@ def _unblock(fifo: Path) -> None:
     except OSError:  # no reader left
         return
     os.close(writer)
+
+
+def test_sigterm_with_a_drain_is_not_ready_and_still_serves(
+    model_folder: Bundle, flight_request: bytes, tmp_path: Path
+) -> None:
+    """With MLOPS_SERVE__DRAIN_S (the stack sets it), SIGTERM first turns readiness to 503, so
+    that the edge takes the API out, while everything else is answered as before; the stop
+    itself starts after the drain, and a second SIGTERM skips the rest of it."""
+    args = ("--model-dir", str(model_folder.folder))
+    env = _env() | {"MLOPS_SERVE__DRAIN_S": "2"}
+    with mlops_serve(*args, options=("--home", str(tmp_path)), env=env) as served:
+        served.process.send_signal(signal.SIGTERM)
+        sigterm_at = time.monotonic()
+        deadline = sigterm_at + 1.0
+        while httpx.get(f"{served.base}/v2/health/ready").status_code != 503:
+            assert time.monotonic() < deadline, "still ready a second after SIGTERM"
+            time.sleep(0.02)
+        answer = httpx.post(
+            f"{served.base}/predict",
+            content=flight_request.split(b"\r\n\r\n", 1)[1],
+            headers={"Content-Type": "application/json"},
+        )
+        assert answer.status_code == 200, answer.text
+        assert httpx.get(f"{served.base}/v2/health/live").status_code == 200
+        assert time.monotonic() - sigterm_at < 1.5, "the checks took most of the drain"
+        assert _wait(served.process, GRACE_S) is not None, f"running {GRACE_S} s after SIGTERM"
+        stopped_after = time.monotonic() - sigterm_at
+    assert stopped_after > 1.9, f"stopped {stopped_after:.1f} s after SIGTERM, within the drain"
+    assert served.returncode == 0, served.output
+    assert "stopping in 2.0 s" in served.output
+
+
+def test_a_second_sigterm_ends_the_drain(model_folder: Bundle, tmp_path: Path) -> None:
+    args = ("--model-dir", str(model_folder.folder))
+    env = _env() | {"MLOPS_SERVE__DRAIN_S": "30"}
+    with mlops_serve(*args, options=("--home", str(tmp_path)), env=env) as served:
+        served.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 1.0
+        while httpx.get(f"{served.base}/v2/health/ready").status_code != 503:
+            assert time.monotonic() < deadline, "still ready a second after SIGTERM"
+            time.sleep(0.02)
+        served.process.send_signal(signal.SIGTERM)
+        exited = _wait(served.process, 10)
+    assert exited is not None, "a second SIGTERM did not end a 30 s drain"
+    assert served.returncode == 0, served.output
