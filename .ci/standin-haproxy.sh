@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # haproxy:2.6 (the stack's edge) for a Docker engine that cannot pull it: the same HAProxy from
 # Debian bookworm's package, with the official image's layout (config in
-# /usr/local/etc/haproxy, user haproxy, SIGUSR1 to stop softly), as ../shared/docker/
+# /usr/local/etc/haproxy, user haproxy; its STOPSIGNAL, SIGUSR1, is in docker-compose.yml), as ../shared/docker/
 # setup-engine.sh builds its stand-ins. Does nothing where the image exists or can be pulled.
 set -euo pipefail
 image=haproxy:2.6
@@ -31,7 +31,7 @@ chmod +x "$r/usr/local/bin/docker-entrypoint.sh"
 mkdir -p "$r/usr/local/etc/haproxy" "$r/var/lib/haproxy"
 rm -rf "$r/var/lib/apt/lists/"* "$r/var/cache/apt/"*.bin
 tar -C "$r" -c . | docker import \
-  --change 'USER haproxy' --change 'WORKDIR /var/lib/haproxy' --change 'STOPSIGNAL SIGUSR1' \
+  --change 'USER haproxy' --change 'WORKDIR /var/lib/haproxy' \
   --change 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' \
   --change 'CMD ["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]' - "$image" >/dev/null
 rm -f "$r.log"
