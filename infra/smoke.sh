@@ -134,6 +134,22 @@ new=$(mlflow_api "$MLFLOW/api/2.0/mlflow/registered-models/alias?name=flight-del
 wait_for 120 sh -c "curl -sf $API/model | grep -q '\"version\":\"$new\"'" || fail "the API never served v$new"
 say "the API serves v$new (was v$version)"
 
+# The edge sends to every replica of the API (Docker's DNS), each once its readiness check passes
+compose up -d --no-recreate --scale api=2 api >/dev/null 2>&1 || fail "--scale api=2"
+edge_up() {  # the scoring backend's servers the edge has UP, by its own /metrics
+  compose exec -T api python -c '
+import re, urllib.request
+text = urllib.request.urlopen("http://edge:8405/metrics", timeout=5).read().decode()
+print(len(re.findall(r"haproxy_server_status\{proxy=\"scoring\",server=\"api\d+\",state=\"UP\"\} 1", text)))'
+}
+two_up() { [ "$(edge_up)" = 2 ]; }
+wait_for 180 two_up || fail "the edge has $(edge_up) API replicas UP, not 2"
+codes=$(for _ in $(seq 40); do
+  curl -s -o /dev/null -w '%{http_code}\n' "$API/predict" -H 'Content-Type: application/json' -d "$flight"
+done | sort | uniq -c | tr -s ' \n' ' ')
+[ "$(echo $codes)" = "40 200" ] || fail "through the edge to two replicas: $codes"
+say "two API replicas behind the edge, both UP at its check; 40 predictions through it: $codes"
+
 compose down -v --remove-orphans >/dev/null
 left=$(docker volume ls -q --filter label=com.docker.compose.project="$PROJECT" | wc -l)
 [ "$left" -eq 0 ] || fail "$left volumes left behind"
