@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import httpx
 import pandas as pd
@@ -194,3 +195,27 @@ def test_the_api_stopping_behind_the_edge_fails_no_request(
     counts = {s: statuses.count(s) for s in set(statuses)}
     assert set(counts) <= {200, 503}, counts
     assert counts.get(200, 0) > 0 and counts.get(503, 0) > 0, counts
+
+
+def test_ready_through_the_edge_means_scoring_works_through_it(
+    model_folder: Bundle, december: pd.DataFrame, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The edge takes an API in for scoring at its next readiness check, up to a second after
+    the API is ready: a client that asks the edge whether it is ready gets the edge's answer,
+    so its first prediction after a yes is answered."""
+    body = {"flights": as_requests(december.head(1))}
+    home = tmp_path_factory.mktemp("edge-ready")
+    env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0"}
+    args = ("--model-dir", str(model_folder.folder))
+    with (
+        mlops_serve(*args, options=("--home", str(home)), env=env, until="live") as server,
+        haproxy_edge(server.port) as edge,
+    ):
+        deadline = time.monotonic() + 120
+        while httpx.get(f"{edge.base}/v2/health/ready").status_code != 200:
+            assert time.monotonic() < deadline, "never ready through the edge"
+            time.sleep(0.01)
+        first = httpx.post(f"{edge.base}/predict", json=body)
+        assert first.status_code == 200, first.text[:200]
+        ready = httpx.get(f"{edge.base}/v2/models/flight-delay/ready")
+        assert ready.status_code == 200, ready.text[:200]
