@@ -148,7 +148,7 @@ codes=$(for _ in $(seq 40); do
   curl -s -o /dev/null -w '%{http_code}\n' "$API/predict" -H 'Content-Type: application/json' -d "$flight"
 done | sort | uniq -c | tr -s ' \n' ' ')
 [ "$(echo $codes)" = "40 200" ] || fail "through the edge to two replicas: $codes"
-say "two API replicas behind the edge, both UP at its check; 40 predictions through it: $codes"
+say "two API replicas behind the edge, both UP at its check; 40 predictions through it: $(echo $codes)"
 
 compose down -v --remove-orphans >/dev/null
 left=$(docker volume ls -q --filter label=com.docker.compose.project="$PROJECT" | wc -l)
