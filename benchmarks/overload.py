@@ -291,6 +291,9 @@ def main() -> None:
     }
     during = result["during"]
     result["goodput_over_capacity"] = round(during["ok_per_s"] / result["capacity_per_s"], 2)
+    if "capacities_per_s" in result and args.edge:  # the edge and the API together
+        through = max(v for k, v in result["capacities_per_s"].items() if k != "direct")
+        result["goodput_over_stack"] = round(during["ok_per_s"] / through, 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
