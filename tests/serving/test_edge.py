@@ -2,9 +2,11 @@
 
 The edge passes at most EDGE_MAX_CONNS scoring requests at a time to the API, keeps at most
 EDGE_MAX_QUEUE more waiting, and answers the rest itself with the API's 503 and Retry-After,
-so an overload never reaches the Python loop (benchmarks/RESULTS.md: refusals within 10 ms at
-p99 where the API alone takes 55 ms and more). Liveness, readiness, metrics and the rest are
-never queued behind scoring. These tests run the compose file's configuration, unchanged.
+so an overload never reaches the Python loop (benchmarks/RESULTS.md: refusals in about 9 ms at
+p99, the median of 12 runs, where the API alone takes about 100 ms). Readiness goes where
+scoring goes, so that ready through the edge means scoring works through it; liveness, metrics
+and the rest are never queued behind scoring. These tests run the compose file's
+configuration, unchanged.
 """
 
 from __future__ import annotations
