@@ -66,7 +66,7 @@ from tests.load import (
     rss_bytes,
     run,
 )
-from tests.processes import haproxy_edge, mlops_serve
+from tests.processes import Edge, Served, haproxy_edge, mlops_serve
 
 AFTER_S = 8.0  # at half the capacity after the overload, to see the latency settle
 
@@ -186,11 +186,13 @@ def hey(
     return outcomes
 
 
-def measure_hey(base: str, pids: list[int], args: argparse.Namespace, direct: str = "") -> dict:
+def measure_hey(
+    base: str, pids: dict[str, int], args: argparse.Namespace, direct: str = ""
+) -> dict:
     """The capacity (32 workers, no limit) and the overload through `base`. With `direct` (the
     server itself, when `base` is the edge) the capacity is the better of the two: a proxy's
     hop can make 32 clients too few to keep the server busy, and the ratio must not gain
-    from that. `pids`: the server's, and the edge's after it; the cores each took."""
+    from that. `pids`: the processes whose cores are reported, by name ("server", "edge")."""
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
         body.write(json.dumps({"flights": [EXAMPLE_FLIGHT]}).encode())
         body.flush()
@@ -206,11 +208,11 @@ def measure_hey(base: str, pids: list[int], args: argparse.Namespace, direct: st
         capacities = {name: statistics.median(values) for name, values in measured.items()}
         capacity = max(capacities.values())
         offered = capacity * args.factor
-        cpu_start, started = [cpu_seconds(pid) for pid in pids], time.monotonic()
+        cpu_start, started = {n: cpu_seconds(pid) for n, pid in pids.items()}, time.monotonic()
         rate = offered / args.workers
         during = hey(url, Path(body.name), args.workers, args.seconds, rate, args.hey_processes)
         elapsed = time.monotonic() - started
-        cores = [(cpu_seconds(pid) - c) / elapsed for pid, c in zip(pids, cpu_start, strict=True)]
+        cores = {n: (cpu_seconds(pid) - cpu_start[n]) / elapsed for n, pid in pids.items()}
     during.sort(key=lambda o: o.due)
     figures = summary(during, args.seconds, 1.0)
     figures["offered_per_s"] = round(offered)  # hey's rows are the requests it sent
@@ -226,8 +228,7 @@ def measure_hey(base: str, pids: list[int], args: argparse.Namespace, direct: st
         "hey_processes": args.hey_processes,
         "pinned": args.pin,
         "during": figures,
-        "server_cores": round(cores[0], 2),
-        **({"edge_cores": round(cores[1], 2)} if len(cores) > 1 else {}),
+        **{f"{name}_cores": round(used, 2) for name, used in cores.items()},
     }
 
 
@@ -260,13 +261,13 @@ def main() -> None:
         ) as served,
         ExitStack() as stack,
     ):
-        base = served.base
+        target: Served | Edge = served  # what the load is sent to
         if args.edge:
             cpus = {CPUS[0]} if args.pin else None
             edge = stack.enter_context(
                 haproxy_edge(served.port, args.edge_conns, args.edge_queue, cpus)
             )
-            base = edge.base
+            target = edge
         if args.pin:
             pin_server(served.process.pid)
             if args.edge:
@@ -275,10 +276,12 @@ def main() -> None:
         started = time.monotonic()
         if args.client == "hey":
             direct = served.base if args.edge else ""
-            pids = [served.process.pid, *([edge.process.pid] if args.edge else [])]
-            result = measure_hey(base, pids, args, direct)
+            pids = {"server": served.process.pid}
+            if args.edge:
+                pids["edge"] = edge.process.pid
+            result = measure_hey(target.base, pids, args, direct)
         else:
-            result = run(measure(int(base.rsplit(":", 1)[1]), served.process.pid, args))
+            result = run(measure(target.port, served.process.pid, args))
         metrics = httpx.get(f"{served.base}/metrics").text
         if args.edge:
             result["edge"] = {"conns": args.edge_conns, "queue": args.edge_queue}

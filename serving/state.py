@@ -13,7 +13,6 @@ import contextlib
 import logging
 import signal
 import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,13 +35,6 @@ from serving.stream import EventStream
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Stopping:
-    """SIGTERM's first phase (`ServeConfig.drain_s`): readiness says no, the rest is served."""
-
-    since: float | None = None  # time.monotonic() of the SIGTERM
-
-
 @dataclass(frozen=True)
 class ServingState:
     config: ServeConfig
@@ -55,7 +47,8 @@ class ServingState:
     stream: EventStream | None  # the events' Redis stream, when one is configured
     log: PredictionLog | None  # every prediction served, to the offline store
     quality: RealizedQuality | None  # the log joined with the arrivals (events on, log on)
-    stopping: Stopping = field(default_factory=Stopping)
+    # set by SIGTERM's first phase (`ServeConfig.drain_s`): readiness says no, the rest is served
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @classmethod
     def build(
@@ -154,12 +147,12 @@ class ServingState:
         loop = asyncio.get_running_loop()
 
         def drain(signum: int, frame: Any) -> None:
-            self.stopping.since = time.monotonic()
+            self.stopping.set()
             logger.info("SIGTERM: not ready from now, stopping in %.1f s", seconds)
             loop.call_later(seconds, stop, signum, frame)
 
         def on_sigterm(signum: int, frame: Any) -> None:
-            if self.stopping.since is not None:
+            if self.stopping.is_set():
                 stop(signum, frame)
             else:  # the handler interrupts the loop's own code: run on the loop instead
                 loop.call_soon_threadsafe(drain, signum, frame)

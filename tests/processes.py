@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -233,20 +234,25 @@ EDGE_CONFIG = Path(__file__).resolve().parents[1] / "infra/edge/haproxy.cfg"
 
 @dataclass
 class Edge:
-    base: str  # the API through the edge
+    port: int  # the API through the edge, on 127.0.0.1
     metrics: str  # HAProxy's Prometheus page
     process: subprocess.Popen
     output: str = ""  # what HAProxy printed, once it has stopped
 
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def refused(self) -> float:
         """The scoring requests the edge refused itself (its `shed` backend's answers, by
         HAProxy's exporter)."""
-        for line in httpx.get(self.metrics).text.splitlines():
-            name, _, value = line.rpartition(" ")
-            if name.startswith("haproxy_backend_http_responses_total{") and all(
-                label in name for label in ('proxy="shed"', 'code="5xx"')
-            ):
-                return float(value)
+        for family in text_string_to_metric_families(httpx.get(self.metrics).text):
+            for sample in family.samples:
+                if sample.name == "haproxy_backend_http_responses_total" and sample.labels == {
+                    "proxy": "shed",
+                    "code": "5xx",
+                }:
+                    return sample.value
         raise AssertionError("no 5xx count for the shed backend in the edge's /metrics")
 
 
@@ -274,7 +280,7 @@ def haproxy_edge(
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    edge = Edge(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics}/metrics", process)
+    edge = Edge(port, f"http://127.0.0.1:{metrics}/metrics", process)
     try:
         deadline = time.monotonic() + 20
         while True:

@@ -65,7 +65,7 @@ async def v2_ready(state: StateDep) -> ModelResponse:
         state.model()
     except NotReadyError:
         return ModelResponse(V2ServerReady(ready=False), 503)
-    if state.stopping.since is not None:  # SIGTERM's drain: serving still, but not for long
+    if state.stopping.is_set():  # SIGTERM's drain: serving still, but not for long
         return ModelResponse(V2ServerReady(ready=False), 503)
     return ModelResponse(V2ServerReady(ready=True))
 

@@ -17,6 +17,8 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
+from typing import Literal
 
 import httpx
 import pandas as pd
@@ -36,12 +38,16 @@ REFUSAL = {"detail": "overloaded: retry shortly"}  # the API's own (serving/admi
 UNAVAILABLE = {"detail": "unavailable: retry shortly"}  # the edge's, with no API to send to
 
 
+def _api(model: Bundle, home: Path, until: Literal["ready", "live"] = "ready", **env: str):
+    """`mlops serve` on the test model, its alias not polled, with `env` (MLOPS_SERVE__...)."""
+    env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0"} | env
+    args = ("--model-dir", str(model.folder))
+    return mlops_serve(*args, options=("--home", str(home)), env=env, until=until)
+
+
 @pytest.fixture(scope="module")
 def served(model_folder: Bundle, tmp_path_factory: pytest.TempPathFactory):
-    home = tmp_path_factory.mktemp("edge")
-    env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0"}
-    args = ("--model-dir", str(model_folder.folder))
-    with mlops_serve(*args, options=("--home", str(home)), env=env) as server:
+    with _api(model_folder, tmp_path_factory.mktemp("edge")) as server:
         yield server
 
 
@@ -158,8 +164,6 @@ def test_the_api_stopping_behind_the_edge_fails_no_request(
     with an empty 503, a closed connection: 2 runs of 11 here.)"""
     body = {"flights": as_requests(december.head(20))}
     home = tmp_path_factory.mktemp("edge-stop")
-    env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0", "MLOPS_SERVE__DRAIN_S": "2"}
-    args = ("--model-dir", str(model_folder.folder))
 
     async def clients(base: str, stop_api, seconds: float) -> list[int | str]:
         statuses: list[int | str] = []
@@ -184,7 +188,7 @@ def test_the_api_stopping_behind_the_edge_fails_no_request(
         return statuses
 
     with (
-        mlops_serve(*args, options=("--home", str(home)), env=env) as server,
+        _api(model_folder, home, MLOPS_SERVE__DRAIN_S="2") as server,
         haproxy_edge(server.port) as edge,
     ):
 
@@ -207,10 +211,8 @@ def test_ready_through_the_edge_means_scoring_works_through_it(
     so its first prediction after a yes is answered."""
     body = {"flights": as_requests(december.head(1))}
     home = tmp_path_factory.mktemp("edge-ready")
-    env = os.environ | {"MLOPS_SERVE__POLL_INTERVAL_S": "0"}
-    args = ("--model-dir", str(model_folder.folder))
     with (
-        mlops_serve(*args, options=("--home", str(home)), env=env, until="live") as server,
+        _api(model_folder, home, until="live") as server,
         haproxy_edge(server.port) as edge,
     ):
         deadline = time.monotonic() + 120

@@ -26,7 +26,7 @@ from serving.config import ServeConfig
 from tests.load import OpenLoop, Outcome, post, request_once, run
 from tests.processes import Served, mlops_serve
 
-from .conftest import as_requests
+from .conftest import as_requests, eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "stop-test-token"
@@ -209,10 +209,7 @@ def test_sigterm_with_a_drain_is_not_ready_and_still_serves(
     with mlops_serve(*args, options=("--home", str(tmp_path)), env=env) as served:
         served.process.send_signal(signal.SIGTERM)
         sigterm_at = time.monotonic()
-        deadline = sigterm_at + 1.0
-        while httpx.get(f"{served.base}/v2/health/ready").status_code != 503:
-            assert time.monotonic() < deadline, "still ready a second after SIGTERM"
-            time.sleep(0.02)
+        eventually(lambda: _ready(served) == 503, 1.0, "not ready after SIGTERM")
         answer = httpx.post(
             f"{served.base}/predict",
             content=flight_request.split(b"\r\n\r\n", 1)[1],
@@ -233,11 +230,12 @@ def test_a_second_sigterm_ends_the_drain(model_folder: Bundle, tmp_path: Path) -
     env = _env() | {"MLOPS_SERVE__DRAIN_S": "30"}
     with mlops_serve(*args, options=("--home", str(tmp_path)), env=env) as served:
         served.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 1.0
-        while httpx.get(f"{served.base}/v2/health/ready").status_code != 503:
-            assert time.monotonic() < deadline, "still ready a second after SIGTERM"
-            time.sleep(0.02)
+        eventually(lambda: _ready(served) == 503, 1.0, "not ready after SIGTERM")
         served.process.send_signal(signal.SIGTERM)
         exited = _wait(served.process, 10)
     assert exited is not None, "a second SIGTERM did not end a 30 s drain"
     assert served.returncode == 0, served.output
+
+
+def _ready(served: Served) -> int:
+    return httpx.get(f"{served.base}/v2/health/ready").status_code
