@@ -69,13 +69,29 @@ if TYPE_CHECKING:
 logger = logging.getLogger("benchmarks.serving")
 console = Console(highlight=False, soft_wrap=True)
 CONCURRENCY = (1, 8, 32, 128)
-SERVERS = ("ours", "ours-unbatched", "ours-2-workers", "ours-mlp", "floor", "mlflow", "candidate")
+# ours' switches: one request per onnxruntime call, through the same queue; no wait for the
+# requests a batch expects (serving.batcher's settle)
+VARIANTS = {
+    "ours-unbatched": {"MLOPS_SERVE__MAX_BATCH": "1"},
+    "ours-unsettled": {"MLOPS_SERVE__SETTLE_MS": "0"},
+}
+SERVERS = (
+    "ours",
+    "ours-unbatched",
+    "ours-unsettled",
+    "ours-2-workers",
+    "ours-mlp",
+    "floor",
+    "mlflow",
+    "candidate",
+)
 OURS_BATCHING = {
     "ours": "on",
     "ours-mlp": "on",
     "candidate": "on",
     "ours-2-workers": "on",
     "ours-unbatched": "off (max_batch 1)",
+    "ours-unsettled": "on, no wait for company (settle_ms 0)",
 }
 
 
@@ -344,7 +360,7 @@ def builtin_targets(
     for name in args.servers:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        if name in ("ours", "ours-unbatched", "ours-2-workers", "ours-mlp", "candidate"):
+        if name.startswith("ours") or name == "candidate":
             model_dir = {"candidate": args.candidate, "ours-mlp": args.mlp}.get(name, folder)
             workers = "2" if name == "ours-2-workers" else "1"
             command = [sys.executable, "-m", "mlops", "--home", str(home), "serve"]
@@ -357,8 +373,7 @@ def builtin_targets(
                     f"{base}/v2/health/ready",
                     f"{base}/predict",
                     bodies["predict"],
-                    # ours' switch: one request per onnxruntime call, through the same queue
-                    env | {"MLOPS_SERVE__MAX_BATCH": "1"} if name == "ours-unbatched" else env,
+                    env | VARIANTS.get(name, {}),
                     read=predictions if model_dir == folder else None,
                 )
             )

@@ -4,9 +4,12 @@ Each request puts its flights on a queue and awaits a future. One task takes the
 waiting request, gathers what else is queued (up to `max_batch` rows, waiting at most
 `max_wait` seconds for more), scores them all in one call and hands each request its slice.
 Under load the queue fills while the previous batch is scored, and before scoring the task
-yields to the loop until no more requests arrive (the ones already read off the sockets), so
-batches form without a timer; small batches are scored on the loop's thread, large ones on
-one worker thread.
+waits, at most `settle` seconds, for the company it can expect: requests being read (admitted,
+not queued yet), and as many as were in flight lately. Clients that were just answered on
+kept-alive connections come back within microseconds; scoring without them splits them
+into two alternating half batches, each paying the transform's fixed cost (a third of a
+batch's at 14 rows). The wait ends as soon as they are queued. Small batches are scored on
+the loop's thread, large ones on one worker thread.
 The model is read once per batch from the slot, so a hot swap changes models between
 batches, never within one, and every answer names its model.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -82,6 +86,11 @@ class _Pending:
 # server used 13 ms of CPU a second, 5 ms with a tick every 50 ms; 2-core machine, stop 28).
 LAG_TICK_S = 0.005
 
+# How far back "lately" goes for the company a batch expects: the most scoring requests in
+# flight at once over these many lag ticks (100 ms), so that the expectation follows a load
+# that drops within a tenth of a second.
+PEAK_TICKS = 20
+
 # Batches up to this many rows are scored on the event loop's thread (about 3 ms at most):
 # handing them to a thread costs more in GIL hand-offs than it saves.
 INLINE_ROWS = 256
@@ -107,6 +116,7 @@ class MicroBatcher:
         on_shed: OnShed | None = None,
         on_wait: Callable[[float], None] | None = None,
         on_scored: OnScored | None = None,
+        settle_s: float = ServeConfig.settle_ms / 1000,
     ) -> None:
         self.slot = slot
         self.max_batch = max_batch
@@ -118,12 +128,20 @@ class MicroBatcher:
         self.on_shed = on_shed
         self.on_wait = on_wait  # seconds the oldest request of each batch waited in the queue
         self.on_scored = on_scored
+        self.settle_s = settle_s
         self.queued_rows = 0  # rows waiting in the queue, not those being scored
         # Scoring requests admitted and not yet answered, counted by the admission middleware
         # when `counted` (not when the batcher is used alone): with no other in flight, a
         # batch does not wait a turn of the loop for company that cannot come.
         self.in_flight = 0
         self.counted = False
+        # the most in flight at once during the current lag tick, and during each of the last
+        # PEAK_TICKS (the company a batch expects)
+        self._peak = 0
+        self._peaks: deque[int] = deque(maxlen=PEAK_TICKS)
+        self._company = 0  # the requests the batch being formed waits for, queued
+        self._room = 0  # or until this many rows are queued, a full batch
+        self._settled: asyncio.Future[None] | None = None  # resolved when they are
         self.lag = 0.0  # how late the loop ran its last lag tick, in seconds
         self._credit = 0.0  # admissions earned while the loop is late
         self._late = 0.0  # how late the last tick ran
@@ -184,6 +202,8 @@ class MicroBatcher:
         # Late twice in a row: one long turn (a collection, a reload's stall) leaves a few
         # requests behind, read in the next turn, and is no reason to refuse any.
         self.lag, self._late = min(late, self._late), late
+        self._peaks.append(self._peak)
+        self._peak = self.in_flight
         self._ticker = loop.call_at(now + LAG_TICK_S, self._tick, loop, now + LAG_TICK_S, cpu_now)
 
     async def score(self, rows: list[dict]) -> Answer:
@@ -201,6 +221,11 @@ class MicroBatcher:
         arrived = ARRIVED.get(None) or time.monotonic()
         self._queue.put_nowait(_Pending(rows, future, arrived, REQUEST_ID.get()))
         self.queued_rows += len(rows)
+        self._peak = max(self._peak, self.in_flight)
+        if self._settled is not None and (
+            self._queue.qsize() >= self._company or self.queued_rows >= self._room
+        ):
+            _resolve(self._settled)
         return await future
 
     def admits(self) -> bool:
@@ -230,18 +255,27 @@ class MicroBatcher:
         return True
 
     async def _settle(self, first: _Pending) -> None:
-        """Yield to the loop while the queue still grows: the requests it has already read
-        (their handlers are ready to run) join this batch instead of waiting for the next.
-        Makes batches about twice as large under load (benchmarks/RESULTS.md); a request
-        alone in flight skips it, since the turn was a tenth of a millisecond of its latency
-        for no company (micro-batching is then no slower than none at concurrency 1)."""
-        if self.counted and self.in_flight <= 1 + self._queue.qsize():
-            return  # no other request is being read: a turn would cost latency for nothing
-        room = self.max_batch - len(first.rows)  # requests of one row each, at most
-        size = -1
-        while size != self._queue.qsize() < room:
-            size = self._queue.qsize()
-            await asyncio.sleep(0)
+        """Wait, at most `settle_s`, for the requests this batch can expect: those admitted
+        and not queued yet (being read, their handlers about to run), and as many as were in
+        flight at once lately (clients just answered, on their way back). Closed-loop clients
+        at concurrency 32 then share one batch instead of alternating halves: 1.2x the
+        requests/s (benchmarks/RESULTS.md). A request alone in flight, with none lately,
+        waits for nothing (micro-batching is no slower than none at concurrency 1). Clients
+        that left are expected for a tenth of a second more, each batch meanwhile waiting
+        `settle_s` for them. In flight is counted by the admission layer: the batcher alone
+        expects nothing."""
+        company = max(self.in_flight, self._peak, *self._peaks) - 1  # besides `first`
+        room = self.max_batch - len(first.rows)
+        if self._queue.qsize() >= company or self.queued_rows >= room or self.settle_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        self._company, self._room, self._settled = company, room, loop.create_future()
+        timer = loop.call_later(self.settle_s, _resolve, self._settled)
+        try:
+            await self._settled
+        finally:
+            timer.cancel()
+            self._settled = None
 
     async def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch, rows = [first], len(first.rows)
@@ -343,6 +377,11 @@ class MicroBatcher:
 def minutes_text(minutes: np.ndarray) -> list[str]:
     """Minutes since the epoch (float64) as ISO minutes: '2013-12-01T05:15'."""
     return np.datetime_as_string(minutes.astype("int64").astype("datetime64[m]")).tolist()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _fail(item: _Pending, error: Exception) -> None:

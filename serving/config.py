@@ -81,6 +81,9 @@ class ServeConfig:
     model_dir: OptionalFolder = None  # a local model folder instead of the registry's champion
     max_batch: PositiveInt = 256  # rows per onnxruntime call when requests are gathered
     max_wait_ms: Annotated[float, Field(ge=0)] = 0.0  # extra wait for company
+    # the most a batch waits for the requests it expects (those being read, and as many as
+    # were in flight lately): it ends when they are queued; 0 scores what is queued at once
+    settle_ms: Annotated[float, Field(ge=0)] = 1.0
     # Backpressure (serving/batcher.py). The queue is bounded in rows, not requests: scoring
     # time and memory grow with rows, and a request may carry 1 or 10,000 of them. Past the
     # bound, past the deadline while queued, or while the event loop runs more than

@@ -100,6 +100,7 @@ class ServingState:
             on_shed=metrics.observe_shed,
             on_wait=metrics.queue_wait.observe,
             on_scored=None if log is None else log.record,
+            settle_s=config.settle_ms / 1000,
         )
         metrics.queued_rows.set_function(lambda: batcher.queued_rows)  # read when scraped
         if live is not None:

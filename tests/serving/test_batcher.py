@@ -325,23 +325,91 @@ def test_a_loop_running_late_refuses_new_work(
     assert _run(_slot(model), work, max_lag_s=0.02) == refused
 
 
-@pytest.mark.parametrize(("in_flight", "turns"), [(None, 1), (1, 0), (2, 1)])
-def test_a_request_alone_in_flight_does_not_wait_a_turn_for_company(
-    model: LoadedModel, rows: list[dict], in_flight: int | None, turns: int
+@pytest.mark.parametrize(
+    ("in_flight", "lately", "comes", "waits"),
+    [
+        (None, 0, False, False),  # the batcher alone: nothing counted, nothing expected
+        (1, 0, False, False),  # alone in flight, and lately: no wait for company
+        (2, 0, True, False),  # one more being read: waits for it, not for the timer
+        (1, 3, True, True),  # three in flight lately: waits for the two still missing
+        (1, 3, False, True),  # who do not come: the timer ends the wait
+    ],
+)
+def test_a_batch_waits_for_the_company_it_expects_and_no_longer(
+    model: LoadedModel,
+    rows: list[dict],
+    in_flight: int | None,
+    lately: int,
+    comes: bool,
+    waits: bool,
 ) -> None:
-    """Settling yields a turn of the loop so that requests already read can join the batch;
-    with none other in flight (the admission layer counts them) it costs latency for nothing.
-    Not counted (None, the batcher alone): it settles as before."""
+    """Before scoring, a batch waits for the requests being read (in flight, not queued yet)
+    and for as many as were in flight lately (closed-loop clients just answered), until they
+    are queued or `settle_s` has passed."""
+    settle_s = 0.2
 
-    async def scenario() -> int:
+    async def scenario() -> tuple[bool, int]:
         slot = ModelSlot()
         slot.swap(model)
-        batcher = MicroBatcher(slot, 256, 0.0)
+        batcher = MicroBatcher(slot, 256, 0.0, settle_s=settle_s)
         batcher.counted, batcher.in_flight = in_flight is not None, in_flight or 0
-        ran: list[str] = []
-        asyncio.get_running_loop().call_soon(ran.append, "another turn")
-        pending = _Pending(rows[:1], asyncio.get_running_loop().create_future(), 0.0, "")
+        batcher._peaks.append(lately)
+        loop = asyncio.get_running_loop()
+        pending = _Pending(rows[:1], loop.create_future(), 0.0, "")
+        arrivals = [batcher.score([row]) for row in rows[1 : max(lately, in_flight or 0)]]
+        if comes:  # each in a later turn, as reads off the sockets are
+            for delay, arrival in enumerate(arrivals):
+                loop.call_later(0.01 * (delay + 1), loop.create_task, arrival)
+        started = time.perf_counter()
         await batcher._settle(pending)
-        return len(ran)
+        waited = time.perf_counter() - started
+        for arrival in arrivals if not comes else []:
+            arrival.close()
+        return waited, batcher.queued_requests
 
-    assert asyncio.run(scenario()) == turns
+    waited, queued = asyncio.run(scenario())
+    if not waits and not comes:
+        assert waited < settle_s / 10
+    elif comes:  # the wait ends with the last one queued, long before the timer
+        assert queued == max(lately, in_flight or 0) - 1
+        assert waited < settle_s / 2
+    else:
+        assert queued == 0
+        assert settle_s <= waited < settle_s * 2
+
+
+@pytest.mark.parametrize("settle_s", [0.05, 0.0])
+def test_closed_loop_clients_share_one_batch(
+    model: LoadedModel, rows: list[dict], settle_s: float
+) -> None:
+    """Sixteen clients, each sending again a few loop turns after its answer (its response
+    written, its next request read), as kept-alive connections do. Waiting for the company
+    the batcher expects puts them in one batch each time; scoring what is queued at once
+    (`settle_s` 0) splits them into smaller batches, each paying the transform's fixed cost."""
+    batches: list[int] = []
+    clients = 16
+
+    async def client(batcher: MicroBatcher, index: int) -> None:
+        for _ in range(20):
+            batcher.in_flight += 1  # as the admission layer counts them
+            try:
+                await batcher.score(rows[index : index + 1])
+            finally:
+                batcher.in_flight -= 1
+            await _turns(1 + index % 4)  # answered, then back: staggered over turns
+
+    async def work(batcher: MicroBatcher) -> None:
+        batcher.counted = True
+        await asyncio.gather(*(client(batcher, i) for i in range(clients)))
+
+    _run(
+        _slot(model),
+        work,
+        on_batch=lambda scored, _: batches.append(len(scored.probabilities)),
+        settle_s=settle_s,
+    )
+    typical = float(np.median(batches[1:]))  # the first has not seen them all in flight yet
+    if settle_s:
+        assert typical == clients, batches
+    else:
+        assert typical < clients / 2, batches
