@@ -142,6 +142,7 @@ class MicroBatcher:
         self._company = 0  # the requests the batch being formed waits for, queued
         self._room = 0  # or until this many rows are queued, a full batch
         self._settled: asyncio.Future[None] | None = None  # resolved when they are
+        self._doubted_until = 0.0  # loop time: until then, expect no company from `lately`
         self.lag = 0.0  # how late the loop ran its last lag tick, in seconds
         self._credit = 0.0  # admissions earned while the loop is late
         self._late = 0.0  # how late the last tick ran
@@ -260,15 +261,26 @@ class MicroBatcher:
         flight at once lately (clients just answered, on their way back). Closed-loop clients
         at concurrency 32 then share one batch instead of alternating halves: 1.2x the
         requests/s (benchmarks/RESULTS.md). A request alone in flight, with none lately,
-        waits for nothing (micro-batching is no slower than none at concurrency 1). Clients
-        that left are expected for a tenth of a second more, each batch meanwhile waiting
-        `settle_s` for them. In flight is counted by the admission layer: the batcher alone
+        waits for nothing (micro-batching is no slower than none at concurrency 1). When most
+        of those expected lately do not come (clients that left; requests arriving at random,
+        each client pausing between them), the wait ends at `settle_s` and the batcher stops
+        expecting them for a tenth of a second, so such traffic pays `settle_s` on at most one
+        batch in that time. In flight is counted by the admission layer: the batcher alone
         expects nothing."""
-        company = max(self.in_flight, self._peak, *self._peaks) - 1  # besides `first`
-        room = self.max_batch - len(first.rows)
-        if self._queue.qsize() >= company or self.queued_rows >= room or self.settle_s <= 0:
+        if self.settle_s <= 0:
             return
         loop = asyncio.get_running_loop()
+        lately = 0 if loop.time() < self._doubted_until else max(self._peak, *self._peaks)
+        room = self.max_batch - len(first.rows)
+        if self._queue.qsize() >= max(self.in_flight, lately) - 1 or self.queued_rows >= room:
+            return  # none expected besides `first`: not even a turn of the loop
+        # One turn first: the previous batch's requests finish (their answers written), so
+        # that those still in flight are the ones being read, and what was read is queued.
+        await asyncio.sleep(0)
+        company = max(self.in_flight, lately) - 1
+        queued = self._queue.qsize()
+        if queued >= company or self.queued_rows >= room:
+            return
         self._company, self._room, self._settled = company, room, loop.create_future()
         timer = loop.call_later(self.settle_s, _resolve, self._settled)
         try:
@@ -276,6 +288,11 @@ class MicroBatcher:
         finally:
             timer.cancel()
             self._settled = None
+        if self._queue.qsize() - queued < (company - queued) / 2:
+            # Most of those expected did not come: they are not clients on their way back
+            # (requests arriving at random, with pauses between a client's requests), and
+            # waiting for them only delays this one. Expect only those being read for a while.
+            self._doubted_until = loop.time() + PEAK_TICKS * LAG_TICK_S
 
     async def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch, rows = [first], len(first.rows)

@@ -378,6 +378,31 @@ def test_a_batch_waits_for_the_company_it_expects_and_no_longer(
         assert settle_s <= waited < settle_s * 2
 
 
+def test_company_that_did_not_come_is_not_awaited_again_for_a_while(
+    model: LoadedModel, rows: list[dict]
+) -> None:
+    """Requests arriving at random (each client pausing between its requests) make a peak of
+    several in flight without any of them coming back at once: one batch waits `settle_s`
+    for them in vain, and the batches after it do not wait."""
+    settle_s = 0.05
+
+    async def scenario() -> list[float]:
+        batcher = MicroBatcher(_slot(model), 256, 0.0, settle_s=settle_s)
+        batcher.counted, batcher.in_flight = True, 1
+        batcher._peaks.append(3)
+        waits = []
+        for _ in range(3):
+            pending = _Pending(rows[:1], asyncio.get_running_loop().create_future(), 0.0, "")
+            started = time.perf_counter()
+            await batcher._settle(pending)
+            waits.append(time.perf_counter() - started)
+        return waits
+
+    first, *later = asyncio.run(scenario())
+    assert first >= settle_s
+    assert max(later) < settle_s / 10
+
+
 @pytest.mark.parametrize("settle_s", [0.05, 0.0])
 def test_closed_loop_clients_share_one_batch(
     model: LoadedModel, rows: list[dict], settle_s: float
