@@ -11,6 +11,8 @@ medians over the rounds:
   `/predict` body and returns a constant (`benchmarks/floor_app.py`);
 - *mlflow*: `mlflow models serve` on the same registered model (ONNX pyfunc), sent the model's
   encoded inputs, since that server has no feature transform;
+- *ours-unsettled* (on request): `mlops serve` with `MLOPS_SERVE__SETTLE_MS=0`, its batcher
+  scoring what is queued at once instead of waiting for the requests it expects;
 - *ours-mlp* (on request): `mlops serve` on a plain MLP (no numerical embeddings, one member,
   trained here once and registered without the alias), which parts the server's own cost from
   the default model's (a TabM-mini ensemble of 8 over periodic embeddings).

@@ -18,6 +18,9 @@ if TYPE_CHECKING:
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
 
+# why the batcher refused a scoring request (serving/batcher.py)
+SHED_REASONS = ("queue_full", "loop_lag", "deadline")
+
 
 class _DriftCollector:
     """PSI per feature, computed from the monitor's window when scraped."""
@@ -167,8 +170,7 @@ class ServingMetrics:
             "(a write that failed)",
             ("written", "dropped", "failed"),
         )
-        reasons = ("queue_full", "loop_lag", "deadline")
-        self._shed_children = {reason: self.shed.labels(reason) for reason in reasons}
+        self._shed_children = {reason: self.shed.labels(reason) for reason in SHED_REASONS}
         self.queue_wait = Histogram(
             "mlops_queue_wait_seconds",
             "From arrival to the batcher, of the oldest request of each micro-batch (requests "

@@ -26,6 +26,17 @@ def clean_env(**extra: str) -> dict[str, str]:
     return keep | extra
 
 
+def metric(exposition: str, name: str, **labels: str) -> float:
+    """The sum of a Prometheus exposition's samples named `name` (a counter's with `_total`)
+    whose labels include `labels`: 0 where there are none."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def free_port() -> int:
     """A port nothing listens on (the OS's pick, released at once)."""
     with socket.socket() as sock:
@@ -246,14 +257,8 @@ class Edge:
     def refused(self) -> float:
         """The scoring requests the edge refused itself (its `shed` backend's answers, by
         HAProxy's exporter)."""
-        for family in text_string_to_metric_families(httpx.get(self.metrics).text):
-            for sample in family.samples:
-                if sample.name == "haproxy_backend_http_responses_total" and sample.labels == {
-                    "proxy": "shed",
-                    "code": "5xx",
-                }:
-                    return sample.value
-        raise AssertionError("no 5xx count for the shed backend in the edge's /metrics")
+        page = httpx.get(self.metrics).text
+        return metric(page, "haproxy_backend_http_responses_total", proxy="shed", code="5xx")
 
 
 @contextmanager

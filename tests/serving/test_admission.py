@@ -15,6 +15,7 @@ from serving.config import ServeConfig
 from serving.manager import FolderSource
 from serving.schemas import EXAMPLE_FLIGHT
 from serving.state import ServingState
+from tests.processes import metric
 
 from .conftest import ready_client
 
@@ -28,10 +29,7 @@ def client(model_folder: Bundle) -> Iterator[TestClient]:
 
 
 def _shed(client: TestClient, reason: str) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith(f'mlops_shed_requests_total{{reason="{reason}"}}'):
-            return float(line.split()[-1])
-    raise AssertionError(f"no mlops_shed_requests_total for {reason}")
+    return metric(client.get("/metrics").text, "mlops_shed_requests_total", reason=reason)
 
 
 def test_a_full_queue_refuses_scoring_before_reading_the_body(client: TestClient) -> None:

@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 from serving.bundle import Bundle
-from tests.processes import EDGE_CONFIG, clean_env, haproxy_edge, mlops_serve
+from tests.processes import EDGE_CONFIG, clean_env, haproxy_edge, metric, mlops_serve
 
 from .conftest import as_requests
 
@@ -52,12 +52,7 @@ def served(model_folder: Bundle, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _shed_by_the_api(base: str) -> float:
-    metrics = httpx.get(f"{base}/metrics").text
-    return sum(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("mlops_shed_requests_total{")
-    )
+    return metric(httpx.get(f"{base}/metrics").text, "mlops_shed_requests_total")
 
 
 def _refused_here(answer: httpx.Response, detail: dict = REFUSAL) -> bool:

@@ -21,7 +21,7 @@ import pytest
 
 from serving.bundle import Bundle
 from tests.load import OpenLoop, Outcome, closed_loop, percentile, post, probe, rss_bytes, run
-from tests.processes import Served, mlops_serve
+from tests.processes import Served, metric, mlops_serve
 
 from .conftest import as_requests
 
@@ -70,11 +70,7 @@ def overload(served: Served, request: bytes, seconds: float) -> Overload:
 
     result = run(main())
     metrics = httpx.get(f"{served.base}/metrics").text
-    counted = sum(
-        float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("mlops_shed_requests_total{")
-    )
+    counted = metric(metrics, "mlops_shed_requests_total")
     waits = {
         line.split('le="')[1].split('"')[0]: float(line.split()[-1])
         for line in metrics.splitlines()
