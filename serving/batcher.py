@@ -270,7 +270,9 @@ class MicroBatcher:
         if self.settle_s <= 0:
             return
         loop = asyncio.get_running_loop()
-        lately = 0 if loop.time() < self._doubted_until else max(self._peak, *self._peaks)
+        lately = max(self._peak, max(self._peaks, default=0))
+        if loop.time() < self._doubted_until:
+            lately = 0
         room = self.max_batch - len(first.rows)
         if self._queue.qsize() >= max(self.in_flight, lately) - 1 or self.queued_rows >= room:
             return  # none expected besides `first`: not even a turn of the loop
