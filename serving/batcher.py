@@ -7,8 +7,8 @@ Under load the queue fills while the previous batch is scored, and before scorin
 waits, at most `settle` seconds, for the company it can expect: requests being read (admitted,
 not queued yet), and as many as were in flight lately. Clients that were just answered on
 kept-alive connections come back within microseconds; scoring without them splits them
-into two alternating half batches, each paying the transform's fixed cost (a third of a
-batch's at 14 rows). The wait ends as soon as they are queued. Small batches are scored on
+into two alternating half batches, each paying a batch's fixed cost (scoring 1 row takes
+0.42 ms, 13 rows 0.67 ms). The wait ends as soon as they are queued. Small batches are scored on
 the loop's thread, large ones on one worker thread.
 The model is read once per batch from the slot, so a hot swap changes models between
 batches, never within one, and every answer names its model.
