@@ -189,13 +189,20 @@ def hey(
     return outcomes
 
 
+def batches(server: str) -> tuple[float, float]:
+    """The rows the server has scored in batches, and its batches, so far."""
+    page = httpx.get(f"{server}/metrics").text
+    return metric(page, "mlops_batch_rows_sum"), metric(page, "mlops_batch_rows_count")
+
+
 def measure_hey(
-    base: str, pids: dict[str, int], args: argparse.Namespace, direct: str = ""
+    base: str, server: str, pids: dict[str, int], args: argparse.Namespace, direct: str = ""
 ) -> dict:
     """The capacity (32 workers, no limit) and the overload through `base`. With `direct` (the
     server itself, when `base` is the edge) the capacity is the better of the two: a proxy's
     hop can make 32 clients too few to keep the server busy, and the ratio must not gain
-    from that. `pids`: the processes whose cores are reported, by name ("server", "edge")."""
+    from that. `server`: the server's own address, whose batches during the overload are
+    reported. `pids`: the processes whose cores are reported, by name ("server", "edge")."""
     with tempfile.NamedTemporaryFile("wb", suffix=".json") as body:
         body.write(json.dumps({"flights": [EXAMPLE_FLIGHT]}).encode())
         body.flush()
@@ -215,12 +222,15 @@ def measure_hey(
         offered = capacity * args.factor
         cpu_start, started = {n: cpu_seconds(pid) for n, pid in pids.items()}, time.monotonic()
         rate = offered / args.workers
+        batches_before = batches(server)
         during = hey(url, Path(body.name), args.workers, args.seconds, rate, args.hey_processes)
         elapsed = time.monotonic() - started
+        rows, count = (a - b for a, b in zip(batches(server), batches_before, strict=True))
         cores = {n: (cpu_seconds(pid) - cpu_start[n]) / elapsed for n, pid in pids.items()}
     during.sort(key=lambda o: o.due)
     figures = summary(during, args.seconds, 1.0)
     figures["offered_per_s"] = round(offered)  # hey's rows are the requests it sent
+    figures["batch_rows_mean"] = round(rows / count, 1) if count else None
     del figures["refused_without_retry_after"]  # hey does not report headers
     return {
         "client": "hey",
@@ -293,7 +303,7 @@ def main() -> None:
             pids = {"server": served.process.pid}
             if args.edge:
                 pids["edge"] = edge.process.pid
-            result = measure_hey(target.base, pids, args, direct)
+            result = measure_hey(target.base, served.base, pids, args, direct)
         else:
             result = run(measure(target.port, served.process.pid, args))
         metrics = httpx.get(f"{served.base}/metrics").text
