@@ -139,8 +139,8 @@ class MicroBatcher:
         # PEAK_TICKS (the company a batch expects)
         self._peak = 0
         self._peaks: deque[int] = deque(maxlen=PEAK_TICKS)
-        self._company = 0  # the requests the batch being formed waits for, queued
-        self._room = 0  # or until this many rows are queued, a full batch
+        self._company = 0  # the requests the batch being formed expects queued, or
+        self._room = 0  # this many rows queued: a full batch
         self._settled: asyncio.Future[None] | None = None  # resolved when they are
         self._doubted_until = 0.0  # loop time: until then, expect no company from `lately`
         self.lag = 0.0  # how late the loop ran its last lag tick, in seconds
@@ -223,9 +223,7 @@ class MicroBatcher:
         self._queue.put_nowait(_Pending(rows, future, arrived, REQUEST_ID.get()))
         self.queued_rows += len(rows)
         self._peak = max(self._peak, self.in_flight)
-        if self._settled is not None and (
-            self._queue.qsize() >= self._company or self.queued_rows >= self._room
-        ):
+        if self._settled is not None and self._has_company():
             _resolve(self._settled)
         return await future
 
@@ -273,28 +271,33 @@ class MicroBatcher:
         lately = max(self._peak, max(self._peaks, default=0))
         if loop.time() < self._doubted_until:
             lately = 0
-        room = self.max_batch - len(first.rows)
-        if self._queue.qsize() >= max(self.in_flight, lately) - 1 or self.queued_rows >= room:
-            return  # none expected besides `first`: not even a turn of the loop
+        self._room = self.max_batch - len(first.rows)
+        self._company = max(self.in_flight, lately) - 1  # besides `first`
+        if self._has_company():
+            return  # none expected: not even a turn of the loop
         # One turn first: the previous batch's requests finish (their answers written), so
         # that those still in flight are the ones being read, and what was read is queued.
         await asyncio.sleep(0)
-        company = max(self.in_flight, lately) - 1
-        queued = self._queue.qsize()
-        if queued >= company or self.queued_rows >= room:
+        self._company = max(self.in_flight, lately) - 1
+        if self._has_company():
             return
-        self._company, self._room, self._settled = company, room, loop.create_future()
+        queued = self._queue.qsize()
+        self._settled = loop.create_future()
         timer = loop.call_later(self.settle_s, _resolve, self._settled)
         try:
             await self._settled
         finally:
             timer.cancel()
             self._settled = None
-        if self._queue.qsize() - queued < (company - queued) / 2:
+        if self._queue.qsize() - queued < (self._company - queued) / 2:
             # Most of those expected did not come: they are not clients on their way back
             # (requests arriving at random, with pauses between a client's requests), and
             # waiting for them only delays this one. Expect only those being read for a while.
             self._doubted_until = loop.time() + PEAK_TICKS * LAG_TICK_S
+
+    def _has_company(self) -> bool:
+        """The batch being formed has the requests it expects queued, or a full batch's rows."""
+        return self._queue.qsize() >= self._company or self.queued_rows >= self._room
 
     async def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch, rows = [first], len(first.rows)

@@ -17,6 +17,7 @@ from typing import Literal
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -26,15 +27,20 @@ def clean_env(**extra: str) -> dict[str, str]:
     return keep | extra
 
 
-def metric(exposition: str, name: str, **labels: str) -> float:
-    """The sum of a Prometheus exposition's samples named `name` (a counter's with `_total`)
-    whose labels include `labels`: 0 where there are none."""
-    return sum(
-        sample.value
+def samples(exposition: str, name: str, **labels: str) -> list[Sample]:
+    """A Prometheus exposition's samples named `name` (a counter's with `_total`, a
+    histogram's with `_bucket`, `_count`...) whose labels include `labels`."""
+    return [
+        sample
         for family in text_string_to_metric_families(exposition)
         for sample in family.samples
         if sample.name == name and labels.items() <= sample.labels.items()
-    )
+    ]
+
+
+def metric(exposition: str, name: str, **labels: str) -> float:
+    """The sum of those samples' values: 0 where there are none."""
+    return sum(sample.value for sample in samples(exposition, name, **labels))
 
 
 def free_port() -> int:

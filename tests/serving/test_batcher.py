@@ -348,10 +348,8 @@ def test_a_batch_waits_for_the_company_it_expects_and_no_longer(
     are queued or `settle_s` has passed."""
     settle_s = 0.2
 
-    async def scenario() -> tuple[bool, int]:
-        slot = ModelSlot()
-        slot.swap(model)
-        batcher = MicroBatcher(slot, 256, 0.0, settle_s=settle_s)
+    async def scenario() -> tuple[float, int]:
+        batcher = MicroBatcher(_slot(model), 256, 0.0, settle_s=settle_s)
         batcher.counted, batcher.in_flight = in_flight is not None, in_flight or 0
         batcher._peaks.append(lately)
         loop = asyncio.get_running_loop()

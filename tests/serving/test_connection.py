@@ -21,9 +21,11 @@ from serving.config import CONFIG_STATE_KEY, ServeConfig
 from serving.connection import HTTP_PROTOCOL
 from serving.manager import FolderSource
 from serving.state import ServingState
+from tests.processes import metric
 
-REFUSED = 'mlops_requests_total{endpoint="unmatched",method="POST",status="503"}'
-SHED = 'mlops_shed_requests_total{reason="queue_full"}'
+# the protocol's refusals, as /metrics counts them: (name, labels)
+REFUSED = ("mlops_requests_total", {"endpoint": "unmatched", "method": "POST", "status": "503"})
+SHED = ("mlops_shed_requests_total", {"reason": "queue_full"})
 LIMITS = ServeConfig(max_header_bytes=2048, header_timeout_s=0.5)
 GET = b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n"
 
@@ -145,10 +147,10 @@ def test_the_app_hands_its_configured_limits_to_the_protocol(tmp_path: Path) -> 
         assert time.monotonic() - started < 2
 
 
-def _metric(port: int, prefix: str) -> float:
+def _metric(port: int, counted: tuple[str, dict[str, str]]) -> float:
     page = exchange(port, b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-    lines = [line for line in page.decode().splitlines() if line.startswith(prefix)]
-    return sum(float(line.split()[-1]) for line in lines)
+    name, labels = counted
+    return metric(page.partition(b"\r\n\r\n")[2].decode(), name, **labels)
 
 
 def test_a_refused_request_is_answered_by_the_protocol_and_the_connection_kept(

@@ -21,7 +21,7 @@ import pytest
 
 from serving.bundle import Bundle
 from tests.load import OpenLoop, Outcome, closed_loop, percentile, post, probe, rss_bytes, run
-from tests.processes import Served, metric, mlops_serve
+from tests.processes import Served, metric, mlops_serve, samples
 
 from .conftest import as_requests
 
@@ -71,19 +71,8 @@ def overload(served: Served, request: bytes, seconds: float) -> Overload:
     result = run(main())
     metrics = httpx.get(f"{served.base}/metrics").text
     counted = metric(metrics, "mlops_shed_requests_total")
-    waits = {
-        line.split('le="')[1].split('"')[0]: float(line.split()[-1])
-        for line in metrics.splitlines()
-        if line.startswith("mlops_queue_wait_seconds_bucket{")
-    }
-    waits["count"] = next(
-        (
-            float(line.split()[-1])
-            for line in metrics.splitlines()
-            if line.startswith("mlops_queue_wait_seconds_count")
-        ),
-        0.0,
-    )
+    waits = {b.labels["le"]: b.value for b in samples(metrics, "mlops_queue_wait_seconds_bucket")}
+    waits["count"] = metric(metrics, "mlops_queue_wait_seconds_count")
     return replace(result, shed_counted=counted, waits=waits)
 
 
