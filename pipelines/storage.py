@@ -277,8 +277,9 @@ def staging_for(final: Path) -> Path:
 def new_generation(generations: Path) -> Path:
     """A fresh generation folder's path; names sort by creation time, which
     `prune_generations` relies on."""
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return generations / f"{stamp}-{time.time_ns() % 10**9:09d}-{uuid.uuid4().hex[:8]}"
+    now = time.time_ns()  # one reading: a second and a fraction read apart can roll over between
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now // 10**9))
+    return generations / f"{stamp}-{now % 10**9:09d}-{uuid.uuid4().hex[:8]}"
 
 
 def current_generation(link: Path) -> Path | None:

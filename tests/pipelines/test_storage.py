@@ -117,3 +117,16 @@ def test_a_generation_is_published_by_one_link_and_old_ones_pruned(tmp_path: Pat
     pinned = layout.pinned()
     publish_generation(made[1], layout.current)  # a reader pinned before keeps its build
     assert pinned.spec.read_text() == "2" and layout.spec.read_text() == "1"
+
+
+def test_generation_names_sort_in_creation_order_across_a_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Names read the clock once: a name stamped with one reading's second and a later
+    reading's fraction sorted a generation made at x.999999 after one made at x+1.000001,
+    and pruning then took the newer for the older (CI, stop 38)."""
+    second = 1_796_000_000 * 10**9
+    readings = iter([second - 1, second + 1, second + 10**9 - 1, second + 10**9 + 1])
+    monkeypatch.setattr(time, "time_ns", lambda: next(readings))
+    made = [new_generation(tmp_path).name for _ in range(4)]
+    assert sorted(made) == made
