@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -201,6 +202,33 @@ def batches(server: str) -> tuple[float, float]:
     return metric(page, "mlops_batch_rows_sum"), metric(page, "mlops_batch_rows_count")
 
 
+@dataclass(frozen=True)
+class Spent:
+    """What a run costs the server and the edge: their CPU seconds (by name, as in `pids`)
+    and the server's batches, from `since` on."""
+
+    server: str
+    pids: dict[str, int]
+    cpu: dict[str, float]
+    batches: tuple[float, float]
+
+    @classmethod
+    def since(cls, server: str, pids: dict[str, int]) -> Spent:
+        return cls(server, pids, {n: cpu_seconds(p) for n, p in pids.items()}, batches(server))
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {n: cpu_seconds(p) - self.cpu[n] for n, p in self.pids.items()}
+
+    def per_answer(self, answered: int) -> dict[str, float]:
+        """Each process's CPU microseconds per 200, and the mean rows of a batch: where a
+        core's time goes at capacity and under overload (refusals cost the edge's share)."""
+        rows, count = (a - b for a, b in zip(batches(self.server), self.batches, strict=True))
+        spent = {
+            n: round(used / max(answered, 1) * 1e6, 1) for n, used in self.cpu_seconds().items()
+        }
+        return spent | {"batch_rows": round(rows / count, 1) if count else 0.0}
+
+
 def measure_hey(
     base: str, server: str, pids: dict[str, int], args: argparse.Namespace, direct: str = ""
 ) -> dict:
@@ -217,26 +245,30 @@ def measure_hey(
         if direct:
             runs += [("direct", direct, 32), ("through_64", base, 64)]
         measured: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+        spent: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in runs}
         for _ in range(args.capacity_rounds):  # interleaved: the machine's speed drifts
             for name, at, clients in runs:
+                before = Spent.since(server, pids)
                 closed = hey(f"{at}/predict", Path(body.name), clients, args.capacity_seconds)
-                measured[name].append(sum(o.status == 200 for o in closed) / args.capacity_seconds)
+                answered = sum(o.status == 200 for o in closed)
+                measured[name].append(answered / args.capacity_seconds)
+                spent[name].append(before.per_answer(answered))
         capacities = {name: statistics.median(values) for name, values in measured.items()}
         capacity = max(capacities.values())
         if args.capacity == "stack":
             capacity = stack_capacity(capacities)
         offered = capacity * args.factor
-        cpu_start, started = {n: cpu_seconds(pid) for n, pid in pids.items()}, time.monotonic()
         rate = offered / args.workers
-        batches_before = batches(server)
+        before = Spent.since(server, pids)
         during = hey(url, Path(body.name), args.workers, args.seconds, rate, args.hey_processes)
-        elapsed = time.monotonic() - started
-        rows, count = (a - b for a, b in zip(batches(server), batches_before, strict=True))
-        cores = {n: (cpu_seconds(pid) - cpu_start[n]) / elapsed for n, pid in pids.items()}
+        # per second of the load: hey prints its rows after it, for seconds, at a quiet server
+        cores = {n: used / args.seconds for n, used in before.cpu_seconds().items()}
+        spent_during = before.per_answer(sum(o.status == 200 for o in during))
     during.sort(key=lambda o: o.due)
     figures = summary(during, args.seconds, 1.0)
     figures["offered_per_s"] = round(offered)  # hey's rows are the requests it sent
-    figures["batch_rows_mean"] = round(rows / count, 1) if count else None
+    figures["batch_rows_mean"] = spent_during.pop("batch_rows")
+    figures["cpu_us_per_ok"] = spent_during
     del figures["refused_without_retry_after"]  # hey does not report headers
     return {
         "client": "hey",
@@ -244,6 +276,10 @@ def measure_hey(
         "capacity_of": args.capacity if direct else "server",
         "capacities_per_s": {name: round(c) for name, c in capacities.items()},
         "capacity_runs_per_s": {name: [round(v) for v in vs] for name, vs in measured.items()},
+        "capacity_cpu_us_per_ok": {
+            name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+            for name, runs in spent.items()
+        },
         "factor": args.factor,
         "seconds": args.seconds,
         "workers": args.workers,
