@@ -29,6 +29,10 @@ server's CPU, one thread: the capacity is then the pair's on one core. The overl
 multiple of the best of the capacities measured (the server alone, and 32 and 64 clients
 through the edge), or with `--capacity stack` of the better of the two through the edge.
 
+With `--client hey` the JSON also says where the cores went: each process's CPU microseconds
+per answered request and the server's mean batch, for each capacity run (the medians) and
+for the overload, and the cores each process used per second of the overload.
+
 MODEL: a model folder (`mlops export`, or the one `benchmarks/serving.py` downloads into its
 home). Writes benchmarks/results/overload.json and prints the rows for benchmarks/RESULTS.md.
 """
