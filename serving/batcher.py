@@ -302,19 +302,18 @@ class MicroBatcher:
 
     async def _gather(self, first: _Pending) -> tuple[list[_Pending], bool]:
         batch, rows = [first], len(first.rows)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
+        deadline = time.monotonic() + self.max_wait_s
         while rows < self.max_batch:
             try:
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
-                remaining = deadline - loop.time()
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    item = await asyncio.wait_for(self._queue.get(), _timer_s(remaining))
                 except TimeoutError:
-                    break
+                    continue  # early on uvloop's clock (`_resolve_at`): the deadline decides
             if item is None:
                 return batch, True
             if self._take(item, time.monotonic()):
@@ -413,15 +412,20 @@ def _resolve_at(loop: asyncio.AbstractEventLoop, when: float, future: asyncio.Fu
     truncated: on a loop woken often by other work, a 1 ms timer fired anywhere from 0 to 1 ms
     after it was set, and behind the edge the wait for company ended, half the time, before
     the clients just answered could come back through it (RESULTS: 14 rows a batch at 32
-    clients, against 30 with the wait whole). So the timer is rearmed for what is left,
-    rounded up to the timers' millisecond (a timer of 0 would spin the loop)."""
+    clients, against 30 with the wait whole). So the timer is rearmed for what is left."""
     if future.done():
         return
     left = when - time.monotonic()
     if left <= 0:
         future.set_result(None)
         return
-    loop.call_later(math.ceil(left * 1000) / 1000, _resolve_at, loop, when, future)
+    loop.call_later(_timer_s(left), _resolve_at, loop, when, future)
+
+
+def _timer_s(seconds: float) -> float:
+    """`seconds` rounded up to the loops' timer grain, a millisecond: uvloop rounds a timer to
+    the nearest, and one of 0 would spin the loop until the deadline."""
+    return math.ceil(seconds * 1000) / 1000
 
 
 def _fail(item: _Pending, error: Exception) -> None:

@@ -442,6 +442,40 @@ def test_the_wait_lasts_its_time_on_a_busy_loop(
     assert np.median(waits) < settle_s + 0.005, np.median(waits)  # a millisecond more, and noise
 
 
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop])
+def test_a_fixed_wait_lasts_its_time_on_a_busy_loop(
+    model: LoadedModel, rows: list[dict], loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """`MLOPS_SERVE__MAX_WAIT_MS`, a fixed wait for more requests, lasts its time on uvloop's
+    whole-millisecond clock as the wait for company does."""
+    max_wait_s = 0.001
+
+    async def scenario() -> list[float]:
+        batcher = MicroBatcher(_slot(model), 256, max_wait_s, settle_s=0.0)
+        busy = True
+
+        async def other_work() -> None:
+            while busy:
+                await asyncio.sleep(0)
+
+        spinning = asyncio.create_task(other_work())
+        waits = []
+        for turn in range(40):
+            pending = _Pending(rows[:1], asyncio.get_running_loop().create_future(), 0.0, "")
+            started = time.perf_counter()
+            await batcher._gather(pending)
+            waits.append(time.perf_counter() - started)
+            await asyncio.sleep(0.00037 * (turn % 7))
+        busy = False
+        await spinning
+        return waits
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        waits = runner.run(scenario())
+    assert min(waits) >= max_wait_s, sorted(waits)[:5]
+    assert np.median(waits) < max_wait_s + 0.005, np.median(waits)
+
+
 @pytest.mark.parametrize("settle_s", [0.05, 0.0])
 def test_closed_loop_clients_share_one_batch(
     model: LoadedModel, rows: list[dict], settle_s: float
