@@ -411,8 +411,8 @@ def _resolve_at(loop: asyncio.AbstractEventLoop, when: float, future: asyncio.Fu
     after. uvloop (uvicorn's loop when installed) keeps its clock in whole milliseconds,
     truncated: on a loop woken often by other work, a 1 ms timer fired anywhere from 0 to 1 ms
     after it was set, and behind the edge the wait for company ended, half the time, before
-    the clients just answered could come back through it (RESULTS: 14 rows a batch at 32
-    clients, against 30 with the wait whole). So the timer is rearmed for what is left."""
+    the clients just answered could come back through it (RESULTS: 15 rows a batch at 32
+    clients, against 23-26 with the wait whole). So the timer is rearmed for what is left."""
     if future.done():
         return
     left = when - time.monotonic()
