@@ -208,8 +208,8 @@ def batches(server: str) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Spent:
-    """What a run costs the server and the edge: their CPU seconds (by name, as in `pids`)
-    and the server's batches, from `since` on."""
+    """The CPU seconds of the server and the edge (by name, as in `pids`) and the server's
+    batches, from `since` on."""
 
     server: str
     pids: dict[str, int]
@@ -223,14 +223,16 @@ class Spent:
     def cpu_seconds(self) -> dict[str, float]:
         return {n: cpu_seconds(p) - self.cpu[n] for n, p in self.pids.items()}
 
-    def per_answer(self, answered: int) -> dict[str, float]:
-        """Each process's CPU microseconds per 200, and the mean rows of a batch: where a
-        core's time goes at capacity and under overload (refusals cost the edge's share)."""
+    def batch_rows(self) -> float:
+        """The mean rows of the server's batches since."""
         rows, count = (a - b for a, b in zip(batches(self.server), self.batches, strict=True))
-        spent = {
-            n: round(used / max(answered, 1) * 1e6, 1) for n, used in self.cpu_seconds().items()
-        }
-        return spent | {"batch_rows": round(rows / count, 1) if count else 0.0}
+        return round(rows / count, 1) if count else 0.0
+
+
+def us_per_answer(used: dict[str, float], answered: int) -> dict[str, float]:
+    """Each process's CPU microseconds per 200: where a core's time goes at capacity and under
+    overload (refusals cost the edge's share)."""
+    return {name: round(seconds / max(answered, 1) * 1e6, 1) for name, seconds in used.items()}
 
 
 def measure_hey(
@@ -256,7 +258,8 @@ def measure_hey(
                 closed = hey(f"{at}/predict", Path(body.name), clients, args.capacity_seconds)
                 answered = sum(o.status == 200 for o in closed)
                 measured[name].append(answered / args.capacity_seconds)
-                spent[name].append(before.per_answer(answered))
+                per_ok = us_per_answer(before.cpu_seconds(), answered)
+                spent[name].append(per_ok | {"batch_rows": before.batch_rows()})
         capacities = {name: statistics.median(values) for name, values in measured.items()}
         capacity = max(capacities.values())
         if args.capacity == "stack":
@@ -265,14 +268,14 @@ def measure_hey(
         rate = offered / args.workers
         before = Spent.since(server, pids)
         during = hey(url, Path(body.name), args.workers, args.seconds, rate, args.hey_processes)
-        # per second of the load: hey prints its rows after it, for seconds, at a quiet server
-        cores = {n: used / args.seconds for n, used in before.cpu_seconds().items()}
-        spent_during = before.per_answer(sum(o.status == 200 for o in during))
+        used, rows = before.cpu_seconds(), before.batch_rows()
+    # per second of the load: hey prints its rows after it, for seconds, at a quiet server
+    cores = {name: seconds / args.seconds for name, seconds in used.items()}
     during.sort(key=lambda o: o.due)
     figures = summary(during, args.seconds, 1.0)
     figures["offered_per_s"] = round(offered)  # hey's rows are the requests it sent
-    figures["batch_rows_mean"] = spent_during.pop("batch_rows")
-    figures["cpu_us_per_ok"] = spent_during
+    figures["batch_rows_mean"] = rows
+    figures["cpu_us_per_ok"] = us_per_answer(used, sum(o.status == 200 for o in during))
     del figures["refused_without_retry_after"]  # hey does not report headers
     return {
         "client": "hey",
@@ -281,8 +284,8 @@ def measure_hey(
         "capacities_per_s": {name: round(c) for name, c in capacities.items()},
         "capacity_runs_per_s": {name: [round(v) for v in vs] for name, vs in measured.items()},
         "capacity_cpu_us_per_ok": {
-            name: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
-            for name, runs in spent.items()
+            name: {key: statistics.median(run[key] for run in each) for key in each[0]}
+            for name, each in spent.items()
         },
         "factor": args.factor,
         "seconds": args.seconds,
@@ -290,7 +293,7 @@ def measure_hey(
         "hey_processes": args.hey_processes,
         "pinned": args.pin,
         "during": figures,
-        **{f"{name}_cores": round(used, 2) for name, used in cores.items()},
+        **{f"{name}_cores": round(share, 2) for name, share in cores.items()},
     }
 
 

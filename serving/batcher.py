@@ -143,7 +143,7 @@ class MicroBatcher:
         self._company = 0  # the requests the batch being formed expects queued, or
         self._room = 0  # this many rows queued: a full batch
         self._settled: asyncio.Future[None] | None = None  # resolved when they are
-        self._doubted_until = 0.0  # loop time: until then, expect no company from `lately`
+        self._doubted_until = 0.0  # time.monotonic(): until then, no company from `lately`
         self.lag = 0.0  # how late the loop ran its last lag tick, in seconds
         self._credit = 0.0  # admissions earned while the loop is late
         self._late = 0.0  # how late the last tick ran
@@ -270,7 +270,7 @@ class MicroBatcher:
             return
         loop = asyncio.get_running_loop()
         lately = max(self._peak, max(self._peaks, default=0))
-        if loop.time() < self._doubted_until:
+        if time.monotonic() < self._doubted_until:
             lately = 0
         self._room = self.max_batch - len(first.rows)
         self._company = max(self.in_flight, lately) - 1  # besides `first`
@@ -294,7 +294,7 @@ class MicroBatcher:
             # Most of those expected did not come: they are not clients on their way back
             # (requests arriving at random, with pauses between a client's requests), and
             # waiting for them only delays this one. Expect only those being read for a while.
-            self._doubted_until = loop.time() + PEAK_TICKS * LAG_TICK_S
+            self._doubted_until = time.monotonic() + PEAK_TICKS * LAG_TICK_S
 
     def _has_company(self) -> bool:
         """The batch being formed has the requests it expects queued, or a full batch's rows."""
